@@ -1,0 +1,85 @@
+/*
+ * broker: the one context struct of a running gale-broker, and its
+ * lifecycle. Everything runs on one libuv loop owned by the caller:
+ *
+ *   socket -> lws RECEIVE -> session_receive (reassemble, decode)
+ *          -> router_publish (match topics, encode once per encoding)
+ *          -> outq of each subscriber (frame references)
+ *          -> flush: once per loop turn (uv_check), every dirty session's
+ *             queued frames are copied into one buffer and sent in ONE write.
+ *
+ * See docs/ARCHITECTURE.md.
+ */
+#ifndef GALE_BROKER_H
+#define GALE_BROKER_H
+
+#include "config.h"
+#include "metrics.h"
+#include "topics.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+struct lws_context;
+struct lws_vhost;
+typedef struct session session_t;
+
+typedef struct broker {
+    gale_config_t cfg;
+    uv_loop_t *loop;
+    struct lws_context *ctx;
+    struct lws_vhost *vhost;
+    topics_t *topics;
+    metrics_t m;
+    char node_id[64];
+    uint64_t start_ms; /* uv_now() at start */
+    uint64_t next_conn_id;
+    int port; /* the port actually listened on */
+
+    session_t **sessions; /* every established WebSocket session (session->slot) */
+    uint32_t nsessions, sessions_cap;
+    uint32_t nlive;    /* WebSocket wsis opened and not yet destroyed */
+    session_t **dirty; /* sessions with queued frames to flush (session->dirty_slot) */
+    uint32_t ndirty, dirty_cap;
+    uint8_t *scratch; /* flush buffer: queued frames are coalesced here */
+    size_t scratch_cap;
+
+    uv_check_t flush_check;
+    uv_timer_t keepalive_timer;
+    uv_timer_t stop_timer;
+    uv_signal_t sigterm, sigint;
+    int handles_open; /* our uv handles not yet closed */
+    bool stopping;    /* SIGTERM/SIGINT seen: refuse upgrades, close sessions; lws is
+                         torn down once nlive reaches 0 (close frames sent) */
+    bool destroyed;   /* first lws_context_destroy done */
+    int exit_code;
+} broker_t;
+
+/**
+ * Starts a broker on `loop` with `cfg`: creates the lws context on the
+ * foreign loop, binds the listener and installs signal handlers. Returns
+ * NULL (after logging why) on failure.
+ */
+broker_t *broker_start(const gale_config_t *cfg, uv_loop_t *loop);
+
+/**
+ * Begins a graceful stop: refuse new upgrades, close every connection with
+ * 1001 after flushing what is queued, and tear down lws within a few
+ * seconds. Safe to call more than once.
+ */
+void broker_stop(broker_t *b);
+
+/**
+ * Finishes teardown after uv_run() has returned (second lws_context_destroy)
+ * and frees b. Returns the process exit code.
+ */
+int broker_free(broker_t *b);
+
+/** Milliseconds since the broker started. */
+uint64_t broker_uptime_ms(const broker_t *b);
+
+/** Samples the gauges for /metrics and /healthz. */
+void broker_gauges(const broker_t *b, metrics_gauges_t *g);
+
+#endif

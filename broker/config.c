@@ -1,0 +1,258 @@
+#include "config.h"
+
+#include "log.h"
+
+#include <errno.h>
+#include <stddef.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef enum { OPT_ADDR, OPT_SIZE, OPT_UINT, OPT_LEVEL, OPT_PATH, OPT_NAME } opt_kind_t;
+
+typedef struct {
+    const char *flag;
+    const char *env;
+    opt_kind_t kind;
+    uint64_t min, max;
+    size_t off; /* OPT_SIZE, OPT_UINT: offset of the uint64_t field in gale_config_t */
+    const char *arg;
+    const char *help;
+} opt_t;
+
+/* The one table of options: parsing, the environment and --help all read it. */
+static const opt_t options[] = {
+    {"--listen", "GALE_LISTEN", OPT_ADDR, 0, 0, 0, "HOST:PORT",
+     "address to listen on (default 127.0.0.1:8080; port 0 picks a free one)"},
+    {"--max-message", "GALE_MAX_MESSAGE", OPT_SIZE, 64, 64u << 20,
+     offsetof(gale_config_t, max_message), "BYTES",
+     "largest client message; bigger frames close with 1009 (default 64K)"},
+    {"--max-subscriptions", "GALE_MAX_SUBSCRIPTIONS", OPT_UINT, 1, 1u << 20,
+     offsetof(gale_config_t, max_subscriptions), "N",
+     "subscriptions per connection; more answer err limit (default 1024)"},
+    {"--max-connections", "GALE_MAX_CONNECTIONS", OPT_UINT, 0, 10000000,
+     offsetof(gale_config_t, max_connections), "N",
+     "WebSocket connections; more are refused with HTTP 503 (default 0: no limit but the "
+     "file limit)"},
+    {"--queue-limit", "GALE_QUEUE_LIMIT", OPT_SIZE, 1024, 1ull << 32,
+     offsetof(gale_config_t, queue_limit), "BYTES",
+     "outbound bytes queued per connection before it is closed with 4001 (default 1M)"},
+    {"--keepalive", "GALE_KEEPALIVE", OPT_UINT, 0, 86400, offsetof(gale_config_t, keepalive_s),
+     "SECONDS",
+     "ping connections silent this long, close them after as long again (default 25, 0 off)"},
+    {"--rx-buffer", "GALE_RX_BUFFER", OPT_SIZE, 128, 1u << 20, offsetof(gale_config_t, rx_buffer),
+     "BYTES", "receive buffer per connection (default 1K; larger messages are reassembled)"},
+    {"--log-level", "GALE_LOG_LEVEL", OPT_LEVEL, 0, 0, 0, "LEVEL",
+     "error, warn, info or debug (default info)"},
+    {"--web-root", "GALE_WEB_ROOT", OPT_PATH, 0, 0, 0, "DIR",
+     "directory served at / (default: the installed or source web/ directory)"},
+    {"--node-id", "GALE_NODE_ID", OPT_NAME, 0, 0, 0, "NAME",
+     "this broker's name in hello and /healthz (default HOSTNAME-PID)"},
+};
+#define NOPTIONS (sizeof(options) / sizeof(options[0]))
+
+void config_defaults(gale_config_t *c)
+{
+    memset(c, 0, sizeof(*c));
+    strcpy(c->listen_host, "127.0.0.1");
+    c->listen_port = 8080;
+    c->max_message = 64 * 1024;
+    c->max_subscriptions = 1024;
+    c->max_connections = 0;
+    c->queue_limit = 1024 * 1024;
+    c->keepalive_s = 25;
+    c->rx_buffer = 1024;
+    c->log_level = LOG_INFO;
+}
+
+bool config_parse_size(const char *s, uint64_t *out)
+{
+    if (!s || !(*s >= '0' && *s <= '9'))
+        return false;
+    errno = 0;
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno)
+        return false;
+    unsigned shift = 0;
+    switch (*end) {
+    case 'k':
+    case 'K':
+        shift = 10;
+        end++;
+        break;
+    case 'm':
+    case 'M':
+        shift = 20;
+        end++;
+        break;
+    case 'g':
+    case 'G':
+        shift = 30;
+        end++;
+        break;
+    }
+    if (shift && end[0] == 'i' && end[1] == 'B')
+        end += 2;
+    else if (end[0] == 'B')
+        end++;
+    if (*end)
+        return false;
+    if (shift && v > (UINT64_MAX >> shift))
+        return false;
+    *out = (uint64_t)v << shift;
+    return true;
+}
+
+static bool parse_uint(const char *s, uint64_t *out)
+{
+    if (!s || !(*s >= '0' && *s <= '9'))
+        return false;
+    errno = 0;
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end)
+        return false;
+    *out = v;
+    return true;
+}
+
+static bool parse_addr(const char *s, gale_config_t *c)
+{
+    const char *colon = strrchr(s, ':');
+    if (!colon || colon == s)
+        return false;
+    size_t hlen = (size_t)(colon - s);
+    const char *host = s;
+    if (host[0] == '[' && hlen >= 2 && host[hlen - 1] == ']') {
+        host++;
+        hlen -= 2;
+    }
+    uint64_t port;
+    if (hlen == 0 || hlen >= sizeof(c->listen_host) || !parse_uint(colon + 1, &port) ||
+        port > 65535)
+        return false;
+    memcpy(c->listen_host, host, hlen);
+    c->listen_host[hlen] = '\0';
+    c->listen_port = (int)port;
+    return true;
+}
+
+/* Applies one option's value; on failure writes why to err. */
+static bool apply(gale_config_t *c, const opt_t *o, const char *src, const char *v, FILE *err)
+{
+    uint64_t n = 0;
+    switch (o->kind) {
+    case OPT_ADDR:
+        if (parse_addr(v, c))
+            return true;
+        fprintf(err, "gale-broker: %s: '%s' is not HOST:PORT (e.g. 127.0.0.1:8080)\n", src, v);
+        return false;
+    case OPT_LEVEL: {
+        int l = log_level_parse(v);
+        if (l >= 0) {
+            c->log_level = l;
+            return true;
+        }
+        fprintf(err, "gale-broker: %s: '%s' is not one of error, warn, info, debug\n", src, v);
+        return false;
+    }
+    case OPT_PATH:
+    case OPT_NAME: {
+        char *dst = o->kind == OPT_PATH ? c->web_root : c->node_id;
+        size_t cap = o->kind == OPT_PATH ? sizeof(c->web_root) : sizeof(c->node_id);
+        size_t len = strlen(v);
+        bool ok = len > 0 && len < cap;
+        for (size_t i = 0; ok && o->kind == OPT_NAME && i < len; i++)
+            ok = v[i] > ' ' && v[i] < 0x7f && v[i] != '"' && v[i] != '\\';
+        if (!ok) {
+            fprintf(err, "gale-broker: %s: '%s' is not a valid %s (1 to %zu %s)\n", src, v, o->arg,
+                    cap - 1,
+                    o->kind == OPT_NAME ? "printable ASCII characters, no quotes" : "bytes");
+            return false;
+        }
+        memcpy(dst, v, len + 1);
+        return true;
+    }
+    case OPT_SIZE:
+    case OPT_UINT:
+        if (!(o->kind == OPT_SIZE ? config_parse_size(v, &n) : parse_uint(v, &n)) || n < o->min ||
+            n > o->max) {
+            fprintf(err, "gale-broker: %s: '%s' is not a %s from %" PRIu64 " to %" PRIu64 "%s\n",
+                    src, v, o->kind == OPT_SIZE ? "size" : "number", o->min, o->max,
+                    o->kind == OPT_SIZE ? " (suffixes K, M, G allowed)" : "");
+            return false;
+        }
+        break;
+    }
+    memcpy((char *)c + o->off, &n, sizeof(n));
+    return true;
+}
+
+static void usage(FILE *out)
+{
+    fprintf(out, "Usage: gale-broker [OPTION]...\n"
+                 "A WebSocket pub/sub message broker speaking the gale v1 protocol "
+                 "(WebSocket at /ws).\n\nOptions (each also from the environment variable "
+                 "shown; a flag wins):\n");
+    for (size_t i = 0; i < NOPTIONS; i++) {
+        char left[64];
+        snprintf(left, sizeof(left), "%s %s", options[i].flag, options[i].arg);
+        fprintf(out, "  %-28s %s\n  %-28s [%s]\n", left, options[i].help, "", options[i].env);
+    }
+    fprintf(out,
+            "  %-28s %s\n  %-28s %s\n\nExit status: 0 after a clean stop (SIGTERM, SIGINT), "
+            "1 on a runtime failure, 2 on a bad option.\n",
+            "-h, --help", "print this help and exit", "-V, --version",
+            "print the version and exit");
+}
+
+static const opt_t *find_flag(const char *arg, size_t len)
+{
+    for (size_t i = 0; i < NOPTIONS; i++)
+        if (strlen(options[i].flag) == len && strncmp(options[i].flag, arg, len) == 0)
+            return &options[i];
+    return NULL;
+}
+
+config_result_t config_parse(gale_config_t *c, int argc, char **argv, char **envp, FILE *out,
+                             FILE *err)
+{
+    for (size_t i = 0; i < NOPTIONS; i++) {
+        size_t elen = strlen(options[i].env);
+        for (char **e = envp; e && *e; e++) {
+            if (strncmp(*e, options[i].env, elen) == 0 && (*e)[elen] == '=') {
+                if (!apply(c, &options[i], options[i].env, *e + elen + 1, err))
+                    return CONFIG_ERROR;
+            }
+        }
+    }
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            usage(out);
+            return CONFIG_EXIT;
+        }
+        if (strcmp(a, "-V") == 0 || strcmp(a, "--version") == 0) {
+#ifdef GALE_VERSION
+            fprintf(out, "gale-broker %s\n", GALE_VERSION);
+#endif
+            return CONFIG_EXIT;
+        }
+        const char *eq = strchr(a, '=');
+        size_t flen = eq ? (size_t)(eq - a) : strlen(a);
+        const opt_t *o = find_flag(a, flen);
+        if (!o) {
+            fprintf(err, "gale-broker: unknown option '%s' (see --help)\n", a);
+            return CONFIG_ERROR;
+        }
+        const char *v = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
+        if (!v) {
+            fprintf(err, "gale-broker: %s needs a value %s\n", o->flag, o->arg);
+            return CONFIG_ERROR;
+        }
+        if (!apply(c, o, o->flag, v, err))
+            return CONFIG_ERROR;
+    }
+    return CONFIG_RUN;
+}

@@ -1,0 +1,50 @@
+/*
+ * config: the broker's settings, from command-line flags and GALE_*
+ * environment variables (a flag wins over its variable).
+ */
+#ifndef GALE_CONFIG_H
+#define GALE_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+typedef struct {
+    char listen_host[256]; /* --listen HOST:PORT, GALE_LISTEN */
+    int listen_port;
+    uint64_t max_message;       /* --max-message, bytes of one client message */
+    uint64_t max_subscriptions; /* --max-subscriptions, per connection */
+    uint64_t max_connections;   /* --max-connections (0: only the file limit bounds it) */
+    uint64_t queue_limit;       /* --queue-limit, outbound bytes queued per connection */
+    uint64_t keepalive_s;       /* --keepalive, seconds of silence before a ping; 0 = off */
+    uint64_t rx_buffer;         /* --rx-buffer, lws receive buffer per connection */
+    int log_level;              /* --log-level */
+    char web_root[4096];        /* --web-root; empty: the built-in default */
+    char node_id[64];           /* --node-id; empty: HOSTNAME-PID */
+} gale_config_t;
+
+/** Outcome of config_parse. */
+typedef enum {
+    CONFIG_RUN = 0,  /* start the broker */
+    CONFIG_EXIT = 1, /* --help or --version was printed: exit 0 */
+    CONFIG_ERROR = 2 /* a bad flag or value was reported on `err`: exit 2 */
+} config_result_t;
+
+/** Fills *c with the defaults. */
+void config_defaults(gale_config_t *c);
+
+/**
+ * Applies GALE_* variables from envp (NULL-terminated "NAME=value" strings),
+ * then argv[1..argc). Help and version go to `out`, errors to `err`.
+ */
+config_result_t config_parse(gale_config_t *c, int argc, char **argv, char **envp, FILE *out,
+                             FILE *err);
+
+/**
+ * Parses a size: digits with an optional K, M or G suffix (KiB, MiB, GiB; a
+ * trailing "iB" or "B" is accepted). Returns false on anything else or overflow.
+ */
+bool config_parse_size(const char *s, uint64_t *out);
+
+#endif

@@ -1,0 +1,70 @@
+/*
+ * frame: one complete, unmasked WebSocket server frame (header + payload),
+ * refcounted and shared by every connection it is queued on. A published
+ * message is encoded once per encoding into a frame; each subscriber's queue
+ * holds a reference, never a copy.
+ *
+ * A frame lives in the allocation its payload was encoded into: the encoder
+ * writes into a gale_buf_t whose headroom (FRAME_HEADROOM) holds the frame_t
+ * and room for the largest header, so finishing a frame copies nothing.
+ */
+#ifndef GALE_FRAME_H
+#define GALE_FRAME_H
+
+#include "gale_protocol.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct frame {
+    uint32_t refs; /* FRAME_STATIC: never freed */
+    uint32_t off;  /* offset of the first header byte from the frame_t */
+    size_t len;    /* header + payload bytes */
+} frame_t;
+
+#define FRAME_STATIC UINT32_MAX
+/** Largest server frame header: 2 bytes + 64-bit length. */
+#define FRAME_MAX_HEADER 10
+/** Headroom to pass to gale_buf_init for a buffer that will become a frame. */
+#define FRAME_HEADROOM (sizeof(frame_t) + FRAME_MAX_HEADER)
+
+/** WebSocket opcodes the broker sends itself. */
+enum { FRAME_TEXT = 0x1, FRAME_BINARY = 0x2, FRAME_CLOSE = 0x8, FRAME_PING = 0x9 };
+
+/**
+ * Turns a buffer initialised with FRAME_HEADROOM and holding an encoded
+ * payload into a frame with one reference, taking ownership of the buffer's
+ * storage (the buffer is left empty). Returns NULL if the buffer had run out
+ * of memory (its storage is freed).
+ */
+frame_t *frame_finish(gale_buf_t *b, int opcode);
+
+/** The frame's bytes: header then payload. */
+static inline const uint8_t *frame_bytes(const frame_t *f)
+{
+    return (const uint8_t *)f + f->off;
+}
+
+static inline frame_t *frame_ref(frame_t *f)
+{
+    if (f->refs != FRAME_STATIC)
+        f->refs++;
+    return f;
+}
+
+/** Drops one reference; frees the frame with the last. NULL is ignored. */
+void frame_unref(frame_t *f);
+
+/** Writes a server frame header for a payload of `len` bytes ending at `end`; returns its size. */
+size_t frame_write_header(uint8_t *end, int opcode, size_t len);
+
+/**
+ * A new CLOSE frame with status `code` and a reason (truncated to fit the
+ * 125-byte control frame limit), one reference; NULL on allocation failure.
+ */
+frame_t *frame_close(uint16_t code, const char *reason);
+
+/** A shared, never-freed empty PING frame (keepalive). */
+frame_t *frame_ping(void);
+
+#endif

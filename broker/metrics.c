@@ -1,0 +1,73 @@
+#include "metrics.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+
+static void appendf(gale_buf_t *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void appendf(gale_buf_t *out, const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        gale_buf_append(out, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
+}
+
+static void metric(gale_buf_t *out, const char *name, const char *type, const char *help,
+                   uint64_t v)
+{
+    appendf(out, "# HELP %s %s\n# TYPE %s %s\n%s %" PRIu64 "\n", name, help, name, type, name, v);
+}
+
+gale_err_t metrics_render(const metrics_t *m, const metrics_gauges_t *g, gale_buf_t *out)
+{
+    metric(out, "gale_connections", "gauge", "Open WebSocket connections.", g->connections);
+    metric(out, "gale_subscriptions", "gauge", "Subscriptions held by all connections.",
+           g->subscriptions);
+    metric(out, "gale_topics", "gauge", "Distinct topics and patterns with a subscriber.",
+           g->topics);
+    metric(out, "gale_queued_bytes", "gauge", "Bytes waiting in outbound queues.", g->queued_bytes);
+    metric(out, "gale_connections_accepted_total", "counter", "WebSocket upgrades accepted.",
+           m->connections_accepted);
+    metric(out, "gale_connections_refused_total", "counter",
+           "WebSocket upgrades refused with an HTTP error.", m->connections_refused);
+    metric(out, "gale_messages_published_total", "counter", "Messages published by clients.",
+           m->messages_published);
+    metric(out, "gale_messages_delivered_total", "counter",
+           "Messages queued to subscribing connections.", m->messages_delivered);
+    metric(out, "gale_bytes_out_total", "counter", "Bytes written to WebSocket connections.",
+           m->bytes_out);
+    metric(out, "gale_socket_writes_total", "counter",
+           "Coalesced socket writes to WebSocket connections.", m->writes);
+    metric(out, "gale_slow_consumer_closes_total", "counter",
+           "Connections closed with 4001 for an outbound queue over its limit.",
+           m->slow_consumer_closes);
+    metric(out, "gale_keepalive_closes_total", "counter",
+           "Connections dropped after an unanswered keepalive ping.", m->keepalive_closes);
+    metric(out, "gale_oversize_closes_total", "counter",
+           "Connections closed with 1009 for a message over the size limit.", m->oversize_closes);
+    appendf(out, "# HELP gale_protocol_errors_total Error replies sent, by code.\n"
+                 "# TYPE gale_protocol_errors_total counter\n");
+    for (int c = GALE_ERR_BAD_REQUEST; c < GALE_ERR_COUNT; c++)
+        appendf(out, "gale_protocol_errors_total{code=\"%s\"} %" PRIu64 "\n",
+                gale_err_name((gale_err_t)c), m->protocol_errors[c]);
+    appendf(out,
+            "# HELP gale_uptime_seconds Seconds since the broker started.\n"
+            "# TYPE gale_uptime_seconds gauge\ngale_uptime_seconds %.3f\n",
+            g->uptime_s);
+    return out->oom ? GALE_ERR_INTERNAL : GALE_OK;
+}
+
+gale_err_t metrics_render_health(const metrics_gauges_t *g, const char *node, gale_buf_t *out)
+{
+    /* node ids are printable ASCII without quotes or backslashes (config.c). */
+    appendf(out,
+            "{\"status\":\"ok\",\"node\":\"%s\",\"connections\":%" PRIu64
+            ",\"subscriptions\":%" PRIu64 ",\"uptime_s\":%.3f}\n",
+            node, g->connections, g->subscriptions, g->uptime_s);
+    return out->oom ? GALE_ERR_INTERNAL : GALE_OK;
+}

@@ -1,0 +1,50 @@
+/*
+ * outq: a connection's outbound FIFO of frame references, bounded in bytes
+ * by its owner. Pushing takes a reference; popping drops it. Frames leave the
+ * queue whole, so what is handed to the socket always ends on a frame
+ * boundary.
+ */
+#ifndef GALE_OUTQ_H
+#define GALE_OUTQ_H
+
+#include "frame.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct outq {
+    frame_t **ring; /* NULL until the first push */
+    uint32_t head;  /* index of the oldest frame */
+    uint32_t count;
+    uint32_t cap; /* power of two */
+    size_t bytes; /* sum of the queued frames' lengths */
+} outq_t;
+
+/** Capacity kept allocated when the queue empties; larger rings are freed. */
+#define OUTQ_KEEP 8
+
+/** Appends a reference to f. Returns false (queue unchanged) on allocation failure. */
+bool outq_push(outq_t *q, frame_t *f);
+
+/** The oldest frame, or NULL when empty. */
+static inline frame_t *outq_peek(const outq_t *q)
+{
+    return q->count ? q->ring[q->head] : NULL;
+}
+
+/** Removes the oldest frame (which must exist) and drops its reference. */
+void outq_pop(outq_t *q);
+
+/**
+ * Copies as many whole frames as fit into dst[0..cap), oldest first, and
+ * pops them. Returns the bytes copied: 0 when empty or when the oldest frame
+ * alone is larger than cap (send that one from outq_peek, then outq_pop).
+ * *frames, when not NULL, receives the number of frames copied.
+ */
+size_t outq_gather(outq_t *q, uint8_t *dst, size_t cap, uint32_t *frames);
+
+/** Drops every queued frame and frees the ring. */
+void outq_clear(outq_t *q);
+
+#endif

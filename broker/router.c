@@ -1,0 +1,65 @@
+#include "router.h"
+
+#include "frame.h"
+#include "session.h"
+
+#include <stddef.h>
+
+typedef struct route {
+    broker_t *b;
+    const char *topic;
+    size_t topic_len;
+    gale_enc_t data_enc;
+    const uint8_t *data;
+    size_t data_len;
+    frame_t *frames[GALE_ENC_COUNT]; /* built on first need */
+    bool failed;
+    uint64_t delivered;
+} route_t;
+
+static frame_t *build(route_t *r, gale_enc_t enc)
+{
+    gale_buf_t buf;
+    gale_buf_init(&buf, FRAME_HEADROOM);
+    if (gale_encode_msg(&buf, enc, r->topic, r->topic_len, r->data_enc, r->data, r->data_len) !=
+        GALE_OK) {
+        gale_buf_free(&buf);
+        return NULL;
+    }
+    return frame_finish(&buf, enc == GALE_ENC_JSON ? FRAME_TEXT : FRAME_BINARY);
+}
+
+static void visit(topics_owner_t *owner, void *arg)
+{
+    route_t *r = arg;
+    session_t *s = (session_t *)((char *)owner - offsetof(session_t, owner));
+    if (s->close_code || s->killed || r->failed)
+        return;
+    frame_t *f = r->frames[s->enc];
+    if (!f) {
+        f = r->frames[s->enc] = build(r, (gale_enc_t)s->enc);
+        if (!f) {
+            r->failed = true;
+            return;
+        }
+    }
+    if (session_enqueue(r->b, s, f))
+        r->delivered++;
+}
+
+gale_err_t router_publish(broker_t *b, const char *topic, size_t topic_len, gale_enc_t data_enc,
+                          const uint8_t *data, size_t data_len)
+{
+    route_t r = {.b = b,
+                 .topic = topic,
+                 .topic_len = topic_len,
+                 .data_enc = data_enc,
+                 .data = data,
+                 .data_len = data_len};
+    topics_match(b->topics, topic, topic_len, visit, &r);
+    for (int e = 0; e < GALE_ENC_COUNT; e++)
+        frame_unref(r.frames[e]);
+    b->m.messages_published++;
+    b->m.messages_delivered += r.delivered;
+    return r.failed ? GALE_ERR_INTERNAL : GALE_OK;
+}

@@ -1,0 +1,20 @@
+/*
+ * router: delivery of a published message to every matching local
+ * subscriber. The message is encoded at most once per encoding, lazily, as a
+ * shared frame; each matching connection gets one reference, exactly once
+ * however many of its patterns match.
+ */
+#ifndef GALE_ROUTER_H
+#define GALE_ROUTER_H
+
+#include "broker.h"
+
+/**
+ * Routes topic/data (data in encoding data_enc, as decoded) to every local
+ * subscriber. Returns GALE_OK, or GALE_ERR_INTERNAL if a frame could not be
+ * built (nothing was delivered to the connections not yet reached).
+ */
+gale_err_t router_publish(broker_t *b, const char *topic, size_t topic_len, gale_enc_t data_enc,
+                          const uint8_t *data, size_t data_len);
+
+#endif

@@ -1,0 +1,395 @@
+/*
+ * server: libwebsockets on the application's libuv loop. One vhost on
+ * --listen serving the WebSocket endpoint /ws (subprotocols gale.v1.json,
+ * the default, and gale.v1.msgpack), /healthz, /metrics and the web root.
+ * The lws callback only dispatches; the work lives in session.c, router.c
+ * and http.c.
+ */
+#include "broker.h"
+#include "http.h"
+#include "log.h"
+#include "session.h"
+
+#include <libwebsockets.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Coalescing buffer: frames queued for one connection are sent in writes of up to this size. */
+#define SCRATCH_SIZE (64 * 1024)
+/* Seconds a graceful stop waits for connections to close before tearing down. */
+#define STOP_GRACE_MS 3000
+#define WS_PATH "/ws"
+
+static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                    size_t len);
+
+/* protocols[0] serves plain HTTP and WebSocket clients that offer no subprotocol (JSON). */
+static struct lws_protocols protocols[] = {
+    {"gale.v1.json", callback, sizeof(session_t), 0, 0, NULL, SCRATCH_SIZE},
+    {"gale.v1.msgpack", callback, sizeof(session_t), 0, 0, NULL, SCRATCH_SIZE},
+    {NULL, NULL, 0, 0, 0, NULL, 0},
+};
+
+/* A zeroed policy: no per-connection lws ping/hang-up timer (session_keepalive_sweep instead). */
+static const lws_retry_bo_t no_idle_policy;
+
+uint64_t broker_uptime_ms(const broker_t *b)
+{
+    return uv_now(b->loop) - b->start_ms;
+}
+
+void broker_gauges(const broker_t *b, metrics_gauges_t *g)
+{
+    memset(g, 0, sizeof(*g));
+    g->connections = b->nsessions;
+    g->subscriptions = topics_subscriptions(b->topics);
+    g->topics = topics_count(b->topics);
+    for (uint32_t i = 0; i < b->nsessions; i++)
+        g->queued_bytes += b->sessions[i]->q.bytes;
+    g->uptime_s = (double)broker_uptime_ms(b) / 1000.0;
+}
+
+/* True if the comma-separated Sec-WebSocket-Protocol list names one of ours. */
+static bool offers_known_subprotocol(const char *list)
+{
+    const char *p = list;
+    while (*p) {
+        while (*p == ' ' || *p == '\t' || *p == ',')
+            p++;
+        const char *e = p;
+        while (*e && *e != ',' && *e != ' ' && *e != '\t')
+            e++;
+        for (int i = 0; protocols[i].name; i++)
+            if ((size_t)(e - p) == strlen(protocols[i].name) &&
+                strncmp(p, protocols[i].name, (size_t)(e - p)) == 0)
+                return true;
+        p = e;
+    }
+    return false;
+}
+
+static int confirm_upgrade(broker_t *b, struct lws *wsi, const char *upgrade)
+{
+    char uri[sizeof(WS_PATH) + 1], offered[256];
+    if (!upgrade || strcasecmp(upgrade, "websocket") != 0)
+        return http_refuse(b, wsi, HTTP_STATUS_BAD_REQUEST, "only WebSocket upgrades");
+    if (lws_hdr_copy(wsi, uri, sizeof(uri), WSI_TOKEN_GET_URI) <= 0 || strcmp(uri, WS_PATH) != 0)
+        return http_refuse(b, wsi, HTTP_STATUS_NOT_FOUND, "the WebSocket endpoint is " WS_PATH);
+    if (lws_hdr_total_length(wsi, WSI_TOKEN_PROTOCOL) > 0) {
+        if (lws_hdr_copy(wsi, offered, sizeof(offered), WSI_TOKEN_PROTOCOL) <= 0 ||
+            !offers_known_subprotocol(offered))
+            return http_refuse(b, wsi, HTTP_STATUS_BAD_REQUEST,
+                               "unknown subprotocol: offer gale.v1.json or gale.v1.msgpack");
+    }
+    if (b->stopping)
+        return http_refuse(b, wsi, HTTP_STATUS_SERVICE_UNAVAILABLE, "the broker is stopping");
+    if (b->cfg.max_connections && b->nsessions >= b->cfg.max_connections) {
+        log_warn("connection limit %" PRIu64 " reached: upgrade refused with 503",
+                 b->cfg.max_connections);
+        return http_refuse(b, wsi, HTTP_STATUS_SERVICE_UNAVAILABLE, "too many connections");
+    }
+    return 0;
+}
+
+static void schedule_finish(broker_t *b);
+
+static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                    size_t len)
+{
+    struct lws_context *ctx = lws_get_context(wsi);
+    broker_t *b = ctx ? lws_context_user(ctx) : NULL;
+    session_t *s = user;
+    if (!b)
+        return lws_callback_http_dummy(wsi, reason, user, in, len);
+    switch (reason) {
+    case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
+        return confirm_upgrade(b, wsi, in);
+    case LWS_CALLBACK_ESTABLISHED: {
+        /* lws keeps its own copy of the protocols array: compare names. */
+        const struct lws_protocols *p = lws_get_protocol(wsi);
+        gale_enc_t enc =
+            p && strcmp(p->name, protocols[1].name) == 0 ? GALE_ENC_MSGPACK : GALE_ENC_JSON;
+        if (!session_open(b, s, wsi, enc)) {
+            log_error("out of memory accepting a connection");
+            return -1;
+        }
+        return 0;
+    }
+    case LWS_CALLBACK_RECEIVE:
+        return s->wsi ? session_receive(b, s, in, len) : -1;
+    case LWS_CALLBACK_RECEIVE_PONG:
+        if (s->wsi)
+            session_touch(b, s);
+        return 0;
+    case LWS_CALLBACK_SERVER_WRITEABLE:
+        if (s->wsi)
+            session_flush(b, s);
+        return 0;
+    case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+        /* Our own close frame went out first: end here, without echoing theirs. */
+        return s->wsi && s->close_code ? -1 : 0;
+    case LWS_CALLBACK_CLOSED: /* before lws sends the close frame */
+        session_close(b, s);
+        return 0;
+    case LWS_CALLBACK_WSI_DESTROY: /* after it, whatever the protocol: user may be NULL */
+        if (s && s->live) {
+            s->live = 0;
+            if (--b->nlive == 0 && b->stopping)
+                schedule_finish(b);
+        }
+        return 0;
+    case LWS_CALLBACK_HTTP:
+        return http_serve(b, wsi);
+    default:
+        return lws_callback_http_dummy(wsi, reason, user, in, len);
+    }
+}
+
+static void on_flush(uv_check_t *h)
+{
+    session_flush_all(h->data);
+}
+
+static void on_keepalive(uv_timer_t *t)
+{
+    session_keepalive_sweep(t->data);
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    broker_t *b = h->data;
+    b->handles_open--;
+}
+
+/* Closes our own handles and starts lws's teardown (the first lws_context_destroy). */
+static void finish(broker_t *b)
+{
+    if (b->destroyed)
+        return;
+    b->destroyed = true;
+    uv_handle_t *hs[] = {(uv_handle_t *)&b->flush_check, (uv_handle_t *)&b->keepalive_timer,
+                         (uv_handle_t *)&b->stop_timer, (uv_handle_t *)&b->sigterm,
+                         (uv_handle_t *)&b->sigint};
+    for (size_t i = 0; i < sizeof(hs) / sizeof(hs[0]); i++)
+        if (hs[i]->data && !uv_is_closing(hs[i]))
+            uv_close(hs[i], on_handle_closed);
+    if (b->ctx)
+        lws_context_destroy(b->ctx);
+}
+
+static void on_stop_timer(uv_timer_t *t)
+{
+    broker_t *b = t->data;
+    if (b->nlive)
+        log_warn("%u connections still open after %d ms: dropping them", b->nlive, STOP_GRACE_MS);
+    finish(b);
+}
+
+/* Finishes from a fresh loop turn, never from inside an lws callback. */
+static void schedule_finish(broker_t *b)
+{
+    uv_timer_start(&b->stop_timer, on_stop_timer, 0, 0);
+}
+
+void broker_stop(broker_t *b)
+{
+    if (b->stopping)
+        return;
+    b->stopping = true;
+    log_info("stopping: closing %u connections with 1001", b->nsessions);
+    for (uint32_t i = 0; i < b->nsessions; i++)
+        session_begin_close(b, b->sessions[i], LWS_CLOSE_STATUS_GOINGAWAY, false);
+    if (b->nlive == 0)
+        schedule_finish(b);
+    else
+        uv_timer_start(&b->stop_timer, on_stop_timer, STOP_GRACE_MS, 0);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    log_info("received %s", strsignal(signum));
+    broker_stop(h->data);
+}
+
+/* The web root: --web-root, else an installed layout beside the binary, the source tree's
+ * web/, or the install prefix's. */
+static void resolve_web_root(const gale_config_t *cfg, char *out, size_t cap)
+{
+    struct stat st;
+    char exe[PATH_MAX], cand[PATH_MAX + 32];
+    if (cfg->web_root[0]) {
+        snprintf(out, cap, "%s", cfg->web_root);
+        return;
+    }
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (n > 0) {
+        exe[n] = '\0';
+        char *slash = strrchr(exe, '/');
+        if (slash)
+            *slash = '\0';
+        snprintf(cand, sizeof(cand), "%s/../share/gale/www", exe);
+        if (stat(cand, &st) == 0 && S_ISDIR(st.st_mode) && realpath(cand, exe)) {
+            snprintf(out, cap, "%s", exe);
+            return;
+        }
+    }
+    if (stat(GALE_SOURCE_WEB_ROOT, &st) == 0 && S_ISDIR(st.st_mode))
+        snprintf(out, cap, "%s", GALE_SOURCE_WEB_ROOT);
+    else
+        snprintf(out, cap, "%s", GALE_INSTALL_WEB_ROOT);
+}
+
+static void default_node_id(char *out, size_t cap)
+{
+    char host[64] = "gale";
+    gethostname(host, sizeof(host) - 1);
+    host[sizeof(host) - 1] = '\0';
+    for (char *p = host; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+              *p == '-' || *p == '.'))
+            *p = '-';
+    snprintf(out, cap, "%.40s-%ld", host, (long)getpid());
+}
+
+static bool create_lws(broker_t *b, const char *web_root)
+{
+    static struct lws_http_mount m_metrics, m_healthz, m_root;
+    struct lws_context_creation_info info;
+    void *loops[1] = {b->loop};
+
+    memset(&info, 0, sizeof(info));
+    info.options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_EXPLICIT_VHOSTS;
+    info.foreign_loops = loops;
+    info.user = b;
+    info.port = CONTEXT_PORT_NO_LISTEN;
+    b->ctx = lws_create_context(&info);
+    if (!b->ctx) {
+        log_error("could not create the libwebsockets context (is libwebsockets-evlib-uv "
+                  "installed?)");
+        return false;
+    }
+
+    memset(&m_root, 0, sizeof(m_root));
+    m_root.mountpoint = "/";
+    m_root.mountpoint_len = 1;
+    m_root.origin = web_root;
+    m_root.def = "index.html";
+    m_root.origin_protocol = LWSMPRO_FILE;
+    m_healthz = m_root;
+    m_healthz.mount_next = &m_root;
+    m_healthz.mountpoint = HTTP_HEALTHZ;
+    m_healthz.mountpoint_len = sizeof(HTTP_HEALTHZ) - 1;
+    m_healthz.origin = protocols[0].name;
+    m_healthz.def = NULL;
+    m_healthz.origin_protocol = LWSMPRO_CALLBACK;
+    m_metrics = m_healthz;
+    m_metrics.mount_next = &m_healthz;
+    m_metrics.mountpoint = HTTP_METRICS;
+    m_metrics.mountpoint_len = sizeof(HTTP_METRICS) - 1;
+
+    memset(&info, 0, sizeof(info));
+    info.options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_FAIL_UPON_UNABLE_TO_BIND |
+                   LWS_SERVER_OPTION_DISABLE_IPV6 * (strchr(b->cfg.listen_host, ':') == NULL);
+    info.vhost_name = "gale";
+    info.port = b->cfg.listen_port;
+    info.iface = b->cfg.listen_host;
+    info.protocols = protocols;
+    info.mounts = &m_metrics;
+    info.retry_and_idle_policy = &no_idle_policy;
+    info.keepalive_timeout = 5;
+    info.server_string = "gale";
+    b->vhost = lws_create_vhost(b->ctx, &info);
+    if (!b->vhost) {
+        log_error("could not listen on %s:%d (address in use, or not an address of this host?)",
+                  b->cfg.listen_host, b->cfg.listen_port);
+        return false;
+    }
+    b->port = lws_get_vhost_listen_port(b->vhost);
+    return true;
+}
+
+static void warn_file_limit(const broker_t *b)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    uint64_t room = rl.rlim_cur > 64 ? (uint64_t)rl.rlim_cur - 64 : 0;
+    if (!b->cfg.max_connections || b->cfg.max_connections > room)
+        log_info("open-file limit %llu: at most about %" PRIu64 " connections",
+                 (unsigned long long)rl.rlim_cur, room);
+}
+
+broker_t *broker_start(const gale_config_t *cfg, uv_loop_t *loop)
+{
+    broker_t *b = calloc(1, sizeof(*b));
+    char web_root[PATH_MAX];
+    if (!b)
+        return NULL;
+    b->cfg = *cfg;
+    b->loop = loop;
+    b->start_ms = uv_now(loop);
+    b->exit_code = 1;
+    if (cfg->node_id[0])
+        snprintf(b->node_id, sizeof(b->node_id), "%s", cfg->node_id);
+    else
+        default_node_id(b->node_id, sizeof(b->node_id));
+    b->scratch_cap = SCRATCH_SIZE;
+    b->scratch = malloc(b->scratch_cap);
+    b->topics = topics_new();
+    resolve_web_root(cfg, web_root, sizeof(web_root));
+    if (!b->scratch || !b->topics || !create_lws(b, web_root)) {
+        b->stopping = true;
+        finish(b);
+        return b;
+    }
+
+    uv_check_init(loop, &b->flush_check);
+    uv_timer_init(loop, &b->keepalive_timer);
+    uv_timer_init(loop, &b->stop_timer);
+    uv_signal_init(loop, &b->sigterm);
+    uv_signal_init(loop, &b->sigint);
+    b->flush_check.data = b->keepalive_timer.data = b->stop_timer.data = b;
+    b->sigterm.data = b->sigint.data = b;
+    b->handles_open = 5;
+    uv_check_start(&b->flush_check, on_flush);
+    if (cfg->keepalive_s) {
+        uint64_t period = cfg->keepalive_s * 1000 / 2;
+        uv_timer_start(&b->keepalive_timer, on_keepalive, period, period);
+    }
+    uv_signal_start(&b->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&b->sigint, on_signal, SIGINT);
+
+    b->exit_code = 0;
+    log_info("gale-broker %s node %s listening on http://%s:%d (WebSocket ws://%s:%d%s, web "
+             "root %s)",
+             GALE_VERSION, b->node_id, cfg->listen_host, b->port, cfg->listen_host, b->port,
+             WS_PATH, web_root);
+    log_info("limits: max-message %" PRIu64 " B, max-subscriptions %" PRIu64
+             ", max-connections %" PRIu64 ", queue-limit %" PRIu64 " B, keepalive %" PRIu64
+             " s; no authentication configured: the broker is open to every client",
+             cfg->max_message, cfg->max_subscriptions, cfg->max_connections, cfg->queue_limit,
+             cfg->keepalive_s);
+    warn_file_limit(b);
+    return b;
+}
+
+int broker_free(broker_t *b)
+{
+    if (!b)
+        return 1;
+    if (b->ctx)
+        lws_context_destroy(b->ctx); /* the second call: frees what the first one closed */
+    topics_free(b->topics);
+    free(b->scratch);
+    free(b->sessions);
+    free(b->dirty);
+    int code = b->exit_code;
+    free(b);
+    return code;
+}

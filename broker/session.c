@@ -1,0 +1,375 @@
+#include "session.h"
+
+#include "log.h"
+#include "router.h"
+
+#include <inttypes.h>
+#include <libwebsockets.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Bytes one session may write per flush before yielding to the others. */
+#define FLUSH_BUDGET (256 * 1024)
+/* Seconds a closing session may take to get its close frame out. */
+#define CLOSE_GRACE_S 10
+
+static bool slot_push(session_t ***arr, uint32_t *n, uint32_t *cap, session_t *s, uint32_t *slot)
+{
+    if (*n == *cap) {
+        uint32_t ncap = *cap ? *cap * 2 : 64;
+        session_t **a = realloc(*arr, sizeof(*a) * ncap);
+        if (!a)
+            return false;
+        *arr = a;
+        *cap = ncap;
+    }
+    *slot = *n;
+    (*arr)[(*n)++] = s;
+    return true;
+}
+
+static void mark_dirty(broker_t *b, session_t *s)
+{
+    if (s->dirty_slot != SESSION_NOT_DIRTY)
+        return;
+    if (!slot_push(&b->dirty, &b->ndirty, &b->dirty_cap, s, &s->dirty_slot)) {
+        /* Cannot track it for the per-turn flush: let WRITEABLE drive it. */
+        s->dirty_slot = SESSION_NOT_DIRTY;
+        lws_callback_on_writable(s->wsi);
+    }
+}
+
+static frame_t *finish_reply(gale_buf_t *buf, gale_err_t e, gale_enc_t enc)
+{
+    if (e != GALE_OK) {
+        gale_buf_free(buf);
+        return NULL;
+    }
+    return frame_finish(buf, enc == GALE_ENC_JSON ? FRAME_TEXT : FRAME_BINARY);
+}
+
+/* Queues a reply frame built by the caller; frees it if it cannot be queued. */
+static void send_reply(broker_t *b, session_t *s, frame_t *f)
+{
+    if (!f) {
+        log_error("conn %" PRIu64 ": out of memory building a reply: closing", s->conn_id);
+        session_begin_close(b, s, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, true);
+        return;
+    }
+    session_enqueue(b, s, f);
+    frame_unref(f);
+}
+
+static void reply_err(broker_t *b, session_t *s, bool has_id, uint64_t id, gale_err_t code,
+                      const char *why)
+{
+    gale_buf_t buf;
+    gale_buf_init(&buf, FRAME_HEADROOM);
+    b->m.protocol_errors[code < GALE_ERR_COUNT ? code : GALE_ERR_INTERNAL]++;
+    log_debug("conn %" PRIu64 ": err %s: %s", s->conn_id, gale_err_name(code), why);
+    gale_enc_t enc = (gale_enc_t)s->enc;
+    send_reply(b, s, finish_reply(&buf, gale_encode_err(&buf, enc, has_id, id, code, why), enc));
+}
+
+static void reply_ok(broker_t *b, session_t *s, const gale_request_t *req)
+{
+    gale_enc_t enc = (gale_enc_t)s->enc;
+    gale_buf_t buf;
+    gale_err_t e;
+    if (req->op != GALE_OP_PING && !req->has_id)
+        return; /* success without id is silent */
+    gale_buf_init(&buf, FRAME_HEADROOM);
+    if (req->op == GALE_OP_PING)
+        e = gale_encode_pong(&buf, enc, req->has_id, req->id);
+    else
+        e = gale_encode_ack(&buf, enc, req->id);
+    send_reply(b, s, finish_reply(&buf, e, enc));
+}
+
+static gale_err_t do_sub(broker_t *b, session_t *s, const gale_request_t *req, const char **why)
+{
+    if (s->owner.nsubs >= b->cfg.max_subscriptions &&
+        !topics_holds(b->topics, &s->owner, req->topic, req->topic_len)) {
+        *why = "too many subscriptions on this connection";
+        return GALE_ERR_LIMIT;
+    }
+    if (topics_subscribe(b->topics, &s->owner, req->topic, req->topic_len, NULL) == TOPICS_NOMEM) {
+        *why = "out of memory";
+        return GALE_ERR_INTERNAL;
+    }
+    return GALE_OK;
+}
+
+static void handle(broker_t *b, session_t *s, const uint8_t *msg, size_t len, bool binary)
+{
+    gale_request_t req;
+    const char *why = "";
+    gale_err_t e;
+    memset(&req, 0, sizeof(req));
+    if (binary != (s->enc == GALE_ENC_MSGPACK)) {
+        e = GALE_ERR_BAD_REQUEST;
+        why = binary ? "binary frame on a gale.v1.json connection"
+                     : "text frame on a gale.v1.msgpack connection";
+    } else {
+        e = gale_decode_request((gale_enc_t)s->enc, msg, len, &req, &why);
+    }
+    if (e == GALE_OK) {
+        switch (req.op) {
+        case GALE_OP_SUB:
+            e = do_sub(b, s, &req, &why);
+            break;
+        case GALE_OP_UNSUB:
+            topics_unsubscribe(b->topics, &s->owner, req.topic, req.topic_len, NULL);
+            break;
+        case GALE_OP_PUB:
+            e = router_publish(b, req.topic, req.topic_len, (gale_enc_t)s->enc, req.data,
+                               req.data_len);
+            if (e != GALE_OK)
+                why = "the message could not be delivered to every subscriber";
+            break;
+        case GALE_OP_PING:
+            break;
+        }
+    }
+    if (e != GALE_OK)
+        reply_err(b, s, req.has_id, req.id, e, why);
+    else
+        reply_ok(b, s, &req);
+}
+
+bool session_open(broker_t *b, session_t *s, struct lws *wsi, gale_enc_t enc)
+{
+    s->wsi = wsi;
+    s->enc = (uint8_t)enc;
+    s->conn_id = ++b->next_conn_id;
+    s->dirty_slot = SESSION_NOT_DIRTY;
+    s->last_rx_ms = broker_uptime_ms(b);
+    if (!slot_push(&b->sessions, &b->nsessions, &b->sessions_cap, s, &s->slot))
+        return false;
+    b->m.connections_accepted++;
+    s->live = 1;
+    b->nlive++;
+
+    char conn[24];
+    snprintf(conn, sizeof(conn), "%" PRIu64, s->conn_id);
+    gale_buf_t buf;
+    gale_buf_init(&buf, FRAME_HEADROOM);
+    send_reply(b, s,
+               finish_reply(
+                   &buf, gale_encode_hello(&buf, enc, b->node_id, conn, b->cfg.max_message), enc));
+    log_debug("conn %" PRIu64 ": open (%s)", s->conn_id, gale_enc_subprotocol(enc));
+    return true;
+}
+
+void session_close(broker_t *b, session_t *s)
+{
+    if (!s->wsi)
+        return; /* never opened */
+    topics_unsubscribe_all(b->topics, &s->owner, NULL, NULL);
+    outq_clear(&s->q);
+    free(s->rx);
+    s->rx = NULL;
+    if (s->dirty_slot != SESSION_NOT_DIRTY) {
+        session_t *last = b->dirty[--b->ndirty];
+        b->dirty[s->dirty_slot] = last;
+        last->dirty_slot = s->dirty_slot;
+        s->dirty_slot = SESSION_NOT_DIRTY;
+    }
+    session_t *last = b->sessions[--b->nsessions];
+    b->sessions[s->slot] = last;
+    last->slot = s->slot;
+    log_debug("conn %" PRIu64 ": closed", s->conn_id);
+    s->wsi = NULL;
+}
+
+void session_touch(broker_t *b, session_t *s)
+{
+    s->last_rx_ms = broker_uptime_ms(b);
+    s->ping_sent = 0;
+}
+
+static int close_oversize(broker_t *b, session_t *s, size_t len)
+{
+    static const char why[] = "message too large";
+    b->m.oversize_closes++;
+    log_info("conn %" PRIu64 ": message of at least %zu bytes over --max-message %" PRIu64
+             ": closing with 1009",
+             s->conn_id, len, b->cfg.max_message);
+    free(s->rx);
+    s->rx = NULL;
+    s->rx_len = 0;
+    lws_close_reason(s->wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, (unsigned char *)why,
+                     sizeof(why) - 1);
+    return -1;
+}
+
+int session_receive(broker_t *b, session_t *s, const uint8_t *in, size_t len)
+{
+    struct lws *wsi = s->wsi;
+    session_touch(b, s);
+    if (s->close_code || s->killed)
+        return 0; /* closing: input no longer matters */
+    bool first = lws_is_first_fragment(wsi);
+    bool final = lws_is_final_fragment(wsi);
+    size_t total = (first ? 0 : s->rx_len) + len + lws_remaining_packet_payload(wsi);
+    if (total > b->cfg.max_message)
+        return close_oversize(b, s, total);
+    if (first && final) { /* the common case: the whole message in one chunk */
+        handle(b, s, in, len, lws_frame_is_binary(wsi));
+        return 0;
+    }
+    if (first) {
+        s->rx_len = 0;
+        s->rx_binary = lws_frame_is_binary(wsi) ? 1 : 0;
+    }
+    uint8_t *nrx = realloc(s->rx, s->rx_len + len + 1);
+    if (!nrx) {
+        log_error("conn %" PRIu64 ": out of memory reassembling a message", s->conn_id);
+        lws_close_reason(wsi, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, NULL, 0);
+        return -1;
+    }
+    s->rx = nrx;
+    memcpy(s->rx + s->rx_len, in, len);
+    s->rx_len += len;
+    if (final) {
+        handle(b, s, s->rx, s->rx_len, s->rx_binary);
+        free(s->rx);
+        s->rx = NULL;
+        s->rx_len = 0;
+    }
+    return 0;
+}
+
+bool session_enqueue(broker_t *b, session_t *s, frame_t *f)
+{
+    if (s->close_code || s->killed)
+        return false;
+    if (s->q.bytes + f->len > b->cfg.queue_limit) {
+        b->m.slow_consumer_closes++;
+        log_info("conn %" PRIu64 ": slow consumer, %zu bytes queued over --queue-limit %" PRIu64
+                 ": closing with 4001",
+                 s->conn_id, s->q.bytes, b->cfg.queue_limit);
+        session_begin_close(b, s, 4001, true);
+        return false;
+    }
+    if (!outq_push(&s->q, f)) {
+        log_error("conn %" PRIu64 ": out of memory queueing: closing", s->conn_id);
+        session_begin_close(b, s, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, true);
+        return false;
+    }
+    mark_dirty(b, s);
+    return true;
+}
+
+static const char *close_reason(uint16_t code)
+{
+    switch (code) {
+    case LWS_CLOSE_STATUS_GOINGAWAY:
+        return "broker shutting down";
+    case 4001:
+        return "slow consumer: outbound queue over its limit";
+    default:
+        return "internal error";
+    }
+}
+
+void session_begin_close(broker_t *b, session_t *s, uint16_t code, bool drop_queue)
+{
+    if (s->close_code || s->killed)
+        return;
+    /*
+     * The close frame is queued like any frame, after what is already queued
+     * (unless dropped), and written by the flush path: lws 4.1.6 (Debian's
+     * debug build) drops a close reason returned from WRITEABLE. The peer's
+     * answering close ends the connection (WS_PEER_INITIATED_CLOSE).
+     */
+    if (drop_queue)
+        outq_clear(&s->q);
+    frame_t *f = frame_close(code, close_reason(code));
+    if (!f || !outq_push(&s->q, f)) {
+        frame_unref(f);
+        session_kill(b, s);
+        return;
+    }
+    frame_unref(f);
+    s->close_code = code;
+    mark_dirty(b, s);
+    /* A peer that reads nothing never lets the close frame out: bound the wait. */
+    lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, CLOSE_GRACE_S);
+}
+
+void session_kill(broker_t *b, session_t *s)
+{
+    if (s->killed)
+        return;
+    s->killed = 1;
+    outq_clear(&s->q);
+    lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+}
+
+void session_flush(broker_t *b, session_t *s)
+{
+    struct lws *wsi = s->wsi;
+    size_t budget = FLUSH_BUDGET;
+    if (s->killed)
+        return;
+    while (s->q.count) {
+        if (lws_partial_buffered(wsi) || budget == 0) {
+            lws_callback_on_writable(wsi); /* resume when the socket drains */
+            return;
+        }
+        size_t n = outq_gather(&s->q, b->scratch, b->scratch_cap, NULL);
+        const uint8_t *p = b->scratch;
+        frame_t *big = NULL;
+        if (n == 0) { /* one frame larger than the scratch buffer: send it from its own memory */
+            big = frame_ref(outq_peek(&s->q));
+            outq_pop(&s->q);
+            p = frame_bytes(big);
+            n = big->len;
+        }
+        /* LWS_WRITE_HTTP on a ws connection is lws's raw send: our bytes are whole frames. */
+        int w = lws_write(wsi, (unsigned char *)p, n, LWS_WRITE_HTTP);
+        frame_unref(big);
+        if (w < 0) {
+            log_debug("conn %" PRIu64 ": write failed: dropping", s->conn_id);
+            session_kill(b, s);
+            return;
+        }
+        b->m.bytes_out += n;
+        b->m.writes++;
+        budget = budget > n ? budget - n : 0;
+    }
+}
+
+void session_flush_all(broker_t *b)
+{
+    /* session_flush never opens or closes sessions, so the array is stable here. */
+    for (uint32_t i = 0; i < b->ndirty; i++) {
+        session_t *s = b->dirty[i];
+        s->dirty_slot = SESSION_NOT_DIRTY;
+        session_flush(b, s);
+    }
+    b->ndirty = 0;
+}
+
+void session_keepalive_sweep(broker_t *b)
+{
+    uint64_t now = broker_uptime_ms(b);
+    uint64_t k = b->cfg.keepalive_s * 1000;
+    for (uint32_t i = 0; i < b->nsessions; i++) {
+        session_t *s = b->sessions[i];
+        if (s->close_code || s->killed)
+            continue;
+        uint64_t idle = now - s->last_rx_ms;
+        if (s->ping_sent && idle >= 2 * k) {
+            b->m.keepalive_closes++;
+            log_info("conn %" PRIu64 ": no answer to keepalive ping for %" PRIu64 " ms: dropping",
+                     s->conn_id, idle - k);
+            session_kill(b, s);
+        } else if (!s->ping_sent && idle >= k) {
+            s->ping_sent = 1;
+            session_enqueue(b, s, frame_ping());
+        }
+    }
+}

@@ -1,0 +1,84 @@
+/*
+ * session: one WebSocket connection. Lives in lws's per-session storage
+ * (zeroed by lws), so the struct is kept small: at 19,000 connections every
+ * byte here costs 19 KB.
+ */
+#ifndef GALE_SESSION_H
+#define GALE_SESSION_H
+
+#include "broker.h"
+#include "frame.h"
+#include "outq.h"
+#include "topics.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct lws;
+
+#define SESSION_NOT_DIRTY UINT32_MAX
+
+typedef struct session {
+    struct lws *wsi;
+    topics_owner_t owner; /* subscriptions, back-pointers into the topic index */
+    outq_t q;             /* frames waiting to be written */
+    uint8_t *rx;          /* reassembly of a message spanning several receives */
+    size_t rx_len;
+    uint64_t conn_id;
+    uint64_t last_rx_ms;   /* broker_uptime_ms() of the last inbound frame */
+    uint32_t slot;         /* index in broker.sessions */
+    uint32_t dirty_slot;   /* index in broker.dirty, or SESSION_NOT_DIRTY */
+    uint16_t close_code;   /* non-zero: closing with this code once flushed */
+    uint8_t enc;           /* gale_enc_t */
+    uint8_t ping_sent : 1; /* a keepalive ping is unanswered */
+    uint8_t rx_binary : 1; /* the message being reassembled is binary */
+    uint8_t killed : 1;    /* dropped without a close frame */
+    uint8_t live : 1;      /* opened and its wsi not yet destroyed (broker.nlive) */
+} session_t;
+
+/** Sets up a newly established session of encoding enc; queues hello. */
+bool session_open(broker_t *b, session_t *s, struct lws *wsi, gale_enc_t enc);
+
+/** Releases everything the session holds (subscriptions, queue, buffers). */
+void session_close(broker_t *b, session_t *s);
+
+/**
+ * Feeds one lws RECEIVE chunk. Returns 0, or -1 when the connection must be
+ * closed (the close reason has been set on the wsi).
+ */
+int session_receive(broker_t *b, session_t *s, const uint8_t *in, size_t len);
+
+/** Notes inbound traffic (any frame, including pongs) for the keepalive. */
+void session_touch(broker_t *b, session_t *s);
+
+/**
+ * Queues a reference to f for sending. When the queue would pass
+ * --queue-limit, the session is closed as a slow consumer (4001) instead and
+ * false is returned.
+ */
+bool session_enqueue(broker_t *b, session_t *s, frame_t *f);
+
+/**
+ * Writes queued frames, coalesced into as few writes as possible. Called
+ * from the per-turn flush and from WRITEABLE; asks for WRITEABLE itself when
+ * the socket cannot take everything.
+ */
+void session_flush(broker_t *b, session_t *s);
+
+/**
+ * Starts closing with `code` (1001, 4001, ...): a close frame is queued
+ * after the queued frames (or instead of them, with drop_queue) and nothing
+ * more is accepted. The peer's answering close, or a timeout, ends it.
+ */
+void session_begin_close(broker_t *b, session_t *s, uint16_t code, bool drop_queue);
+
+/** Drops the connection without a close frame (unresponsive peer). */
+void session_kill(broker_t *b, session_t *s);
+
+/** The per-turn flush: writes every dirty session's queue. */
+void session_flush_all(broker_t *b);
+
+/** Keepalive sweep: pings silent sessions, drops those that stayed silent. */
+void session_keepalive_sweep(broker_t *b);
+
+#endif
