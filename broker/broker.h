@@ -17,12 +17,12 @@
 #include "metrics.h"
 #include "topics.h"
 
+#include <libwebsockets.h>
+#include <limits.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <uv.h>
 
-struct lws_context;
-struct lws_vhost;
 typedef struct session session_t;
 
 typedef struct broker {
@@ -36,6 +36,9 @@ typedef struct broker {
     uint64_t start_ms; /* uv_now() at start */
     uint64_t next_conn_id;
     int port; /* the port actually listened on */
+    char web_root[PATH_MAX];
+    struct lws_protocols protocols[GALE_ENC_COUNT + 1]; /* by encoding, then a terminator */
+    struct lws_http_mount mounts[3];                    /* /metrics, /healthz, / */
 
     session_t **sessions; /* every established WebSocket session (session->slot) */
     uint32_t nsessions, sessions_cap;

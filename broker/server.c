@@ -29,12 +29,8 @@
 static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
                     size_t len);
 
-/* protocols[0] serves plain HTTP and WebSocket clients that offer no subprotocol (JSON). */
-static struct lws_protocols protocols[] = {
-    {"gale.v1.json", callback, sizeof(session_t), 0, 0, NULL, SCRATCH_SIZE},
-    {"gale.v1.msgpack", callback, sizeof(session_t), 0, 0, NULL, SCRATCH_SIZE},
-    {NULL, NULL, 0, 0, 0, NULL, 0},
-};
+/* Subprotocol names by encoding; the first also serves HTTP and clients that offer none. */
+static const char *const subprotocols[GALE_ENC_COUNT] = {"gale.v1.json", "gale.v1.msgpack"};
 
 /* A zeroed policy: no per-connection lws ping/hang-up timer (session_keepalive_sweep instead). */
 static const lws_retry_bo_t no_idle_policy;
@@ -65,9 +61,9 @@ static bool offers_known_subprotocol(const char *list)
         const char *e = p;
         while (*e && *e != ',' && *e != ' ' && *e != '\t')
             e++;
-        for (int i = 0; protocols[i].name; i++)
-            if ((size_t)(e - p) == strlen(protocols[i].name) &&
-                strncmp(p, protocols[i].name, (size_t)(e - p)) == 0)
+        for (int i = 0; i < GALE_ENC_COUNT; i++)
+            if ((size_t)(e - p) == strlen(subprotocols[i]) &&
+                strncmp(p, subprotocols[i], (size_t)(e - p)) == 0)
                 return true;
         p = e;
     }
@@ -113,8 +109,9 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     case LWS_CALLBACK_ESTABLISHED: {
         /* lws keeps its own copy of the protocols array: compare names. */
         const struct lws_protocols *p = lws_get_protocol(wsi);
-        gale_enc_t enc =
-            p && strcmp(p->name, protocols[1].name) == 0 ? GALE_ENC_MSGPACK : GALE_ENC_JSON;
+        gale_enc_t enc = p && strcmp(p->name, subprotocols[GALE_ENC_MSGPACK]) == 0
+                             ? GALE_ENC_MSGPACK
+                             : GALE_ENC_JSON;
         if (!session_open(b, s, wsi, enc)) {
             log_error("out of memory accepting a connection");
             return -1;
@@ -257,9 +254,11 @@ static void default_node_id(char *out, size_t cap)
     snprintf(out, cap, "%.40s-%ld", host, (long)getpid());
 }
 
-static bool create_lws(broker_t *b, const char *web_root)
+static bool create_lws(broker_t *b)
 {
-    static struct lws_http_mount m_metrics, m_healthz, m_root;
+    const char *web_root = b->web_root;
+    struct lws_http_mount *m_metrics = &b->mounts[0], *m_healthz = &b->mounts[1],
+                          *m_root = &b->mounts[2];
     struct lws_context_creation_info info;
     void *loops[1] = {b->loop};
 
@@ -275,23 +274,30 @@ static bool create_lws(broker_t *b, const char *web_root)
         return false;
     }
 
-    memset(&m_root, 0, sizeof(m_root));
-    m_root.mountpoint = "/";
-    m_root.mountpoint_len = 1;
-    m_root.origin = web_root;
-    m_root.def = "index.html";
-    m_root.origin_protocol = LWSMPRO_FILE;
-    m_healthz = m_root;
-    m_healthz.mount_next = &m_root;
-    m_healthz.mountpoint = HTTP_HEALTHZ;
-    m_healthz.mountpoint_len = sizeof(HTTP_HEALTHZ) - 1;
-    m_healthz.origin = protocols[0].name;
-    m_healthz.def = NULL;
-    m_healthz.origin_protocol = LWSMPRO_CALLBACK;
-    m_metrics = m_healthz;
-    m_metrics.mount_next = &m_healthz;
-    m_metrics.mountpoint = HTTP_METRICS;
-    m_metrics.mountpoint_len = sizeof(HTTP_METRICS) - 1;
+    for (int i = 0; i < GALE_ENC_COUNT; i++) {
+        struct lws_protocols *p = &b->protocols[i];
+        p->name = subprotocols[i];
+        p->callback = callback;
+        p->per_session_data_size = sizeof(session_t);
+        p->rx_buffer_size = b->cfg.rx_buffer;
+        p->tx_packet_size = SCRATCH_SIZE; /* one coalesced write is sent whole */
+    }
+    /* b->protocols[GALE_ENC_COUNT] stays zeroed: the terminator. */
+
+    m_root->mountpoint = "/";
+    m_root->mountpoint_len = 1;
+    m_root->origin = web_root;
+    m_root->def = "index.html";
+    m_root->origin_protocol = LWSMPRO_FILE;
+    m_healthz->mount_next = m_root;
+    m_healthz->mountpoint = HTTP_HEALTHZ;
+    m_healthz->mountpoint_len = sizeof(HTTP_HEALTHZ) - 1;
+    m_healthz->origin = subprotocols[0];
+    m_healthz->origin_protocol = LWSMPRO_CALLBACK;
+    *m_metrics = *m_healthz;
+    m_metrics->mount_next = m_healthz;
+    m_metrics->mountpoint = HTTP_METRICS;
+    m_metrics->mountpoint_len = sizeof(HTTP_METRICS) - 1;
 
     memset(&info, 0, sizeof(info));
     info.options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_FAIL_UPON_UNABLE_TO_BIND |
@@ -299,8 +305,8 @@ static bool create_lws(broker_t *b, const char *web_root)
     info.vhost_name = "gale";
     info.port = b->cfg.listen_port;
     info.iface = b->cfg.listen_host;
-    info.protocols = protocols;
-    info.mounts = &m_metrics;
+    info.protocols = b->protocols;
+    info.mounts = m_metrics;
     info.retry_and_idle_policy = &no_idle_policy;
     info.keepalive_timeout = 5;
     info.server_string = "gale";
@@ -328,7 +334,6 @@ static void warn_file_limit(const broker_t *b)
 broker_t *broker_start(const gale_config_t *cfg, uv_loop_t *loop)
 {
     broker_t *b = calloc(1, sizeof(*b));
-    char web_root[PATH_MAX];
     if (!b)
         return NULL;
     b->cfg = *cfg;
@@ -342,8 +347,8 @@ broker_t *broker_start(const gale_config_t *cfg, uv_loop_t *loop)
     b->scratch_cap = SCRATCH_SIZE;
     b->scratch = malloc(b->scratch_cap);
     b->topics = topics_new();
-    resolve_web_root(cfg, web_root, sizeof(web_root));
-    if (!b->scratch || !b->topics || !create_lws(b, web_root)) {
+    resolve_web_root(cfg, b->web_root, sizeof(b->web_root));
+    if (!b->scratch || !b->topics || !create_lws(b)) {
         b->stopping = true;
         finish(b);
         return b;
@@ -369,7 +374,7 @@ broker_t *broker_start(const gale_config_t *cfg, uv_loop_t *loop)
     log_info("gale-broker %s node %s listening on http://%s:%d (WebSocket ws://%s:%d%s, web "
              "root %s)",
              GALE_VERSION, b->node_id, cfg->listen_host, b->port, cfg->listen_host, b->port,
-             WS_PATH, web_root);
+             WS_PATH, b->web_root);
     log_info("limits: max-message %" PRIu64 " B, max-subscriptions %" PRIu64
              ", max-connections %" PRIu64 ", queue-limit %" PRIu64 " B, keepalive %" PRIu64
              " s; no authentication configured: the broker is open to every client",
