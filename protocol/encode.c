@@ -1,0 +1,222 @@
+/*
+ * Encoders of server messages (hello, msg, ack, pong, err) in JSON and
+ * MessagePack, and conversion of `data` between the two.
+ *
+ * MessagePack output is canonical: minimal integer, str and container
+ * headers. JSON output has no whitespace; strings are escaped (", \ and
+ * control characters) and invalid UTF-8 becomes U+FFFD, so it is always
+ * valid JSON whatever the caller passes.
+ */
+#include "internal.h"
+
+static const char *const ERR_NAMES[GALE_ERR_COUNT] = {
+    "ok",        "bad_request", "unknown_op",  "bad_topic", "too_large",
+    "forbidden", "limit",       "unavailable", "internal",
+};
+
+const char *gale_err_name(gale_err_t err)
+{
+    if ((unsigned)err >= GALE_ERR_COUNT)
+        return "internal";
+    return ERR_NAMES[err];
+}
+
+const char *gale_enc_subprotocol(gale_enc_t enc)
+{
+    switch (enc) {
+    case GALE_ENC_JSON:
+        return "gale.v1.json";
+    case GALE_ENC_MSGPACK:
+        return "gale.v1.msgpack";
+    }
+    return NULL;
+}
+
+static inline bool valid_enc(gale_enc_t enc)
+{
+    return enc == GALE_ENC_JSON || enc == GALE_ENC_MSGPACK;
+}
+
+/* Ends an encoder: undoes partial output on failure. */
+static gale_err_t finish(gale_buf_t *out, size_t start, gale_err_t err)
+{
+    if (err == GALE_OK && out->oom)
+        err = GALE_ERR_INTERNAL;
+    if (err != GALE_OK && out->len > start)
+        out->len = start;
+    return err;
+}
+
+/* JSON: ,"key": */
+static void jkey(gale_buf_t *b, const char *key)
+{
+    gale__buf_put(b, ',');
+    gale__buf_put(b, '"');
+    gale__buf_puts(b, key);
+    gale__buf_put(b, '"');
+    gale__buf_put(b, ':');
+}
+
+static void jstr(gale_buf_t *b, const char *s)
+{
+    if (s == NULL)
+        s = "";
+    gale__json_put_str(b, (const uint8_t *)s, strlen(s));
+}
+
+/* MessagePack: a str key or value from a C string (NULL: empty). */
+static void mstr(gale_buf_t *b, const char *s)
+{
+    if (s == NULL)
+        s = "";
+    gale__mp_put_str(b, s, strlen(s));
+}
+
+gale_err_t gale_encode_hello(gale_buf_t *out, gale_enc_t enc, const char *node, const char *conn,
+                             uint64_t max_msg)
+{
+    size_t start = out->len;
+    if (!valid_enc(enc))
+        return GALE_ERR_INTERNAL;
+    if (enc == GALE_ENC_JSON) {
+        gale__buf_puts(out, "{\"op\":\"hello\",\"v\":1");
+        jkey(out, "node");
+        jstr(out, node);
+        jkey(out, "conn");
+        jstr(out, conn);
+        jkey(out, "max_msg");
+        gale__buf_put_u64(out, max_msg);
+        gale__buf_put(out, '}');
+    } else {
+        gale__mp_put_map_hdr(out, 5);
+        mstr(out, "op");
+        mstr(out, "hello");
+        mstr(out, "v");
+        gale__mp_put_uint(out, GALE_PROTOCOL_VERSION);
+        mstr(out, "node");
+        mstr(out, node);
+        mstr(out, "conn");
+        mstr(out, conn);
+        mstr(out, "max_msg");
+        gale__mp_put_uint(out, max_msg);
+    }
+    return finish(out, start, GALE_OK);
+}
+
+/* {"op":op} or {"op":op,"id":id}, leaving a JSON object open for more fields. */
+static void head(gale_buf_t *out, gale_enc_t enc, const char *op, bool has_id, uint64_t id,
+                 size_t more_fields)
+{
+    if (enc == GALE_ENC_JSON) {
+        gale__buf_puts(out, "{\"op\":\"");
+        gale__buf_puts(out, op);
+        gale__buf_put(out, '"');
+        if (has_id) {
+            jkey(out, "id");
+            gale__buf_put_u64(out, id);
+        }
+    } else {
+        gale__mp_put_map_hdr(out, 1 + has_id + more_fields);
+        mstr(out, "op");
+        mstr(out, op);
+        if (has_id) {
+            mstr(out, "id");
+            gale__mp_put_uint(out, id);
+        }
+    }
+}
+
+gale_err_t gale_encode_ack(gale_buf_t *out, gale_enc_t enc, uint64_t id)
+{
+    size_t start = out->len;
+    if (!valid_enc(enc))
+        return GALE_ERR_INTERNAL;
+    head(out, enc, "ack", true, id, 0);
+    if (enc == GALE_ENC_JSON)
+        gale__buf_put(out, '}');
+    return finish(out, start, GALE_OK);
+}
+
+gale_err_t gale_encode_pong(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id)
+{
+    size_t start = out->len;
+    if (!valid_enc(enc))
+        return GALE_ERR_INTERNAL;
+    head(out, enc, "pong", has_id, id, 0);
+    if (enc == GALE_ENC_JSON)
+        gale__buf_put(out, '}');
+    return finish(out, start, GALE_OK);
+}
+
+gale_err_t gale_encode_err(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id,
+                           gale_err_t code, const char *msg)
+{
+    size_t start = out->len;
+    if (!valid_enc(enc))
+        return GALE_ERR_INTERNAL;
+    head(out, enc, "err", has_id, id, 2);
+    if (enc == GALE_ENC_JSON) {
+        jkey(out, "code");
+        jstr(out, gale_err_name(code));
+        jkey(out, "msg");
+        jstr(out, msg);
+        gale__buf_put(out, '}');
+    } else {
+        mstr(out, "code");
+        mstr(out, gale_err_name(code));
+        mstr(out, "msg");
+        mstr(out, msg);
+    }
+    return finish(out, start, GALE_OK);
+}
+
+gale_err_t gale_convert_data(gale_buf_t *out, gale_enc_t to, gale_enc_t from, const uint8_t *data,
+                             size_t len)
+{
+    size_t start = out->len;
+    gale_err_t err;
+    if (!valid_enc(to) || !valid_enc(from))
+        return GALE_ERR_INTERNAL;
+    if (data == NULL && len > 0)
+        return GALE_ERR_BAD_REQUEST;
+    if (to == from) {
+        if (len == 0)
+            return GALE_ERR_BAD_REQUEST; /* no value at all */
+        gale_buf_append(out, data, len);
+        err = GALE_OK;
+    } else if (from == GALE_ENC_JSON) {
+        err = gale__json_to_msgpack(out, data, len);
+    } else {
+        err = gale__msgpack_to_json(out, data, len);
+    }
+    return finish(out, start, err);
+}
+
+gale_err_t gale_encode_msg(gale_buf_t *out, gale_enc_t enc, const char *topic, size_t topic_len,
+                           gale_enc_t data_enc, const uint8_t *data, size_t data_len)
+{
+    size_t start = out->len;
+    if (!valid_enc(enc) || !valid_enc(data_enc))
+        return GALE_ERR_INTERNAL;
+    if (topic == NULL)
+        topic_len = 0, topic = "";
+    if (enc == GALE_ENC_JSON) {
+        /* A top-level bin travels as "bin" (base64) instead of "data". */
+        bool bin = data_enc == GALE_ENC_MSGPACK && data != NULL && data_len > 0 &&
+                   data[0] >= 0xc4 && data[0] <= 0xc6;
+        gale__buf_puts(out, "{\"op\":\"msg\",\"topic\":");
+        gale__json_put_str(out, (const uint8_t *)topic, topic_len);
+        gale__buf_puts(out, bin ? ",\"bin\":" : ",\"data\":");
+    } else {
+        gale__buf_put(out, 0x83);
+        mstr(out, "op");
+        mstr(out, "msg");
+        mstr(out, "topic");
+        gale__mp_put_str(out, topic, topic_len);
+        mstr(out, "data");
+    }
+    gale_err_t err = gale_convert_data(out, enc, data_enc, data, data_len);
+    if (err == GALE_OK && enc == GALE_ENC_JSON)
+        gale__buf_put(out, '}');
+    return finish(out, start, err);
+}

@@ -1,0 +1,211 @@
+/*
+ * gale v1 wire protocol: decoding of client messages, encoding of server
+ * messages, conversion of `data` between JSON and MessagePack, validation of
+ * topics and patterns.
+ *
+ * Pure code: no sockets, no event loop, no global mutable state. Every input
+ * is untrusted: each function bounds its work by the input length and by
+ * GALE_MAX_DEPTH, and never allocates more than a small multiple of the input.
+ *
+ * The contract is ../shared/PROTOCOL.md; the choices it leaves open are
+ * documented in docs/PROTOCOL-NOTES.md.
+ */
+#ifndef GALE_PROTOCOL_H
+#define GALE_PROTOCOL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define GALE_PROTOCOL_VERSION 1
+#define GALE_TOPIC_MAX 255
+/** Deepest nesting of arrays/maps accepted in a message (the top-level map is depth 1). */
+#define GALE_MAX_DEPTH 64
+/** Largest `id` a client may send: 2^53 - 1. */
+#define GALE_ID_MAX ((UINT64_C(1) << 53) - 1)
+
+/** Encodings, chosen per connection by Sec-WebSocket-Protocol. */
+typedef enum {
+    GALE_ENC_JSON = 0,    /* "gale.v1.json": text frames */
+    GALE_ENC_MSGPACK = 1, /* "gale.v1.msgpack": binary frames */
+} gale_enc_t;
+#define GALE_ENC_COUNT 2
+
+/** Subprotocol name of an encoding ("gale.v1.json", "gale.v1.msgpack"). */
+const char *gale_enc_subprotocol(gale_enc_t enc);
+
+/** Client operations. */
+typedef enum {
+    GALE_OP_SUB = 1,
+    GALE_OP_UNSUB,
+    GALE_OP_PUB,
+    GALE_OP_PING,
+} gale_op_t;
+
+/** Error codes of the `err` message, in PROTOCOL.md's order. GALE_OK is not an error. */
+typedef enum {
+    GALE_OK = 0,
+    GALE_ERR_BAD_REQUEST,
+    GALE_ERR_UNKNOWN_OP,
+    GALE_ERR_BAD_TOPIC,
+    GALE_ERR_TOO_LARGE,
+    GALE_ERR_FORBIDDEN,
+    GALE_ERR_LIMIT,
+    GALE_ERR_UNAVAILABLE,
+    GALE_ERR_INTERNAL,
+} gale_err_t;
+#define GALE_ERR_COUNT 9
+
+/** Wire name of an error code ("bad_request", ...); "ok" for GALE_OK, "internal" if out of range.
+ */
+const char *gale_err_name(gale_err_t err);
+
+/**
+ * One decoded client message. Pointers point into the caller's input buffer
+ * and are valid as long as it is. Exception: a JSON `topic` written with
+ * escape sequences (e.g. "a\u002eb") is unescaped into _topic_buf, and then
+ * `topic` points there: use it through the same gale_request_t (do not copy
+ * the struct by value and keep the copy's `topic`).
+ */
+typedef struct {
+    gale_op_t op;
+    bool has_id;
+    uint64_t id;       /* valid when has_id; 0 .. GALE_ID_MAX */
+    const char *topic; /* sub/unsub/pub: validated topic or pattern; NULL for ping */
+    size_t topic_len;
+    bool is_pattern;     /* topic has a `*` or `>` segment */
+    const uint8_t *data; /* pub: the raw bytes of the `data` value, in the input encoding */
+    size_t data_len;
+    char _topic_buf[GALE_TOPIC_MAX]; /* private: an unescaped JSON topic */
+} gale_request_t;
+
+/**
+ * Decodes one client message of encoding `enc` from buf[0..len).
+ *
+ * Returns GALE_OK and fills *req, or an error code (GALE_ERR_BAD_REQUEST,
+ * GALE_ERR_UNKNOWN_OP, GALE_ERR_BAD_TOPIC) with *why set to a static,
+ * human-readable reason. Even on error, req->has_id/req->id are set when the
+ * message carried a valid `id`, so the `err` reply can carry it.
+ *
+ * Checks, in this order: the whole input is one well-formed value of the
+ * encoding (JSON: strict RFC 8259, valid UTF-8, nothing but whitespace after
+ * it; MessagePack: pre-scanned for hostile sizes, nothing after it), within
+ * GALE_MAX_DEPTH (in MessagePack an ext counts as one more level, since it
+ * converts to a JSON object); it is an object/map with string keys and no duplicate key
+ * among op/id/topic/data; `op` is a string; `id`, when present, is an integer
+ * 0..2^53-1; `op` is known; `topic` is present and a string for
+ * sub/unsub/pub; it is a valid pattern (sub/unsub) or concrete topic (pub);
+ * `data` is present for pub. Unknown fields are ignored.
+ *
+ * JSON `data` is forwarded byte-exact: req->data spans exactly the bytes of
+ * the value as the client sent them (without surrounding whitespace).
+ */
+gale_err_t gale_decode_request(gale_enc_t enc, const uint8_t *buf, size_t len, gale_request_t *req,
+                               const char **why);
+
+/** True if s[0..len) is well-formed UTF-8 (no overlongs, no surrogates, <= U+10FFFF). */
+bool gale_utf8_valid(const uint8_t *s, size_t len);
+
+/** True if t[0..len) is a valid concrete topic (PROTOCOL.md "Topics"). */
+bool gale_topic_valid(const char *t, size_t len);
+
+/**
+ * True if t[0..len) is a valid pattern: a concrete topic, or one with `*`
+ * segments and/or a final `>` segment. *is_pattern (may be NULL) is set when
+ * it has a wildcard segment.
+ */
+bool gale_pattern_valid(const char *t, size_t len, bool *is_pattern);
+
+/** True if concrete `topic` matches `pattern` (both assumed valid). */
+bool gale_pattern_match(const char *pattern, size_t plen, const char *topic, size_t tlen);
+
+/**
+ * A growable output buffer. Encoders append at data+len. `headroom` bytes
+ * are reserved at the front by gale_buf_init (len starts there) so the owner
+ * can later prepend a header (the broker puts its frame header there) without
+ * copying. After an allocation failure `oom` is set and appends become no-ops;
+ * encoders then return GALE_ERR_INTERNAL.
+ */
+typedef struct {
+    uint8_t *data;
+    size_t len;
+    size_t cap;
+    size_t headroom;
+    bool oom;
+} gale_buf_t;
+
+/** Initialises *b with `headroom` reserved bytes (allocates lazily on first append). */
+void gale_buf_init(gale_buf_t *b, size_t headroom);
+/** Frees b's storage; safe on a zeroed or already-freed buffer. */
+void gale_buf_free(gale_buf_t *b);
+/** Appends n bytes; returns false (and sets oom) on allocation failure. */
+bool gale_buf_append(gale_buf_t *b, const void *p, size_t n);
+/** Payload start (after the headroom) and payload length. */
+static inline uint8_t *gale_buf_payload(const gale_buf_t *b)
+{
+    return b->data + b->headroom;
+}
+static inline size_t gale_buf_payload_len(const gale_buf_t *b)
+{
+    return b->len - b->headroom;
+}
+
+/*
+ * Encoders of server messages. Each appends one complete message (a JSON
+ * object or a MessagePack map) to *out and returns GALE_OK, or
+ * GALE_ERR_INTERNAL on allocation failure. Strings are escaped as needed.
+ */
+
+/** {"op":"hello","v":1,"node":node,"conn":conn,"max_msg":max_msg} */
+gale_err_t gale_encode_hello(gale_buf_t *out, gale_enc_t enc, const char *node, const char *conn,
+                             uint64_t max_msg);
+/** {"op":"ack","id":id} */
+gale_err_t gale_encode_ack(gale_buf_t *out, gale_enc_t enc, uint64_t id);
+/** {"op":"pong"} or {"op":"pong","id":id} */
+gale_err_t gale_encode_pong(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id);
+/** {"op":"err","code":gale_err_name(code),"msg":msg} plus "id" when has_id. */
+gale_err_t gale_encode_err(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id,
+                           gale_err_t code, const char *msg);
+
+/**
+ * {"op":"msg","topic":topic,"data":DATA} in encoding `enc`, where the data
+ * value data[0..data_len) is in encoding `data_enc` (as validated by
+ * gale_decode_request). Same encoding: DATA is copied byte-exact. Different
+ * encodings: DATA is converted (gale_convert_data); a top-level MessagePack
+ * bin sent to JSON becomes the field "bin" (base64 string) instead of "data".
+ * Returns GALE_ERR_BAD_REQUEST if data cannot be converted (not well-formed,
+ * or its JSON form would exceed 32x its size + 256 bytes: only map keys nested
+ * inside non-string map keys get there);
+ * same-encoding data is copied without being validated again. On any error
+ * nothing is appended.
+ */
+gale_err_t gale_encode_msg(gale_buf_t *out, gale_enc_t enc, const char *topic, size_t topic_len,
+                           gale_enc_t data_enc, const uint8_t *data, size_t data_len);
+
+/**
+ * Appends the value data[0..len) of encoding `from` converted to encoding
+ * `to` (a plain copy when they are equal). Rules (docs/PROTOCOL-NOTES.md):
+ * JSON numbers that are integral and fit int64/uint64 become integers, others
+ * float64; MessagePack bin becomes a base64 string, ext becomes
+ * {"ext":type,"base64":"..."}, non-string map keys become their JSON text,
+ * invalid UTF-8 in str becomes U+FFFD, NaN/Infinity become null.
+ */
+gale_err_t gale_convert_data(gale_buf_t *out, gale_enc_t to, gale_enc_t from, const uint8_t *data,
+                             size_t len);
+
+/**
+ * Pre-scan of untrusted MessagePack: true if buf[0..len) holds exactly one
+ * well-formed object whose every container count and str/bin/ext length fits
+ * in the remaining bytes, nested at most max_depth deep. Linear in len.
+ * A max_depth above 256 is treated as 256.
+ */
+bool gale_msgpack_prescan(const uint8_t *buf, size_t len, unsigned max_depth);
+
+/**
+ * Strict JSON validation: true if buf[0..len) is exactly one RFC 8259 value
+ * (surrounding whitespace allowed), valid UTF-8, nested at most max_depth.
+ * A max_depth above 256 is treated as 256.
+ */
+bool gale_json_valid(const uint8_t *buf, size_t len, unsigned max_depth);
+
+#endif

@@ -1,0 +1,131 @@
+/*
+ * Shared helpers of the fuzz targets: CHECK aborts (so libFuzzer records a
+ * crash) whatever NDEBUG says.
+ */
+#ifndef GALE_FUZZ_CHECK_H
+#define GALE_FUZZ_CHECK_H
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gale_protocol.h"
+#include "internal.h"
+
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);               \
+            abort();                                                                               \
+        }                                                                                          \
+    } while (0)
+
+static inline bool buf_eq(const gale_buf_t *a, const gale_buf_t *b)
+{
+    return gale_buf_payload_len(a) == gale_buf_payload_len(b) &&
+           (gale_buf_payload_len(a) == 0 ||
+            memcmp(gale_buf_payload(a), gale_buf_payload(b), gale_buf_payload_len(a)) == 0);
+}
+
+/*
+ * True if the (pre-scanned) MessagePack value p[0..n) has a map key that is
+ * an array or a map. Only such keys, escaped once per level of nesting, can
+ * exceed the conversion's output budget (docs/PROTOCOL-NOTES.md).
+ */
+static inline bool has_container_key(const uint8_t *p, size_t n)
+{
+    size_t pos = 0;
+    while (pos < n) {
+        gale__mphead_t h;
+        if (!gale__mp_head(p + pos, n - pos, &h))
+            return false;
+        if (h.kind == GALE__MP_MAP) {
+            size_t q = pos + h.hdr;
+            for (uint64_t i = 0; i < h.n && q < n; i++) {
+                gale__mphead_t k;
+                if (!gale__mp_head(p + q, n - q, &k))
+                    return false;
+                if (k.kind == GALE__MP_ARRAY || k.kind == GALE__MP_MAP)
+                    return true;
+                q += gale__mp_skip(p + q, n - q);
+                q += gale__mp_skip(p + q, n - q);
+            }
+        }
+        /* Step into containers, over everything else. */
+        if (h.kind == GALE__MP_ARRAY || h.kind == GALE__MP_MAP)
+            pos += h.hdr;
+        else
+            pos += gale__mp_skip(p + pos, n - pos);
+    }
+    return false;
+}
+
+/*
+ * Checks a decoded request's invariants, then encodes its data as a `msg` in
+ * both encodings and checks that each output is well-formed.
+ */
+static inline void check_request(gale_enc_t enc, const uint8_t *in, size_t len,
+                                 const gale_request_t *r)
+{
+    CHECK(r->op >= GALE_OP_SUB && r->op <= GALE_OP_PING);
+    if (r->has_id)
+        CHECK(r->id <= GALE_ID_MAX);
+    if (r->op == GALE_OP_PING) {
+        CHECK(r->topic == NULL);
+        return;
+    }
+    bool pat = !r->is_pattern;
+    CHECK(gale_pattern_valid(r->topic, r->topic_len, &pat));
+    CHECK(pat == r->is_pattern);
+    if (r->op != GALE_OP_PUB)
+        return;
+    CHECK(!r->is_pattern && gale_topic_valid(r->topic, r->topic_len));
+    CHECK(r->data >= in && r->data_len > 0 && r->data + r->data_len <= in + len);
+    if (enc == GALE_ENC_JSON)
+        CHECK(gale_json_valid(r->data, r->data_len, GALE_MAX_DEPTH - 1));
+    else
+        CHECK(gale_msgpack_prescan(r->data, r->data_len, GALE_MAX_DEPTH - 1));
+    for (int to = 0; to < GALE_ENC_COUNT; to++) {
+        gale_buf_t out;
+        gale_buf_init(&out, 14);
+        gale_err_t e = gale_encode_msg(&out, (gale_enc_t)to, r->topic, r->topic_len, enc, r->data,
+                                       r->data_len);
+        if (e == GALE_ERR_BAD_REQUEST && enc == GALE_ENC_MSGPACK && to == GALE_ENC_JSON) {
+            CHECK(has_container_key(r->data, r->data_len)); /* over the output budget */
+            CHECK(out.len == out.headroom);
+            gale_buf_free(&out);
+            continue;
+        }
+        CHECK(e == GALE_OK);
+        const uint8_t *p = gale_buf_payload(&out);
+        size_t n = gale_buf_payload_len(&out);
+        if (to == GALE_ENC_JSON)
+            CHECK(gale_json_valid(p, n, GALE_MAX_DEPTH));
+        else
+            CHECK(gale_msgpack_prescan(p, n, GALE_MAX_DEPTH));
+        /* It is a well-formed map/object whose op ("msg") is not a client op. */
+        gale_request_t back;
+        CHECK(gale_decode_request((gale_enc_t)to, p, n, &back, NULL) == GALE_ERR_UNKNOWN_OP);
+        gale_buf_free(&out);
+    }
+}
+
+/* The error reply for a failed decode must be well-formed too. */
+static inline void check_error(gale_enc_t enc, const gale_request_t *r, gale_err_t e,
+                               const char *why)
+{
+    CHECK(e == GALE_ERR_BAD_REQUEST || e == GALE_ERR_UNKNOWN_OP || e == GALE_ERR_BAD_TOPIC);
+    CHECK(why != NULL);
+    if (r->has_id)
+        CHECK(r->id <= GALE_ID_MAX);
+    gale_buf_t out;
+    gale_buf_init(&out, 0);
+    CHECK(gale_encode_err(&out, enc, r->has_id, r->id, e, why) == GALE_OK);
+    if (enc == GALE_ENC_JSON)
+        CHECK(gale_json_valid(out.data, out.len, 1));
+    else
+        CHECK(gale_msgpack_prescan(out.data, out.len, 1));
+    gale_buf_free(&out);
+}
+
+#endif
