@@ -49,7 +49,7 @@ typedef struct broker {
     size_t scratch_cap;
 
     uv_check_t flush_check;
-    uv_timer_t keepalive_timer;
+    uv_timer_t sweep_timer;
     uv_timer_t stop_timer;
     uv_signal_t sigterm, sigint;
     int handles_open; /* our uv handles not yet closed */

@@ -68,12 +68,13 @@ frame_t *frame_close(uint16_t code, const char *reason)
     return f;
 }
 
+/* The payload is not empty: lws 4.1.6 raises no RECEIVE_PONG for an empty pong. */
 struct ping_frame {
     frame_t f;
-    uint8_t bytes[2];
+    uint8_t bytes[6];
 };
-static struct ping_frame ping = {{FRAME_STATIC, offsetof(struct ping_frame, bytes), 2},
-                                 {0x80 | FRAME_PING, 0}};
+static struct ping_frame ping = {{FRAME_STATIC, offsetof(struct ping_frame, bytes), 6},
+                                 {0x80 | FRAME_PING, 4, 'g', 'a', 'l', 'e'}};
 
 frame_t *frame_ping(void)
 {

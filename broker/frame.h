@@ -64,7 +64,7 @@ size_t frame_write_header(uint8_t *end, int opcode, size_t len);
  */
 frame_t *frame_close(uint16_t code, const char *reason);
 
-/** A shared, never-freed empty PING frame (keepalive). */
+/** A shared, never-freed PING frame with the 4-byte payload "gale" (keepalive). */
 frame_t *frame_ping(void);
 
 #endif

@@ -48,10 +48,38 @@ int http_serve(broker_t *b, struct lws *wsi)
     return respond(wsi, HTTP_STATUS_NOT_FOUND, "text/plain", &body);
 }
 
+static const char *reason_phrase(unsigned status)
+{
+    switch (status) {
+    case HTTP_STATUS_BAD_REQUEST:
+        return "Bad Request";
+    case HTTP_STATUS_FORBIDDEN:
+        return "Forbidden";
+    case HTTP_STATUS_NOT_FOUND:
+        return "Not Found";
+    case HTTP_STATUS_SERVICE_UNAVAILABLE:
+        return "Service Unavailable";
+    default:
+        return "Error";
+    }
+}
+
 int http_refuse(broker_t *b, struct lws *wsi, unsigned status, const char *why)
 {
+    /*
+     * Written raw: at CONFIRM_UPGRADE lws has not parsed the request version
+     * yet and its own status helpers answer "HTTP/1.0", which WebSocket
+     * clients reject before reading the status.
+     */
+    char buf[LWS_PRE + 512];
+    char *p = buf + LWS_PRE;
+    int n = snprintf(p, sizeof(buf) - LWS_PRE,
+                     "HTTP/1.1 %u %s\r\ncontent-type: text/plain\r\ncontent-length: %zu\r\n"
+                     "cache-control: no-store\r\nconnection: close\r\n\r\n%s\n",
+                     status, reason_phrase(status), strlen(why) + 1, why);
     b->m.connections_refused++;
     log_debug("upgrade refused with HTTP %u: %s", status, why);
-    lws_return_http_status(wsi, status, why);
-    return 1;
+    if (n > 0 && (size_t)n < sizeof(buf) - LWS_PRE)
+        lws_write(wsi, (unsigned char *)p, (size_t)n, LWS_WRITE_HTTP);
+    return -1;
 }

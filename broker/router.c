@@ -12,38 +12,34 @@ typedef struct route {
     gale_enc_t data_enc;
     const uint8_t *data;
     size_t data_len;
-    frame_t *frames[GALE_ENC_COUNT]; /* built on first need */
-    bool failed;
+    frame_t *frames[GALE_ENC_COUNT];   /* built on first need */
+    gale_err_t failed[GALE_ENC_COUNT]; /* why frames[enc] could not be built */
     uint64_t delivered;
 } route_t;
 
-static frame_t *build(route_t *r, gale_enc_t enc)
+static gale_err_t build(route_t *r, gale_enc_t enc)
 {
     gale_buf_t buf;
     gale_buf_init(&buf, FRAME_HEADROOM);
-    if (gale_encode_msg(&buf, enc, r->topic, r->topic_len, r->data_enc, r->data, r->data_len) !=
-        GALE_OK) {
+    gale_err_t e =
+        gale_encode_msg(&buf, enc, r->topic, r->topic_len, r->data_enc, r->data, r->data_len);
+    if (e != GALE_OK) {
         gale_buf_free(&buf);
-        return NULL;
+        return e;
     }
-    return frame_finish(&buf, enc == GALE_ENC_JSON ? FRAME_TEXT : FRAME_BINARY);
+    r->frames[enc] = frame_finish(&buf, enc == GALE_ENC_JSON ? FRAME_TEXT : FRAME_BINARY);
+    return r->frames[enc] ? GALE_OK : GALE_ERR_INTERNAL;
 }
 
 static void visit(topics_owner_t *owner, void *arg)
 {
     route_t *r = arg;
     session_t *s = (session_t *)((char *)owner - offsetof(session_t, owner));
-    if (s->close_code || s->killed || r->failed)
+    if (s->close_code || s->killed || r->failed[s->enc])
         return;
-    frame_t *f = r->frames[s->enc];
-    if (!f) {
-        f = r->frames[s->enc] = build(r, (gale_enc_t)s->enc);
-        if (!f) {
-            r->failed = true;
-            return;
-        }
-    }
-    if (session_enqueue(r->b, s, f))
+    if (!r->frames[s->enc] && (r->failed[s->enc] = build(r, (gale_enc_t)s->enc)) != GALE_OK)
+        return;
+    if (session_enqueue(r->b, s, r->frames[s->enc]))
         r->delivered++;
 }
 
@@ -56,10 +52,14 @@ gale_err_t router_publish(broker_t *b, const char *topic, size_t topic_len, gale
                  .data_enc = data_enc,
                  .data = data,
                  .data_len = data_len};
+    gale_err_t err = GALE_OK;
     topics_match(b->topics, topic, topic_len, visit, &r);
-    for (int e = 0; e < GALE_ENC_COUNT; e++)
+    for (int e = 0; e < GALE_ENC_COUNT; e++) {
         frame_unref(r.frames[e]);
+        if (r.failed[e] != GALE_OK)
+            err = r.failed[e];
+    }
     b->m.messages_published++;
     b->m.messages_delivered += r.delivered;
-    return r.failed ? GALE_ERR_INTERNAL : GALE_OK;
+    return err;
 }

@@ -11,8 +11,10 @@
 
 /**
  * Routes topic/data (data in encoding data_enc, as decoded) to every local
- * subscriber. Returns GALE_OK, or GALE_ERR_INTERNAL if a frame could not be
- * built (nothing was delivered to the connections not yet reached).
+ * subscriber. Returns GALE_OK, or the error of an encoding whose frame could
+ * not be built: GALE_ERR_BAD_REQUEST when the data cannot be converted to it
+ * (docs/PROTOCOL-NOTES.md), GALE_ERR_INTERNAL when out of memory. Subscribers
+ * of the other encoding still receive the message.
  */
 gale_err_t router_publish(broker_t *b, const char *topic, size_t topic_len, gale_enc_t data_enc,
                           const uint8_t *data, size_t data_len);

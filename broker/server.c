@@ -22,6 +22,8 @@
 
 /* Coalescing buffer: frames queued for one connection are sent in writes of up to this size. */
 #define SCRATCH_SIZE (64 * 1024)
+/* Period of session_sweep: keepalive pings and close deadlines. */
+#define SWEEP_MS 1000
 /* Seconds a graceful stop waits for connections to close before tearing down. */
 #define STOP_GRACE_MS 3000
 #define WS_PATH "/ws"
@@ -32,7 +34,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 /* Subprotocol names by encoding; the first also serves HTTP and clients that offer none. */
 static const char *const subprotocols[GALE_ENC_COUNT] = {"gale.v1.json", "gale.v1.msgpack"};
 
-/* A zeroed policy: no per-connection lws ping/hang-up timer (session_keepalive_sweep instead). */
+/* A zeroed policy: no per-connection lws ping/hang-up timer (session_sweep instead). */
 static const lws_retry_bo_t no_idle_policy;
 
 uint64_t broker_uptime_ms(const broker_t *b)
@@ -125,6 +127,8 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
             session_touch(b, s);
         return 0;
     case LWS_CALLBACK_SERVER_WRITEABLE:
+        if (s->wsi && s->killed)
+            return -1; /* session_kill */
         if (s->wsi)
             session_flush(b, s);
         return 0;
@@ -153,9 +157,11 @@ static void on_flush(uv_check_t *h)
     session_flush_all(h->data);
 }
 
-static void on_keepalive(uv_timer_t *t)
+/* Frames queued outside lws's I/O callbacks must not wait for the next poll: flush now. */
+static void on_sweep(uv_timer_t *t)
 {
-    session_keepalive_sweep(t->data);
+    session_sweep(t->data);
+    session_flush_all(t->data);
 }
 
 static void on_handle_closed(uv_handle_t *h)
@@ -170,7 +176,7 @@ static void finish(broker_t *b)
     if (b->destroyed)
         return;
     b->destroyed = true;
-    uv_handle_t *hs[] = {(uv_handle_t *)&b->flush_check, (uv_handle_t *)&b->keepalive_timer,
+    uv_handle_t *hs[] = {(uv_handle_t *)&b->flush_check, (uv_handle_t *)&b->sweep_timer,
                          (uv_handle_t *)&b->stop_timer, (uv_handle_t *)&b->sigterm,
                          (uv_handle_t *)&b->sigint};
     for (size_t i = 0; i < sizeof(hs) / sizeof(hs[0]); i++)
@@ -202,6 +208,7 @@ void broker_stop(broker_t *b)
     log_info("stopping: closing %u connections with 1001", b->nsessions);
     for (uint32_t i = 0; i < b->nsessions; i++)
         session_begin_close(b, b->sessions[i], LWS_CLOSE_STATUS_GOINGAWAY, false);
+    session_flush_all(b);
     if (b->nlive == 0)
         schedule_finish(b);
     else
@@ -355,18 +362,15 @@ broker_t *broker_start(const gale_config_t *cfg, uv_loop_t *loop)
     }
 
     uv_check_init(loop, &b->flush_check);
-    uv_timer_init(loop, &b->keepalive_timer);
+    uv_timer_init(loop, &b->sweep_timer);
     uv_timer_init(loop, &b->stop_timer);
     uv_signal_init(loop, &b->sigterm);
     uv_signal_init(loop, &b->sigint);
-    b->flush_check.data = b->keepalive_timer.data = b->stop_timer.data = b;
+    b->flush_check.data = b->sweep_timer.data = b->stop_timer.data = b;
     b->sigterm.data = b->sigint.data = b;
     b->handles_open = 5;
     uv_check_start(&b->flush_check, on_flush);
-    if (cfg->keepalive_s) {
-        uint64_t period = cfg->keepalive_s * 1000 / 2;
-        uv_timer_start(&b->keepalive_timer, on_keepalive, period, period);
-    }
+    uv_timer_start(&b->sweep_timer, on_sweep, SWEEP_MS, SWEEP_MS);
     uv_signal_start(&b->sigterm, on_signal, SIGTERM);
     uv_signal_start(&b->sigint, on_signal, SIGINT);
 

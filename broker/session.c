@@ -8,11 +8,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 /* Bytes one session may write per flush before yielding to the others. */
 #define FLUSH_BUDGET (256 * 1024)
-/* Seconds a closing session may take to get its close frame out. */
-#define CLOSE_GRACE_S 10
+/* How long a closing session may take to get its close frame out and answered. */
+#define CLOSE_GRACE_MS 10000
 
 static bool slot_push(session_t ***arr, uint32_t *n, uint32_t *cap, session_t *s, uint32_t *slot)
 {
@@ -126,7 +127,11 @@ static void handle(broker_t *b, session_t *s, const uint8_t *msg, size_t len, bo
             e = router_publish(b, req.topic, req.topic_len, (gale_enc_t)s->enc, req.data,
                                req.data_len);
             if (e != GALE_OK)
-                why = "the message could not be delivered to every subscriber";
+                why = s->enc == GALE_ENC_JSON
+                          ? "data could not be converted for MessagePack subscribers; they did not "
+                            "receive it"
+                          : "data could not be converted for JSON subscribers; they did not "
+                            "receive it";
             break;
         case GALE_OP_PING:
             break;
@@ -185,6 +190,8 @@ void session_close(broker_t *b, session_t *s)
 
 void session_touch(broker_t *b, session_t *s)
 {
+    if (s->close_code)
+        return; /* last_rx_ms now times the close */
     s->last_rx_ms = broker_uptime_ms(b);
     s->ping_sent = 0;
 }
@@ -247,9 +254,9 @@ bool session_enqueue(broker_t *b, session_t *s, frame_t *f)
         return false;
     if (s->q.bytes + f->len > b->cfg.queue_limit) {
         b->m.slow_consumer_closes++;
-        log_info("conn %" PRIu64 ": slow consumer, %zu bytes queued over --queue-limit %" PRIu64
-                 ": closing with 4001",
-                 s->conn_id, s->q.bytes, b->cfg.queue_limit);
+        log_info("conn %" PRIu64 ": slow consumer: %zu bytes queued, %zu more would pass "
+                 "--queue-limit %" PRIu64 ": closing with 4001",
+                 s->conn_id, s->q.bytes, f->len, b->cfg.queue_limit);
         session_begin_close(b, s, 4001, true);
         return false;
     }
@@ -294,9 +301,8 @@ void session_begin_close(broker_t *b, session_t *s, uint16_t code, bool drop_que
     }
     frame_unref(f);
     s->close_code = code;
+    s->last_rx_ms = broker_uptime_ms(b); /* now the start of the close (session_sweep) */
     mark_dirty(b, s);
-    /* A peer that reads nothing never lets the close frame out: bound the wait. */
-    lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, CLOSE_GRACE_S);
 }
 
 void session_kill(broker_t *b, session_t *s)
@@ -305,7 +311,16 @@ void session_kill(broker_t *b, session_t *s)
         return;
     s->killed = 1;
     outq_clear(&s->q);
-    lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+    /*
+     * lws would first flush what it holds for the socket (which a stalled
+     * peer never lets happen), and its timeouts set outside its own service
+     * may never fire: shut the socket down instead. lws sees the hang-up on
+     * its next poll and closes the connection (LWS_CALLBACK_CLOSED).
+     */
+    lws_sockfd_type fd = lws_get_socket_fd(s->wsi);
+    if (fd >= 0)
+        shutdown(fd, SHUT_RDWR);
+    lws_callback_on_writable(s->wsi);
 }
 
 void session_flush(broker_t *b, session_t *s)
@@ -353,21 +368,27 @@ void session_flush_all(broker_t *b)
     b->ndirty = 0;
 }
 
-void session_keepalive_sweep(broker_t *b)
+void session_sweep(broker_t *b)
 {
     uint64_t now = broker_uptime_ms(b);
     uint64_t k = b->cfg.keepalive_s * 1000;
     for (uint32_t i = 0; i < b->nsessions; i++) {
         session_t *s = b->sessions[i];
-        if (s->close_code || s->killed)
-            continue;
         uint64_t idle = now - s->last_rx_ms;
-        if (s->ping_sent && idle >= 2 * k) {
+        if (s->killed)
+            continue;
+        if (s->close_code) {
+            if (idle >= CLOSE_GRACE_MS) {
+                log_info("conn %" PRIu64 ": no close answer after %" PRIu64 " ms: dropping",
+                         s->conn_id, idle);
+                session_kill(b, s);
+            }
+        } else if (k && s->ping_sent && idle >= 2 * k) {
             b->m.keepalive_closes++;
             log_info("conn %" PRIu64 ": no answer to keepalive ping for %" PRIu64 " ms: dropping",
                      s->conn_id, idle - k);
             session_kill(b, s);
-        } else if (!s->ping_sent && idle >= k) {
+        } else if (k && !s->ping_sent && idle >= k) {
             s->ping_sent = 1;
             session_enqueue(b, s, frame_ping());
         }

@@ -25,7 +25,8 @@ typedef struct session {
     uint8_t *rx;          /* reassembly of a message spanning several receives */
     size_t rx_len;
     uint64_t conn_id;
-    uint64_t last_rx_ms;   /* broker_uptime_ms() of the last inbound frame */
+    uint64_t last_rx_ms;   /* broker_uptime_ms() of the last inbound frame; once
+                              closing, of the start of the close */
     uint32_t slot;         /* index in broker.sessions */
     uint32_t dirty_slot;   /* index in broker.dirty, or SESSION_NOT_DIRTY */
     uint16_t close_code;   /* non-zero: closing with this code once flushed */
@@ -72,13 +73,21 @@ void session_flush(broker_t *b, session_t *s);
  */
 void session_begin_close(broker_t *b, session_t *s, uint16_t code, bool drop_queue);
 
-/** Drops the connection without a close frame (unresponsive peer). */
+/**
+ * Drops the connection without a close frame (unresponsive peer, write
+ * failure): the socket is shut down at once, writable or not, and lws closes
+ * the session on its next poll.
+ */
 void session_kill(broker_t *b, session_t *s);
 
 /** The per-turn flush: writes every dirty session's queue. */
 void session_flush_all(broker_t *b);
 
-/** Keepalive sweep: pings silent sessions, drops those that stayed silent. */
-void session_keepalive_sweep(broker_t *b);
+/**
+ * The once-a-second sweep: pings sessions silent for --keepalive, drops
+ * those that stayed silent as long again, and drops closing sessions whose
+ * peer did not answer the close within 10 s.
+ */
+void session_sweep(broker_t *b);
 
 #endif
