@@ -355,3 +355,36 @@ def test_msgpack_to_json_invalid_utf8_replaced(broker, topic):
         assert m["data"] == "\ufffdA", m
         await close_all(p, s)
     run(main())
+
+
+# --- data that cannot be converted -------------------------------------------------------
+
+@pytest.mark.gale_only
+def test_unconvertible_data_reaches_same_encoding_only(broker, topic):
+    # Map keys nested inside map keys: every level JSON-escapes the one below, so the JSON
+    # text doubles per level. The broker refuses to build it (docs/PROTOCOL-NOTES.md):
+    # MessagePack subscribers still get the exact bytes, JSON subscribers get nothing, and
+    # the publisher learns it with err bad_request.
+    key = msgpack.packb("leaf")
+    for _ in range(24):
+        key = b"\x81" + key + b"\x01"  # {key: 1}
+    data = b"\x81" + key + b"\xc0"  # {key: nil}
+    frame = b"\x83\xa2op\xa3pub\xa5topic" + msgpack.packb(topic) + b"\xa4data" + data
+    frame_with_id = frame[:1].replace(b"\x83", b"\x84") + frame[1:] + b"\xa2id\x07"
+
+    async def main():
+        js = await connect(broker.url, JSON)
+        mp = await connect(broker.url, MSGPACK)
+        pub = await connect(broker.url, MSGPACK)
+        await js.sub(topic)
+        await mp.sub(topic)
+        await pub.send_raw(frame_with_id)
+        reply = await pub.recv()
+        assert reply["op"] == "err" and reply["code"] == "bad_request" and reply["id"] == 7
+        assert "JSON" in reply["msg"]
+        raw = await mp.recv_raw()
+        assert raw.endswith(b"\xa4data" + data)  # byte-exact for the same encoding
+        await js.expect_silence()
+        await close_all(js, mp, pub)
+
+    run(main())
