@@ -1,0 +1,85 @@
+/*
+ * bench: `gale bench`, the load generator. Internal header shared by bench.c (command line,
+ * coordinator, publishers, report) and bench_worker.c (the forked worker processes holding
+ * subscriber or churn connections).
+ *
+ * Process model: the parent parses options, forks --procs workers connected to it by a
+ * SOCK_SEQPACKET socketpair each, holds the publishers itself and samples the broker's
+ * /proc entries. Workers hold their share of connections (connection i belongs to worker
+ * i % procs), send READY when their connections are set up, PROGRESS every 250 ms, and a
+ * FINAL report (with the latency histogram) when the parent says DRAIN or STOP.
+ */
+#ifndef GALE_BENCH_H
+#define GALE_BENCH_H
+
+#include "bench_hist.h"
+#include "bench_ws.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define MAX_PROCS 64
+#define MAX_PUBS 1024
+
+/** `gale bench` entry point: @argv[0] is "bench". Returns the exit status. */
+int bench_main(int argc, char **argv);
+
+typedef enum { SC_FANOUT, SC_TOPICS, SC_CONNS, SC_CONNECT } scenario_t;
+
+typedef struct {
+    scenario_t sc;
+    const char *name;
+    const char *url;
+    bws_target_t target;
+    bool msgpack;
+    bool random_mask;
+    uint32_t subs, pubs, topics, conns, procs, window, concurrency;
+    uint64_t messages; /* per publisher; 0: until --duration */
+    double rate, duration, hold, drain, setup_timeout;
+    size_t size;
+    bool subscribe;
+    bool json;
+    pid_t pid;
+    uint64_t clock_base; /* bench timestamps are ns since this CLOCK_MONOTONIC instant */
+} opts_t;
+
+enum { R_READY = 1, R_PROGRESS, R_FINAL };
+
+/** Worker to parent. PROGRESS and READY are sent without the histogram. */
+typedef struct {
+    uint32_t type, worker;
+    uint64_t conns_ok, conns_failed;
+    uint64_t received, expected, out_of_order, foreign, duplicates;
+    uint64_t broker_errors, lost_conns; /* err replies; connections lost after setup */
+    uint64_t cycles;                    /* connect scenario: completed open/close cycles */
+    uint64_t t_start, t_ready, t_last_recv;
+    int32_t last_close_code;
+    char error[200]; /* the first error met, for the report */
+    hist_t hist;     /* fanout/topics: delivery latency; connect: handshake time (ns) */
+} report_t;
+
+#define REPORT_SHORT offsetof(report_t, hist)
+
+enum { C_DRAIN = 1, C_STOP };
+
+/** Parent to worker. DRAIN: wait until every delivery of sent[] arrived, or the deadline. */
+typedef struct {
+    uint32_t type, npubs;
+    uint64_t deadline;
+    uint64_t sent[MAX_PUBS]; /* messages each publisher sent */
+} cmd_t;
+
+/** Topic of subscriber @i (fanout and topics) or connection @i (conns --subscribe). */
+void bench_topic(const opts_t *o, uint32_t i, char *out, size_t cap);
+
+/** Topic index (topics scenario) of message @seq of publisher @k. */
+static inline uint32_t bench_topic_of(const opts_t *o, uint32_t k, uint64_t seq)
+{
+    return (uint32_t)((seq + k) % o->topics);
+}
+
+/** Runs worker @w on control socket @ctrl; returns its exit status. */
+int bench_worker(const opts_t *o, uint32_t w, int ctrl);
+
+#endif

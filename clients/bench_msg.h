@@ -1,0 +1,84 @@
+/*
+ * bench_msg: the few gale v1 messages the load generator sends and reads, in JSON or
+ * MessagePack, encoded and decoded by hand, and RFC 6455 client framing.
+ *
+ * Bench data is an object {"p":P,"s":S,"t":T,"x":"xxx..."}: publisher index, sequence
+ * number and send time. To patch them in place in a precomputed frame they are written at
+ * a fixed width: s = BENCH_SEQ_BASE + seq (13 digits), t = BENCH_TIME_BASE + ns since the
+ * run's clock base (16 digits, good for 92 days), both below 2^53 so that JavaScript
+ * brokers forward them exactly. MessagePack uses uint64 (0xcf) at any value. Receivers do
+ * not rely on the width: brokers may re-encode.
+ */
+#ifndef GALE_BENCH_MSG_H
+#define GALE_BENCH_MSG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define BENCH_SEQ_BASE 1000000000000ULL     /* 10^12 */
+#define BENCH_TIME_BASE 1000000000000000ULL /* 10^15 */
+#define BENCH_MAX_FRAME (1u << 20)          /* largest incoming frame accepted */
+#define BENCH_MAX_SIZE 60000                /* largest --size */
+#define TOPIC_IDX_DIGITS 6                  /* bench.topic.NNNNNN */
+
+/** The WebSocket opcodes used here. */
+enum { WS_CONT = 0, WS_TEXT = 1, WS_BINARY = 2, WS_CLOSE = 8, WS_PING = 9, WS_PONG = 10 };
+
+/**
+ * Writes a masked client frame (FIN set) of @n payload bytes into @dst, which must hold
+ * n + 14 bytes. The mask key 0 leaves the payload bytes as they are (masking is XOR), which
+ * RFC 6455 servers must accept; any other key masks them. Returns the frame's length.
+ */
+size_t ws_frame(uint8_t *dst, int opcode, const void *payload, size_t n, uint32_t mask_key);
+
+/**
+ * Encodes {"op":OP,"topic":TOPIC,"id":ID} (id omitted when @id is UINT64_MAX) as JSON or
+ * MessagePack into @dst (@cap bytes). Returns the length, 0 if it does not fit.
+ */
+size_t msg_encode_op(uint8_t *dst, size_t cap, bool msgpack, const char *op, const char *topic,
+                     uint64_t id);
+
+/** A precomputed publish frame with fixed-width fields patched per send. */
+typedef struct {
+    uint8_t *frame; /* ws header (masked, key 0) + payload */
+    size_t len;
+    size_t payload_off; /* where the payload starts (after the 4 mask bytes) */
+    bool msgpack;
+    size_t off_id, off_seq, off_time, off_topic; /* off_topic 0: no topic index to patch */
+} pubtpl_t;
+
+/**
+ * Builds the publish frame for @topic (if @topic_indexed, its last TOPIC_IDX_DIGITS
+ * characters are patched per send) from publisher @pub, payload about @size bytes.
+ * Returns 0, or -1 when out of memory. Free with pubtpl_free().
+ */
+int pubtpl_build(pubtpl_t *t, bool msgpack, const char *topic, bool topic_indexed, uint32_t pub,
+                 size_t size);
+
+/** Patches sequence number (also the request id), send time and topic index. */
+void pubtpl_set(pubtpl_t *t, uint64_t seq, uint64_t time_ns, uint32_t topic_idx);
+
+/** Releases the frame. Safe on a zeroed template. */
+void pubtpl_free(pubtpl_t *t);
+
+/** What a received gale message is. */
+enum { GM_OTHER = 0, GM_MSG, GM_ACK, GM_HELLO, GM_ERR, GM_PONG };
+
+typedef struct {
+    int op;
+    bool has_id;
+    uint64_t id;
+    bool has_bench; /* a msg carrying bench data: p, s, t (offsets removed) */
+    uint64_t p, s, t;
+    char code[32]; /* err: code and human text, truncated, for messages */
+    char text[96];
+} gmsg_t;
+
+/**
+ * Reads the fields the load generator needs from one received message (@binary: MessagePack,
+ * else JSON). Returns 0, or -1 if it is not a readable gale message.
+ */
+int gmsg_parse(gmsg_t *m, bool binary, const uint8_t *p, size_t n);
+
+#endif

@@ -1,0 +1,366 @@
+/*
+ * bench_worker: one forked worker of `gale bench`, holding its share of connections.
+ *
+ * fanout, topics, conns: connect this worker's connections (at most --concurrency in
+ * setup at once), wait for each `hello`, subscribe where the scenario wants it and wait for
+ * the `ack`, then report READY. From then on count every delivery exactly, check order per
+ * publisher and record latency, until the parent says DRAIN (then wait for the expected
+ * count or the deadline) or STOP, and send the FINAL report.
+ * connect: churn --concurrency connections for --duration: connect, upgrade, `hello`,
+ * close; the histogram holds the time from connect() to `hello`.
+ */
+#include "bench.h"
+#include "bench_msg.h"
+#include "bench_sys.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define CLOSE_TIMEOUT_NS 5000000000ull
+#define PROGRESS_NS 250000000ull
+
+enum { CS_IDLE = 0, CS_SETUP, CS_READY, CS_DONE };
+
+typedef struct worker worker_t;
+
+typedef struct {
+    worker_t *wk;
+    uint32_t local;
+    uint8_t state;
+    bool ok; /* setup completed (stays true if the connection is lost later) */
+    uint64_t t0;
+    bws_conn_t *c;
+} slot_t;
+
+struct worker {
+    const opts_t *o;
+    uint32_t w;
+    int ctrl;
+    bws_loop_t *loop;
+    uint32_t n; /* connections (connect scenario: concurrent slots) */
+    slot_t *slots;
+    uint32_t started, pending;
+    uint64_t *last_seq; /* n x pubs, UINT64_MAX: nothing yet */
+    uint64_t setup_deadline, drain_deadline, churn_end, churn_count, last_progress;
+    bool need_sub, ready_sent, draining, stop;
+    bws_watch_t ctrl_watch;
+    report_t rep;
+};
+
+static uint32_t global_index(const worker_t *wk, uint32_t local)
+{
+    return wk->w + local * wk->o->procs;
+}
+
+static void note_error(worker_t *wk, const char *fmt, const char *a, const char *b)
+{
+    if (!wk->rep.error[0])
+        snprintf(wk->rep.error, sizeof(wk->rep.error), fmt, a, b);
+}
+
+static void send_report(worker_t *wk, uint32_t type)
+{
+    wk->rep.type = type;
+    size_t len = type == R_FINAL ? sizeof(wk->rep) : REPORT_SHORT;
+    if (send(wk->ctrl, &wk->rep, len, MSG_NOSIGNAL) < 0)
+        wk->stop = true; /* the parent is gone */
+}
+
+static void start_more(worker_t *wk)
+{
+    while (wk->started < wk->n && wk->pending < wk->o->concurrency) {
+        slot_t *s = &wk->slots[wk->started++];
+        s->c = bws_connect(wk->loop, global_index(wk, s->local), s);
+        if (!s->c) {
+            wk->rep.conns_failed++;
+            s->state = CS_DONE;
+            note_error(wk, "connect: %s%s", strerror(errno), "");
+            continue;
+        }
+        s->state = CS_SETUP;
+        wk->pending++;
+    }
+}
+
+static void setup_done(worker_t *wk, slot_t *s)
+{
+    s->state = CS_READY;
+    s->ok = true;
+    wk->pending--;
+    wk->rep.conns_ok++;
+    wk->rep.t_ready = now_ns();
+    start_more(wk);
+}
+
+static void send_sub(worker_t *wk, slot_t *s)
+{
+    char topic[64];
+    uint8_t msg[512], frame[600];
+    bench_topic(wk->o, global_index(wk, s->local), topic, sizeof(topic));
+    size_t n = msg_encode_op(msg, sizeof(msg), wk->o->msgpack, "sub", topic, 1);
+    bws_send(s->c, frame, ws_frame(frame, wk->o->msgpack ? WS_BINARY : WS_TEXT, msg, n, 0));
+}
+
+static void record_delivery(worker_t *wk, slot_t *s, const gmsg_t *m)
+{
+    uint64_t now = now_ns(), sent = wk->o->clock_base + m->t;
+    wk->rep.received++;
+    wk->rep.t_last_recv = now;
+    hist_add(&wk->rep.hist, now > sent ? now - sent : 0);
+    if (m->p >= wk->o->pubs) {
+        wk->rep.foreign++;
+        return;
+    }
+    uint64_t *last = &wk->last_seq[(size_t)s->local * wk->o->pubs + m->p];
+    if (*last != UINT64_MAX && m->s == *last)
+        wk->rep.duplicates++;
+    else if (*last != UINT64_MAX && m->s < *last)
+        wk->rep.out_of_order++;
+    else
+        *last = m->s;
+}
+
+static void churn_start(worker_t *wk, slot_t *s);
+
+static void on_message(bws_conn_t *c, bool binary, const uint8_t *p, size_t n)
+{
+    slot_t *s = c->user;
+    worker_t *wk = s->wk;
+    gmsg_t m;
+    if (gmsg_parse(&m, binary, p, n) < 0) {
+        wk->rep.foreign++;
+        return;
+    }
+    switch (m.op) {
+    case GM_MSG:
+        if (m.has_bench && s->state == CS_READY)
+            record_delivery(wk, s, &m);
+        else
+            wk->rep.foreign++;
+        break;
+    case GM_HELLO:
+        if (s->state != CS_SETUP)
+            break;
+        if (wk->o->sc == SC_CONNECT) {
+            hist_add(&wk->rep.hist, now_ns() - s->t0);
+            s->state = CS_READY;
+            bws_send_close(c, 1000);
+        } else if (wk->need_sub) {
+            send_sub(wk, s);
+        } else {
+            setup_done(wk, s);
+        }
+        break;
+    case GM_ACK:
+        if (s->state == CS_SETUP && m.has_id && m.id == 1)
+            setup_done(wk, s);
+        break;
+    case GM_ERR:
+        wk->rep.broker_errors++;
+        note_error(wk, "the broker answered err %s: %s", m.code, m.text);
+        break;
+    default:
+        break;
+    }
+}
+
+static void on_close(bws_conn_t *c, int code, const char *why)
+{
+    slot_t *s = c->user;
+    worker_t *wk = s->wk;
+    s->c = NULL;
+    if (wk->o->sc == SC_CONNECT) {
+        if (s->state == CS_READY) {
+            wk->rep.cycles++;
+        } else {
+            wk->rep.conns_failed++;
+            note_error(wk, "%s%s", why, "");
+        }
+        churn_start(wk, s);
+        return;
+    }
+    if (s->state == CS_SETUP) {
+        wk->rep.conns_failed++;
+        wk->pending--;
+        note_error(wk, "%s%s", why, "");
+        start_more(wk);
+    } else if (s->state == CS_READY) {
+        wk->rep.lost_conns++;
+        wk->rep.last_close_code = code;
+        note_error(wk, "connection lost: %s%s", why, "");
+    }
+    s->state = CS_DONE;
+}
+
+/* connect scenario: (re)start slot @s while the run lasts. */
+static void churn_start(worker_t *wk, slot_t *s)
+{
+    s->state = CS_IDLE;
+    uint64_t now = now_ns();
+    if (now >= wk->churn_end)
+        return;
+    s->c = bws_connect(wk->loop, (uint32_t)(wk->w + wk->churn_count++ * wk->o->procs), s);
+    if (!s->c) { /* retried from housekeeping, not in a tight loop */
+        wk->rep.conns_failed++;
+        note_error(wk, "connect: %s%s", strerror(errno), "");
+        return;
+    }
+    s->t0 = now;
+    s->state = CS_SETUP;
+}
+
+static void churn_tick(worker_t *wk, uint64_t now)
+{
+    bool active = false;
+    for (uint32_t i = 0; i < wk->n; i++) {
+        slot_t *s = &wk->slots[i];
+        if (s->state == CS_IDLE) {
+            churn_start(wk, s);
+        } else if ((s->state == CS_SETUP || s->state == CS_READY) &&
+                   now - s->t0 > CLOSE_TIMEOUT_NS) {
+            wk->rep.conns_failed++;
+            note_error(wk, "%s%s",
+                       s->state == CS_SETUP ? "no hello within 5 s" : "no close within 5 s", "");
+            bws_close(s->c);
+            s->c = NULL;
+            churn_start(wk, s);
+        }
+        active |= s->state != CS_IDLE;
+    }
+    if (now >= wk->churn_end && (!active || now >= wk->churn_end + CLOSE_TIMEOUT_NS)) {
+        wk->rep.conns_ok = wk->rep.cycles;
+        wk->rep.t_ready = now;
+        send_report(wk, R_FINAL);
+        wk->stop = true;
+    }
+}
+
+static uint64_t expected_for(const worker_t *wk, const cmd_t *cmd, uint32_t g)
+{
+    const opts_t *o = wk->o;
+    uint64_t e = 0;
+    uint32_t j = g % o->topics;
+    for (uint32_t k = 0; k < cmd->npubs; k++) {
+        uint64_t n = cmd->sent[k], r = (j + o->topics - k % o->topics) % o->topics;
+        e += n / o->topics + (r < n % o->topics ? 1 : 0);
+    }
+    return e;
+}
+
+static void on_ctrl(bws_watch_t *w, uint32_t events)
+{
+    worker_t *wk = w->user;
+    cmd_t cmd;
+    ssize_t n = recv(wk->ctrl, &cmd, sizeof(cmd), 0);
+    if (n <= 0) {
+        if (n == 0 || (errno != EAGAIN && errno != EINTR))
+            wk->stop = true;
+        return;
+    }
+    if (cmd.type == C_STOP) {
+        send_report(wk, R_FINAL);
+        wk->stop = true;
+    } else if (cmd.type == C_DRAIN) {
+        wk->rep.expected = 0;
+        for (uint32_t i = 0; i < wk->n; i++)
+            if (wk->slots[i].ok)
+                wk->rep.expected += expected_for(wk, &cmd, global_index(wk, i));
+        wk->drain_deadline = cmd.deadline;
+        wk->draining = true;
+    }
+}
+
+static void tick(worker_t *wk)
+{
+    uint64_t now = now_ns();
+    if (wk->o->sc == SC_CONNECT) {
+        churn_tick(wk, now);
+        return;
+    }
+    if (!wk->ready_sent && now > wk->setup_deadline) {
+        for (uint32_t i = 0; i < wk->n; i++) {
+            slot_t *s = &wk->slots[i];
+            if (s->state == CS_SETUP) {
+                bws_close(s->c);
+                s->c = NULL;
+                s->state = CS_DONE;
+                wk->rep.conns_failed++;
+                wk->pending--;
+                note_error(wk, "setup timed out (no hello or ack within --setup-timeout)%s%s", "",
+                           "");
+            } else if (s->state == CS_IDLE) {
+                s->state = CS_DONE;
+                wk->rep.conns_failed++;
+            }
+        }
+        wk->started = wk->n;
+    }
+    if (!wk->ready_sent && wk->started == wk->n && wk->pending == 0) {
+        send_report(wk, R_READY);
+        wk->ready_sent = true;
+        wk->last_progress = now;
+    }
+    if (wk->draining && (wk->rep.received >= wk->rep.expected || now >= wk->drain_deadline)) {
+        send_report(wk, R_FINAL);
+        wk->stop = true;
+    } else if (wk->ready_sent && now - wk->last_progress >= PROGRESS_NS) {
+        send_report(wk, R_PROGRESS);
+        wk->last_progress = now;
+    }
+}
+
+int bench_worker(const opts_t *o, uint32_t w, int ctrl)
+{
+    worker_t wk = {.o = o, .w = w, .ctrl = ctrl};
+    uint32_t total = o->sc == SC_CONNS ? o->conns : o->sc == SC_CONNECT ? 0 : o->subs;
+    wk.n = o->sc == SC_CONNECT ? o->concurrency : total / o->procs + (w < total % o->procs ? 1 : 0);
+    wk.need_sub = o->sc != SC_CONNS || o->subscribe;
+    wk.rep.worker = w;
+    hist_reset(&wk.rep.hist);
+    int status = 1;
+    bws_handlers_t h = {.on_message = on_message, .on_close = on_close};
+    wk.loop = bws_loop_new(&o->target, &h);
+    wk.slots = calloc(wk.n ? wk.n : 1, sizeof(*wk.slots));
+    size_t nseq = (size_t)wk.n * (o->sc == SC_FANOUT || o->sc == SC_TOPICS ? o->pubs : 0);
+    wk.last_seq = malloc((nseq ? nseq : 1) * sizeof(uint64_t));
+    if (!wk.loop || !wk.slots || !wk.last_seq) {
+        fprintf(stderr, "gale bench: worker %u: out of memory\n", w);
+        goto Exit;
+    }
+    memset(wk.last_seq, 0xff, (nseq ? nseq : 1) * sizeof(uint64_t));
+    for (uint32_t i = 0; i < wk.n; i++) {
+        wk.slots[i].wk = &wk;
+        wk.slots[i].local = i;
+    }
+    wk.ctrl_watch = (bws_watch_t){.fd = ctrl, .cb = on_ctrl, .user = &wk};
+    if (bws_watch_add(wk.loop, &wk.ctrl_watch) < 0) {
+        perror("gale bench: worker: epoll");
+        goto Exit;
+    }
+    wk.rep.t_start = now_ns();
+    wk.setup_deadline = wk.rep.t_start + (uint64_t)(o->setup_timeout * 1e9);
+    if (o->sc == SC_CONNECT) {
+        wk.churn_end = wk.rep.t_start + (uint64_t)(o->duration * 1e9);
+        for (uint32_t i = 0; i < wk.n; i++)
+            churn_start(&wk, &wk.slots[i]);
+    } else {
+        start_more(&wk);
+    }
+    while (!wk.stop) {
+        if (bws_loop_run(wk.loop, 20) < 0) {
+            perror("gale bench: worker: epoll_wait");
+            goto Exit;
+        }
+        tick(&wk);
+    }
+    status = 0;
+Exit:
+    bws_loop_free(wk.loop);
+    free(wk.slots);
+    free(wk.last_seq);
+    return status;
+}
