@@ -25,6 +25,9 @@
 
 typedef struct session session_t;
 
+/** Publishers per loop turn whose pending input can defer the flush. */
+#define BROKER_TRACKED_PUBLISHERS 16
+
 typedef struct broker {
     gale_config_t cfg;
     uv_loop_t *loop;
@@ -45,7 +48,10 @@ typedef struct broker {
     uint32_t nlive;    /* WebSocket wsis opened and not yet destroyed */
     session_t **dirty; /* sessions with queued frames to flush (session->dirty_slot) */
     uint32_t ndirty, dirty_cap;
-    uint8_t *scratch; /* flush buffer: queued frames are coalesced here */
+    session_t *publishers[BROKER_TRACKED_PUBLISHERS]; /* published this loop turn */
+    uint32_t npublishers;
+    uint32_t deferred_turns; /* flushes skipped in a row for pending publisher input */
+    uint8_t *scratch;        /* flush buffer: queued frames are coalesced here */
     size_t scratch_cap;
 
     uv_check_t flush_check;

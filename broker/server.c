@@ -154,7 +154,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 
 static void on_flush(uv_check_t *h)
 {
-    session_flush_all(h->data);
+    session_flush_turn(h->data);
 }
 
 /* Frames queued outside lws's I/O callbacks must not wait for the next poll: flush now. */
@@ -274,6 +274,8 @@ static bool create_lws(broker_t *b)
     info.foreign_loops = loops;
     info.user = b;
     info.port = CONTEXT_PORT_NO_LISTEN;
+    /* Handshakes parsed at once: the default (one per fd) leaves 4 KiB holes in the heap. */
+    info.max_http_header_pool = 64;
     b->ctx = lws_create_context(&info);
     if (!b->ctx) {
         log_error("could not create the libwebsockets context (is libwebsockets-evlib-uv "

@@ -8,8 +8,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 
+/* Loop turns the flush may wait for a publisher's pending input (session_flush_turn). */
+#define FLUSH_MAX_DEFERRED_TURNS 4
 /* Bytes one session may write per flush before yielding to the others. */
 #define FLUSH_BUDGET (256 * 1024)
 /* How long a closing session may take to get its close frame out and answered. */
@@ -102,6 +105,25 @@ static gale_err_t do_sub(broker_t *b, session_t *s, const gale_request_t *req, c
     return GALE_OK;
 }
 
+/* Remembers (up to BROKER_TRACKED_PUBLISHERS per turn) who published this loop turn. */
+static void note_publisher(broker_t *b, session_t *s)
+{
+    for (uint32_t i = 0; i < b->npublishers; i++)
+        if (b->publishers[i] == s)
+            return;
+    if (b->npublishers < BROKER_TRACKED_PUBLISHERS)
+        b->publishers[b->npublishers++] = s;
+}
+
+static void forget_publisher(broker_t *b, session_t *s)
+{
+    for (uint32_t i = 0; i < b->npublishers; i++)
+        if (b->publishers[i] == s) {
+            b->publishers[i] = b->publishers[--b->npublishers];
+            return;
+        }
+}
+
 static void handle(broker_t *b, session_t *s, const uint8_t *msg, size_t len, bool binary)
 {
     gale_request_t req;
@@ -124,6 +146,7 @@ static void handle(broker_t *b, session_t *s, const uint8_t *msg, size_t len, bo
             topics_unsubscribe(b->topics, &s->owner, req.topic, req.topic_len, NULL);
             break;
         case GALE_OP_PUB:
+            note_publisher(b, s);
             e = router_publish(b, req.topic, req.topic_len, (gale_enc_t)s->enc, req.data,
                                req.data_len);
             if (e != GALE_OK)
@@ -172,6 +195,7 @@ void session_close(broker_t *b, session_t *s)
     if (!s->wsi)
         return; /* never opened */
     topics_unsubscribe_all(b->topics, &s->owner, NULL, NULL);
+    forget_publisher(b, s);
     outq_clear(&s->q);
     free(s->rx);
     s->rx = NULL;
@@ -366,6 +390,37 @@ void session_flush_all(broker_t *b)
         session_flush(b, s);
     }
     b->ndirty = 0;
+}
+
+/* True if a connection that published this turn has more bytes waiting in its socket. */
+static bool publishers_have_input(broker_t *b)
+{
+    for (uint32_t i = 0; i < b->npublishers; i++) {
+        int avail = 0;
+        lws_sockfd_type fd = lws_get_socket_fd(b->publishers[i]->wsi);
+        if (fd >= 0 && ioctl(fd, FIONREAD, &avail) == 0 && avail > 0)
+            return true;
+    }
+    return false;
+}
+
+void session_flush_turn(broker_t *b)
+{
+    /*
+     * While a publisher still has unread input, the next turn will route
+     * more messages to the same subscribers: wait for them (a bounded number
+     * of turns) so each subscriber gets one larger write instead of several
+     * small ones. The pending input makes the next poll return at once.
+     */
+    bool defer =
+        b->ndirty && b->deferred_turns < FLUSH_MAX_DEFERRED_TURNS && publishers_have_input(b);
+    b->npublishers = 0;
+    if (defer) {
+        b->deferred_turns++;
+        return;
+    }
+    b->deferred_turns = 0;
+    session_flush_all(b);
 }
 
 void session_sweep(broker_t *b)

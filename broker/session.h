@@ -80,8 +80,15 @@ void session_begin_close(broker_t *b, session_t *s, uint16_t code, bool drop_que
  */
 void session_kill(broker_t *b, session_t *s);
 
-/** The per-turn flush: writes every dirty session's queue. */
+/** Writes every dirty session's queue now. */
 void session_flush_all(broker_t *b);
+
+/**
+ * The per-turn flush (uv_check): session_flush_all, unless a connection
+ * that published this turn has more input waiting, in which case the flush
+ * waits for it, a few turns at most, to coalesce larger writes.
+ */
+void session_flush_turn(broker_t *b);
 
 /**
  * The once-a-second sweep: pings sessions silent for --keepalive, drops
