@@ -24,6 +24,7 @@
 #include <uv.h>
 
 typedef struct session session_t;
+typedef struct cluster cluster_t;
 
 /** Publishers per loop turn whose pending input can defer the flush. */
 #define BROKER_TRACKED_PUBLISHERS 16
@@ -34,8 +35,10 @@ typedef struct broker {
     struct lws_context *ctx;
     struct lws_vhost *vhost;
     topics_t *topics;
+    cluster_t *cluster; /* NULL: single node (no --redis) */
     metrics_t m;
     char node_id[64];
+    uint64_t instance; /* random, non-zero: names this process on the cluster bus */
     uint64_t start_ms; /* uv_now() at start */
     uint64_t next_conn_id;
     int port; /* the port actually listened on */

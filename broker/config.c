@@ -1,5 +1,6 @@
 #include "config.h"
 
+#include "cluster_wire.h"
 #include "log.h"
 
 #include <errno.h>
@@ -8,7 +9,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef enum { OPT_ADDR, OPT_SIZE, OPT_UINT, OPT_LEVEL, OPT_PATH, OPT_NAME } opt_kind_t;
+typedef enum {
+    OPT_ADDR,
+    OPT_SIZE,
+    OPT_UINT,
+    OPT_LEVEL,
+    OPT_PATH,
+    OPT_NAME,
+    OPT_URLS,
+    OPT_PREFIX
+} opt_kind_t;
 
 typedef struct {
     const char *flag;
@@ -48,6 +58,17 @@ static const opt_t options[] = {
      "directory served at / (default: the installed or source web/ directory)"},
     {"--node-id", "GALE_NODE_ID", OPT_NAME, 0, 0, 0, "NAME",
      "this broker's name in hello and /healthz (default HOSTNAME-PID)"},
+    {"--redis", "GALE_REDIS_URL", OPT_URLS, 0, 0, 0, "URL[,URL...]",
+     "cluster through Redis pub/sub at redis://HOST:PORT[/DB]; several URLs shard topics "
+     "(default: none, a single node)"},
+    {"--redis-prefix", "GALE_REDIS_PREFIX", OPT_PREFIX, 0, 0, 0, "PREFIX",
+     "prefix of the Redis channel names (default gale:)"},
+    {"--redis-timeout", "GALE_REDIS_TIMEOUT", OPT_UINT, 50, 60000,
+     offsetof(gale_config_t, redis_timeout_ms), "MS",
+     "Redis connect and command timeout in milliseconds (default 2000)"},
+    {"--redis-max-pending", "GALE_REDIS_MAX_PENDING", OPT_SIZE, 64 * 1024, 1u << 30,
+     offsetof(gale_config_t, redis_max_pending), "BYTES",
+     "PUBLISHes awaiting Redis per shard; more answer err unavailable (default 8M)"},
 };
 #define NOPTIONS (sizeof(options) / sizeof(options[0]))
 
@@ -63,6 +84,9 @@ void config_defaults(gale_config_t *c)
     c->keepalive_s = 25;
     c->rx_buffer = 1024;
     c->log_level = LOG_INFO;
+    strcpy(c->redis_prefix, "gale:");
+    c->redis_timeout_ms = 2000;
+    c->redis_max_pending = 8 * 1024 * 1024;
 }
 
 bool config_parse_size(const char *s, uint64_t *out)
@@ -156,6 +180,34 @@ static bool apply(gale_config_t *c, const opt_t *o, const char *src, const char 
         }
         fprintf(err, "gale-broker: %s: '%s' is not one of error, warn, info, debug\n", src, v);
         return false;
+    }
+    case OPT_URLS: {
+        cluster_addr_t addrs[CLUSTER_MAX_SHARDS];
+        const char *why;
+        if (strlen(v) < sizeof(c->redis_urls) &&
+            cluster_parse_urls(v, addrs, CLUSTER_MAX_SHARDS, &why) > 0) {
+            strcpy(c->redis_urls, v);
+            return true;
+        }
+        if (strlen(v) >= sizeof(c->redis_urls))
+            why = "too long";
+        fprintf(err, "gale-broker: %s: '%s': %s (e.g. redis://127.0.0.1:6379)\n", src, v, why);
+        return false;
+    }
+    case OPT_PREFIX: {
+        size_t len = strlen(v);
+        bool ok = len > 0 && len < sizeof(c->redis_prefix);
+        for (size_t i = 0; ok && i < len; i++)
+            ok = v[i] > ' ' && v[i] < 0x7f;
+        if (!ok) {
+            fprintf(err,
+                    "gale-broker: %s: '%s' is not a valid PREFIX (1 to %zu printable ASCII "
+                    "characters, no spaces)\n",
+                    src, v, sizeof(c->redis_prefix) - 1);
+            return false;
+        }
+        memcpy(c->redis_prefix, v, len + 1);
+        return true;
     }
     case OPT_PATH:
     case OPT_NAME: {

@@ -22,6 +22,10 @@ typedef struct {
     int log_level;              /* --log-level */
     char web_root[4096];        /* --web-root; empty: the built-in default */
     char node_id[64];           /* --node-id; empty: HOSTNAME-PID */
+    char redis_urls[4096];      /* --redis URL[,URL...]; empty: single node */
+    char redis_prefix[65];      /* --redis-prefix, of every Redis channel name */
+    uint64_t redis_timeout_ms;  /* --redis-timeout, connect and command timeout */
+    uint64_t redis_max_pending; /* --redis-max-pending, bytes of PUBLISHes awaiting Redis */
 } gale_config_t;
 
 /** Outcome of config_parse. */

@@ -1,5 +1,6 @@
 #include "http.h"
 
+#include "cluster.h"
 #include "log.h"
 
 #include <libwebsockets.h>
@@ -38,10 +39,13 @@ int http_serve(broker_t *b, struct lws *wsi)
     }
     if (strcmp(uri, HTTP_HEALTHZ) == 0) {
         metrics_render_health(&g, b->node_id, &body);
-        return respond(wsi, HTTP_STATUS_OK, "application/json", &body);
+        bool degraded = g.redis_shards && g.redis_up < g.redis_shards;
+        return respond(wsi, degraded ? HTTP_STATUS_SERVICE_UNAVAILABLE : HTTP_STATUS_OK,
+                       "application/json", &body);
     }
     if (strcmp(uri, HTTP_METRICS) == 0) {
         metrics_render(&b->m, &g, &body);
+        cluster_render_metrics(b->cluster, &body);
         return respond(wsi, HTTP_STATUS_OK, "text/plain; version=0.0.4; charset=utf-8", &body);
     }
     gale_buf_append(&body, "not found\n", 10);

@@ -1,6 +1,7 @@
 #include "metrics.h"
 
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stdio.h>
 
@@ -55,6 +56,28 @@ gale_err_t metrics_render(const metrics_t *m, const metrics_gauges_t *g, gale_bu
     for (int c = GALE_ERR_BAD_REQUEST; c < GALE_ERR_COUNT; c++)
         appendf(out, "gale_protocol_errors_total{code=\"%s\"} %" PRIu64 "\n",
                 gale_err_name((gale_err_t)c), m->protocol_errors[c]);
+    if (g->redis_shards) {
+        metric(out, "gale_redis_shards", "gauge", "Redis shards configured (--redis).",
+               g->redis_shards);
+        metric(out, "gale_redis_connected", "gauge",
+               "Redis shards with both connections (subscribe, publish) ready.", g->redis_up);
+        metric(out, "gale_redis_publishes_total", "counter", "PUBLISH commands sent to Redis.",
+               m->redis_publishes);
+        metric(out, "gale_redis_messages_received_total", "counter",
+               "Messages received from Redis subscriptions.", m->redis_received);
+        metric(out, "gale_redis_duplicates_dropped_total", "counter",
+               "Messages from Redis dropped as copies of one already delivered.",
+               m->redis_duplicates);
+        metric(out, "gale_redis_echoes_dropped_total", "counter",
+               "Messages from Redis dropped as this node's own (delivered when published).",
+               m->redis_echoes);
+        metric(out, "gale_redis_invalid_dropped_total", "counter",
+               "Messages from Redis dropped as malformed.", m->redis_invalid);
+        metric(out, "gale_redis_reconnects_total", "counter",
+               "Redis shards connected again after losing their connection.", m->redis_reconnects);
+        metric(out, "gale_redis_connect_failures_total", "counter",
+               "Failed attempts to connect to a Redis shard.", m->redis_connect_failures);
+    }
     appendf(out,
             "# HELP gale_uptime_seconds Seconds since the broker started.\n"
             "# TYPE gale_uptime_seconds gauge\ngale_uptime_seconds %.3f\n",
@@ -65,9 +88,17 @@ gale_err_t metrics_render(const metrics_t *m, const metrics_gauges_t *g, gale_bu
 gale_err_t metrics_render_health(const metrics_gauges_t *g, const char *node, gale_buf_t *out)
 {
     /* node ids are printable ASCII without quotes or backslashes (config.c). */
+    bool degraded = g->redis_shards && g->redis_up < g->redis_shards;
     appendf(out,
-            "{\"status\":\"ok\",\"node\":\"%s\",\"connections\":%" PRIu64
-            ",\"subscriptions\":%" PRIu64 ",\"uptime_s\":%.3f}\n",
-            node, g->connections, g->subscriptions, g->uptime_s);
+            "{\"status\":\"%s\",\"node\":\"%s\",\"connections\":%" PRIu64
+            ",\"subscriptions\":%" PRIu64 ",\"uptime_s\":%.3f",
+            degraded ? "degraded" : "ok", node, g->connections, g->subscriptions, g->uptime_s);
+    if (g->redis_shards)
+        appendf(out, ",\"redis\":{\"state\":\"%s\",\"shards\":%u,\"connected\":%u}",
+                g->redis_up == g->redis_shards ? "up"
+                : g->redis_up                  ? "partial"
+                                               : "down",
+                g->redis_shards, g->redis_up);
+    appendf(out, "}\n");
     return out->oom ? GALE_ERR_INTERNAL : GALE_OK;
 }

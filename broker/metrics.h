@@ -20,6 +20,13 @@ typedef struct metrics {
     uint64_t keepalive_closes;                /* connections dropped after an unanswered ping */
     uint64_t oversize_closes;                 /* closes with 1009 */
     uint64_t protocol_errors[GALE_ERR_COUNT]; /* err replies by code */
+    uint64_t redis_publishes;                 /* PUBLISH commands sent (--redis) */
+    uint64_t redis_received;                  /* messages received from Redis */
+    uint64_t redis_duplicates;                /* ... dropped as copies already delivered */
+    uint64_t redis_echoes;                    /* ... dropped as this node's own */
+    uint64_t redis_invalid;                   /* ... dropped as malformed */
+    uint64_t redis_reconnects;                /* shards connected again after a loss */
+    uint64_t redis_connect_failures;          /* failed connection attempts */
 } metrics_t;
 
 /** Gauges sampled when rendering. */
@@ -29,12 +36,17 @@ typedef struct metrics_gauges {
     uint64_t topics;
     uint64_t queued_bytes;
     double uptime_s;
+    uint32_t redis_shards; /* 0: not clustered */
+    uint32_t redis_up;     /* shards with both connections ready */
 } metrics_gauges_t;
 
 /** Appends the Prometheus text exposition (version 0.0.4) of m and g to out. */
 gale_err_t metrics_render(const metrics_t *m, const metrics_gauges_t *g, gale_buf_t *out);
 
-/** Appends the /healthz JSON body to out. */
+/**
+ * Appends the /healthz JSON body to out: status "ok", or "degraded" when
+ * clustered and a Redis shard is down (http.c answers 503 then).
+ */
 gale_err_t metrics_render_health(const metrics_gauges_t *g, const char *node, gale_buf_t *out);
 
 #endif

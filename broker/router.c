@@ -43,7 +43,7 @@ static void visit(topics_owner_t *owner, void *arg)
         r->delivered++;
 }
 
-gale_err_t router_publish(broker_t *b, const char *topic, size_t topic_len, gale_enc_t data_enc,
+gale_err_t router_deliver(broker_t *b, const char *topic, size_t topic_len, gale_enc_t data_enc,
                           const uint8_t *data, size_t data_len)
 {
     route_t r = {.b = b,
@@ -59,7 +59,21 @@ gale_err_t router_publish(broker_t *b, const char *topic, size_t topic_len, gale
         if (r.failed[e] != GALE_OK)
             err = r.failed[e];
     }
-    b->m.messages_published++;
     b->m.messages_delivered += r.delivered;
     return err;
+}
+
+gale_err_t router_publish(broker_t *b, const char *topic, size_t topic_len, gale_enc_t data_enc,
+                          const uint8_t *data, size_t data_len)
+{
+    b->m.messages_published++;
+    return router_deliver(b, topic, topic_len, data_enc, data, data_len);
+}
+
+const char *router_convert_why(gale_enc_t publisher_enc)
+{
+    return publisher_enc == GALE_ENC_JSON
+               ? "data could not be converted for MessagePack subscribers; they did not "
+                 "receive it"
+               : "data could not be converted for JSON subscribers; they did not receive it";
 }

@@ -19,4 +19,15 @@
 gale_err_t router_publish(broker_t *b, const char *topic, size_t topic_len, gale_enc_t data_enc,
                           const uint8_t *data, size_t data_len);
 
+/**
+ * Routes like router_publish a message that came from another broker (the
+ * cluster): the same delivery, counted as received from the cluster rather
+ * than published.
+ */
+gale_err_t router_deliver(broker_t *b, const char *topic, size_t topic_len, gale_enc_t data_enc,
+                          const uint8_t *data, size_t data_len);
+
+/** The `err` text for router_publish's GALE_ERR_BAD_REQUEST, by the publisher's encoding. */
+const char *router_convert_why(gale_enc_t publisher_enc);
+
 #endif

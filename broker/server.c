@@ -6,6 +6,7 @@
  * and http.c.
  */
 #include "broker.h"
+#include "cluster.h"
 #include "http.h"
 #include "log.h"
 #include "session.h"
@@ -16,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -51,6 +53,7 @@ void broker_gauges(const broker_t *b, metrics_gauges_t *g)
     for (uint32_t i = 0; i < b->nsessions; i++)
         g->queued_bytes += b->sessions[i]->q.bytes;
     g->uptime_s = (double)broker_uptime_ms(b) / 1000.0;
+    cluster_state(b->cluster, &g->redis_shards, &g->redis_up);
 }
 
 /* True if the comma-separated Sec-WebSocket-Protocol list names one of ours. */
@@ -182,6 +185,7 @@ static void finish(broker_t *b)
     for (size_t i = 0; i < sizeof(hs) / sizeof(hs[0]); i++)
         if (hs[i]->data && !uv_is_closing(hs[i]))
             uv_close(hs[i], on_handle_closed);
+    cluster_close(b->cluster);
     if (b->ctx)
         lws_context_destroy(b->ctx);
 }
@@ -247,6 +251,19 @@ static void resolve_web_root(const gale_config_t *cfg, char *out, size_t cap)
         snprintf(out, cap, "%s", GALE_SOURCE_WEB_ROOT);
     else
         snprintf(out, cap, "%s", GALE_INSTALL_WEB_ROOT);
+}
+
+/* A random non-zero 64-bit number naming this process on the cluster bus. */
+static uint64_t new_instance(void)
+{
+    uint64_t v = 0;
+    if (getrandom(&v, sizeof(v), 0) != (ssize_t)sizeof(v)) {
+        uv_timeval64_t tv;
+        uv_gettimeofday(&tv);
+        v = ((uint64_t)tv.tv_sec * 1000000u + (uint64_t)tv.tv_usec) ^ ((uint64_t)getpid() << 40);
+        v *= 0x9e3779b97f4a7c15ULL;
+    }
+    return v ? v : 1;
 }
 
 static void default_node_id(char *out, size_t cap)
@@ -356,8 +373,10 @@ broker_t *broker_start(const gale_config_t *cfg, uv_loop_t *loop)
     b->scratch_cap = SCRATCH_SIZE;
     b->scratch = malloc(b->scratch_cap);
     b->topics = topics_new();
+    b->instance = new_instance();
     resolve_web_root(cfg, b->web_root, sizeof(b->web_root));
-    if (!b->scratch || !b->topics || !create_lws(b)) {
+    if (!b->scratch || !b->topics || !create_lws(b) ||
+        (cfg->redis_urls[0] && !(b->cluster = cluster_new(b)))) {
         b->stopping = true;
         finish(b);
         return b;
@@ -396,6 +415,8 @@ int broker_free(broker_t *b)
         return 1;
     if (b->ctx)
         lws_context_destroy(b->ctx); /* the second call: frees what the first one closed */
+    cluster_close(b->cluster);       /* no-op unless broker_start failed half-way */
+    cluster_free(b->cluster);
     topics_free(b->topics);
     free(b->scratch);
     free(b->sessions);

@@ -1,5 +1,6 @@
 #include "session.h"
 
+#include "cluster.h"
 #include "log.h"
 #include "router.h"
 
@@ -53,7 +54,21 @@ static frame_t *finish_reply(gale_buf_t *buf, gale_err_t e, gale_enc_t enc)
     return frame_finish(buf, enc == GALE_ENC_JSON ? FRAME_TEXT : FRAME_BINARY);
 }
 
-/* Queues a reply frame built by the caller; frees it if it cannot be queued. */
+/* Appends r to s's reply FIFO (s->replies is its tail, tail->next its head). */
+static void fifo_push(session_t *s, session_reply_t *r)
+{
+    r->s = s;
+    if (s->replies) {
+        r->next = s->replies->next;
+        s->replies->next = r;
+    } else {
+        r->next = r;
+    }
+    s->replies = r;
+}
+
+/* Queues a reply frame built by the caller (behind replies still held back); frees it if it
+ * cannot be queued. */
 static void send_reply(broker_t *b, session_t *s, frame_t *f)
 {
     if (!f) {
@@ -61,8 +76,99 @@ static void send_reply(broker_t *b, session_t *s, frame_t *f)
         session_begin_close(b, s, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, true);
         return;
     }
+    if (s->replies) {
+        session_reply_t *r = calloc(1, sizeof(*r));
+        if (!r) {
+            frame_unref(f);
+            log_error("conn %" PRIu64 ": out of memory holding a reply: closing", s->conn_id);
+            session_begin_close(b, s, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, true);
+            return;
+        }
+        r->frame = f;
+        r->done = 1;
+        fifo_push(s, r);
+        return;
+    }
     session_enqueue(b, s, f);
     frame_unref(f);
+}
+
+session_reply_t *session_reply_defer(session_t *s, const gale_request_t *req)
+{
+    size_t plen = req->op == GALE_OP_SUB ? req->topic_len : 0;
+    session_reply_t *r = calloc(1, sizeof(*r) + plen + 1);
+    if (!r)
+        return NULL;
+    r->id = req->id;
+    r->has_id = req->has_id;
+    r->op = (uint8_t)req->op;
+    r->plen = (uint8_t)plen;
+    memcpy(r->pattern, req->topic, plen);
+    fifo_push(s, r);
+    return r;
+}
+
+static void reply_free(session_reply_t *r)
+{
+    frame_unref(r->frame);
+    free(r);
+}
+
+void session_reply_finish(broker_t *b, session_reply_t *r, gale_err_t e, const char *why)
+{
+    session_t *s = r->s;
+    if (!s) { /* the session closed meanwhile */
+        reply_free(r);
+        return;
+    }
+    gale_enc_t enc = (gale_enc_t)s->enc;
+    gale_buf_t buf;
+    gale_buf_init(&buf, FRAME_HEADROOM);
+    r->done = 1;
+    if (e != GALE_OK) {
+        b->m.protocol_errors[e < GALE_ERR_COUNT ? e : GALE_ERR_INTERNAL]++;
+        log_debug("conn %" PRIu64 ": err %s: %s", s->conn_id, gale_err_name(e), why);
+        r->frame = finish_reply(&buf, gale_encode_err(&buf, enc, r->has_id, r->id, e, why), enc);
+    } else if (r->has_id) {
+        r->frame = finish_reply(&buf, gale_encode_ack(&buf, enc, r->id), enc);
+    } else {
+        r->done = 2; /* success without id: silent */
+    }
+    if (!r->frame && r->done == 1) {
+        log_error("conn %" PRIu64 ": out of memory building a reply: closing", s->conn_id);
+        session_begin_close(b, s, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, true);
+    }
+    /* Send what is finished at the head of the FIFO, in order. */
+    while (s->replies) {
+        session_reply_t *head = s->replies->next;
+        if (!head->done)
+            break;
+        if (head == s->replies)
+            s->replies = NULL;
+        else
+            s->replies->next = head->next;
+        if (head->frame)
+            session_enqueue(b, s, head->frame);
+        reply_free(head);
+    }
+}
+
+/* The session closes: free its finished replies, detach those the cluster still holds. */
+static void replies_detach(session_t *s)
+{
+    if (!s->replies)
+        return;
+    session_reply_t *r = s->replies->next;
+    s->replies->next = NULL; /* break the circle */
+    s->replies = NULL;
+    while (r) {
+        session_reply_t *next = r->next;
+        r->next = NULL;
+        r->s = NULL;
+        if (r->done)
+            reply_free(r);
+        r = next;
+    }
 }
 
 static void reply_err(broker_t *b, session_t *s, bool has_id, uint64_t id, gale_err_t code,
@@ -91,18 +197,33 @@ static void reply_ok(broker_t *b, session_t *s, const gale_request_t *req)
     send_reply(b, s, finish_reply(&buf, e, enc));
 }
 
-static gale_err_t do_sub(broker_t *b, session_t *s, const gale_request_t *req, const char **why)
+static gale_err_t do_sub(broker_t *b, session_t *s, const gale_request_t *req, const char **why,
+                         bool *deferred)
 {
+    bool first = false;
     if (s->owner.nsubs >= b->cfg.max_subscriptions &&
         !topics_holds(b->topics, &s->owner, req->topic, req->topic_len)) {
         *why = "too many subscriptions on this connection";
         return GALE_ERR_LIMIT;
     }
-    if (topics_subscribe(b->topics, &s->owner, req->topic, req->topic_len, NULL) == TOPICS_NOMEM) {
+    topics_result_t r = topics_subscribe(b->topics, &s->owner, req->topic, req->topic_len,
+                                         b->cluster ? &first : NULL);
+    if (r == TOPICS_NOMEM) {
         *why = "out of memory";
         return GALE_ERR_INTERNAL;
     }
+    if (b->cluster)
+        return cluster_sub(b->cluster, s, req, r == TOPICS_ADDED, first, why, deferred);
     return GALE_OK;
+}
+
+static void do_unsub(broker_t *b, session_t *s, const gale_request_t *req)
+{
+    bool last = false;
+    if (topics_unsubscribe(b->topics, &s->owner, req->topic, req->topic_len,
+                           b->cluster ? &last : NULL) &&
+        last)
+        cluster_release(req->topic, req->topic_len, b->cluster);
 }
 
 /* Remembers (up to BROKER_TRACKED_PUBLISHERS per turn) who published this loop turn. */
@@ -129,6 +250,7 @@ static void handle(broker_t *b, session_t *s, const uint8_t *msg, size_t len, bo
     gale_request_t req;
     const char *why = "";
     gale_err_t e;
+    bool deferred = false;
     memset(&req, 0, sizeof(req));
     if (binary != (s->enc == GALE_ENC_MSGPACK)) {
         e = GALE_ERR_BAD_REQUEST;
@@ -140,26 +262,28 @@ static void handle(broker_t *b, session_t *s, const uint8_t *msg, size_t len, bo
     if (e == GALE_OK) {
         switch (req.op) {
         case GALE_OP_SUB:
-            e = do_sub(b, s, &req, &why);
+            e = do_sub(b, s, &req, &why, &deferred);
             break;
         case GALE_OP_UNSUB:
-            topics_unsubscribe(b->topics, &s->owner, req.topic, req.topic_len, NULL);
+            do_unsub(b, s, &req);
             break;
         case GALE_OP_PUB:
             note_publisher(b, s);
+            if (b->cluster) {
+                e = cluster_pub(b->cluster, s, &req, &why, &deferred);
+                break;
+            }
             e = router_publish(b, req.topic, req.topic_len, (gale_enc_t)s->enc, req.data,
                                req.data_len);
             if (e != GALE_OK)
-                why = s->enc == GALE_ENC_JSON
-                          ? "data could not be converted for MessagePack subscribers; they did not "
-                            "receive it"
-                          : "data could not be converted for JSON subscribers; they did not "
-                            "receive it";
+                why = router_convert_why((gale_enc_t)s->enc);
             break;
         case GALE_OP_PING:
             break;
         }
     }
+    if (deferred)
+        return; /* the cluster finishes the reply */
     if (e != GALE_OK)
         reply_err(b, s, req.has_id, req.id, e, why);
     else
@@ -194,7 +318,8 @@ void session_close(broker_t *b, session_t *s)
 {
     if (!s->wsi)
         return; /* never opened */
-    topics_unsubscribe_all(b->topics, &s->owner, NULL, NULL);
+    replies_detach(s);
+    topics_unsubscribe_all(b->topics, &s->owner, b->cluster ? cluster_release : NULL, b->cluster);
     forget_publisher(b, s);
     outq_clear(&s->q);
     free(s->rx);

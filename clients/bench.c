@@ -53,6 +53,8 @@ static void usage(FILE *f)
           "\n"
           "Common options:\n"
           "  --url ws://HOST:PORT/PATH   broker endpoint (default ws://127.0.0.1:8080/ws)\n"
+          "  --pub-url ws://HOST:PORT/PATH  publishers' endpoint, e.g. another cluster node\n"
+          "                              (fanout, topics; default: --url)\n"
           "  --encoding json|msgpack     subprotocol gale.v1.json or gale.v1.msgpack (json)\n"
           "  --procs N                   worker processes holding the connections (1)\n"
           "  --concurrency N             connections in set-up at once per worker (256;\n"
@@ -100,7 +102,7 @@ static int num(const char *s, double lo, double hi, double *out, const char *nam
     return 0;
 }
 
-static int parse_url(opts_t *o, const char *url)
+static int parse_url(bws_target_t *t, const char *url)
 {
     if (strncmp(url, "wss://", 6) == 0)
         return bad("%s: wss:// is not supported by gale bench (use ws:// on loopback)", url);
@@ -113,8 +115,8 @@ static int parse_url(opts_t *o, const char *url)
         return bad("%s: bad host in the URL", url);
     memcpy(host, h, hl);
     host[hl] = 0;
-    snprintf(o->target.host, sizeof(o->target.host), "%s", host);
-    snprintf(o->target.path, sizeof(o->target.path), "%s", slash ? slash : "/");
+    snprintf(t->host, sizeof(t->host), "%s", host);
+    snprintf(t->path, sizeof(t->path), "%s", slash ? slash : "/");
     const char *port = "80";
     char *colon = strrchr(host, ':');
     if (colon) {
@@ -127,13 +129,14 @@ static int parse_url(opts_t *o, const char *url)
         fprintf(stderr, "gale bench: %s: %s\n", url, gai_strerror(rc));
         return -1;
     }
-    memcpy(&o->target.addr, ai->ai_addr, sizeof(o->target.addr));
+    memcpy(&t->addr, ai->ai_addr, sizeof(t->addr));
     freeaddrinfo(ai);
     return 0;
 }
 
 enum {
     O_URL = 256,
+    O_PUB_URL,
     O_ENC,
     O_SUBS,
     O_PUBS,
@@ -180,6 +183,7 @@ static int parse_opts(opts_t *o, int argc, char **argv)
                                        {"setup-timeout", 1, 0, O_SETUP},
                                        {"src-addrs", 1, 0, O_SRC},
                                        {"mask", 1, 0, O_MASK},
+                                       {"pub-url", 1, 0, O_PUB_URL},
                                        {"help", 0, 0, O_HELP},
                                        {0, 0, 0, 0}};
     const char *url = "ws://127.0.0.1:8080/ws";
@@ -202,6 +206,9 @@ static int parse_opts(opts_t *o, int argc, char **argv)
         switch (c) {
         case O_URL:
             url = optarg;
+            break;
+        case O_PUB_URL:
+            o->pub_url = optarg;
             break;
         case O_ENC:
             if (strcmp(optarg, "json") && strcmp(optarg, "msgpack"))
@@ -299,7 +306,10 @@ static int parse_opts(opts_t *o, int argc, char **argv)
         o->duration = duration > 0 ? duration : 3;
     }
     o->target.proto = o->msgpack ? "gale.v1.msgpack" : "gale.v1.json";
-    return parse_url(o, url);
+    if (parse_url(&o->target, url) < 0)
+        return -1;
+    o->pub_target = o->target;
+    return o->pub_url ? parse_url(&o->pub_target, o->pub_url) : 0;
 }
 
 void bench_topic(const opts_t *o, uint32_t i, char *out, size_t cap)
@@ -882,8 +892,8 @@ static int run_pubsub(coord_t *k)
     k->phase = "connecting";
     if (spawn_workers(k) < 0)
         return EXIT_FAILED;
-    if (!(k->loop = bws_loop_new(&o->target, &(bws_handlers_t){.on_message = pub_on_message,
-                                                               .on_close = pub_on_close}))) {
+    if (!(k->loop = bws_loop_new(&o->pub_target, &(bws_handlers_t){.on_message = pub_on_message,
+                                                                   .on_close = pub_on_close}))) {
         perror("gale bench: epoll");
         return EXIT_FAILED;
     }

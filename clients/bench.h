@@ -32,6 +32,8 @@ typedef struct {
     const char *name;
     const char *url;
     bws_target_t target;
+    const char *pub_url;     /* --pub-url: publishers' broker (a cluster node); NULL: url */
+    bws_target_t pub_target; /* the publishers' target: target unless --pub-url */
     bool msgpack;
     bool random_mask;
     uint32_t subs, pubs, topics, conns, procs, window, concurrency;

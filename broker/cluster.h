@@ -1,0 +1,88 @@
+/*
+ * cluster: several gale-broker instances acting as one broker, through
+ * Redis pub/sub (--redis). Off (b->cluster NULL) unless configured.
+ *
+ * Interest-based: the broker SUBSCRIBEs to a topic's channel (prefix +
+ * topic, on the shard the consistent-hash ring gives the topic) only while a
+ * local connection holds that exact topic, PSUBSCRIBEs to the Redis glob of
+ * each local pattern on every shard, and unsubscribes when the last local
+ * holder leaves (topics_subscribe's `first`, topics_unsubscribe's `last`).
+ *
+ * Per shard, hiredis drives two connections on the broker's loop: one in
+ * subscribe mode, one for PUBLISH (never PING the subscribed one: hiredis
+ * 0.14 misroutes the reply). A shard is up when both are connected; any
+ * error, a connect or command timeout (--redis-timeout) takes both down, and
+ * they are reconnected after a jittered exponential backoff (100 ms to 5 s),
+ * every subscription being sent again.
+ *
+ * Replies that wait for Redis are session_reply_t entries in the session's
+ * reply FIFO (session.h), so that a connection's replies keep the order of
+ * its requests. The cluster holds an entry until it finishes it with
+ * session_reply_finish; the session may close meanwhile (the entry is then
+ * detached, s == NULL, and freed when finished).
+ *
+ * The behaviour clients see is described in README.md "Cluster".
+ */
+#ifndef GALE_CLUSTER_H
+#define GALE_CLUSTER_H
+
+#include "broker.h"
+#include "session.h"
+
+#include <stdbool.h>
+
+typedef struct cluster cluster_t;
+
+/**
+ * Creates the cluster of b from b->cfg (redis_urls non-empty; already
+ * validated by config_parse) and starts connecting every shard. Returns NULL
+ * (after logging why) on failure.
+ */
+cluster_t *cluster_new(broker_t *b);
+
+/**
+ * Drops every Redis connection (pending replies are finished with err
+ * `unavailable`) and closes the cluster's uv handles; nothing reconnects
+ * afterwards. Called while the broker shuts down. Safe to call twice.
+ */
+void cluster_close(cluster_t *c);
+
+/** Frees c after cluster_close and after the last session closed. NULL is ignored. */
+void cluster_free(cluster_t *c);
+
+/**
+ * Makes a `sub` live cluster-wide. The subscription is already in the local
+ * index: `added` if this request added it, `first` if no connection of this
+ * node held the pattern before. Returns GALE_OK with *deferred false: ack now
+ * (the pattern is confirmed by Redis); GALE_OK with *deferred true: the reply
+ * is queued and will be sent once Redis confirms the subscription; or an
+ * error (GALE_ERR_UNAVAILABLE while a shard it needs is down), in which case
+ * a subscription this request added has been removed again.
+ */
+gale_err_t cluster_sub(cluster_t *c, session_t *s, const gale_request_t *req, bool added,
+                       bool first, const char **why, bool *deferred);
+
+/**
+ * The pattern p[0..len) has no local holder any more (topics' on_last; arg
+ * is the cluster): unsubscribe from Redis. Subs still waiting for it are
+ * acknowledged (a later unsub of the same connection undid them).
+ */
+void cluster_release(const char *p, size_t len, void *arg);
+
+/**
+ * Publishes a `pub`: delivers to local subscribers now and PUBLISHes the
+ * envelope to the topic's shard. Returns GALE_OK with *deferred true (the
+ * reply follows Redis's answer), or an error with nothing delivered:
+ * GALE_ERR_UNAVAILABLE when the shard is down or its pending-publish buffer
+ * (--redis-max-pending) is full, GALE_ERR_INTERNAL when out of memory.
+ */
+gale_err_t cluster_pub(cluster_t *c, session_t *s, const gale_request_t *req, const char **why,
+                       bool *deferred);
+
+/** Shards configured and shards up (both connections ready). */
+void cluster_state(const cluster_t *c, uint32_t *shards, uint32_t *up);
+
+/** Appends the per-shard Prometheus lines (gale_redis_shard_up{shard="..."}). */
+void cluster_render_metrics(const cluster_t *c, gale_buf_t *out);
+
+#endif

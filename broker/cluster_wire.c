@@ -1,0 +1,461 @@
+#include "cluster_wire.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* --- envelope ------------------------------------------------------------- */
+
+size_t cluster_envelope_size(size_t node_len, size_t topic_len, size_t data_len)
+{
+    /* array 1 + version 1 + str 2+node + uint 9 + uint 9 + str 2+topic + enc 1 + bin 5+data */
+    return 30 + node_len + topic_len + data_len;
+}
+
+static uint8_t *put_uint(uint8_t *p, uint64_t v)
+{
+    if (v < 128) {
+        *p++ = (uint8_t)v;
+        return p;
+    }
+    *p++ = 0xcf;
+    for (int i = 7; i >= 0; i--)
+        *p++ = (uint8_t)(v >> (8 * i));
+    return p;
+}
+
+static uint8_t *put_str(uint8_t *p, const char *s, size_t n)
+{
+    if (n < 32) {
+        *p++ = (uint8_t)(0xa0 | n);
+    } else {
+        *p++ = 0xd9;
+        *p++ = (uint8_t)n;
+    }
+    memcpy(p, s, n);
+    return p + n;
+}
+
+size_t cluster_envelope_encode(uint8_t *out, size_t cap, const cluster_envelope_t *e)
+{
+    if (e->node_len == 0 || e->node_len > CLUSTER_NODE_MAX || e->topic_len == 0 ||
+        e->topic_len > GALE_TOPIC_MAX || e->data_len > CLUSTER_DATA_MAX ||
+        cap < cluster_envelope_size(e->node_len, e->topic_len, e->data_len))
+        return 0;
+    uint8_t *p = out;
+    *p++ = 0x97;
+    *p++ = CLUSTER_ENVELOPE_VERSION;
+    p = put_str(p, e->node, e->node_len);
+    p = put_uint(p, e->instance);
+    p = put_uint(p, e->seq);
+    p = put_str(p, e->topic, e->topic_len);
+    *p++ = (uint8_t)e->enc;
+    *p++ = 0xc6;
+    for (int i = 3; i >= 0; i--)
+        *p++ = (uint8_t)(e->data_len >> (8 * i));
+    memcpy(p, e->data, e->data_len);
+    return (size_t)(p - out) + e->data_len;
+}
+
+typedef struct {
+    const uint8_t *p, *end;
+} rd_t;
+
+static bool rd_be(rd_t *r, size_t n, uint64_t *v)
+{
+    if ((size_t)(r->end - r->p) < n)
+        return false;
+    *v = 0;
+    for (size_t i = 0; i < n; i++)
+        *v = (*v << 8) | *r->p++;
+    return true;
+}
+
+static bool rd_uint(rd_t *r, uint64_t *v)
+{
+    if (r->p == r->end)
+        return false;
+    uint8_t t = *r->p++;
+    if (t < 0x80) {
+        *v = t;
+        return true;
+    }
+    switch (t) {
+    case 0xcc:
+        return rd_be(r, 1, v);
+    case 0xcd:
+        return rd_be(r, 2, v);
+    case 0xce:
+        return rd_be(r, 4, v);
+    case 0xcf:
+        return rd_be(r, 8, v);
+    default:
+        return false;
+    }
+}
+
+/* Reads a str (bin: a bin) header and its bytes, bounded by the input. */
+static bool rd_bytes(rd_t *r, bool bin, const uint8_t **s, size_t *n)
+{
+    uint64_t len = 0;
+    bool ok;
+    if (r->p == r->end)
+        return false;
+    uint8_t t = *r->p++;
+    if (!bin && (t & 0xe0) == 0xa0) {
+        len = t & 0x1f;
+        ok = true;
+    } else if (t == (bin ? 0xc4 : 0xd9)) {
+        ok = rd_be(r, 1, &len);
+    } else if (t == (bin ? 0xc5 : 0xda)) {
+        ok = rd_be(r, 2, &len);
+    } else if (t == (bin ? 0xc6 : 0xdb)) {
+        ok = rd_be(r, 4, &len);
+    } else {
+        ok = false;
+    }
+    if (!ok || len > (uint64_t)(r->end - r->p))
+        return false;
+    *s = r->p;
+    *n = (size_t)len;
+    r->p += len;
+    return true;
+}
+
+bool cluster_envelope_decode(const uint8_t *buf, size_t len, size_t max_data, cluster_envelope_t *e,
+                             const char **why)
+{
+    rd_t r = {buf, buf + len};
+    uint64_t v, enc;
+    const uint8_t *s;
+    size_t n;
+
+    memset(e, 0, sizeof(*e));
+    *why = "not an envelope (array of 7)";
+    if (len < 1 || *r.p++ != 0x97)
+        return false;
+    *why = "unknown envelope version";
+    if (!rd_uint(&r, &v) || v != CLUSTER_ENVELOPE_VERSION)
+        return false;
+    *why = "bad origin node";
+    if (!rd_bytes(&r, false, &s, &n) || n == 0 || n > CLUSTER_NODE_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (s[i] <= ' ' || s[i] >= 0x7f)
+            return false;
+    e->node = (const char *)s;
+    e->node_len = n;
+    *why = "bad origin instance or sequence";
+    if (!rd_uint(&r, &e->instance) || e->instance == 0 || !rd_uint(&r, &e->seq) || e->seq == 0)
+        return false;
+    *why = "bad topic";
+    if (!rd_bytes(&r, false, &s, &n) || !gale_topic_valid((const char *)s, n))
+        return false;
+    e->topic = (const char *)s;
+    e->topic_len = n;
+    *why = "bad encoding";
+    if (!rd_uint(&r, &enc) || enc >= GALE_ENC_COUNT)
+        return false;
+    e->enc = (gale_enc_t)enc;
+    *why = "bad data";
+    if (!rd_bytes(&r, true, &s, &n) || n == 0 || n > max_data || n > CLUSTER_DATA_MAX)
+        return false;
+    e->data = s;
+    e->data_len = n;
+    *why = "bytes after the envelope";
+    if (r.p != r.end)
+        return false;
+    *why = "data not well-formed in its encoding";
+    if (e->enc == GALE_ENC_JSON ? !gale_json_valid(s, n, GALE_MAX_DEPTH)
+                                : !gale_msgpack_prescan(s, n, GALE_MAX_DEPTH))
+        return false;
+    *why = "";
+    return true;
+}
+
+/* --- Redis names ---------------------------------------------------------- */
+
+static bool is_glob_meta(char c)
+{
+    return c == '*' || c == '?' || c == '[' || c == ']' || c == '\\';
+}
+
+/* Appends s[0..n) escaped at out[*o..cap); false if it does not fit. */
+static bool put_escaped(char *out, size_t cap, size_t *o, const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (is_glob_meta(s[i])) {
+            if (*o + 1 >= cap)
+                return false;
+            out[(*o)++] = '\\';
+        }
+        if (*o + 1 >= cap)
+            return false;
+        out[(*o)++] = s[i];
+    }
+    return true;
+}
+
+size_t cluster_glob(char *out, size_t cap, const char *prefix, size_t prefix_len, const char *p,
+                    size_t len)
+{
+    size_t o = 0, i = 0;
+    if (cap == 0 || !put_escaped(out, cap, &o, prefix, prefix_len))
+        return 0;
+    while (i < len) {
+        const char *dot = memchr(p + i, '.', len - i);
+        size_t n = dot ? (size_t)(dot - (p + i)) : len - i;
+        bool ok;
+        if (n == 1 && p[i] == '*')
+            ok = o + 1 < cap && (out[o++] = '*', true);
+        else if (n == 1 && p[i] == '>')
+            ok = o + 2 < cap && (out[o++] = '?', out[o++] = '*', true);
+        else
+            ok = put_escaped(out, cap, &o, p + i, n);
+        if (!ok)
+            return 0;
+        i += n;
+        if (i < len) {
+            if (o + 1 >= cap)
+                return 0;
+            out[o++] = '.';
+            i++;
+        }
+    }
+    out[o] = '\0';
+    return o;
+}
+
+/* --- URLs ----------------------------------------------------------------- */
+
+static bool parse_num(const char *s, size_t n, long max, long *out)
+{
+    long v = 0;
+    if (n == 0 || n > 10)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+        v = v * 10 + (s[i] - '0');
+    }
+    if (v > max)
+        return false;
+    *out = v;
+    return true;
+}
+
+static bool parse_url(const char *s, size_t n, cluster_addr_t *a)
+{
+    static const char scheme[] = "redis://";
+    const size_t sl = sizeof(scheme) - 1;
+    const char *host, *end = s + n, *colon, *slash;
+    long port, db = 0;
+    size_t hl;
+
+    if (n <= sl || strncmp(s, scheme, sl) != 0)
+        return false;
+    host = s + sl;
+    slash = memchr(host, '/', (size_t)(end - host));
+    if (slash) {
+        if (!parse_num(slash + 1, (size_t)(end - slash - 1), 2147483647L, &db))
+            return false;
+        end = slash;
+    }
+    if (host < end && *host == '[') { /* [IPv6]:port */
+        const char *rb = memchr(host, ']', (size_t)(end - host));
+        if (!rb || rb + 1 >= end || rb[1] != ':')
+            return false;
+        colon = rb + 1;
+        host++;
+        hl = (size_t)(rb - host);
+    } else {
+        colon = NULL;
+        for (const char *q = host; q < end; q++)
+            if (*q == ':')
+                colon = q;
+        if (!colon)
+            return false;
+        hl = (size_t)(colon - host);
+        if (memchr(host, '@', hl))
+            return false; /* credentials are not supported */
+    }
+    if (hl == 0 || hl >= sizeof(a->host) ||
+        !parse_num(colon + 1, (size_t)(end - colon - 1), 65535, &port) || port == 0)
+        return false;
+    for (size_t i = 0; i < hl; i++)
+        if (host[i] <= ' ' || host[i] >= 0x7f || host[i] == '/' || host[i] == ',')
+            return false;
+    memcpy(a->host, host, hl);
+    a->host[hl] = '\0';
+    a->port = (int)port;
+    a->db = (int)db;
+    bool v6 = memchr(a->host, ':', hl) != NULL;
+    snprintf(a->label, sizeof(a->label), "%s%s%s:%d/%d", v6 ? "[" : "", a->host, v6 ? "]" : "",
+             a->port, a->db);
+    return true;
+}
+
+int cluster_parse_urls(const char *list, cluster_addr_t *out, int max, const char **why)
+{
+    int n = 0;
+    const char *p = list;
+
+    *why = "expected redis://HOST:PORT[/DB], comma-separated";
+    if (!p)
+        return -1;
+    for (;;) {
+        while (*p == ' ')
+            p++;
+        const char *e = strchr(p, ',');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        while (len > 0 && p[len - 1] == ' ')
+            len--;
+        if (n == max) {
+            *why = "too many Redis URLs";
+            return -1;
+        }
+        if (!parse_url(p, len, &out[n]))
+            return -1;
+        for (int i = 0; i < n; i++)
+            if (strcmp(out[i].label, out[n].label) == 0) {
+                *why = "the same Redis URL is listed twice";
+                return -1;
+            }
+        n++;
+        if (!e)
+            break;
+        p = e + 1;
+    }
+    *why = "";
+    return n;
+}
+
+/* --- consistent hashing --------------------------------------------------- */
+
+uint64_t cluster_hash64(const void *s, size_t len)
+{
+    const uint8_t *b = s;
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (size_t i = 0; i < len; i++) {
+        h ^= b[i];
+        h *= 0x100000001b3ULL;
+    }
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ULL;
+    h ^= h >> 33;
+    return h;
+}
+
+typedef struct {
+    uint64_t point;
+    uint64_t tie; /* hash of the label: orders equal points the same on every broker */
+    uint8_t shard;
+} vnode_t;
+
+static int cmp_vnode(const void *a, const void *b)
+{
+    const vnode_t *x = a, *y = b;
+    if (x->point != y->point)
+        return x->point < y->point ? -1 : 1;
+    return x->tie < y->tie ? -1 : x->tie > y->tie;
+}
+
+bool cluster_ring_init(cluster_ring_t *r, const char *const *labels, uint32_t n)
+{
+    memset(r, 0, sizeof(*r));
+    if (n == 0 || n > CLUSTER_MAX_SHARDS)
+        return false;
+    uint32_t total = n * CLUSTER_RING_VNODES;
+    vnode_t *v = malloc(sizeof(*v) * total);
+    r->points = malloc(sizeof(*r->points) * total);
+    r->shards = malloc(total);
+    if (!v || !r->points || !r->shards) {
+        free(v);
+        cluster_ring_free(r);
+        return false;
+    }
+    for (uint32_t s = 0; s < n; s++) {
+        size_t ll = strlen(labels[s]);
+        uint64_t tie = cluster_hash64(labels[s], ll);
+        for (uint32_t k = 0; k < CLUSTER_RING_VNODES; k++) {
+            char key[320];
+            int kl = snprintf(key, sizeof(key), "%s#%u", labels[s], k);
+            vnode_t *x = &v[s * CLUSTER_RING_VNODES + k];
+            x->point = cluster_hash64(key, kl > 0 ? (size_t)kl : 0);
+            x->tie = tie;
+            x->shard = (uint8_t)s;
+        }
+    }
+    qsort(v, total, sizeof(*v), cmp_vnode);
+    for (uint32_t i = 0; i < total; i++) {
+        r->points[i] = v[i].point;
+        r->shards[i] = v[i].shard;
+    }
+    r->npoints = total;
+    free(v);
+    return true;
+}
+
+uint32_t cluster_ring_shard(const cluster_ring_t *r, const char *t, size_t len)
+{
+    uint64_t h = cluster_hash64(t, len);
+    uint32_t lo = 0, hi = r->npoints;
+    if (r->npoints == 0)
+        return 0;
+    while (lo < hi) { /* first point >= h */
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (r->points[mid] < h)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return r->shards[lo == r->npoints ? 0 : lo];
+}
+
+void cluster_ring_free(cluster_ring_t *r)
+{
+    free(r->points);
+    free(r->shards);
+    memset(r, 0, sizeof(*r));
+}
+
+/* --- duplicate filter ----------------------------------------------------- */
+
+#define DEDUPE_PROBE 16
+
+void cluster_dedupe_reset(cluster_dedupe_t *d)
+{
+    memset(d, 0, sizeof(*d));
+}
+
+bool cluster_dedupe_check(cluster_dedupe_t *d, uint64_t instance, uint64_t seq)
+{
+    size_t home = (size_t)(cluster_hash64(&instance, sizeof(instance)) % CLUSTER_DEDUPE_SLOTS);
+    size_t victim = home;
+    if (instance == 0)
+        return false;
+    d->tick++;
+    for (size_t k = 0; k < DEDUPE_PROBE; k++) {
+        size_t i = (home + k) % CLUSTER_DEDUPE_SLOTS;
+        if (d->slots[i].instance == instance) {
+            if (seq <= d->slots[i].seq)
+                return false;
+            d->slots[i].seq = seq;
+            d->slots[i].used = d->tick;
+            return true;
+        }
+        if (d->slots[i].instance == 0) {
+            victim = i;
+            break;
+        }
+        if (d->slots[i].used < d->slots[victim].used)
+            victim = i;
+    }
+    /* Unknown origin: take a free slot of its neighbourhood, or the one used longest ago. */
+    d->slots[victim].instance = instance;
+    d->slots[victim].seq = seq;
+    d->slots[victim].used = d->tick;
+    return true;
+}
