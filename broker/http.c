@@ -38,10 +38,13 @@ int http_serve(broker_t *b, struct lws *wsi)
         return respond(wsi, HTTP_STATUS_METHOD_NOT_ALLOWED, "text/plain", &body);
     }
     if (strcmp(uri, HTTP_HEALTHZ) == 0) {
+        /*
+         * 200 even when "degraded" (a Redis shard down): this is liveness. A load balancer
+         * or orchestrator that pulled every broker out whenever Redis blinked would cut
+         * every client off, including those that only read from local publishers.
+         */
         metrics_render_health(&g, b->node_id, &body);
-        bool degraded = g.redis_shards && g.redis_up < g.redis_shards;
-        return respond(wsi, degraded ? HTTP_STATUS_SERVICE_UNAVAILABLE : HTTP_STATUS_OK,
-                       "application/json", &body);
+        return respond(wsi, HTTP_STATUS_OK, "application/json", &body);
     }
     if (strcmp(uri, HTTP_METRICS) == 0) {
         metrics_render(&b->m, &g, &body);
