@@ -4,6 +4,9 @@
  * (argv[0] is the command name). Add a command by adding a row to `commands`.
  */
 #include "bench.h"
+#include "cli.h"
+#include "pub.h"
+#include "sub.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -17,6 +20,8 @@ static const struct {
     int (*main)(int argc, char **argv);
     const char *help;
 } commands[] = {
+    {"pub", pub_main, "publish DATA, stdin lines or a file to a topic"},
+    {"sub", sub_main, "subscribe to patterns and print each message as a line"},
     {"bench", bench_main, "load generator: fan-out, topics, connections, handshake rate"},
 };
 
@@ -25,7 +30,9 @@ static void usage(FILE *f)
     fprintf(f, "usage: gale COMMAND [options]\n       gale --help | --version\n\nCommands:\n");
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
         fprintf(f, "  %-8s %s\n", commands[i].name, commands[i].help);
-    fprintf(f, "\n`gale COMMAND --help` describes a command.\n");
+    fprintf(f, "\n`gale COMMAND --help` describes a command.\n\n");
+    fprintf(f, "Environment: GALE_URL (default " CLI_DEFAULT_URL "), GALE_TOKEN.\n\n");
+    fprintf(f, "%s", cli_exit_codes_help);
 }
 
 int main(int argc, char **argv)

@@ -208,4 +208,86 @@ bool gale_msgpack_prescan(const uint8_t *buf, size_t len, unsigned max_depth);
  */
 bool gale_json_valid(const uint8_t *buf, size_t len, unsigned max_depth);
 
+/*
+ * Client side: encoders of requests (client to broker) and the decoder of
+ * broker messages, for clients such as the `gale` command-line tool.
+ * Encoders append one complete message and return GALE_OK, or
+ * GALE_ERR_INTERNAL on allocation failure or a bad argument; on any error
+ * nothing is appended. Topics are not validated here (the broker does).
+ */
+
+/** {"op":"sub"|"unsub","id":id,"topic":pattern}; op is GALE_OP_SUB or GALE_OP_UNSUB; "id" only
+ * when has_id. */
+gale_err_t gale_encode_sub(gale_buf_t *out, gale_enc_t enc, gale_op_t op, bool has_id, uint64_t id,
+                           const char *pattern, size_t len);
+/** {"op":"ping"} or {"op":"ping","id":id} */
+gale_err_t gale_encode_ping(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id);
+/**
+ * {"op":"pub","id":id,"topic":topic,"data":DATA} where DATA is the value
+ * data[0..data_len) of encoding data_enc, converted to enc as gale_convert_data
+ * does (a copy when they are equal: validate it first, e.g. gale_json_valid).
+ * Returns GALE_ERR_BAD_REQUEST if it cannot be converted.
+ */
+gale_err_t gale_encode_pub(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id,
+                           const char *topic, size_t topic_len, gale_enc_t data_enc,
+                           const uint8_t *data, size_t data_len);
+/** A pub whose data is the string s[0..n); ill-formed UTF-8 becomes U+FFFD in both encodings. */
+gale_err_t gale_encode_pub_str(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id,
+                               const char *topic, size_t topic_len, const uint8_t *s, size_t n);
+/** A MessagePack pub whose data is a bin of bytes[0..n) (n < 2^32). */
+gale_err_t gale_encode_pub_bin(gale_buf_t *out, bool has_id, uint64_t id, const char *topic,
+                               size_t topic_len, const uint8_t *bytes, size_t n);
+
+/** Broker-to-client operations; GALE_REPLY_UNKNOWN is an op this decoder does not know. */
+typedef enum {
+    GALE_REPLY_UNKNOWN = 0,
+    GALE_REPLY_HELLO,
+    GALE_REPLY_MSG,
+    GALE_REPLY_ACK,
+    GALE_REPLY_PONG,
+    GALE_REPLY_ERR,
+} gale_reply_op_t;
+
+/**
+ * One decoded broker message. Strings are (pointer, length), not
+ * NUL-terminated; they point into the frame, or into the private buffers
+ * below when a JSON string had escapes (then use them through the same
+ * gale_reply_t, as with gale_request_t).
+ */
+typedef struct {
+    gale_reply_op_t op;
+    bool has_id; /* a valid id (0 .. GALE_ID_MAX) was present */
+    uint64_t id;
+    const char *topic; /* msg */
+    size_t topic_len;
+    /* msg: the data value's bytes in the frame's encoding. bin: the value is a
+     * top-level binary: in JSON the "bin" field (a base64 string, quotes
+     * included), in MessagePack a bin. */
+    const uint8_t *data;
+    size_t data_len;
+    bool bin;
+    gale_err_t code;       /* err: the code (GALE_ERR_INTERNAL for an unknown name) */
+    const char *code_name; /* err: the code as sent */
+    size_t code_name_len;
+    const char *msg; /* err: the human text ("" when absent) */
+    size_t msg_len;
+    bool msg_truncated;              /* msg was unescaped into _msg_buf and cut to fit */
+    uint64_t v;                      /* hello: protocol version (0 when absent) */
+    uint64_t max_msg;                /* hello: largest message the broker accepts (0 when absent) */
+    char _topic_buf[GALE_TOPIC_MAX]; /* private */
+    char _code_buf[32];              /* private */
+    char _msg_buf[512];              /* private */
+} gale_reply_t;
+
+/**
+ * Decodes one broker message of encoding enc from buf[0..len). Returns
+ * GALE_OK and fills *r, or GALE_ERR_BAD_REQUEST with *why set to a static
+ * reason when the frame is not one well-formed object/map (nested at most
+ * GALE_MAX_DEPTH + 1) with a string `op`, or a known op lacks a required
+ * field (msg: string topic and data, or JSON bin; ack: id; err: string code).
+ * Unknown ops and unknown fields are not errors.
+ */
+gale_err_t gale_decode_reply(gale_enc_t enc, const uint8_t *buf, size_t len, gale_reply_t *r,
+                             const char **why);
+
 #endif

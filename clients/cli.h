@@ -1,0 +1,126 @@
+/*
+ * cli: what `gale pub` and `gale sub` share: exit codes, the common options
+ * (--url, --encoding, --token, --cafile, --insecure, --timeout, -v), URL
+ * parsing, error reporting, and turning received data into one line of JSON.
+ *
+ * The connection itself lives in cli_conn.h (libwebsockets client API), the
+ * stdin line reader in cli_lines.h.
+ */
+#ifndef GALE_CLI_H
+#define GALE_CLI_H
+
+#include "gale_protocol.h"
+
+#include <getopt.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+/* Exit codes, documented in `gale --help`, `gale CMD --help` and README.md. */
+#define CLI_EXIT_OK 0
+#define CLI_EXIT_SERVER 1        /* the broker answered err (its code and msg are printed) */
+#define CLI_EXIT_USAGE 2         /* bad command line or input (e.g. invalid --json line) */
+#define CLI_EXIT_CONNECT 3       /* refused, unreachable, handshake refused, connection lost */
+#define CLI_EXIT_TIMEOUT 4       /* --timeout passed before the work was done */
+#define CLI_EXIT_INTERRUPTED 130 /* SIGINT or SIGTERM, after a clean close */
+
+#define CLI_DEFAULT_URL "ws://127.0.0.1:8080/ws"
+
+/** Text for `gale --help` and the commands' --help: the exit codes. */
+extern const char cli_exit_codes_help[];
+/** Text for the commands' --help: the common options. */
+extern const char cli_common_help[];
+
+/** The options every connecting command takes. */
+typedef struct {
+    const char *cmd; /* "pub", "sub": prefixes messages ("gale pub: ...") */
+    const char *url; /* --url, else $GALE_URL, else CLI_DEFAULT_URL */
+    gale_enc_t enc;
+    bool enc_set;      /* --encoding was given */
+    const char *token; /* --token, else $GALE_TOKEN; NULL: none */
+    const char *cafile;
+    bool insecure;
+    int verbose;    /* -v: frames on stderr; -vv: libwebsockets' own log too */
+    double timeout; /* --timeout seconds; 0: none */
+} cli_common_t;
+
+/** Long options shared by the commands; their `val`s are the CLI_OPT_* below. */
+enum {
+    CLI_OPT_URL = 0x100,
+    CLI_OPT_ENCODING,
+    CLI_OPT_TOKEN,
+    CLI_OPT_CAFILE,
+    CLI_OPT_INSECURE,
+    CLI_OPT_TIMEOUT,
+    CLI_OPT_HELP,
+    CLI_OPT_FIRST_OWN, /* commands number their own options from here */
+};
+#define CLI_COMMON_LONGOPTS                                                                        \
+    {"url", required_argument, NULL, CLI_OPT_URL},                                                 \
+        {"encoding", required_argument, NULL, CLI_OPT_ENCODING},                                   \
+        {"token", required_argument, NULL, CLI_OPT_TOKEN},                                         \
+        {"cafile", required_argument, NULL, CLI_OPT_CAFILE},                                       \
+        {"insecure", no_argument, NULL, CLI_OPT_INSECURE},                                         \
+        {"timeout", required_argument, NULL, CLI_OPT_TIMEOUT},                                     \
+        {"verbose", no_argument, NULL, 'v'},                                                       \
+    {                                                                                              \
+        "help", no_argument, NULL, CLI_OPT_HELP                                                    \
+    }
+/** Short options shared by the commands (for getopt_long's optstring). */
+#define CLI_COMMON_SHORTOPTS "vh"
+
+/** Sets defaults (from the environment too) before option parsing. */
+void cli_common_init(cli_common_t *c, const char *cmd);
+
+/**
+ * Handles a common option (getopt_long's return value and optarg). Returns 1
+ * if handled, 0 if opt is not a common option, -1 after printing a usage error.
+ * --help is not handled here.
+ */
+int cli_common_option(cli_common_t *c, int opt, const char *arg);
+
+/** Prints "gale CMD: unknown option ..." for getopt's '?' or ':' result; returns CLI_EXIT_USAGE. */
+int cli_bad_option(const char *cmd, int opt, char **argv);
+
+/** Prints "gale CMD: " + message + "\n" on stderr. */
+void cli_error(const cli_common_t *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/** Like cli_error and adds "Try 'gale CMD --help'."; returns CLI_EXIT_USAGE. */
+int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/** Parses a positive number (seconds, rate); false if arg is not one. */
+bool cli_parse_double(const char *arg, double *out);
+/** Parses an integer >= min; false if arg is not one. */
+bool cli_parse_long(const char *arg, long min, long *out);
+
+/** A parsed ws:// or wss:// URL. */
+typedef struct {
+    bool tls;
+    char host[256]; /* without brackets for IPv6 */
+    int port;
+    char hostport[300]; /* for the Host header */
+    char path[4096];    /* path and query, token appended; "/ws" when the URL has no path */
+} cli_url_t;
+
+/** Parses url (appending token as the query parameter `token` when not NULL). */
+bool cli_url_parse(const char *url, const char *token, cli_url_t *u, const char **why);
+
+/**
+ * Appends data (a data value as received, in encoding enc; bin: a top-level
+ * binary, see gale_reply_t) as one line of compact JSON (no newline). Returns
+ * false if it cannot be converted.
+ */
+bool cli_data_json(gale_buf_t *out, gale_enc_t enc, const uint8_t *data, size_t len);
+
+/** Appends s[0..n) as a JSON string. */
+void cli_json_str(gale_buf_t *out, const char *s, size_t n);
+
+/** Appends buf[0..len) (valid JSON) without whitespace outside strings. */
+void cli_json_compact(gale_buf_t *out, const uint8_t *buf, size_t len);
+
+/** Appends a printable excerpt of s[0..n) (at most max bytes, control characters escaped). */
+void cli_excerpt(gale_buf_t *out, const uint8_t *s, size_t n, size_t max);
+
+/** Monotonic time in seconds. */
+double cli_now(void);
+
+#endif

@@ -1,0 +1,345 @@
+/*
+ * cli_common: the options, errors, URL parsing and JSON output helpers that
+ * `gale pub` and `gale sub` share (see cli.h).
+ */
+#include "cli.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+const char cli_exit_codes_help[] =
+    "Exit status (pub, sub):\n"
+    "  0    success (pub: every message acknowledged; sub: --count reached or stopped cleanly)\n"
+    "  1    the broker answered an error (its code and message are printed)\n"
+    "  2    usage error: bad option or argument, invalid topic, invalid --json input\n"
+    "  3    cannot connect (refused, unreachable, TLS or handshake refused) or connection lost\n"
+    "  4    --timeout passed first\n"
+    "  130  interrupted (SIGINT, SIGTERM), after closing the connection cleanly\n";
+
+const char cli_common_help[] =
+    "Connection options:\n"
+    "  --url URL            broker WebSocket URL (default " CLI_DEFAULT_URL ", env GALE_URL);\n"
+    "                       ws://HOST:PORT alone means path /ws\n"
+    "  --encoding ENC       json (default) or msgpack: the subprotocol gale.v1.ENC\n"
+    "  --token TOKEN        access token, sent as the query parameter token (env GALE_TOKEN)\n"
+    "  --cafile PATH        CA certificates (PEM) to verify a wss:// broker\n"
+    "  --insecure           wss:// without verifying the broker's certificate\n"
+    "  --timeout SECONDS    give up after this long (exit 4)\n"
+    "  -v, --verbose        log connection events and every frame on stderr (-vv: and lws)\n"
+    "  -h, --help           print this help\n";
+
+void cli_common_init(cli_common_t *c, const char *cmd)
+{
+    memset(c, 0, sizeof(*c));
+    c->cmd = cmd;
+    const char *env = getenv("GALE_URL");
+    c->url = env != NULL && *env ? env : CLI_DEFAULT_URL;
+    env = getenv("GALE_TOKEN");
+    c->token = env != NULL && *env ? env : NULL;
+    c->enc = GALE_ENC_JSON;
+}
+
+int cli_common_option(cli_common_t *c, int opt, const char *arg)
+{
+    switch (opt) {
+    case CLI_OPT_URL: {
+        cli_url_t u;
+        const char *why;
+        if (!cli_url_parse(arg, NULL, &u, &why)) {
+            cli_usage_error(c->cmd, "invalid --url '%s': %s", arg, why);
+            return -1;
+        }
+        c->url = arg;
+        return 1;
+    }
+    case CLI_OPT_ENCODING:
+        if (!strcmp(arg, "json")) {
+            c->enc = GALE_ENC_JSON;
+        } else if (!strcmp(arg, "msgpack")) {
+            c->enc = GALE_ENC_MSGPACK;
+        } else {
+            cli_usage_error(c->cmd, "invalid --encoding '%s': use json or msgpack", arg);
+            return -1;
+        }
+        c->enc_set = true;
+        return 1;
+    case CLI_OPT_TOKEN:
+        c->token = *arg ? arg : NULL;
+        return 1;
+    case CLI_OPT_CAFILE:
+        c->cafile = arg;
+        return 1;
+    case CLI_OPT_INSECURE:
+        c->insecure = true;
+        return 1;
+    case CLI_OPT_TIMEOUT:
+        if (!cli_parse_double(arg, &c->timeout)) {
+            cli_usage_error(c->cmd, "invalid --timeout '%s': a number of seconds > 0", arg);
+            return -1;
+        }
+        return 1;
+    case 'v':
+        c->verbose++;
+        return 1;
+    }
+    return 0;
+}
+
+static void vmsg(const char *cmd, const char *fmt, va_list ap)
+{
+    fprintf(stderr, "gale %s: ", cmd);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+}
+
+void cli_error(const cli_common_t *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vmsg(c->cmd, fmt, ap);
+    va_end(ap);
+}
+
+int cli_usage_error(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vmsg(cmd, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "Try 'gale %s --help'.\n", cmd);
+    return CLI_EXIT_USAGE;
+}
+
+int cli_bad_option(const char *cmd, int opt, char **argv)
+{
+    const char *arg = argv[optind - 1];
+    if (opt == ':')
+        return cli_usage_error(cmd, "option '%s' needs a value", arg);
+    if (optopt != 0 && optopt < 0x100 && strncmp(arg, "--", 2) != 0)
+        return cli_usage_error(cmd, "unknown option '-%c'", optopt);
+    return cli_usage_error(cmd, "unknown option '%s'", arg);
+}
+
+bool cli_parse_double(const char *arg, double *out)
+{
+    char *end;
+    errno = 0;
+    double d = strtod(arg, &end);
+    if (errno || end == arg || *end || !isfinite(d) || d <= 0)
+        return false;
+    *out = d;
+    return true;
+}
+
+bool cli_parse_long(const char *arg, long min, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(arg, &end, 10);
+    if (errno || end == arg || *end || v < min)
+        return false;
+    *out = v;
+    return true;
+}
+
+static bool unreserved(unsigned char ch)
+{
+    return isalnum(ch) || ch == '-' || ch == '.' || ch == '_' || ch == '~';
+}
+
+bool cli_url_parse(const char *url, const char *token, cli_url_t *u, const char **why)
+{
+    memset(u, 0, sizeof(*u));
+    const char *p;
+    if (!strncmp(url, "ws://", 5)) {
+        p = url + 5;
+        u->port = 80;
+    } else if (!strncmp(url, "wss://", 6)) {
+        p = url + 6;
+        u->tls = true;
+        u->port = 443;
+    } else {
+        *why = "the URL must start with ws:// or wss://";
+        return false;
+    }
+    const char *host_end;
+    const char *h = p;
+    size_t hlen;
+    if (*p == '[') {
+        host_end = strchr(p, ']');
+        if (host_end == NULL) {
+            *why = "unclosed '[' in the host";
+            return false;
+        }
+        h = p + 1;
+        hlen = (size_t)(host_end - h);
+        p = host_end + 1;
+    } else {
+        hlen = strcspn(p, ":/?#");
+        p += hlen;
+    }
+    if (hlen == 0 || hlen >= sizeof(u->host)) {
+        *why = hlen ? "host name too long" : "no host";
+        return false;
+    }
+    memcpy(u->host, h, hlen);
+    if (memchr(u->host, '@', hlen) != NULL) {
+        *why = "user:password@ is not supported (use --token)";
+        return false;
+    }
+    if (*p == ':') {
+        char *end;
+        long port = strtol(p + 1, &end, 10);
+        if (end == p + 1 || port < 1 || port > 65535 || (*end && !strchr("/?#", *end))) {
+            *why = "invalid port";
+            return false;
+        }
+        u->port = (int)port;
+        p = end;
+    } else if (*p && !strchr("/?#", *p)) {
+        *why = "invalid host";
+        return false;
+    }
+    const char *frag = strchr(p, '#');
+    size_t plen = frag ? (size_t)(frag - p) : strlen(p);
+    size_t o = 0;
+    if (plen == 0 || *p == '?') {
+        o = (size_t)snprintf(u->path, sizeof(u->path), "/ws");
+    }
+    if (o + plen >= sizeof(u->path)) {
+        *why = "path too long";
+        return false;
+    }
+    memcpy(u->path + o, p, plen);
+    o += plen;
+    for (size_t i = 0; i < o; i++) {
+        if ((unsigned char)u->path[i] <= ' ' || u->path[i] == 0x7f) {
+            *why = "spaces or control characters in the path (percent-encode them)";
+            return false;
+        }
+    }
+    if (token != NULL) {
+        const char *sep = memchr(u->path, '?', o) ? "&" : "?";
+        o += (size_t)snprintf(u->path + o, sizeof(u->path) - o, "%stoken=", sep);
+        for (const unsigned char *t = (const unsigned char *)token; *t; t++) {
+            if (o + 4 >= sizeof(u->path)) {
+                *why = "token too long";
+                return false;
+            }
+            if (unreserved(*t))
+                u->path[o++] = (char)*t;
+            else
+                o += (size_t)snprintf(u->path + o, sizeof(u->path) - o, "%%%02X", *t);
+        }
+        u->path[o] = '\0';
+    }
+    bool v6 = strchr(u->host, ':') != NULL;
+    bool default_port = u->port == (u->tls ? 443 : 80);
+    if (default_port)
+        snprintf(u->hostport, sizeof(u->hostport), v6 ? "[%s]" : "%s", u->host);
+    else
+        snprintf(u->hostport, sizeof(u->hostport), v6 ? "[%s]:%d" : "%s:%d", u->host, u->port);
+    return true;
+}
+
+void cli_json_str(gale_buf_t *out, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    gale_buf_append(out, "\"", 1);
+    size_t run = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch >= 0x20 && ch != '"' && ch != '\\') {
+            run++;
+            continue;
+        }
+        gale_buf_append(out, s + i - run, run);
+        run = 0;
+        char esc[6] = {'\\', (char)ch, 0, 0, 0, 0};
+        size_t en = 2;
+        switch (ch) {
+        case '"':
+        case '\\':
+            break;
+        case '\n':
+            esc[1] = 'n';
+            break;
+        case '\r':
+            esc[1] = 'r';
+            break;
+        case '\t':
+            esc[1] = 't';
+            break;
+        default:
+            esc[1] = 'u';
+            esc[2] = '0';
+            esc[3] = '0';
+            esc[4] = hex[ch >> 4];
+            esc[5] = hex[ch & 15];
+            en = 6;
+        }
+        gale_buf_append(out, esc, en);
+    }
+    gale_buf_append(out, s + n - run, run);
+    gale_buf_append(out, "\"", 1);
+}
+
+void cli_json_compact(gale_buf_t *out, const uint8_t *buf, size_t len)
+{
+    size_t start = 0;
+    bool in_str = false;
+    for (size_t i = 0; i < len; i++) {
+        uint8_t ch = buf[i];
+        if (in_str) {
+            if (ch == '\\')
+                i++;
+            else if (ch == '"')
+                in_str = false;
+        } else if (ch == '"') {
+            in_str = true;
+        } else if (ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r') {
+            gale_buf_append(out, buf + start, i - start);
+            start = i + 1;
+        }
+    }
+    if (len > start)
+        gale_buf_append(out, buf + start, len - start);
+}
+
+bool cli_data_json(gale_buf_t *out, gale_enc_t enc, const uint8_t *data, size_t len)
+{
+    if (enc == GALE_ENC_MSGPACK)
+        return gale_convert_data(out, GALE_ENC_JSON, GALE_ENC_MSGPACK, data, len) == GALE_OK;
+    if (!gale_json_valid(data, len, 256))
+        return false;
+    cli_json_compact(out, data, len);
+    return !out->oom;
+}
+
+void cli_excerpt(gale_buf_t *out, const uint8_t *s, size_t n, size_t max)
+{
+    size_t take = n < max ? n : max;
+    for (size_t i = 0; i < take; i++) {
+        if (s[i] < 0x20 || s[i] == 0x7f) {
+            char esc[8];
+            int k = snprintf(esc, sizeof(esc), "\\x%02x", s[i]);
+            gale_buf_append(out, esc, (size_t)k);
+        } else {
+            gale_buf_append(out, s + i, 1);
+        }
+    }
+    if (take < n)
+        gale_buf_append(out, "...", 3);
+}
+
+double cli_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}

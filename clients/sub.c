@@ -1,0 +1,348 @@
+/*
+ * `gale sub`: subscribe to one or more patterns and print each message as
+ * one line on stdout, flushed at once so pipes see it.
+ *
+ * The subscriptions are sent with ids as soon as hello arrives; an err for
+ * one of them ends the command (exit 1). With --reconnect, a failed attempt
+ * or a lost connection is retried with exponential backoff (0.25 s doubling
+ * to 5 s, with jitter) and every pattern is subscribed again; what is
+ * published while disconnected is missed (delivery is at most once).
+ */
+#include "cli.h"
+#include "cli_conn.h"
+#include "sub.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define BACKOFF_MIN 0.25
+#define BACKOFF_MAX 5.0
+
+typedef enum { FMT_LINE, FMT_JSON, FMT_DATA } format_t;
+
+typedef struct {
+    cli_common_t o;
+    char **patterns;
+    int npatterns;
+    format_t format;
+    long count; /* 0: no limit */
+    bool reconnect;
+
+    cli_conn_t *conn;
+    gale_buf_t frame;
+    gale_buf_t line;
+    uint64_t next_id;
+    uint64_t first_id; /* ids of this connection's subs: first_id .. first_id + npatterns - 1 */
+    int acks_pending;
+    bool subscribed_once;
+    long received;
+    double backoff;
+    bool finished;
+    int exit_code;
+    lws_sorted_usec_list_t reconnect_sul;
+    lws_sorted_usec_list_t timeout_sul;
+} sub_t;
+
+static void usage(FILE *f)
+{
+    fprintf(
+        f,
+        "usage: gale sub [options] PATTERN...\n"
+        "\n"
+        "Subscribe to each PATTERN and print every message as one line, flushed at once.\n"
+        "A pattern is a topic whose segments may be * (any one segment), and whose last\n"
+        "segment may be > (one or more segments): chat.*, sensors.>, >.\n"
+        "\n"
+        "Options:\n"
+        "  --format FMT         line (default): TOPIC DATA, data as compact JSON\n"
+        "                       json: {\"topic\":...,\"data\":...} per line (for jq); a binary\n"
+        "                             message has \"bin\" (base64) instead of \"data\"\n"
+        "                       data: the data only, as compact JSON\n"
+        "  -n, --count N        exit 0 after N messages\n"
+        "  --reconnect          when the connection fails or is lost, reconnect with\n"
+        "                       backoff (0.25 s to 5 s) and subscribe again\n"
+        "  --timeout SECONDS    stop after this long: exit 4 if --count was given and not\n"
+        "                       reached (or never subscribed), else 0\n"
+        "\n"
+        "Binary data (MessagePack bin) prints as a base64 JSON string.\n"
+        "\n"
+        "%s\n%s\n"
+        "Examples:\n"
+        "  gale sub 'chat.>'\n"
+        "  gale sub --format json --count 1 sensors.t1 | jq .data.celsius\n"
+        "  gale sub --reconnect --url wss://broker.example/ws --token \"$T\" 'logs.*'\n",
+        cli_common_help, cli_exit_codes_help);
+}
+
+/* ---- ending ---- */
+
+static void finish(sub_t *s, int code)
+{
+    if (s->finished)
+        return;
+    s->finished = true;
+    s->exit_code = code;
+    lws_sul_cancel(&s->reconnect_sul);
+    if (cli_conn_active(s->conn))
+        cli_conn_close(s->conn); /* on_closed stops the loop */
+    else
+        cli_conn_stop(s->conn);
+}
+
+static void timeout_timer(lws_sorted_usec_list_t *sul)
+{
+    sub_t *s = lws_container_of(sul, sub_t, timeout_sul);
+    if (s->finished)
+        return;
+    if (s->count > 0) {
+        cli_error(&s->o, "timed out after %g s with %ld of %ld messages", s->o.timeout, s->received,
+                  s->count);
+        finish(s, CLI_EXIT_TIMEOUT);
+    } else if (!s->subscribed_once) {
+        cli_error(&s->o, "timed out after %g s before subscribing", s->o.timeout);
+        finish(s, CLI_EXIT_TIMEOUT);
+    } else {
+        finish(s, CLI_EXIT_OK);
+    }
+}
+
+/* ---- output ---- */
+
+static bool format_message(sub_t *s, const gale_reply_t *r)
+{
+    gale_buf_t *b = &s->line;
+    b->len = 0;
+    switch (s->format) {
+    case FMT_LINE:
+        gale_buf_append(b, r->topic, r->topic_len);
+        gale_buf_append(b, " ", 1);
+        if (!cli_data_json(b, s->o.enc, r->data, r->data_len))
+            return false;
+        break;
+    case FMT_JSON:
+        gale_buf_append(b, "{\"topic\":", 9);
+        cli_json_str(b, r->topic, r->topic_len);
+        if (r->bin)
+            gale_buf_append(b, ",\"bin\":", 7);
+        else
+            gale_buf_append(b, ",\"data\":", 8);
+        if (!cli_data_json(b, s->o.enc, r->data, r->data_len))
+            return false;
+        gale_buf_append(b, "}", 1);
+        break;
+    case FMT_DATA:
+        if (!cli_data_json(b, s->o.enc, r->data, r->data_len))
+            return false;
+        break;
+    }
+    gale_buf_append(b, "\n", 1);
+    return !b->oom;
+}
+
+static void print_message(sub_t *s, const gale_reply_t *r)
+{
+    if (!format_message(s, r)) {
+        cli_error(&s->o, "cannot print a message on %.*s: its data is not convertible to JSON",
+                  (int)r->topic_len, r->topic);
+        return;
+    }
+    if (fwrite(s->line.data, 1, s->line.len, stdout) != s->line.len || fflush(stdout) != 0) {
+        /* The reader went away (gale sub | head -1): stop quietly. */
+        if (errno != EPIPE)
+            cli_error(&s->o, "cannot write to stdout: %s", strerror(errno));
+        finish(s, errno == EPIPE ? CLI_EXIT_OK : CLI_EXIT_USAGE);
+        return;
+    }
+    s->received++;
+    if (s->count > 0 && s->received >= s->count)
+        finish(s, CLI_EXIT_OK);
+}
+
+/* ---- connection events ---- */
+
+static void reconnect_timer(lws_sorted_usec_list_t *sul)
+{
+    sub_t *s = lws_container_of(sul, sub_t, reconnect_sul);
+    if (!s->finished)
+        cli_conn_connect(s->conn);
+}
+
+static void on_open(void *arg, const gale_reply_t *hello)
+{
+    sub_t *s = arg;
+    (void)hello;
+    s->first_id = s->next_id;
+    s->acks_pending = s->npatterns;
+    for (int i = 0; i < s->npatterns; i++) {
+        s->frame.len = s->frame.headroom;
+        if (gale_encode_sub(&s->frame, s->o.enc, GALE_OP_SUB, true, s->next_id++, s->patterns[i],
+                            strlen(s->patterns[i])) != GALE_OK) {
+            cli_error(&s->o, "out of memory");
+            finish(s, CLI_EXIT_USAGE);
+            return;
+        }
+        cli_conn_send(s->conn, &s->frame);
+    }
+}
+
+static void on_reply(void *arg, const gale_reply_t *r)
+{
+    sub_t *s = arg;
+    if (s->finished)
+        return;
+    bool ours = r->has_id && r->id >= s->first_id && r->id < s->first_id + (uint64_t)s->npatterns;
+    switch (r->op) {
+    case GALE_REPLY_MSG:
+        print_message(s, r);
+        return;
+    case GALE_REPLY_ACK:
+        if (ours && s->acks_pending > 0 && --s->acks_pending == 0) {
+            if (s->o.verbose)
+                fprintf(stderr, "* subscribed to %d pattern%s\n", s->npatterns,
+                        s->npatterns > 1 ? "s" : "");
+            else if (s->subscribed_once && s->reconnect)
+                cli_error(&s->o, "reconnected and subscribed again");
+            s->subscribed_once = true;
+            s->backoff = 0;
+        }
+        return;
+    case GALE_REPLY_ERR: {
+        char what[300] = "";
+        if (ours)
+            snprintf(what, sizeof(what), " (pattern '%s')", s->patterns[r->id - s->first_id]);
+        cli_error(&s->o, "server error %.*s: %.*s%s%s", (int)r->code_name_len, r->code_name,
+                  (int)r->msg_len, r->msg, r->msg_truncated ? "..." : "", what);
+        finish(s, CLI_EXIT_SERVER);
+        return;
+    }
+    default:
+        return;
+    }
+}
+
+static void on_closed(void *arg, const cli_end_info_t *end)
+{
+    sub_t *s = arg;
+    if (s->finished || end->kind == CLI_END_CLOSED) {
+        cli_conn_stop(s->conn);
+        return;
+    }
+    cli_report_end(&s->o, end);
+    if (!s->reconnect) {
+        s->finished = true;
+        s->exit_code = CLI_EXIT_CONNECT;
+        cli_conn_stop(s->conn);
+        return;
+    }
+    s->backoff = s->backoff <= 0 ? BACKOFF_MIN : s->backoff * 2;
+    if (s->backoff > BACKOFF_MAX)
+        s->backoff = BACKOFF_MAX;
+    double delay = s->backoff * (0.8 + 0.4 * ((double)rand() / RAND_MAX));
+    cli_error(&s->o, "reconnecting in %.1f s", delay);
+    cli_conn_timer(s->conn, &s->reconnect_sul, reconnect_timer, delay);
+}
+
+static void on_wake(void *arg)
+{
+    sub_t *s = arg;
+    if (cli_interrupted() && !s->finished)
+        finish(s, CLI_EXIT_INTERRUPTED);
+}
+
+/* ---- command line ---- */
+
+enum { OPT_FORMAT = CLI_OPT_FIRST_OWN, OPT_COUNT, OPT_RECONNECT };
+
+static int parse(sub_t *s, int argc, char **argv)
+{
+    static const struct option lo[] = {
+        CLI_COMMON_LONGOPTS,
+        {"format", required_argument, NULL, OPT_FORMAT},
+        {"count", required_argument, NULL, 'n'},
+        {"reconnect", no_argument, NULL, OPT_RECONNECT},
+        {NULL, 0, NULL, 0},
+    };
+    int c;
+    opterr = 0;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, ":n:" CLI_COMMON_SHORTOPTS, lo, NULL)) != -1) {
+        int r = cli_common_option(&s->o, c, optarg);
+        if (r < 0)
+            return CLI_EXIT_USAGE;
+        if (r > 0)
+            continue;
+        switch (c) {
+        case 'h':
+        case CLI_OPT_HELP:
+            usage(stdout);
+            return -1;
+        case OPT_FORMAT:
+            if (!strcmp(optarg, "line"))
+                s->format = FMT_LINE;
+            else if (!strcmp(optarg, "json"))
+                s->format = FMT_JSON;
+            else if (!strcmp(optarg, "data"))
+                s->format = FMT_DATA;
+            else
+                return cli_usage_error("sub", "invalid --format '%s': use line, json or data",
+                                       optarg);
+            break;
+        case 'n':
+            if (!cli_parse_long(optarg, 1, &s->count))
+                return cli_usage_error("sub", "invalid --count '%s': a whole number >= 1", optarg);
+            break;
+        case OPT_RECONNECT:
+            s->reconnect = true;
+            break;
+        default:
+            return cli_bad_option("sub", c, argv);
+        }
+    }
+    return 0;
+}
+
+int sub_main(int argc, char **argv)
+{
+    sub_t s;
+    memset(&s, 0, sizeof(s));
+    cli_common_init(&s.o, "sub");
+    s.next_id = 1;
+    gale_buf_init(&s.frame, LWS_PRE);
+    gale_buf_init(&s.line, 0);
+    int rc = parse(&s, argc, argv);
+    if (rc != 0)
+        return rc < 0 ? CLI_EXIT_OK : rc;
+    s.patterns = argv + optind;
+    s.npatterns = argc - optind;
+    if (s.npatterns == 0)
+        return cli_usage_error("sub", "missing PATTERN (e.g. 'chat.>' or '>' for everything)");
+    for (int i = 0; i < s.npatterns; i++) {
+        if (!gale_pattern_valid(s.patterns[i], strlen(s.patterns[i]), NULL))
+            return cli_usage_error("sub",
+                                   "invalid pattern '%s': dot-separated, non-empty segments "
+                                   "without spaces; a segment may be * and the last one >",
+                                   s.patterns[i]);
+    }
+    srand((unsigned)getpid() ^ (unsigned)(cli_now() * 1e6));
+
+    static const cli_handler_t h = {on_open, on_reply, on_closed, on_wake};
+    s.conn = cli_conn_new(&s.o, &h, &s);
+    if (s.conn == NULL)
+        return CLI_EXIT_USAGE;
+    if (s.o.timeout > 0)
+        cli_conn_timer(s.conn, &s.timeout_sul, timeout_timer, s.o.timeout);
+    cli_conn_connect(s.conn); /* a failure at once has already stopped the loop (or retries) */
+    if (cli_conn_run(s.conn) < 0 && s.exit_code == CLI_EXIT_OK) {
+        cli_error(&s.o, "libwebsockets service loop failed");
+        s.exit_code = CLI_EXIT_CONNECT;
+    }
+    rc = s.exit_code;
+    lws_sul_cancel(&s.reconnect_sul);
+    lws_sul_cancel(&s.timeout_sul);
+    cli_conn_free(s.conn);
+    gale_buf_free(&s.frame);
+    gale_buf_free(&s.line);
+    return rc;
+}

@@ -1,0 +1,674 @@
+"""`gale pub` and `gale sub`, the command-line client, driven as a person or a script would,
+against the real broker: arguments, stdin lines, files, JSON and MessagePack, output
+formats, --count/--timeout, errors and their exit codes, --reconnect across a broker
+restart, signals, the token query parameter and wss://.
+
+The binary is $GALE_CLI (ctest sets it), else gale next to $GALE_BROKER, else build/gale.
+Every wait is bounded.
+"""
+import asyncio
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+
+import msgpack
+import pytest
+
+import galetest
+from galetest import HOST
+
+GALE = os.environ.get("GALE_CLI") or os.path.join(
+    os.path.dirname(os.environ.get("GALE_BROKER") or
+                    os.path.join(galetest.SOURCE_DIR, "build", "gale-broker")), "gale")
+
+pytestmark = [pytest.mark.gale_only,
+              pytest.mark.skipif(not os.access(GALE, os.X_OK), reason="gale CLI not built")]
+
+USAGE, SERVER, CONNECT, TIMEOUT, INTERRUPTED = 2, 1, 3, 4, 130
+
+
+def cli_env(extra=None):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GALE_")}
+    env.update(extra or {})
+    return env
+
+
+def gale(*args, input=None, env=None, timeout=20):
+    """Runs `gale ARGS`; returns CompletedProcess with bytes stdout and text stderr."""
+    p = subprocess.run([GALE, *args], input=input, capture_output=True, env=cli_env(env),
+                       timeout=timeout)
+    p.stderr = p.stderr.decode("utf-8", "replace")
+    assert not any(m in p.stderr for m in galetest.SANITIZER_MARKERS), p.stderr
+    return p
+
+
+def pub(broker, *args, **kw):
+    return gale("pub", "--url", broker.url, *args, **kw)
+
+
+class Sub:
+    """A background `gale sub -v`: stdout lines and stderr collected by threads."""
+
+    def __init__(self, broker_or_url, *args, env=None):
+        url = broker_or_url if isinstance(broker_or_url, str) else broker_or_url.url
+        self.proc = subprocess.Popen([GALE, "sub", "-v", "--url", url, *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     stdin=subprocess.DEVNULL, env=cli_env(env))
+        self.out, self.err = [], []
+        self.cond = threading.Condition()
+        self.threads = [threading.Thread(target=self._read, args=(self.proc.stdout, self.out),
+                                         daemon=True),
+                        threading.Thread(target=self._read, args=(self.proc.stderr, self.err),
+                                         daemon=True)]
+        for t in self.threads:
+            t.start()
+
+    def _read(self, f, into):
+        for line in iter(f.readline, b""):
+            with self.cond:
+                into.append(line)
+                self.cond.notify_all()
+        with self.cond:
+            self.cond.notify_all()
+
+    def stderr(self):
+        with self.cond:
+            return b"".join(self.err).decode("utf-8", "replace")
+
+    def wait_for(self, pred, timeout=10.0, what="condition"):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not pred():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError("gale sub: no %s within %.0fs; stderr:\n%s" % (
+                        what, timeout, b"".join(self.err).decode("utf-8", "replace")[-3000:]))
+                self.cond.wait(min(left, 0.2))
+
+    def wait_subscribed(self, times=1, timeout=10.0):
+        self.wait_for(lambda: sum(b"* subscribed to" in l for l in self.err) >= times, timeout,
+                      "subscription ack")
+
+    def wait_lines(self, n, timeout=10.0):
+        self.wait_for(lambda: len(self.out) >= n, timeout, "%d output lines" % n)
+        return self.lines()
+
+    def lines(self):
+        with self.cond:
+            return [l.rstrip(b"\n").decode() for l in self.out]
+
+    def wait(self, timeout=10.0):
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError("gale sub still running after %.0fs; stderr:\n%s"
+                                 % (timeout, self.stderr()[-3000:])) from None
+        for t in self.threads:
+            t.join(5)
+        err = self.stderr()
+        assert not any(m in err for m in galetest.SANITIZER_MARKERS), err
+        return rc
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@pytest.fixture
+def subs():
+    started = []
+
+    def factory(*args, **kw):
+        s = Sub(*args, **kw)
+        started.append(s)
+        return s
+
+    yield factory
+    for s in started:
+        s.kill()
+
+
+# ---------------------------------------------------------------------------------------
+# help, version, usage errors
+# ---------------------------------------------------------------------------------------
+
+def test_help_and_version():
+    p = gale("--help")
+    assert p.returncode == 0
+    out = p.stdout.decode()
+    for word in ("pub", "sub", "bench", "GALE_URL", "130", "usage error"):
+        assert word in out, word
+    for cmd in ("pub", "sub"):
+        p = gale(cmd, "--help")
+        assert p.returncode == 0, p.stderr
+        text = p.stdout.decode()
+        assert text.startswith("usage: gale %s" % cmd)
+        assert "--url" in text and "--encoding" in text and "Exit status" in text
+    p = gale("--version")
+    assert p.returncode == 0 and p.stdout.decode().startswith("gale ")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["pub", "--bogus", "t", "x"], "unknown option '--bogus'"),
+    (["sub", "-q", "t"], "unknown option '-q'"),
+    (["pub", "t", "x", "--url"], "option '--url' needs a value"),
+    (["pub"], "missing TOPIC"),
+    (["sub"], "missing PATTERN"),
+    (["pub", "t", "a", "b"], "too many arguments"),
+    (["pub", "--encoding", "xml", "t", "x"], "invalid --encoding 'xml'"),
+    (["pub", "--url", "http://h/ws", "t", "x"], "invalid --url"),
+    (["pub", "--repeat", "0", "t", "x"], "invalid --repeat"),
+    (["sub", "--format", "yaml", "t"], "invalid --format"),
+    (["sub", "--count", "-1", "t"], "invalid --count"),
+    (["pub", "--file", "/nonexistent/x", "t"], "cannot open --file"),
+    (["pub", "--file", "/etc/hostname", "--encoding", "json", "t"], "--encoding msgpack"),
+    (["pub", "--file", "/etc/hostname", "t", "data"], "either DATA or --file"),
+])
+def test_usage_errors_exit_2(args, needle):
+    p = gale(*args)
+    assert p.returncode == USAGE, (p.returncode, p.stderr)
+    assert needle in p.stderr, p.stderr
+    assert "--help" in p.stderr
+    assert p.stdout == b""
+
+
+@pytest.mark.parametrize("topic,why", [("a..b", "invalid topic 'a..b'"),
+                                       ("a b", "invalid topic 'a b'"),
+                                       ("chat.*", "cannot publish to a pattern"),
+                                       ("x" * 256, "invalid topic")])
+def test_bad_topic_exit_2(topic, why):
+    p = gale("pub", "--url", "ws://127.0.0.1:1/ws", topic, "data")
+    assert p.returncode == USAGE, p.stderr
+    assert why in p.stderr, p.stderr
+
+
+def test_bad_pattern_exit_2():
+    p = gale("sub", "--url", "ws://127.0.0.1:1/ws", "a.>.b")
+    assert p.returncode == USAGE
+    assert "invalid pattern 'a.>.b'" in p.stderr
+
+
+def test_invalid_json_argument_exit_2():
+    p = gale("pub", "--url", "ws://127.0.0.1:1/ws", "--json", "t", "{nope")
+    assert p.returncode == USAGE
+    assert "DATA is not valid JSON: {nope" in p.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# publishing and printing
+# ---------------------------------------------------------------------------------------
+
+def test_pub_argument_default_format(broker, topic, subs):
+    s = subs(broker, "--count", "3", topic + ".>")
+    s.wait_subscribed()
+    assert pub(broker, topic + ".a", "hello world").returncode == 0
+    assert pub(broker, "--json", topic + ".b", '{"x": [1, 2.5, "y"], "n": null}').returncode == 0
+    assert pub(broker, "--json", topic + ".c", " 42 ").returncode == 0
+    assert s.wait() == 0, s.stderr()
+    assert s.lines() == ['%s.a "hello world"' % topic,
+                         '%s.b {"x":[1,2.5,"y"],"n":null}' % topic,
+                         '%s.c 42' % topic]
+
+
+def test_sub_formats(broker, topic, subs):
+    line = subs(broker, "--count", "2", topic)
+    js = subs(broker, "--count", "2", "--format", "json", topic)
+    data = subs(broker, "--count", "2", "--format", "data", topic)
+    for s in (line, js, data):
+        s.wait_subscribed()
+    assert pub(broker, topic, 'quote " and \\ and\ttab').returncode == 0
+    assert pub(broker, "--json", topic, '{"a":\n {"b": true}}').returncode == 0
+    for s in (line, js, data):
+        assert s.wait() == 0, s.stderr()
+    assert line.lines() == ['%s "quote \\" and \\\\ and\\ttab"' % topic,
+                            '%s {"a":{"b":true}}' % topic]
+    objs = [json.loads(l) for l in js.lines()]
+    assert objs == [{"topic": topic, "data": 'quote " and \\ and\ttab'},
+                    {"topic": topic, "data": {"a": {"b": True}}}]
+    assert data.lines() == ['"quote \\" and \\\\ and\\ttab"', '{"a":{"b":true}}']
+
+
+def test_stdin_lines_in_order(broker, topic, subs):
+    """1000 lines piped into gale pub reach a subscriber started before, in order."""
+    s = subs(broker, "--count", "1000", "--format", "data", topic)
+    s.wait_subscribed()
+    lines = "".join("line %d\n" % i for i in range(1000)).encode()
+    p = pub(broker, topic, input=lines)
+    assert p.returncode == 0, p.stderr
+    assert s.wait(30) == 0, s.stderr()
+    assert s.lines() == ['"line %d"' % i for i in range(1000)]
+
+
+def test_two_publishers_each_in_order(broker, topic, subs):
+    s = subs(broker, "--count", "1000", topic + ".>")
+    s.wait_subscribed()
+    procs = [subprocess.Popen([GALE, "pub", "--url", broker.url, "--json", "%s.p%d" % (topic, k)],
+                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, env=cli_env()) for k in range(2)]
+    outs = []
+    for p in procs:
+        p.stdin.write("".join("%d\n" % i for i in range(500)).encode())
+        p.stdin.close()
+    for p in procs:
+        outs.append(p.wait(30))
+        assert outs[-1] == 0, p.stderr.read()
+        p.stderr.close()
+    assert s.wait(30) == 0, s.stderr()
+    got = {0: [], 1: []}
+    for l in s.lines():
+        t, d = l.split(" ", 1)
+        got[int(t.rsplit(".p", 1)[1])].append(int(d))
+    assert got == {0: list(range(500)), 1: list(range(500))}
+
+
+def test_stdin_json_lines_blank_lines_skipped(broker, topic, subs):
+    s = subs(broker, "--count", "3", "--format", "data", topic)
+    s.wait_subscribed()
+    p = pub(broker, "--json", topic, input=b'{"a": 1}\n\n  \n[true, false]\r\n"s"')
+    # "  " is not valid JSON: only empty lines are skipped
+    assert p.returncode == USAGE, p.stderr
+    assert "line 3 of stdin is not valid JSON" in p.stderr
+    p = pub(broker, "--json", topic, input=b'{"a": 1}\n\n[true, false]\r\n"s"')
+    assert p.returncode == 0, p.stderr
+    assert s.wait() == 0, s.stderr()
+    assert s.lines() == ['{"a":1}', '{"a":1}', '[true,false]']
+
+
+def test_invalid_json_line_names_it_and_earlier_lines_were_published(broker, topic, subs):
+    s = subs(broker, "--count", "2", "--format", "data", topic)
+    s.wait_subscribed()
+    p = pub(broker, "--json", topic, input=b'1\n2\n{"broken": \n4\n')
+    assert p.returncode == USAGE, p.stderr
+    assert 'line 3 of stdin is not valid JSON: {"broken":' in p.stderr
+    assert s.wait() == 0
+    assert s.lines() == ["1", "2"]
+
+
+def test_repeat_and_rate(broker, topic, subs):
+    s = subs(broker, "--count", "5", "--format", "data", topic)
+    s.wait_subscribed()
+    t0 = time.monotonic()
+    p = pub(broker, "--repeat", "5", "--rate", "20", topic, "r")
+    elapsed = time.monotonic() - t0
+    assert p.returncode == 0, p.stderr
+    assert s.wait() == 0
+    assert s.lines() == ['"r"'] * 5
+    assert elapsed >= 0.15, elapsed   # 5 messages at 20/s: 4 gaps of 50 ms
+
+
+@pytest.mark.needs_msgpack
+def test_msgpack_both_ways(broker, topic, subs):
+    js = subs(broker, "--count", "2", "--format", "data", topic)
+    mp = subs(broker, "--count", "2", "--format", "data", "--encoding", "msgpack", topic)
+    js.wait_subscribed()
+    mp.wait_subscribed()
+    assert pub(broker, "--encoding", "msgpack", "--json", topic,
+               '{"int": 1, "neg": -2, "f": 2.5, "s": "\\u00e9", "l": [null]}').returncode == 0
+    assert pub(broker, "--encoding", "msgpack", topic, "plain").returncode == 0
+    assert js.wait() == 0 and mp.wait() == 0
+    want = [{"int": 1, "neg": -2, "f": 2.5, "s": "\u00e9", "l": [None]}, "plain"]
+    assert [json.loads(l) for l in js.lines()] == want
+    assert [json.loads(l) for l in mp.lines()] == want
+
+
+@pytest.mark.needs_msgpack
+def test_msgpack_frames_on_the_wire(broker, topic):
+    async def go():
+        c = await galetest.connect(broker.url, galetest.MSGPACK)
+        await c.sub(topic)
+        p = pub(broker, "--encoding", "msgpack", "--json", topic, "[1, 2.5]")
+        assert p.returncode == 0, p.stderr
+        m = await c.recv()
+        await c.close()
+        return m
+    m = galetest.run(go())
+    assert m == {"op": "msg", "topic": topic, "data": [1, 2.5]}
+
+
+@pytest.mark.needs_msgpack
+def test_pub_file_is_one_binary_message(broker, topic, subs, tmp_path):
+    blob = bytes(range(256)) * 40 + b"\n\x00tail"
+    path = tmp_path / "blob.bin"
+    path.write_bytes(blob)
+    js = subs(broker, "--count", "1", "--format", "json", topic)
+    mp = subs(broker, "--count", "1", "--encoding", "msgpack", topic)
+    js.wait_subscribed()
+    mp.wait_subscribed()
+
+    async def raw():
+        c = await galetest.connect(broker.url, galetest.MSGPACK)
+        await c.sub(topic)
+        p = pub(broker, "--file", str(path), topic)   # --encoding msgpack is implied
+        assert p.returncode == 0, p.stderr
+        m = await c.recv()
+        await c.close()
+        return m
+    m = galetest.run(raw())
+    assert m["data"] == blob and isinstance(m["data"], bytes)
+    assert js.wait() == 0 and mp.wait() == 0
+    obj = json.loads(js.lines()[0])
+    assert obj["topic"] == topic and base64.b64decode(obj["bin"]) == blob
+    t, d = mp.lines()[0].split(" ", 1)
+    assert t == topic and base64.b64decode(json.loads(d)) == blob
+
+
+def test_pub_file_from_stdin(broker, topic, subs):
+    s = subs(broker, "--count", "1", "--format", "json", topic)
+    s.wait_subscribed()
+    p = pub(broker, "--file", "-", topic, input=b"a\nb\n")
+    assert p.returncode == 0, p.stderr
+    assert s.wait() == 0
+    assert base64.b64decode(json.loads(s.lines()[0])["bin"]) == b"a\nb\n"
+
+
+def test_count_exits_after_n(broker, topic, subs):
+    s = subs(broker, "--count", "2", topic)
+    s.wait_subscribed()
+    p = pub(broker, "--repeat", "10", topic, "x")
+    assert p.returncode == 0
+    assert s.wait() == 0
+    assert len(s.lines()) == 2
+
+
+def test_sub_timeout(broker, topic):
+    t0 = time.monotonic()
+    p = gale("sub", "--url", broker.url, "--count", "1", "--timeout", "0.5", topic)
+    assert p.returncode == TIMEOUT, p.stderr
+    assert "timed out after 0.5 s with 0 of 1 messages" in p.stderr
+    assert time.monotonic() - t0 < 5
+    p = gale("sub", "--url", broker.url, "--timeout", "0.3", topic)
+    assert p.returncode == 0, p.stderr
+
+
+def test_gale_url_environment(broker, topic, subs):
+    s = subs(broker, "--count", "1", topic)
+    s.wait_subscribed()
+    p = gale("pub", topic, "via env", env={"GALE_URL": broker.url})
+    assert p.returncode == 0, p.stderr
+    assert s.wait() == 0 and s.lines() == ['%s "via env"' % topic]
+
+
+def test_verbose_logs_frames(broker, topic):
+    p = gale("pub", "-v", "--url", broker.url, topic, "v")
+    assert p.returncode == 0
+    assert '> {"op":"pub","id":1,"topic":"%s","data":"v"}' % topic in p.stderr
+    assert '< {"op":"ack","id":1}' in p.stderr
+    assert '< {"op":"hello"' in p.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# errors
+# ---------------------------------------------------------------------------------------
+
+def test_connection_refused_exit_3():
+    port = galetest.free_port()
+    url = "ws://127.0.0.1:%d/ws" % port
+    for cmd in (["pub", "--url", url, "t", "x"], ["sub", "--url", url, "t"]):
+        p = gale(*cmd)
+        assert p.returncode == CONNECT, p.stderr
+        assert "cannot connect to %s: connection refused" % url in p.stderr
+
+
+def test_unresolvable_host_exit_3():
+    p = gale("pub", "--url", "ws://no-such-host.invalid/ws", "t", "x")
+    assert p.returncode == CONNECT, p.stderr
+    assert "cannot resolve host 'no-such-host.invalid'" in p.stderr
+
+
+def test_handshake_refused_exit_3(broker):
+    url = "ws://127.0.0.1:%d/nope" % broker.port
+    p = gale("pub", "--url", url, "t", "x")
+    assert p.returncode == CONNECT, p.stderr
+    assert "handshake refused by %s: HTTP 404" % url in p.stderr
+
+
+def test_server_err_exit_1(make_broker, topic):
+    b = make_broker(["--max-subscriptions", "1"])
+    p = gale("sub", "--url", b.url, topic + ".a", topic + ".b", timeout=10)
+    assert p.returncode == SERVER, p.stderr
+    assert "server error limit:" in p.stderr and "(pattern '%s.b')" % topic in p.stderr
+
+
+def test_too_large_exit_1(make_broker, topic):
+    b = make_broker(["--max-message", "200"])
+    p = gale("pub", "--url", b.url, topic, "x" * 300)
+    assert p.returncode == SERVER, p.stderr
+    assert "too_large: message 1 is" in p.stderr and "at most 200" in p.stderr
+
+
+def test_pub_with_empty_stdin_succeeds(broker, topic):
+    p = pub(broker, topic, input=b"")
+    assert p.returncode == 0, p.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# token, signals, reconnect
+# ---------------------------------------------------------------------------------------
+
+class OneShotHTTP:
+    """Accepts one connection, records its request head, answers with `status`."""
+
+    def __init__(self, status=403, tls_context=None):
+        self.sock = socket.socket()
+        self.sock.bind((HOST, 0))
+        self.sock.listen(4)
+        self.port = self.sock.getsockname()[1]
+        self.status = status
+        self.request = b""
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        self.sock.settimeout(10)
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        conn.settimeout(5)
+        try:
+            while b"\r\n\r\n" not in self.request:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                self.request += chunk
+            conn.sendall(b"HTTP/1.1 %d Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                         % self.status)
+        finally:
+            conn.close()
+            self.sock.close()
+
+
+def test_token_is_sent_as_query_parameter():
+    srv = OneShotHTTP(403)
+    url = "ws://127.0.0.1:%d/ws" % srv.port
+    p = gale("pub", "--url", url, "t", "x", env={"GALE_TOKEN": "s3cret/+ x"})
+    srv.thread.join(5)
+    first = srv.request.split(b"\r\n", 1)[0]
+    assert first == b"GET /ws?token=s3cret%2F%2B%20x HTTP/1.1", srv.request
+    assert b"Sec-WebSocket-Protocol: gale.v1.json" in srv.request
+    assert p.returncode == CONNECT
+    assert "handshake refused by %s: HTTP 403 (check --token" % url in p.stderr
+
+    srv = OneShotHTTP(401)
+    p = gale("sub", "--url", "ws://127.0.0.1:%d/ws?x=1" % srv.port, "--token", "t2",
+             "--encoding", "msgpack", "t", env={"GALE_TOKEN": "ignored"})
+    srv.thread.join(5)
+    assert srv.request.startswith(b"GET /ws?x=1&token=t2 HTTP/1.1"), srv.request
+    assert b"Sec-WebSocket-Protocol: gale.v1.msgpack" in srv.request
+    assert p.returncode == CONNECT
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_sub_interrupted_exit_130(broker, topic, subs, sig):
+    s = subs(broker, topic)
+    s.wait_subscribed()
+    s.proc.send_signal(sig)
+    assert s.wait() == INTERRUPTED
+    assert "closing (1000)" in s.stderr()
+
+
+def test_pub_interrupted_exit_130(broker, topic, subs):
+    s = subs(broker, "--format", "data", topic)
+    s.wait_subscribed()
+    p = subprocess.Popen([GALE, "pub", "--url", broker.url, topic], stdin=subprocess.PIPE,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=cli_env())
+    p.stdin.write(b"first\n")
+    p.stdin.flush()
+    s.wait_lines(1)
+    p.send_signal(signal.SIGINT)   # stdin still open
+    try:
+        rc = p.wait(10)
+    finally:
+        p.kill()
+        p.stdin.close()
+        p.stderr.close()
+    assert rc == INTERRUPTED
+    assert s.lines() == ['"first"']
+
+
+def test_reconnect_survives_broker_restart(make_broker, topic, subs):
+    b = make_broker()
+    port = b.port
+    s = subs(b, "--reconnect", "--format", "data", topic)
+    s.wait_subscribed()
+    assert pub(b, topic, "before").returncode == 0
+    s.wait_lines(1)
+    assert b.stop() == 0
+    s.wait_for(lambda: b"reconnecting in" in b"".join(s.err), 10, "reconnect notice")
+    time.sleep(0.5)   # a few refused attempts while the broker is down
+    b.start(port=port)
+    s.wait_subscribed(times=2, timeout=15)
+    assert pub(b, topic, "after").returncode == 0
+    assert s.wait_lines(2) == ['"before"', '"after"']
+    err = s.stderr()
+    assert "lost: closed by the broker with 1001" in err, err
+    assert s.proc.poll() is None
+    s.proc.send_signal(signal.SIGINT)
+    assert s.wait() == INTERRUPTED
+
+
+def test_without_reconnect_a_lost_connection_is_exit_3(make_broker, topic, subs):
+    b = make_broker()
+    s = subs(b, topic)
+    s.wait_subscribed()
+    assert b.stop() == 0
+    assert s.wait() == CONNECT
+    assert "connection to %s lost" % b.url in s.stderr()
+
+
+def test_sub_output_into_closed_pipe(broker, topic):
+    """gale sub | head -1: stops quietly when the reader goes away."""
+    sh = "%s sub --url %s %s | head -n 1" % (GALE, broker.url, topic)
+    p = subprocess.Popen(["/bin/sh", "-c", sh], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=cli_env())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and p.poll() is None:
+        assert pub(broker, topic, "x").returncode == 0
+        time.sleep(0.1)
+    out, err = p.communicate(timeout=10)
+    assert out == b'%s "x"\n' % topic.encode()
+    assert err == b""
+
+
+# ---------------------------------------------------------------------------------------
+# wss:// through a TLS terminator in front of the broker
+# ---------------------------------------------------------------------------------------
+
+class TLSProxy:
+    """TLS on a local port, forwarding the plain bytes to the broker (asyncio, own thread)."""
+
+    def __init__(self, certfile, keyfile, target_port):
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(certfile, keyfile)
+        self.target = target_port
+        self.loop = asyncio.new_event_loop()
+        self.loop.set_exception_handler(lambda loop, context: None)  # refused handshakes
+        ready = threading.Event()
+
+        def run():
+            asyncio.set_event_loop(self.loop)
+            self.server = self.loop.run_until_complete(
+                asyncio.start_server(self._handle, HOST, 0, ssl=ctx))
+            self.port = self.server.sockets[0].getsockname()[1]
+            ready.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        assert ready.wait(10), "TLS proxy did not start"
+
+    async def _handle(self, reader, writer):
+        try:
+            ur, uw = await asyncio.open_connection(HOST, self.target)
+        except OSError:
+            writer.close()
+            return
+
+        async def pipe(a, b):
+            try:
+                while True:
+                    data = await a.read(65536)
+                    if not data:
+                        break
+                    b.write(data)
+                    await b.drain()
+            except Exception:
+                pass
+            finally:
+                try:
+                    b.close()
+                except Exception:
+                    pass
+        await asyncio.gather(pipe(reader, uw), pipe(ur, writer))
+
+    def close(self):
+        async def stop():
+            self.server.close()
+            await self.server.wait_closed()
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        if not self.thread.is_alive():
+            self.loop.close()
+
+
+@pytest.fixture
+def tls_cert(tmp_path):
+    if not shutil.which("openssl"):
+        pytest.skip("openssl command not found")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    r = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                        "-keyout", str(key), "-out", str(cert)], capture_output=True, timeout=60)
+    if r.returncode != 0:
+        pytest.skip("openssl req failed: %s" % r.stderr.decode()[-300:])
+    return str(cert), str(key)
+
+
+def test_wss_cafile_insecure_and_verification_failure(broker, topic, subs, tls_cert):
+    proxy = TLSProxy(*tls_cert, broker.port)
+    try:
+        url = "wss://127.0.0.1:%d/ws" % proxy.port
+        s = subs(url, "--cafile", tls_cert[0], "--count", "2", "--format", "data", topic)
+        s.wait_subscribed()
+        p = gale("pub", "--url", url, "--insecure", topic, "insecure")
+        assert p.returncode == 0, p.stderr
+        p = gale("pub", "--url", url, "--cafile", tls_cert[0], topic, "verified")
+        assert p.returncode == 0, p.stderr
+        assert s.wait() == 0, s.stderr()
+        assert s.lines() == ['"insecure"', '"verified"']
+        p = gale("pub", "--url", url, topic, "unverified")   # self-signed, no --cafile
+        assert p.returncode == CONNECT, p.stderr
+        assert "TLS handshake with %s failed" % url in p.stderr
+        assert "--cafile" in p.stderr
+    finally:
+        proxy.close()
