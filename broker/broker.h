@@ -25,6 +25,7 @@
 
 typedef struct session session_t;
 typedef struct cluster cluster_t;
+typedef struct auth auth_t;
 
 /** Publishers per loop turn whose pending input can defer the flush. */
 #define BROKER_TRACKED_PUBLISHERS 16
@@ -36,6 +37,8 @@ typedef struct broker {
     struct lws_vhost *vhost;
     topics_t *topics;
     cluster_t *cluster; /* NULL: single node (no --redis) */
+    auth_t *auth;       /* NULL: no --jwt-secret, the broker is open */
+    bool tls;           /* --tls-cert: wss:// and https:// */
     metrics_t m;
     char node_id[64];
     uint64_t instance; /* random, non-zero: names this process on the cluster bus */
@@ -44,7 +47,7 @@ typedef struct broker {
     int port; /* the port actually listened on */
     char web_root[PATH_MAX];
     struct lws_protocols protocols[GALE_ENC_COUNT + 1]; /* by encoding, then a terminator */
-    struct lws_http_mount mounts[3];                    /* /metrics, /healthz, / */
+    struct lws_http_mount mounts[4];                    /* /metrics, /healthz, /api, / */
 
     session_t **sessions; /* every established WebSocket session (session->slot) */
     uint32_t nsessions, sessions_cap;

@@ -428,13 +428,35 @@ static bool env_reserve(cluster_t *c, size_t n)
     return true;
 }
 
-gale_err_t cluster_pub(cluster_t *c, session_t *s, const gale_request_t *req, const char **why,
-                       bool *deferred)
+/* Who waits for a publish's reply: a session's request, or an HTTP publish (api.c). */
+typedef struct {
+    session_t *s;
+    const gale_request_t *req;
+    void *api;
+    uint32_t api_idx;
+} origin_t;
+
+static session_reply_t *origin_reply(const origin_t *o)
+{
+    if (o->s)
+        return session_reply_defer(o->s, o->req);
+    session_reply_t *r = calloc(1, sizeof(*r) + 1);
+    if (r) {
+        r->op = GALE_OP_PUB;
+        r->api = o->api;
+        r->api_idx = o->api_idx;
+    }
+    return r;
+}
+
+/* Delivers locally and PUBLISHes; GALE_OK means the reply is deferred to Redis's answer. */
+static gale_err_t publish(cluster_t *c, const origin_t *o, const char *topic, size_t topic_len,
+                          gale_enc_t enc, const uint8_t *data, size_t data_len, const char **why)
 {
     broker_t *b = c->b;
-    shard_t *sh = &c->shards[cluster_ring_shard(&c->ring, req->topic, req->topic_len)];
+    shard_t *sh = &c->shards[cluster_ring_shard(&c->ring, topic, topic_len)];
     size_t node_len = strlen(b->node_id);
-    size_t size = cluster_envelope_size(node_len, req->topic_len, req->data_len);
+    size_t size = cluster_envelope_size(node_len, topic_len, data_len);
     char channel[CLUSTER_PREFIX_MAX + GALE_TOPIC_MAX + 1];
     kind_t kind;
     session_reply_t *r;
@@ -447,7 +469,7 @@ gale_err_t cluster_pub(cluster_t *c, session_t *s, const gale_request_t *req, co
         *why = "the cluster bus (Redis) is not keeping up: too many messages pending";
         return GALE_ERR_UNAVAILABLE;
     }
-    if (!ring_reserve(sh) || !env_reserve(c, size) || !(r = session_reply_defer(s, req))) {
+    if (!ring_reserve(sh) || !env_reserve(c, size) || !(r = origin_reply(o))) {
         *why = "out of memory";
         return GALE_ERR_INTERNAL;
     }
@@ -455,22 +477,20 @@ gale_err_t cluster_pub(cluster_t *c, session_t *s, const gale_request_t *req, co
                             .node_len = node_len,
                             .instance = b->instance,
                             .seq = sh->seq + 1,
-                            .topic = req->topic,
-                            .topic_len = req->topic_len,
-                            .enc = (gale_enc_t)s->enc,
-                            .data = req->data,
-                            .data_len = req->data_len};
+                            .topic = topic,
+                            .topic_len = topic_len,
+                            .enc = enc,
+                            .data = data,
+                            .data_len = data_len};
     size_t n = cluster_envelope_encode(c->env, c->env_cap, &e);
-    size_t clen = redis_name(c, req->topic, req->topic_len, channel, &kind);
+    size_t clen = redis_name(c, topic, topic_len, channel, &kind);
     const char *argv[3] = {"PUBLISH", channel, (const char *)c->env};
     size_t lens[3] = {7, clen, n};
-    *deferred = true;
 
     /* Local subscribers now, in the publisher's order; then the bus. */
-    gale_err_t local =
-        router_publish(b, req->topic, req->topic_len, (gale_enc_t)s->enc, req->data, req->data_len);
+    gale_err_t local = router_publish(b, topic, topic_len, enc, data, data_len);
     r->local_err = (uint8_t)local;
-    r->why = local != GALE_OK ? router_convert_why((gale_enc_t)s->enc) : "";
+    r->why = local != GALE_OK ? router_convert_why(enc) : "";
     if (n == 0 || redisAsyncCommandArgv(sh->pub, on_pub_reply, sh, 3, argv, lens) != REDIS_OK) {
         session_reply_finish(b, r, GALE_ERR_UNAVAILABLE, unreachable);
         return GALE_OK;
@@ -482,6 +502,23 @@ gale_err_t cluster_pub(cluster_t *c, session_t *s, const gale_request_t *req, co
     sh->inflight_bytes += size;
     b->m.redis_publishes++;
     return GALE_OK;
+}
+
+gale_err_t cluster_pub(cluster_t *c, session_t *s, const gale_request_t *req, const char **why,
+                       bool *deferred)
+{
+    origin_t o = {.s = s, .req = req};
+    gale_err_t e = publish(c, &o, req->topic, req->topic_len, (gale_enc_t)s->enc, req->data,
+                           req->data_len, why);
+    *deferred = e == GALE_OK;
+    return e;
+}
+
+gale_err_t cluster_pub_api(cluster_t *c, void *api, uint32_t idx, const char *topic,
+                           size_t topic_len, const uint8_t *data, size_t data_len, const char **why)
+{
+    origin_t o = {.api = api, .api_idx = idx};
+    return publish(c, &o, topic, topic_len, GALE_ENC_JSON, data, data_len, why);
 }
 
 /* --- subscribing ---------------------------------------------------------- */

@@ -79,6 +79,15 @@ void cluster_release(const char *p, size_t len, void *arg);
 gale_err_t cluster_pub(cluster_t *c, session_t *s, const gale_request_t *req, const char **why,
                        bool *deferred);
 
+/**
+ * Publishes a message of the HTTP publish API (JSON data) like cluster_pub:
+ * GALE_OK means deferred, and api_publish_done(b, api, idx, ...) follows
+ * (possibly before this returns); an error means nothing was delivered.
+ */
+gale_err_t cluster_pub_api(cluster_t *c, void *api, uint32_t idx, const char *topic,
+                           size_t topic_len, const uint8_t *data, size_t data_len,
+                           const char **why);
+
 /** Shards configured and shards up (both connections ready). */
 void cluster_state(const cluster_t *c, uint32_t *shards, uint32_t *up);
 

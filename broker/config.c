@@ -17,7 +17,10 @@ typedef enum {
     OPT_PATH,
     OPT_NAME,
     OPT_URLS,
-    OPT_PREFIX
+    OPT_PREFIX,
+    OPT_STR,        /* a string field at off, max = its capacity */
+    OPT_SECRET,     /* the JWT secret */
+    OPT_SECRET_FILE /* the JWT secret, read from a file */
 } opt_kind_t;
 
 typedef struct {
@@ -69,6 +72,30 @@ static const opt_t options[] = {
     {"--redis-max-pending", "GALE_REDIS_MAX_PENDING", OPT_SIZE, 64 * 1024, 1u << 30,
      offsetof(gale_config_t, redis_max_pending), "BYTES",
      "PUBLISHes awaiting Redis per shard; more answer err unavailable (default 8M)"},
+    {"--jwt-secret", "GALE_JWT_SECRET", OPT_SECRET, 0, 0, 0, "SECRET",
+     "require HS256 JWTs signed with SECRET (query token= or Authorization: Bearer; "
+     "default: none, the broker is open)"},
+    {"--jwt-secret-file", "GALE_JWT_SECRET_FILE", OPT_SECRET_FILE, 0, 0, 0, "PATH",
+     "like --jwt-secret, the secret read from PATH (one trailing newline dropped)"},
+    {"--allowed-origins", "GALE_ALLOWED_ORIGINS", OPT_STR, 0,
+     sizeof(((gale_config_t *)0)->allowed_origins), offsetof(gale_config_t, allowed_origins),
+     "ORIGIN[,ORIGIN...]",
+     "WebSocket upgrades with another Origin header get HTTP 403; requests without one are "
+     "let in (default: any origin)"},
+    {"--tls-cert", "GALE_TLS_CERT", OPT_STR, 0, sizeof(((gale_config_t *)0)->tls_cert),
+     offsetof(gale_config_t, tls_cert), "PEM",
+     "certificate chain: serve wss:// and https:// (with --tls-key)"},
+    {"--tls-key", "GALE_TLS_KEY", OPT_STR, 0, sizeof(((gale_config_t *)0)->tls_key),
+     offsetof(gale_config_t, tls_key), "PEM", "private key of --tls-cert"},
+    {"--api-key", "GALE_API_KEY", OPT_STR, 0, sizeof(((gale_config_t *)0)->api_key),
+     offsetof(gale_config_t, api_key), "KEY",
+     "enable POST /api/publish for backends holding Authorization: Bearer KEY (default: "
+     "disabled, 404)"},
+    {"--pub-rate", "GALE_PUB_RATE", OPT_UINT, 0, 1000000, offsetof(gale_config_t, pub_rate), "N",
+     "publishes per second per connection, a token bucket; more answer err limit (default 0: "
+     "no limit)"},
+    {"--pub-burst", "GALE_PUB_BURST", OPT_UINT, 0, 1000000, offsetof(gale_config_t, pub_burst), "N",
+     "publishes a connection may send at once under --pub-rate (default: --pub-rate)"},
 };
 #define NOPTIONS (sizeof(options) / sizeof(options[0]))
 
@@ -226,6 +253,52 @@ static bool apply(gale_config_t *c, const opt_t *o, const char *src, const char 
         memcpy(dst, v, len + 1);
         return true;
     }
+    case OPT_STR: {
+        size_t len = strlen(v);
+        bool ok = len > 0 && len < o->max;
+        for (size_t i = 0; ok && i < len; i++)
+            ok = (unsigned char)v[i] >= ' ' && v[i] != 0x7f;
+        if (!ok) {
+            fprintf(err, "gale-broker: %s: not a valid %s (1 to %" PRIu64 " printable bytes)\n",
+                    src, o->arg, o->max - 1);
+            return false;
+        }
+        memcpy((char *)c + o->off, v, len + 1);
+        return true;
+    }
+    case OPT_SECRET: {
+        size_t len = strlen(v);
+        if (len == 0 || len >= sizeof(c->jwt_secret)) {
+            fprintf(err, "gale-broker: %s: the secret must be 1 to %zu bytes\n", src,
+                    sizeof(c->jwt_secret) - 1);
+            return false;
+        }
+        memcpy(c->jwt_secret, v, len + 1);
+        c->jwt_secret_len = len;
+        return true;
+    }
+    case OPT_SECRET_FILE: {
+        FILE *f = fopen(v, "rb");
+        size_t len = 0;
+        if (f) {
+            len = fread(c->jwt_secret, 1, sizeof(c->jwt_secret), f);
+            fclose(f);
+        }
+        if (len > 0 && c->jwt_secret[len - 1] == '\n')
+            len--;
+        if (len > 0 && c->jwt_secret[len - 1] == '\r')
+            len--;
+        if (!f || len == 0 || len >= sizeof(c->jwt_secret)) {
+            fprintf(err, "gale-broker: %s: '%s': %s\n", src, v,
+                    !f ? strerror(errno) : "the secret must be 1 to 1023 bytes");
+            memset(c->jwt_secret, 0, sizeof(c->jwt_secret));
+            c->jwt_secret_len = 0;
+            return false;
+        }
+        c->jwt_secret[len] = '\0';
+        c->jwt_secret_len = len;
+        return true;
+    }
     case OPT_SIZE:
     case OPT_UINT:
         if (!(o->kind == OPT_SIZE ? config_parse_size(v, &n) : parse_uint(v, &n)) || n < o->min ||
@@ -305,6 +378,10 @@ config_result_t config_parse(gale_config_t *c, int argc, char **argv, char **env
         }
         if (!apply(c, o, o->flag, v, err))
             return CONFIG_ERROR;
+    }
+    if (!c->tls_cert[0] != !c->tls_key[0]) {
+        fprintf(err, "gale-broker: --tls-cert and --tls-key go together\n");
+        return CONFIG_ERROR;
     }
     return CONFIG_RUN;
 }

@@ -26,6 +26,14 @@ typedef struct {
     char redis_prefix[65];      /* --redis-prefix, of every Redis channel name */
     uint64_t redis_timeout_ms;  /* --redis-timeout, connect and command timeout */
     uint64_t redis_max_pending; /* --redis-max-pending, bytes of PUBLISHes awaiting Redis */
+    char jwt_secret[1024];      /* --jwt-secret or the contents of --jwt-secret-file; empty: open */
+    size_t jwt_secret_len;
+    char allowed_origins[4096]; /* --allowed-origins ORIGIN[,ORIGIN...]; empty: any origin */
+    char tls_cert[4096];        /* --tls-cert PEM file; with tls_key: serve wss:// and https:// */
+    char tls_key[4096];         /* --tls-key PEM file */
+    char api_key[256];          /* --api-key for POST /api/publish; empty: endpoint disabled */
+    uint64_t pub_rate;          /* --pub-rate, publishes per second per connection; 0 = off */
+    uint64_t pub_burst;         /* --pub-burst, bucket size (0: same as pub_rate) */
 } gale_config_t;
 
 /** Outcome of config_parse. */

@@ -60,6 +60,8 @@ static const char *reason_phrase(unsigned status)
     switch (status) {
     case HTTP_STATUS_BAD_REQUEST:
         return "Bad Request";
+    case HTTP_STATUS_UNAUTHORIZED:
+        return "Unauthorized";
     case HTTP_STATUS_FORBIDDEN:
         return "Forbidden";
     case HTTP_STATUS_NOT_FOUND:
@@ -82,8 +84,9 @@ int http_refuse(broker_t *b, struct lws *wsi, unsigned status, const char *why)
     char *p = buf + LWS_PRE;
     int n = snprintf(p, sizeof(buf) - LWS_PRE,
                      "HTTP/1.1 %u %s\r\ncontent-type: text/plain\r\ncontent-length: %zu\r\n"
-                     "cache-control: no-store\r\nconnection: close\r\n\r\n%s\n",
-                     status, reason_phrase(status), strlen(why) + 1, why);
+                     "cache-control: no-store\r\n%sconnection: close\r\n\r\n%s\n",
+                     status, reason_phrase(status), strlen(why) + 1,
+                     status == HTTP_STATUS_UNAUTHORIZED ? "www-authenticate: Bearer\r\n" : "", why);
     b->m.connections_refused++;
     log_debug("upgrade refused with HTTP %u: %s", status, why);
     if (n > 0 && (size_t)n < sizeof(buf) - LWS_PRE)

@@ -5,6 +5,8 @@
  * The lws callback only dispatches; the work lives in session.c, router.c
  * and http.c.
  */
+#include "api.h"
+#include "auth.h"
 #include "broker.h"
 #include "cluster.h"
 #include "http.h"
@@ -20,6 +22,7 @@
 #include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 /* Coalescing buffer: frames queued for one connection are sent in writes of up to this size. */
@@ -75,6 +78,61 @@ static bool offers_known_subprotocol(const char *list)
     return false;
 }
 
+/* True if origin[0..len) is one of the comma-separated origins of list (exact match). */
+static bool origin_listed(const char *list, const char *origin, size_t len)
+{
+    const char *p = list;
+    while (*p) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        const char *e = p;
+        while (*e && *e != ',')
+            e++;
+        const char *t = e;
+        while (t > p && t[-1] == ' ')
+            t--;
+        if ((size_t)(t - p) == len && len && memcmp(p, origin, len) == 0)
+            return true;
+        p = e;
+    }
+    return false;
+}
+
+/*
+ * The token of an upgrade request, into buf: the query parameter token=, else
+ * Authorization: Bearer. Returns its length, 0 when there is none.
+ */
+static size_t request_token(struct lws *wsi, char *buf, size_t cap)
+{
+    const char *q = lws_get_urlarg_by_name(wsi, "token=", buf, (int)cap);
+    if (q) {
+        size_t n = strlen(q);
+        memmove(buf, q, n + 1);
+        return n;
+    }
+    int n = lws_hdr_copy(wsi, buf, (int)cap, WSI_TOKEN_HTTP_AUTHORIZATION);
+    if (n <= 7 || strncasecmp(buf, "Bearer ", 7) != 0)
+        return 0;
+    const char *t = buf + 7;
+    while (*t == ' ')
+        t++;
+    size_t len = strlen(t);
+    memmove(buf, t, len + 1);
+    return len;
+}
+
+/* The grant of the upgrade request's token, or NULL (with *why). */
+static auth_grant_t *request_grant(broker_t *b, struct lws *wsi, const char **why)
+{
+    char token[AUTH_TOKEN_MAX + 16];
+    size_t n = request_token(wsi, token, sizeof(token));
+    if (n == 0) {
+        *why = "a token is required (query token= or Authorization: Bearer)";
+        return NULL;
+    }
+    return auth_lookup(b->auth, token, n, (int64_t)time(NULL), why);
+}
+
 static int confirm_upgrade(broker_t *b, struct lws *wsi, const char *upgrade)
 {
     char uri[sizeof(WS_PATH) + 1], offered[256];
@@ -87,6 +145,21 @@ static int confirm_upgrade(broker_t *b, struct lws *wsi, const char *upgrade)
             !offers_known_subprotocol(offered))
             return http_refuse(b, wsi, HTTP_STATUS_BAD_REQUEST,
                                "unknown subprotocol: offer gale.v1.json or gale.v1.msgpack");
+    }
+    if (b->cfg.allowed_origins[0] && lws_hdr_total_length(wsi, WSI_TOKEN_ORIGIN) > 0) {
+        char origin[512];
+        int n = lws_hdr_copy(wsi, origin, sizeof(origin), WSI_TOKEN_ORIGIN);
+        if (n <= 0 || !origin_listed(b->cfg.allowed_origins, origin, (size_t)n)) {
+            log_info("upgrade refused with 403: origin not in --allowed-origins");
+            return http_refuse(b, wsi, HTTP_STATUS_FORBIDDEN, "origin not allowed");
+        }
+    }
+    if (b->auth) {
+        const char *why = "";
+        if (!request_grant(b, wsi, &why)) {
+            log_info("upgrade refused with 401: %s", why);
+            return http_refuse(b, wsi, HTTP_STATUS_UNAUTHORIZED, why);
+        }
     }
     if (b->stopping)
         return http_refuse(b, wsi, HTTP_STATUS_SERVICE_UNAVAILABLE, "the broker is stopping");
@@ -117,7 +190,15 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         gale_enc_t enc = p && strcmp(p->name, subprotocols[GALE_ENC_MSGPACK]) == 0
                              ? GALE_ENC_MSGPACK
                              : GALE_ENC_JSON;
-        if (!session_open(b, s, wsi, enc)) {
+        auth_grant_t *grant = NULL;
+        if (b->auth) { /* verified at CONFIRM_UPGRADE: a cache hit, re-checked against now */
+            const char *why = "";
+            if (!(grant = request_grant(b, wsi, &why))) {
+                log_info("connection refused: %s", why);
+                return -1;
+            }
+        }
+        if (!session_open(b, s, wsi, enc, grant)) {
             log_error("out of memory accepting a connection");
             return -1;
         }
@@ -142,14 +223,30 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         session_close(b, s);
         return 0;
     case LWS_CALLBACK_WSI_DESTROY: /* after it, whatever the protocol: user may be NULL */
+        api_closed(wsi);
         if (s && s->live) {
             s->live = 0;
             if (--b->nlive == 0 && b->stopping)
                 schedule_finish(b);
         }
         return 0;
-    case LWS_CALLBACK_HTTP:
+    case LWS_CALLBACK_HTTP: {
+        char uri[64];
+        if (lws_hdr_total_length(wsi, WSI_TOKEN_POST_URI) > 0 &&
+            lws_hdr_copy(wsi, uri, sizeof(uri), WSI_TOKEN_POST_URI) > 0 &&
+            strncmp(uri, API_MOUNT, sizeof(API_MOUNT) - 1) == 0)
+            return api_http(b, wsi, uri);
         return http_serve(b, wsi);
+    }
+    case LWS_CALLBACK_HTTP_BODY:
+        return api_body(b, wsi, in, len);
+    case LWS_CALLBACK_HTTP_BODY_COMPLETION:
+        return api_body_done(b, wsi);
+    case LWS_CALLBACK_HTTP_WRITEABLE:
+        return api_writeable(b, wsi);
+    case LWS_CALLBACK_CLOSED_HTTP:
+        api_closed(wsi);
+        return 0;
     default:
         return lws_callback_http_dummy(wsi, reason, user, in, len);
     }
@@ -163,8 +260,11 @@ static void on_flush(uv_check_t *h)
 /* Frames queued outside lws's I/O callbacks must not wait for the next poll: flush now. */
 static void on_sweep(uv_timer_t *t)
 {
-    session_sweep(t->data);
-    session_flush_all(t->data);
+    broker_t *b = t->data;
+    session_sweep(b);
+    session_flush_all(b);
+    if (b->auth)
+        auth_cache_sweep(b->auth); /* grants no connection holds any more */
 }
 
 static void on_handle_closed(uv_handle_t *h)
@@ -282,12 +382,14 @@ static bool create_lws(broker_t *b)
 {
     const char *web_root = b->web_root;
     struct lws_http_mount *m_metrics = &b->mounts[0], *m_healthz = &b->mounts[1],
-                          *m_root = &b->mounts[2];
+                          *m_api = &b->mounts[2], *m_root = &b->mounts[3];
     struct lws_context_creation_info info;
     void *loops[1] = {b->loop};
 
     memset(&info, 0, sizeof(info));
     info.options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_EXPLICIT_VHOSTS;
+    if (b->tls)
+        info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
     info.foreign_loops = loops;
     info.user = b;
     info.port = CONTEXT_PORT_NO_LISTEN;
@@ -315,7 +417,12 @@ static bool create_lws(broker_t *b)
     m_root->origin = web_root;
     m_root->def = "index.html";
     m_root->origin_protocol = LWSMPRO_FILE;
-    m_healthz->mount_next = m_root;
+    m_api->mount_next = m_root;
+    m_api->mountpoint = API_MOUNT;
+    m_api->mountpoint_len = sizeof(API_MOUNT) - 1;
+    m_api->origin = subprotocols[0];
+    m_api->origin_protocol = LWSMPRO_CALLBACK;
+    m_healthz->mount_next = m_api;
     m_healthz->mountpoint = HTTP_HEALTHZ;
     m_healthz->mountpoint_len = sizeof(HTTP_HEALTHZ) - 1;
     m_healthz->origin = subprotocols[0];
@@ -336,10 +443,24 @@ static bool create_lws(broker_t *b)
     info.retry_and_idle_policy = &no_idle_policy;
     info.keepalive_timeout = 5;
     info.server_string = "gale";
+    if (b->tls) {
+        /* lws 4.1 enables TLS on a vhost only when its own options carry this flag too. */
+        info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+        info.ssl_cert_filepath = b->cfg.tls_cert;
+        info.ssl_private_key_filepath = b->cfg.tls_key;
+        /* WebSocket over HTTP/2 allows one write per callback; the flush writes many. */
+        info.alpn = "http/1.1";
+    }
     b->vhost = lws_create_vhost(b->ctx, &info);
     if (!b->vhost) {
-        log_error("could not listen on %s:%d (address in use, or not an address of this host?)",
-                  b->cfg.listen_host, b->cfg.listen_port);
+        if (b->tls)
+            log_error("could not listen on %s:%d with TLS (address in use, or --tls-cert/"
+                      "--tls-key unreadable or not a matching PEM pair?)",
+                      b->cfg.listen_host, b->cfg.listen_port);
+        else
+            log_error("could not listen on %s:%d (address in use, or not an address of this "
+                      "host?)",
+                      b->cfg.listen_host, b->cfg.listen_port);
         return false;
     }
     b->port = lws_get_vhost_listen_port(b->vhost);
@@ -375,6 +496,14 @@ broker_t *broker_start(const gale_config_t *cfg, uv_loop_t *loop)
     b->topics = topics_new();
     b->instance = new_instance();
     resolve_web_root(cfg, b->web_root, sizeof(b->web_root));
+    b->tls = cfg->tls_cert[0] != '\0';
+    if (cfg->jwt_secret_len &&
+        !(b->auth = auth_new((const uint8_t *)cfg->jwt_secret, cfg->jwt_secret_len))) {
+        b->stopping = true;
+        finish(b);
+        return b;
+    }
+    memset(b->cfg.jwt_secret, 0, sizeof(b->cfg.jwt_secret)); /* auth_t holds the copy */
     if (!b->scratch || !b->topics || !create_lws(b) ||
         (cfg->redis_urls[0] && !(b->cluster = cluster_new(b)))) {
         b->stopping = true;
@@ -396,15 +525,29 @@ broker_t *broker_start(const gale_config_t *cfg, uv_loop_t *loop)
     uv_signal_start(&b->sigint, on_signal, SIGINT);
 
     b->exit_code = 0;
-    log_info("gale-broker %s node %s listening on http://%s:%d (WebSocket ws://%s:%d%s, web "
+    log_info("gale-broker %s node %s listening on %s://%s:%d (WebSocket %s://%s:%d%s, web "
              "root %s)",
-             GALE_VERSION, b->node_id, cfg->listen_host, b->port, cfg->listen_host, b->port,
-             WS_PATH, b->web_root);
+             GALE_VERSION, b->node_id, b->tls ? "https" : "http", cfg->listen_host, b->port,
+             b->tls ? "wss" : "ws", cfg->listen_host, b->port, WS_PATH, b->web_root);
     log_info("limits: max-message %" PRIu64 " B, max-subscriptions %" PRIu64
              ", max-connections %" PRIu64 ", queue-limit %" PRIu64 " B, keepalive %" PRIu64
-             " s; no authentication configured: the broker is open to every client",
+             " s, pub-rate %" PRIu64 "/s%s",
              cfg->max_message, cfg->max_subscriptions, cfg->max_connections, cfg->queue_limit,
-             cfg->keepalive_s);
+             cfg->keepalive_s, cfg->pub_rate, cfg->pub_rate ? "" : " (off)");
+    if (b->auth)
+        log_info("authentication: HS256 tokens required (query token= or Authorization: "
+                 "Bearer)%s",
+                 cfg->jwt_secret_len < 32 ? "; warning: the secret is shorter than 32 bytes" : "");
+    else
+        log_info("no authentication configured: the broker is open to every client");
+    if (cfg->allowed_origins[0])
+        log_info("allowed origins: %s (requests without Origin are let in)", cfg->allowed_origins);
+    log_info("HTTP publish API %s%s", cfg->api_key[0] ? "enabled at POST " API_PUBLISH : "disabled",
+             cfg->api_key[0] ? "" : " (no --api-key)");
+    if (!b->tls && (b->auth || cfg->api_key[0]) && strcmp(cfg->listen_host, "127.0.0.1") != 0 &&
+        strcmp(cfg->listen_host, "localhost") != 0 && strcmp(cfg->listen_host, "::1") != 0)
+        log_warn("tokens and API keys travel in clear text without --tls-cert (fine behind a "
+                 "TLS-terminating proxy)");
     warn_file_limit(b);
     return b;
 }
@@ -418,6 +561,7 @@ int broker_free(broker_t *b)
     cluster_close(b->cluster);       /* no-op unless broker_start failed half-way */
     cluster_free(b->cluster);
     topics_free(b->topics);
+    auth_free(b->auth);
     free(b->scratch);
     free(b->sessions);
     free(b->dirty);

@@ -1,5 +1,7 @@
 #include "session.h"
 
+#include "api.h"
+#include "auth.h"
 #include "cluster.h"
 #include "log.h"
 #include "router.h"
@@ -11,6 +13,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <time.h>
 
 /* Loop turns the flush may wait for a publisher's pending input (session_flush_turn). */
 #define FLUSH_MAX_DEFERRED_TURNS 4
@@ -117,6 +120,11 @@ static void reply_free(session_reply_t *r)
 void session_reply_finish(broker_t *b, session_reply_t *r, gale_err_t e, const char *why)
 {
     session_t *s = r->s;
+    if (r->api) { /* an HTTP publish */
+        api_publish_done(b, r->api, r->api_idx, e, why);
+        reply_free(r);
+        return;
+    }
     if (!s) { /* the session closed meanwhile */
         reply_free(r);
         return;
@@ -245,6 +253,24 @@ static void forget_publisher(broker_t *b, session_t *s)
         }
 }
 
+/* The --pub-rate token bucket: true if s may publish now (and takes the token). */
+static bool pub_allowed(broker_t *b, session_t *s)
+{
+    uint64_t rate = b->cfg.pub_rate;
+    uint64_t cap = (b->cfg.pub_burst ? b->cfg.pub_burst : rate) * 1000;
+    uint32_t now = (uint32_t)broker_uptime_ms(b);
+    uint64_t t = s->rl_tokens + (uint64_t)(uint32_t)(now - s->rl_ms) * rate;
+    s->rl_ms = now;
+    if (t > cap)
+        t = cap;
+    if (t < 1000) {
+        s->rl_tokens = (uint32_t)t;
+        return false;
+    }
+    s->rl_tokens = (uint32_t)(t - 1000);
+    return true;
+}
+
 static void handle(broker_t *b, session_t *s, const uint8_t *msg, size_t len, bool binary)
 {
     gale_request_t req;
@@ -258,6 +284,12 @@ static void handle(broker_t *b, session_t *s, const uint8_t *msg, size_t len, bo
                      : "text frame on a gale.v1.msgpack connection";
     } else {
         e = gale_decode_request((gale_enc_t)s->enc, msg, len, &req, &why);
+    }
+    if (e == GALE_OK && s->grant)
+        e = auth_check(s->grant, &req, &why);
+    if (e == GALE_OK && req.op == GALE_OP_PUB && b->cfg.pub_rate && !pub_allowed(b, s)) {
+        e = GALE_ERR_LIMIT;
+        why = "publish rate over --pub-rate";
     }
     if (e == GALE_OK) {
         switch (req.op) {
@@ -290,7 +322,8 @@ static void handle(broker_t *b, session_t *s, const uint8_t *msg, size_t len, bo
         reply_ok(b, s, &req);
 }
 
-bool session_open(broker_t *b, session_t *s, struct lws *wsi, gale_enc_t enc)
+bool session_open(broker_t *b, session_t *s, struct lws *wsi, gale_enc_t enc,
+                  struct auth_grant *grant)
 {
     s->wsi = wsi;
     s->enc = (uint8_t)enc;
@@ -300,6 +333,15 @@ bool session_open(broker_t *b, session_t *s, struct lws *wsi, gale_enc_t enc)
     if (!slot_push(&b->sessions, &b->nsessions, &b->sessions_cap, s, &s->slot))
         return false;
     b->m.connections_accepted++;
+    if (grant) {
+        auth_grant_ref(grant);
+        s->grant = grant;
+    }
+    if (b->cfg.pub_rate) {
+        uint64_t burst = b->cfg.pub_burst ? b->cfg.pub_burst : b->cfg.pub_rate;
+        s->rl_tokens = (uint32_t)(burst * 1000);
+        s->rl_ms = (uint32_t)s->last_rx_ms;
+    }
     s->live = 1;
     b->nlive++;
 
@@ -310,7 +352,11 @@ bool session_open(broker_t *b, session_t *s, struct lws *wsi, gale_enc_t enc)
     send_reply(b, s,
                finish_reply(
                    &buf, gale_encode_hello(&buf, enc, b->node_id, conn, b->cfg.max_message), enc));
-    log_debug("conn %" PRIu64 ": open (%s)", s->conn_id, gale_enc_subprotocol(enc));
+    if (grant)
+        log_info("conn %" PRIu64 ": open (%s), user '%s'", s->conn_id, gale_enc_subprotocol(enc),
+                 grant->user);
+    else
+        log_debug("conn %" PRIu64 ": open (%s)", s->conn_id, gale_enc_subprotocol(enc));
     return true;
 }
 
@@ -324,6 +370,8 @@ void session_close(broker_t *b, session_t *s)
     outq_clear(&s->q);
     free(s->rx);
     s->rx = NULL;
+    auth_grant_unref(s->grant);
+    s->grant = NULL;
     if (s->dirty_slot != SESSION_NOT_DIRTY) {
         session_t *last = b->dirty[--b->ndirty];
         b->dirty[s->dirty_slot] = last;
@@ -425,6 +473,8 @@ static const char *close_reason(uint16_t code)
         return "broker shutting down";
     case 4001:
         return "slow consumer: outbound queue over its limit";
+    case LWS_CLOSE_STATUS_POLICY_VIOLATION:
+        return "token expired";
     default:
         return "internal error";
     }
@@ -552,11 +602,18 @@ void session_sweep(broker_t *b)
 {
     uint64_t now = broker_uptime_ms(b);
     uint64_t k = b->cfg.keepalive_s * 1000;
+    int64_t unix_now = (int64_t)time(NULL);
     for (uint32_t i = 0; i < b->nsessions; i++) {
         session_t *s = b->sessions[i];
         uint64_t idle = now - s->last_rx_ms;
         if (s->killed)
             continue;
+        if (s->grant && !s->close_code && unix_now >= s->grant->exp) {
+            log_info("conn %" PRIu64 ": the token of user '%s' expired: closing with 1008",
+                     s->conn_id, s->grant->user);
+            session_begin_close(b, s, LWS_CLOSE_STATUS_POLICY_VIOLATION, false);
+            continue;
+        }
         if (s->close_code) {
             if (idle >= CLOSE_GRACE_MS) {
                 log_info("conn %" PRIu64 ": no close answer after %" PRIu64 " ms: dropping",

@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 struct lws;
+struct auth_grant;
 
 #define SESSION_NOT_DIRTY UINT32_MAX
 
@@ -29,16 +30,19 @@ typedef struct session {
                                  (tail of a circular FIFO); NULL: reply at once */
     size_t rx_len;
     uint64_t conn_id;
-    uint64_t last_rx_ms;   /* broker_uptime_ms() of the last inbound frame; once
-                              closing, of the start of the close */
-    uint32_t slot;         /* index in broker.sessions */
-    uint32_t dirty_slot;   /* index in broker.dirty, or SESSION_NOT_DIRTY */
-    uint16_t close_code;   /* non-zero: closing with this code once flushed */
-    uint8_t enc;           /* gale_enc_t */
-    uint8_t ping_sent : 1; /* a keepalive ping is unanswered */
-    uint8_t rx_binary : 1; /* the message being reassembled is binary */
-    uint8_t killed : 1;    /* dropped without a close frame */
-    uint8_t live : 1;      /* opened and its wsi not yet destroyed (broker.nlive) */
+    uint64_t last_rx_ms;      /* broker_uptime_ms() of the last inbound frame; once
+                                 closing, of the start of the close */
+    struct auth_grant *grant; /* with --jwt-secret: the token's permissions (shared, refcounted) */
+    uint32_t rl_tokens;       /* --pub-rate bucket, in thousandths of a publish */
+    uint32_t rl_ms;           /* broker_uptime_ms() (truncated) of its last refill */
+    uint32_t slot;            /* index in broker.sessions */
+    uint32_t dirty_slot;      /* index in broker.dirty, or SESSION_NOT_DIRTY */
+    uint16_t close_code;      /* non-zero: closing with this code once flushed */
+    uint8_t enc;              /* gale_enc_t */
+    uint8_t ping_sent : 1;    /* a keepalive ping is unanswered */
+    uint8_t rx_binary : 1;    /* the message being reassembled is binary */
+    uint8_t killed : 1;       /* dropped without a close frame */
+    uint8_t live : 1;         /* opened and its wsi not yet destroyed (broker.nlive) */
 } session_t;
 
 /**
@@ -49,7 +53,9 @@ typedef struct session {
 struct session_reply {
     session_reply_t *next;  /* the session's FIFO */
     session_reply_t *wnext; /* the cluster's list of subs waiting on one interest */
-    session_t *s;           /* NULL once the session has closed */
+    session_t *s;           /* NULL once the session has closed (or for an HTTP publish) */
+    void *api;              /* an HTTP publish (api.c) waiting for this reply, or NULL */
+    uint32_t api_idx;       /* the message's index in it */
     frame_t *frame;         /* the reply once done; NULL when silent or not done */
     const char *why;        /* pub: why the local delivery failed, with local_err */
     uint64_t id;
@@ -77,8 +83,12 @@ session_reply_t *session_reply_defer(session_t *s, const gale_request_t *req);
  */
 void session_reply_finish(broker_t *b, session_reply_t *r, gale_err_t e, const char *why);
 
-/** Sets up a newly established session of encoding enc; queues hello. */
-bool session_open(broker_t *b, session_t *s, struct lws *wsi, gale_enc_t enc);
+/**
+ * Sets up a newly established session of encoding enc; queues hello. grant
+ * (with --jwt-secret) is the token's, of which the session takes a reference.
+ */
+bool session_open(broker_t *b, session_t *s, struct lws *wsi, gale_enc_t enc,
+                  struct auth_grant *grant);
 
 /** Releases everything the session holds (subscriptions, queue, buffers). */
 void session_close(broker_t *b, session_t *s);
@@ -132,8 +142,9 @@ void session_flush_turn(broker_t *b);
 
 /**
  * The once-a-second sweep: pings sessions silent for --keepalive, drops
- * those that stayed silent as long again, and drops closing sessions whose
- * peer did not answer the close within 10 s.
+ * those that stayed silent as long again, drops closing sessions whose
+ * peer did not answer the close within 10 s, and closes with 1008 those
+ * whose token expired.
  */
 void session_sweep(broker_t *b);
 

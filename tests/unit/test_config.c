@@ -4,7 +4,9 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -107,13 +109,46 @@ static void test_help_and_version(void **state)
     assert_int_equal(parse(&c, env, 1, "-V"), CONFIG_EXIT);
 }
 
+static void test_security_options(void **state)
+{
+    (void)state;
+    gale_config_t c;
+    char *env[] = {"GALE_JWT_SECRET=from-env", "GALE_API_KEY=k1", NULL};
+    assert_int_equal(parse(&c, env, 0), CONFIG_RUN);
+    assert_string_equal(c.jwt_secret, "from-env");
+    assert_int_equal(c.jwt_secret_len, 8);
+    assert_string_equal(c.api_key, "k1");
+    assert_int_equal(c.pub_rate, 0);
+    char *none[] = {NULL};
+    assert_int_equal(parse(&c, none, 6, "--jwt-secret", "s", "--pub-rate", "10",
+                           "--allowed-origins", "https://a,https://b"),
+                     CONFIG_RUN);
+    assert_int_equal(c.pub_rate, 10);
+    assert_string_equal(c.allowed_origins, "https://a,https://b");
+    /* TLS needs both files; an unreadable secret file and an empty secret are errors. */
+    assert_int_equal(parse(&c, none, 2, "--tls-cert", "x.pem"), CONFIG_ERROR);
+    assert_int_equal(parse(&c, none, 4, "--tls-cert", "x.pem", "--tls-key", "y.pem"), CONFIG_RUN);
+    assert_int_equal(parse(&c, none, 2, "--jwt-secret-file", "/nonexistent/secret"), CONFIG_ERROR);
+    assert_int_equal(parse(&c, none, 2, "--jwt-secret", ""), CONFIG_ERROR);
+    assert_int_equal(parse(&c, none, 2, "--pub-rate", "1000001"), CONFIG_ERROR);
+    char path[] = "/tmp/gale-test-secret-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, "file-secret\n", 12), 12);
+    close(fd);
+    assert_int_equal(parse(&c, none, 2, "--jwt-secret-file", path), CONFIG_RUN);
+    assert_string_equal(c.jwt_secret, "file-secret");
+    assert_int_equal(c.jwt_secret_len, 11);
+    unlink(path);
+}
+
 int main(void)
 {
     sink = fopen("/dev/null", "w");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),         cmocka_unit_test(test_sizes),
         cmocka_unit_test(test_flags_and_env),    cmocka_unit_test(test_bad_values),
-        cmocka_unit_test(test_help_and_version),
+        cmocka_unit_test(test_help_and_version), cmocka_unit_test(test_security_options),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     fclose(sink);

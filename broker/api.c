@@ -1,0 +1,395 @@
+#include "api.h"
+
+#include "auth.h"
+#include "cluster.h"
+#include "gale_json.h"
+#include "log.h"
+#include "router.h"
+
+#include <inttypes.h>
+#include <libwebsockets.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    uint8_t err; /* gale_err_t */
+    const char *why;
+} result_t;
+
+typedef struct api_req {
+    broker_t *b;
+    struct lws *wsi; /* NULL once the connection closed */
+    uint8_t *body;
+    size_t len, cap;
+    result_t *results;
+    uint32_t n;       /* messages */
+    uint32_t pending; /* results still awaited from the cluster */
+    bool batch;
+    bool submitting; /* api_body_done is still publishing */
+    bool answered;
+    unsigned status; /* an answer decided before publishing (400 ...), else 0 */
+    const char *code, *why;
+} api_req_t;
+
+static void req_free(api_req_t *r)
+{
+    if (!r)
+        return;
+    free(r->body);
+    free(r->results);
+    free(r);
+}
+
+static unsigned status_of(gale_err_t e)
+{
+    switch (e) {
+    case GALE_OK:
+        return HTTP_STATUS_OK;
+    case GALE_ERR_TOO_LARGE:
+        return HTTP_STATUS_REQ_ENTITY_TOO_LARGE;
+    case GALE_ERR_FORBIDDEN:
+        return HTTP_STATUS_FORBIDDEN;
+    case GALE_ERR_LIMIT:
+        return 429;
+    case GALE_ERR_UNAVAILABLE:
+        return HTTP_STATUS_SERVICE_UNAVAILABLE;
+    case GALE_ERR_INTERNAL:
+        return HTTP_STATUS_INTERNAL_SERVER_ERROR;
+    default:
+        return HTTP_STATUS_BAD_REQUEST;
+    }
+}
+
+/* Appends s as a JSON string; our texts are ASCII, anything else is escaped or replaced. */
+static void put_str(gale_buf_t *o, const char *s)
+{
+    gale_buf_append(o, "\"", 1);
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') {
+            char e[2] = {'\\', (char)c};
+            gale_buf_append(o, e, 2);
+        } else if (c < 0x20 || c >= 0x7f) {
+            gale_buf_append(o, "?", 1);
+        } else {
+            gale_buf_append(o, s, 1);
+        }
+    }
+    gale_buf_append(o, "\"", 1);
+}
+
+static void put_result(gale_buf_t *o, gale_err_t e, const char *code, const char *why)
+{
+    if (e == GALE_OK && !code) {
+        gale_buf_append(o, "{\"ok\":true}", 11);
+        return;
+    }
+    gale_buf_append(o, "{\"ok\":false,\"code\":", 19);
+    put_str(o, code ? code : gale_err_name(e));
+    gale_buf_append(o, ",\"msg\":", 7);
+    put_str(o, why ? why : "");
+    gale_buf_append(o, "}", 1);
+}
+
+/* Writes one complete answer. close: the request body may be unread, end the connection. */
+static int respond(struct lws *wsi, unsigned status, gale_buf_t *body, bool close)
+{
+    uint8_t hdr[LWS_PRE + 512], *start = hdr + LWS_PRE, *p = start, *end = hdr + sizeof(hdr) - 1;
+    size_t len = gale_buf_payload_len(body);
+    int rc = -1;
+    if (body->oom)
+        goto Exit;
+    gale_buf_append(body, "\n", 1);
+    len++;
+    if (lws_add_http_common_headers(wsi, status, "application/json", len, &p, end) ||
+        lws_add_http_header_by_token(wsi, WSI_TOKEN_HTTP_CACHE_CONTROL,
+                                     (const unsigned char *)"no-store", 8, &p, end) ||
+        (status == HTTP_STATUS_UNAUTHORIZED &&
+         lws_add_http_header_by_token(wsi, WSI_TOKEN_HTTP_WWW_AUTHENTICATE,
+                                      (const unsigned char *)"Bearer", 6, &p, end)) ||
+        (close && lws_add_http_header_by_token(wsi, WSI_TOKEN_CONNECTION,
+                                               (const unsigned char *)"close", 5, &p, end)) ||
+        lws_finalize_write_http_header(wsi, start, &p, end))
+        goto Exit;
+    if (lws_write(wsi, gale_buf_payload(body), len, LWS_WRITE_HTTP_FINAL) < 0)
+        goto Exit;
+    rc = close || lws_http_transaction_completed(wsi) ? -1 : 0;
+Exit:
+    gale_buf_free(body);
+    return rc;
+}
+
+/* An answer before (or instead of) publishing: one error object. */
+static int refuse(struct lws *wsi, unsigned status, const char *code, const char *why, bool close)
+{
+    gale_buf_t o;
+    gale_buf_init(&o, LWS_PRE);
+    put_result(&o, GALE_ERR_BAD_REQUEST, code, why);
+    log_debug("POST " API_PUBLISH ": %u %s: %s", status, code, why);
+    return respond(wsi, status, &o, close);
+}
+
+int api_http(broker_t *b, struct lws *wsi, const char *uri)
+{
+    char auth[300], clen[32];
+    if (!b->cfg.api_key[0])
+        return refuse(wsi, HTTP_STATUS_NOT_FOUND, "not_found",
+                      "the publish API is disabled (start the broker with --api-key)", true);
+    if (strcmp(uri, API_PUBLISH) != 0)
+        return refuse(wsi, HTTP_STATUS_NOT_FOUND, "not_found", "no such endpoint", true);
+    int alen = lws_hdr_copy(wsi, auth, sizeof(auth), WSI_TOKEN_HTTP_AUTHORIZATION);
+    size_t klen = strlen(b->cfg.api_key);
+    if (alen < 7 || strncasecmp(auth, "Bearer ", 7) != 0 ||
+        !auth_secret_equal(auth + 7, (size_t)alen - 7, b->cfg.api_key, klen)) {
+        b->m.connections_refused++;
+        log_info("POST " API_PUBLISH ": refused with 401 (missing or wrong API key)");
+        return refuse(wsi, HTTP_STATUS_UNAUTHORIZED, "unauthorized",
+                      "Authorization: Bearer <api key> required", true);
+    }
+    if (lws_hdr_copy(wsi, clen, sizeof(clen), WSI_TOKEN_HTTP_CONTENT_LENGTH) <= 0)
+        return refuse(wsi, HTTP_STATUS_LENGTH_REQUIRED, "bad_request",
+                      "a Content-Length is required", true);
+    char *endp;
+    unsigned long long n = strtoull(clen, &endp, 10);
+    if (*endp || clen[0] < '0' || clen[0] > '9')
+        return refuse(wsi, HTTP_STATUS_BAD_REQUEST, "bad_request", "bad Content-Length", true);
+    if (n > b->cfg.max_message)
+        return refuse(wsi, HTTP_STATUS_REQ_ENTITY_TOO_LARGE, "too_large",
+                      "the body is larger than --max-message", true);
+    if (n == 0)
+        return refuse(wsi, HTTP_STATUS_BAD_REQUEST, "bad_request", "empty body", true);
+    api_req_t *r = calloc(1, sizeof(*r));
+    if (r)
+        r->body = malloc((size_t)n);
+    if (!r || !r->body) {
+        req_free(r);
+        return refuse(wsi, HTTP_STATUS_INTERNAL_SERVER_ERROR, "internal", "out of memory", true);
+    }
+    r->b = b;
+    r->wsi = wsi;
+    r->cap = (size_t)n;
+    lws_set_opaque_user_data(wsi, r);
+    return 0; /* the body follows (LWS_CALLBACK_HTTP_BODY) */
+}
+
+int api_body(broker_t *b, struct lws *wsi, const void *in, size_t len)
+{
+    api_req_t *r = lws_get_opaque_user_data(wsi);
+    if (!r || r->answered)
+        return -1;
+    if (len > r->cap - r->len) {
+        r->status = HTTP_STATUS_REQ_ENTITY_TOO_LARGE;
+        return -1; /* more than its Content-Length */
+    }
+    memcpy(r->body + r->len, in, len);
+    r->len += len;
+    return 0;
+}
+
+/* The members of one message object. */
+typedef struct {
+    const uint8_t *topic, *data, *messages;
+    size_t topic_len, data_len, messages_len;
+    gale_json_kind_t topic_kind, messages_kind;
+    bool dup;
+} msg_fields_t;
+
+static bool msg_member(const gale_json_member_t *m, void *arg)
+{
+    msg_fields_t *f = arg;
+    const uint8_t **v = NULL;
+    size_t *vl = NULL;
+    if (gale_json_key_is(m, "topic")) {
+        v = &f->topic;
+        vl = &f->topic_len;
+        f->topic_kind = m->kind;
+    } else if (gale_json_key_is(m, "data")) {
+        v = &f->data;
+        vl = &f->data_len;
+    } else if (gale_json_key_is(m, "messages")) {
+        v = &f->messages;
+        vl = &f->messages_len;
+        f->messages_kind = m->kind;
+    } else {
+        return true;
+    }
+    if (*v) {
+        f->dup = true;
+        return false;
+    }
+    *v = m->val;
+    *vl = m->val_len;
+    return true;
+}
+
+/* Checks and publishes one message; the result is final unless deferred (pending++). */
+static void publish_one(api_req_t *r, uint32_t idx, const msg_fields_t *f)
+{
+    broker_t *b = r->b;
+    result_t *res = &r->results[idx];
+    char topic[GALE_TOPIC_MAX + 1];
+    size_t tlen;
+    const char *why = "";
+    gale_err_t e;
+    res->err = GALE_ERR_BAD_REQUEST;
+    if (!f->topic || f->topic_kind != GALE_JSON_STRING) {
+        res->why = "topic is missing or not a string";
+        return;
+    }
+    if (!f->data) {
+        res->why = "data is missing";
+        return;
+    }
+    if (!gale_json_valid(f->data, f->data_len, GALE_MAX_DEPTH - 1)) {
+        res->why = "data is nested too deep";
+        return;
+    }
+    tlen = gale_json_string(f->topic, f->topic_len, topic, sizeof(topic));
+    if (tlen == SIZE_MAX || !gale_topic_valid(topic, tlen)) {
+        res->err = GALE_ERR_BAD_TOPIC;
+        res->why = "not a valid concrete topic";
+        return;
+    }
+    if (b->cluster) {
+        r->pending++;
+        e = cluster_pub_api(b->cluster, r, idx, topic, tlen, f->data, f->data_len, &why);
+        if (e == GALE_OK)
+            return; /* api_publish_done sets the result */
+        r->pending--;
+    } else {
+        e = router_publish(b, topic, tlen, GALE_ENC_JSON, f->data, f->data_len);
+        if (e != GALE_OK)
+            why = router_convert_why(GALE_ENC_JSON);
+    }
+    res->err = (uint8_t)e;
+    res->why = why;
+}
+
+int api_body_done(broker_t *b, struct lws *wsi)
+{
+    api_req_t *r = lws_get_opaque_user_data(wsi);
+    msg_fields_t top;
+    if (!r)
+        return -1;
+    memset(&top, 0, sizeof(top));
+    int rc = gale_json_object(r->body, r->len, GALE_MAX_DEPTH + 2, msg_member, &top);
+    if (rc != 1) {
+        r->status = HTTP_STATUS_BAD_REQUEST;
+        r->code = "bad_request";
+        r->why = top.dup ? "duplicate key"
+                         : "the body is not a JSON object {\"topic\",\"data\"} or {\"messages\"}";
+    } else if (top.messages) {
+        r->batch = true;
+        if (top.messages_kind != GALE_JSON_ARRAY) {
+            r->status = HTTP_STATUS_BAD_REQUEST;
+            r->code = "bad_request";
+            r->why = "messages is not an array";
+        }
+    }
+    if (r->status) {
+        lws_callback_on_writable(wsi);
+        return 0;
+    }
+    /* Count the messages, then publish them in order. */
+    size_t pos = 0, el_len;
+    const uint8_t *el;
+    uint32_t n = 1;
+    if (r->batch)
+        for (n = 0; gale_json_array_next(top.messages, top.messages_len, &pos, &el, &el_len);)
+            n++;
+    r->results = calloc(n ? n : 1, sizeof(*r->results));
+    if (!r->results) {
+        r->status = HTTP_STATUS_INTERNAL_SERVER_ERROR;
+        r->code = "internal";
+        r->why = "out of memory";
+        lws_callback_on_writable(wsi);
+        return 0;
+    }
+    r->n = n;
+    r->submitting = true;
+    if (!r->batch) {
+        publish_one(r, 0, &top);
+    } else {
+        pos = 0;
+        for (uint32_t i = 0;
+             i < n && gale_json_array_next(top.messages, top.messages_len, &pos, &el, &el_len);
+             i++) {
+            msg_fields_t f;
+            memset(&f, 0, sizeof(f));
+            if (gale_json_kind(el) != GALE_JSON_OBJECT ||
+                gale_json_object(el, el_len, GALE_MAX_DEPTH + 1, msg_member, &f) != 1 ||
+                f.messages) {
+                r->results[i].err = GALE_ERR_BAD_REQUEST;
+                r->results[i].why = f.dup ? "duplicate key" : "not an object {\"topic\",\"data\"}";
+                continue;
+            }
+            publish_one(r, i, &f);
+        }
+    }
+    r->submitting = false;
+    if (r->pending == 0)
+        lws_callback_on_writable(wsi);
+    return 0;
+}
+
+int api_writeable(broker_t *b, struct lws *wsi)
+{
+    api_req_t *r = lws_get_opaque_user_data(wsi);
+    if (!r || r->answered || r->pending || r->submitting)
+        return 0;
+    r->answered = true;
+    gale_buf_t o;
+    gale_buf_init(&o, LWS_PRE);
+    unsigned status = r->status;
+    if (status) {
+        put_result(&o, GALE_ERR_BAD_REQUEST, r->code, r->why);
+    } else if (!r->batch) {
+        gale_err_t e = (gale_err_t)r->results[0].err;
+        status = status_of(e);
+        put_result(&o, e, NULL, r->results[0].why);
+    } else {
+        bool all = true;
+        for (uint32_t i = 0; i < r->n; i++)
+            all = all && r->results[i].err == GALE_OK;
+        status = HTTP_STATUS_OK;
+        gale_buf_append(&o, all ? "{\"ok\":true,\"results\":[" : "{\"ok\":false,\"results\":[",
+                        all ? 22 : 23);
+        for (uint32_t i = 0; i < r->n; i++) {
+            if (i)
+                gale_buf_append(&o, ",", 1);
+            put_result(&o, (gale_err_t)r->results[i].err, NULL, r->results[i].why);
+        }
+        gale_buf_append(&o, "]}", 2);
+    }
+    log_debug("POST " API_PUBLISH ": %u (%u message%s)", status, r->n, r->n == 1 ? "" : "s");
+    lws_set_opaque_user_data(wsi, NULL);
+    req_free(r);
+    return respond(wsi, status, &o, false);
+}
+
+void api_closed(struct lws *wsi)
+{
+    api_req_t *r = lws_get_opaque_user_data(wsi);
+    if (!r)
+        return;
+    lws_set_opaque_user_data(wsi, NULL);
+    r->wsi = NULL;
+    if (r->pending == 0)
+        req_free(r); /* else the last api_publish_done frees it */
+}
+
+void api_publish_done(broker_t *b, void *api, uint32_t idx, gale_err_t e, const char *why)
+{
+    api_req_t *r = api;
+    if (idx < r->n) {
+        r->results[idx].err = (uint8_t)e;
+        r->results[idx].why = why;
+    }
+    if (--r->pending || r->submitting)
+        return;
+    if (r->wsi)
+        lws_callback_on_writable(r->wsi);
+    else
+        req_free(r);
+}

@@ -1,0 +1,41 @@
+/*
+ * api: the HTTP publish API for backends, POST /api/publish (--api-key).
+ *
+ *   POST /api/publish
+ *   Authorization: Bearer KEY
+ *   {"topic": "chat.room1", "data": <any JSON>}
+ *   -> 200 {"ok":true}   or   4xx/5xx {"ok":false,"code":"bad_topic","msg":"..."}
+ *
+ *   {"messages": [{"topic": ..., "data": ...}, ...]}
+ *   -> 200 {"ok":<all ok>,"results":[{"ok":true},{"ok":false,"code":...,"msg":...},...]}
+ *
+ * A message goes the way of a WebSocket `pub`: local subscribers, and in a
+ * cluster the Redis bus, whose acceptance the answer waits for. The request
+ * lives on the heap (lws opaque user data of the wsi), so that replies from
+ * the cluster may outlive the HTTP connection.
+ */
+#ifndef GALE_API_H
+#define GALE_API_H
+
+#include "broker.h"
+
+struct lws;
+
+/** The API's mount point and endpoint. */
+#define API_MOUNT "/api"
+#define API_PUBLISH "/api/publish"
+
+/** LWS_CALLBACK_HTTP on API_MOUNT with method POST: checks the key and the size. */
+int api_http(broker_t *b, struct lws *wsi, const char *uri);
+/** LWS_CALLBACK_HTTP_BODY. */
+int api_body(broker_t *b, struct lws *wsi, const void *in, size_t len);
+/** LWS_CALLBACK_HTTP_BODY_COMPLETION: publishes. */
+int api_body_done(broker_t *b, struct lws *wsi);
+/** LWS_CALLBACK_HTTP_WRITEABLE: writes the answer once every message has its result. */
+int api_writeable(broker_t *b, struct lws *wsi);
+/** The HTTP connection closes (CLOSED_HTTP, WSI_DESTROY): detaches its request. */
+void api_closed(struct lws *wsi);
+/** A deferred publish (cluster_pub_api) of message idx of request api finished. */
+void api_publish_done(broker_t *b, void *api, uint32_t idx, gale_err_t e, const char *why);
+
+#endif
