@@ -10,112 +10,7 @@ enum { R_OP, R_ID, R_TOPIC, R_DATA, R_BIN, R_CODE, R_MSG, R_V, R_MAX_MSG, R_COUN
 static const char *const REPLY_FIELDS[R_COUNT] = {"op",   "id",  "topic", "data",   "bin",
                                                   "code", "msg", "v",     "max_msg"};
 
-typedef struct {
-    bool present;
-    bool is_str;
-    const uint8_t *str; /* str payload (JSON: raw contents between the quotes) */
-    size_t str_len;
-    bool str_escaped; /* JSON only */
-    bool is_uint;     /* a non-negative integer */
-    uint64_t u;
-    const uint8_t *val; /* the whole value */
-    size_t val_len;
-} rfield_t;
-
-typedef struct {
-    rfield_t f[R_COUNT];
-} rfields_t;
-
-/* A JSON unsigned integer literal (digits only) that fits uint64. */
-static bool json_uint(const uint8_t *s, size_t n, uint64_t *out)
-{
-    if (n == 0 || n > 20)
-        return false;
-    uint64_t v = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return false;
-        unsigned d = (unsigned)(s[i] - '0');
-        if (v > (UINT64_MAX - d) / 10)
-            return false;
-        v = v * 10 + d;
-    }
-    *out = v;
-    return true;
-}
-
-static bool json_member(const gale__jmember_t *m, void *arg)
-{
-    rfields_t *fs = arg;
-    for (int k = 0; k < R_COUNT; k++) {
-        if (!gale__json_str_eq(m->key, m->key_len, m->key_escaped, REPLY_FIELDS[k]))
-            continue;
-        rfield_t *f = &fs->f[k];
-        if (f->present)
-            break; /* the first occurrence wins */
-        f->present = true;
-        f->val = m->val;
-        f->val_len = m->val_len;
-        f->is_str = m->kind == GALE__J_STRING;
-        if (f->is_str) {
-            f->str = m->val + 1;
-            f->str_len = m->val_len - 2;
-            f->str_escaped = memchr(f->str, '\\', f->str_len) != NULL;
-        }
-        f->is_uint = m->kind == GALE__J_NUMBER && json_uint(m->val, m->val_len, &f->u);
-        break;
-    }
-    return true;
-}
-
-static const char *msgpack_fields(const uint8_t *buf, size_t len, rfields_t *fs)
-{
-    if (!gale__mp_scan(buf, len, GALE_MAX_DEPTH + 1, NULL, NULL))
-        return "malformed MessagePack";
-    gale__mphead_t h;
-    gale__mp_head(buf, len, &h);
-    if (h.kind != GALE__MP_MAP)
-        return "message is not a map";
-    size_t pos = h.hdr;
-    for (uint64_t i = 0; i < h.n; i++) {
-        gale__mphead_t k;
-        gale__mp_head(buf + pos, len - pos, &k);
-        size_t key_size = gale__mp_skip(buf + pos, len - pos);
-        const uint8_t *key = buf + pos + k.hdr;
-        size_t key_len = k.kind == GALE__MP_STR ? (size_t)k.n : 0;
-        bool str_key = k.kind == GALE__MP_STR;
-        pos += key_size;
-        const uint8_t *val = buf + pos;
-        size_t val_len = gale__mp_skip(val, len - pos);
-        pos += val_len;
-        if (!str_key)
-            continue;
-        for (int idx = 0; idx < R_COUNT; idx++) {
-            if (key_len != strlen(REPLY_FIELDS[idx]) ||
-                memcmp(key, REPLY_FIELDS[idx], key_len) != 0)
-                continue;
-            rfield_t *f = &fs->f[idx];
-            if (f->present)
-                break;
-            f->present = true;
-            f->val = val;
-            f->val_len = val_len;
-            gale__mphead_t v;
-            gale__mp_head(val, val_len, &v);
-            f->is_str = v.kind == GALE__MP_STR;
-            if (f->is_str) {
-                f->str = val + v.hdr;
-                f->str_len = (size_t)v.n;
-            }
-            f->is_uint = v.kind == GALE__MP_UINT || (v.kind == GALE__MP_INT && v.i >= 0);
-            f->u = v.kind == GALE__MP_UINT ? v.u : (uint64_t)v.i;
-            break;
-        }
-    }
-    return NULL;
-}
-
-static bool str_is(const rfield_t *f, const char *lit)
+static bool str_is(const gale__field_t *f, const char *lit)
 {
     return gale__json_str_eq(f->str, f->str_len, f->str_escaped, lit);
 }
@@ -169,7 +64,8 @@ static size_t json_cut(const uint8_t *s, size_t n, size_t cap)
  * dst[0..cap) when it has escapes (truncated to what fits). Returns true if
  * the whole string is there.
  */
-static bool take_str(const rfield_t *f, const char **out, size_t *out_len, char *dst, size_t cap)
+static bool take_str(const gale__field_t *f, const char **out, size_t *out_len, char *dst,
+                     size_t cap)
 {
     if (!f->str_escaped) {
         *out = (const char *)f->str;
@@ -186,23 +82,25 @@ gale_err_t gale_decode_reply(gale_enc_t enc, const uint8_t *buf, size_t len, gal
                              const char **why)
 {
     const char *unused;
-    rfields_t fs;
+    gale__field_t fs[R_COUNT];
     if (why == NULL)
         why = &unused;
     memset(r, 0, sizeof(*r));
-    memset(&fs, 0, sizeof(fs));
+    memset(fs, 0, sizeof(fs));
     if (buf == NULL || len == 0) {
         *why = "empty message";
         return GALE_ERR_BAD_REQUEST;
     }
     if (enc == GALE_ENC_JSON) {
-        int res = gale__json_object(buf, len, GALE_MAX_DEPTH + 1, json_member, &fs);
+        int res = gale__fields_json(buf, len, GALE_MAX_DEPTH + 1, REPLY_FIELDS, R_COUNT, fs);
         if (res <= 0) {
             *why = res < 0 ? "message is not an object" : "malformed JSON";
             return GALE_ERR_BAD_REQUEST;
         }
     } else if (enc == GALE_ENC_MSGPACK) {
-        const char *e = msgpack_fields(buf, len, &fs);
+        const char *e = gale__mp_scan(buf, len, GALE_MAX_DEPTH + 1, NULL, NULL)
+                            ? gale__fields_msgpack(buf, len, REPLY_FIELDS, R_COUNT, fs, false)
+                            : "malformed MessagePack";
         if (e != NULL) {
             *why = e;
             return GALE_ERR_BAD_REQUEST;
@@ -211,7 +109,7 @@ gale_err_t gale_decode_reply(gale_enc_t enc, const uint8_t *buf, size_t len, gal
         *why = "unknown encoding";
         return GALE_ERR_BAD_REQUEST;
     }
-    const rfield_t *op = &fs.f[R_OP], *id = &fs.f[R_ID];
+    const gale__field_t *op = &fs[R_OP], *id = &fs[R_ID];
     if (!op->present || !op->is_str) {
         *why = op->present ? "op is not a string" : "op is missing";
         return GALE_ERR_BAD_REQUEST;
@@ -221,7 +119,7 @@ gale_err_t gale_decode_reply(gale_enc_t enc, const uint8_t *buf, size_t len, gal
         r->id = id->u;
     }
     if (str_is(op, "msg")) {
-        const rfield_t *topic = &fs.f[R_TOPIC], *data = &fs.f[R_DATA], *bin = &fs.f[R_BIN];
+        const gale__field_t *topic = &fs[R_TOPIC], *data = &fs[R_DATA], *bin = &fs[R_BIN];
         if (!topic->present || !topic->is_str) {
             *why = "msg without a string topic";
             return GALE_ERR_BAD_REQUEST;
@@ -252,7 +150,7 @@ gale_err_t gale_decode_reply(gale_enc_t enc, const uint8_t *buf, size_t len, gal
     } else if (str_is(op, "pong")) {
         r->op = GALE_REPLY_PONG;
     } else if (str_is(op, "err")) {
-        const rfield_t *code = &fs.f[R_CODE], *msg = &fs.f[R_MSG];
+        const gale__field_t *code = &fs[R_CODE], *msg = &fs[R_MSG];
         if (!code->present || !code->is_str) {
             *why = "err without a string code";
             return GALE_ERR_BAD_REQUEST;
@@ -271,7 +169,7 @@ gale_err_t gale_decode_reply(gale_enc_t enc, const uint8_t *buf, size_t len, gal
             r->msg = "", r->msg_len = 0;
         r->op = GALE_REPLY_ERR;
     } else if (str_is(op, "hello")) {
-        const rfield_t *v = &fs.f[R_V], *max_msg = &fs.f[R_MAX_MSG];
+        const gale__field_t *v = &fs[R_V], *max_msg = &fs[R_MAX_MSG];
         r->v = v->present && v->is_uint ? v->u : 0;
         r->max_msg = max_msg->present && max_msg->is_uint ? max_msg->u : 0;
         r->op = GALE_REPLY_HELLO;

@@ -103,6 +103,38 @@ bool gale__json_str_eq(const uint8_t *s, size_t n, bool escaped, const char *lit
 /** Appends the JSON value data[0..len) converted to MessagePack; BAD_REQUEST if malformed. */
 gale_err_t gale__json_to_msgpack(gale_buf_t *out, const uint8_t *data, size_t len);
 
+/* ---- fields.c ---- */
+
+/** A wanted member of a top-level object/map, in the encoding's own terms. */
+typedef struct {
+    bool present;
+    bool dup; /* the key appeared more than once (the first value is kept) */
+    bool is_str;
+    const uint8_t *str; /* str payload (JSON: raw contents between the quotes) */
+    size_t str_len;
+    bool str_escaped; /* JSON only */
+    bool is_uint;     /* a non-negative integer that fits uint64 (JSON: digits only) */
+    uint64_t u;
+    const uint8_t *val; /* the whole value */
+    size_t val_len;
+} gale__field_t;
+
+/**
+ * Parses buf[0..len) strictly as one JSON object (as gale__json_object, whose
+ * result it returns) and fills f[i] for the member named names[i], i < n.
+ */
+int gale__fields_json(const uint8_t *buf, size_t len, unsigned max_depth, const char *const *names,
+                      int n, gale__field_t *f);
+
+/**
+ * Fills f[i] from the member named names[i] of the MessagePack map buf[0..len),
+ * which must already have passed gale__mp_scan. Returns NULL, or the reason it
+ * is not a map, or (with str_keys_only) has a key that is not a string; other
+ * non-string keys are skipped.
+ */
+const char *gale__fields_msgpack(const uint8_t *buf, size_t len, const char *const *names, int n,
+                                 gale__field_t *f, bool str_keys_only);
+
 /* ---- msgpack.c ---- */
 
 typedef enum {
