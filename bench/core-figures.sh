@@ -151,7 +151,7 @@ run gale "(b) CPU per delivery, 1000 subs, 200 msg/s x 10 s" \
 
 echo
 echo "Machine: $(nproc) cores, $(uname -sr), loopback; broker and load generator share it."
-echo "gale-broker --keepalive 0 (defaults otherwise: --rx-buffer 1K, --queue-limit 1M)."
+echo "gale-broker --keepalive 0 (defaults otherwise: --rx-buffer 256, --queue-limit 1M)."
 echo
 echo "| server | measurement | figure | details | status | command |"
 echo "|---|---|---|---|---|---|"

@@ -57,6 +57,7 @@ typedef struct broker {
     session_t *publishers[BROKER_TRACKED_PUBLISHERS]; /* published this loop turn */
     uint32_t npublishers;
     uint32_t deferred_turns; /* flushes skipped in a row for pending publisher input */
+    size_t deferred_bytes;   /* bytes of publishes routed since the last flush */
     uint8_t *scratch;        /* flush buffer: queued frames are coalesced here */
     size_t scratch_cap;
 

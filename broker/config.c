@@ -54,7 +54,7 @@ static const opt_t options[] = {
      "SECONDS",
      "ping connections silent this long, close them after as long again (default 25, 0 off)"},
     {"--rx-buffer", "GALE_RX_BUFFER", OPT_SIZE, 128, 1u << 20, offsetof(gale_config_t, rx_buffer),
-     "BYTES", "receive buffer per connection (default 1K; larger messages are reassembled)"},
+     "BYTES", "receive buffer per connection (default 256; larger messages are reassembled)"},
     {"--log-level", "GALE_LOG_LEVEL", OPT_LEVEL, 0, 0, 0, "LEVEL",
      "error, warn, info or debug (default info)"},
     {"--web-root", "GALE_WEB_ROOT", OPT_PATH, 0, 0, 0, "DIR",
@@ -109,7 +109,7 @@ void config_defaults(gale_config_t *c)
     c->max_connections = 0;
     c->queue_limit = 1024 * 1024;
     c->keepalive_s = 25;
-    c->rx_buffer = 1024;
+    c->rx_buffer = 256; /* lws allocates it per connection: most of what is left to cut */
     c->log_level = LOG_INFO;
     strcpy(c->redis_prefix, "gale:");
     c->redis_timeout_ms = 2000;

@@ -15,8 +15,14 @@
 #include <sys/socket.h>
 #include <time.h>
 
-/* Loop turns the flush may wait for a publisher's pending input (session_flush_turn). */
-#define FLUSH_MAX_DEFERRED_TURNS 4
+/*
+ * How long the flush may wait for a publisher's pending input (session_flush_turn): until
+ * this many bytes of published messages were routed since the last flush, or this many loop
+ * turns. In bytes, so that batches do not shrink with --rx-buffer (one turn reads at most
+ * one receive buffer per connection).
+ */
+#define FLUSH_DEFER_BYTES 4096
+#define FLUSH_MAX_DEFERRED_TURNS 32
 /* Bytes one session may write per flush before yielding to the others. */
 #define FLUSH_BUDGET (256 * 1024)
 /* How long a closing session may take to get its close frame out and answered. */
@@ -234,9 +240,13 @@ static void do_unsub(broker_t *b, session_t *s, const gale_request_t *req)
         cluster_release(req->topic, req->topic_len, b->cluster);
 }
 
-/* Remembers (up to BROKER_TRACKED_PUBLISHERS per turn) who published this loop turn. */
-static void note_publisher(broker_t *b, session_t *s)
+/*
+ * Remembers (up to BROKER_TRACKED_PUBLISHERS per turn) who published this loop turn, and how
+ * many bytes of publishes were routed since the last flush.
+ */
+static void note_publisher(broker_t *b, session_t *s, size_t len)
 {
+    b->deferred_bytes += len;
     for (uint32_t i = 0; i < b->npublishers; i++)
         if (b->publishers[i] == s)
             return;
@@ -300,7 +310,7 @@ static void handle(broker_t *b, session_t *s, const uint8_t *msg, size_t len, bo
             do_unsub(b, s, &req);
             break;
         case GALE_OP_PUB:
-            note_publisher(b, s);
+            note_publisher(b, s, len);
             if (b->cluster) {
                 e = cluster_pub(b->cluster, s, &req, &why, &deferred);
                 break;
@@ -427,7 +437,8 @@ int session_receive(broker_t *b, session_t *s, const uint8_t *in, size_t len)
         s->rx_len = 0;
         s->rx_binary = lws_frame_is_binary(wsi) ? 1 : 0;
     }
-    uint8_t *nrx = realloc(s->rx, s->rx_len + len + 1);
+    /* Sized for the rest of this frame at once: a small --rx-buffer means many chunks. */
+    uint8_t *nrx = realloc(s->rx, total + 1);
     if (!nrx) {
         log_error("conn %" PRIu64 ": out of memory reassembling a message", s->conn_id);
         lws_close_reason(wsi, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, NULL, 0);
@@ -587,14 +598,15 @@ void session_flush_turn(broker_t *b)
      * of turns) so each subscriber gets one larger write instead of several
      * small ones. The pending input makes the next poll return at once.
      */
-    bool defer =
-        b->ndirty && b->deferred_turns < FLUSH_MAX_DEFERRED_TURNS && publishers_have_input(b);
+    bool defer = b->ndirty && b->deferred_turns < FLUSH_MAX_DEFERRED_TURNS &&
+                 b->deferred_bytes < FLUSH_DEFER_BYTES && publishers_have_input(b);
     b->npublishers = 0;
     if (defer) {
         b->deferred_turns++;
         return;
     }
     b->deferred_turns = 0;
+    b->deferred_bytes = 0;
     session_flush_all(b);
 }
 
