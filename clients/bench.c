@@ -1,11 +1,13 @@
 /*
- * bench: `gale bench`, the load generator for any broker speaking gale v1.
+ * bench: `gale bench`, the load generator for any broker speaking gale v1, or NATS
+ * (nats-server's WebSocket listener) with --proto nats.
  * This file: command line, the coordinating parent (forks workers, holds the publishers,
  * samples the broker's CPU and memory from /proc) and the report. See bench.h for the
  * process model and bench/README.md for how to run it.
  */
 #include "bench.h"
 #include "bench_msg.h"
+#include "bench_nats.h"
 #include "bench_sys.h"
 
 #include <arpa/inet.h>
@@ -53,9 +55,14 @@ static void usage(FILE *f)
           "\n"
           "Common options:\n"
           "  --url ws://HOST:PORT/PATH   broker endpoint (default ws://127.0.0.1:8080/ws)\n"
+          "  --proto gale|nats           gale v1 (default), or the NATS client protocol over\n"
+          "                              nats-server's WebSocket listener (no_tls: true):\n"
+          "                              INFO is the hello, SUB + PING's PONG the ack, and\n"
+          "                              every PUB is followed by a PING whose PONG acks it\n"
           "  --pub-url ws://HOST:PORT/PATH  publishers' endpoint, e.g. another cluster node\n"
           "                              (fanout, topics; default: --url)\n"
-          "  --encoding json|msgpack     subprotocol gale.v1.json or gale.v1.msgpack (json)\n"
+          "  --encoding json|msgpack     subprotocol gale.v1.json or gale.v1.msgpack (json;\n"
+          "                              --proto nats: the payload is JSON, msgpack refused)\n"
           "  --procs N                   worker processes holding the connections (1)\n"
           "  --concurrency N             connections in set-up at once per worker (256;\n"
           "                              connect: concurrent open/close loops per worker, 16)\n"
@@ -157,6 +164,7 @@ enum {
     O_SETUP,
     O_SRC,
     O_MASK,
+    O_PROTO,
     O_HELP
 };
 
@@ -184,6 +192,7 @@ static int parse_opts(opts_t *o, int argc, char **argv)
                                        {"src-addrs", 1, 0, O_SRC},
                                        {"mask", 1, 0, O_MASK},
                                        {"pub-url", 1, 0, O_PUB_URL},
+                                       {"proto", 1, 0, O_PROTO},
                                        {"help", 0, 0, O_HELP},
                                        {0, 0, 0, 0}};
     const char *url = "ws://127.0.0.1:8080/ws";
@@ -269,6 +278,11 @@ static int parse_opts(opts_t *o, int argc, char **argv)
         case O_SRC:
             rc = num(optarg, 0, 254 * 254, &v, "--src-addrs"), o->target.src_addrs = (unsigned)v;
             break;
+        case O_PROTO:
+            if (strcmp(optarg, "gale") && strcmp(optarg, "nats"))
+                return bad("--proto: '%s' is neither gale nor nats", optarg);
+            o->nats = strcmp(optarg, "nats") == 0;
+            break;
         case O_MASK:
             if (strcmp(optarg, "zero") && strcmp(optarg, "random"))
                 return bad("--mask: '%s' is neither zero nor random", optarg);
@@ -288,6 +302,10 @@ static int parse_opts(opts_t *o, int argc, char **argv)
     if (optind < argc)
         return bad("unexpected argument '%s'", argv[optind]);
     o->url = url;
+    if (o->nats && o->msgpack)
+        return bad("--encoding msgpack does not apply to --proto nats (NATS payloads are the "
+                   "bench's JSON data)%s",
+                   "");
     if (o->pid > 0 && proc_rss_kib(o->pid) < 0) {
         fprintf(stderr, "gale bench: --pid %d: cannot read /proc/%d/status: %s\n", (int)o->pid,
                 (int)o->pid, strerror(errno));
@@ -305,7 +323,9 @@ static int parse_opts(opts_t *o, int argc, char **argv)
     } else {
         o->duration = duration > 0 ? duration : 3;
     }
-    o->target.proto = o->msgpack ? "gale.v1.msgpack" : "gale.v1.json";
+    /* nats-server offers no subprotocol and streams NATS in frames of any size. */
+    o->target.proto = o->nats ? NULL : o->msgpack ? "gale.v1.msgpack" : "gale.v1.json";
+    o->target.stream = o->nats;
     if (parse_url(&o->target, url) < 0)
         return -1;
     o->pub_target = o->target;
@@ -339,6 +359,7 @@ typedef struct {
 typedef struct {
     bws_conn_t *c;
     pubtpl_t tpl;
+    nats_rx_t rx; /* --proto nats: the stream from the server */
     uint32_t k;
     uint64_t sent, acked, errors;
     bool hello, lost;
@@ -546,28 +567,53 @@ static void reap_workers(coord_t *k)
 
 /* --- Publishers ---------------------------------------------------------------------------- */
 
-static void pub_on_message(bws_conn_t *c, bool binary, const uint8_t *p, size_t n)
-{
-    pub_t *pb = c->user;
-    gmsg_t m;
-    if (gmsg_parse(&m, binary, p, n) < 0)
-        return;
-    if (m.op == GM_HELLO) {
-        pb->hello = true;
-    } else if (m.op == GM_ACK && m.has_id && m.id >= BENCH_SEQ_BASE) {
-        pb->acked++;
-    } else if (m.op == GM_ERR) {
-        pb->errors++;
-        coord_error(the_coord, "a publish was answered err %s: %s", m.code, m.text);
-    }
-}
-
 static void pub_on_close(bws_conn_t *c, int code, const char *why)
 {
     pub_t *pb = c->user;
     pb->lost = true;
     pb->c = NULL;
     coord_error(the_coord, "publisher connection: %s%s", why, "");
+}
+
+static void pub_event(pub_t *pb, const gmsg_t *m)
+{
+    uint8_t f[512];
+    if (m->op == GM_HELLO) {
+        if (the_coord->o->nats && pb->c) /* CONNECT; it goes before every PUB */
+            bws_send(pb->c, f, nats_hello_frame(f, sizeof(f), NULL));
+        pb->hello = true;
+    } else if (m->op == GM_ACK && m->has_id && m->id >= BENCH_SEQ_BASE) {
+        pb->acked++;
+    } else if (m->op == GM_ERR) {
+        pb->errors++;
+        coord_error(the_coord, "a publish was answered err %s: %s", m->code, m->text);
+    } else if (m->op == GM_PING && pb->c) {
+        bws_send(pb->c, f, nats_pong_frame(f));
+    }
+}
+
+static int pub_nats_event(void *user, const gmsg_t *m)
+{
+    pub_t *pb = user;
+    bws_conn_t *c = pb->c;
+    pub_event(pb, m);
+    return pb->c != c; /* closed (send failed): stop reading its stream */
+}
+
+static void pub_on_message(bws_conn_t *c, bool binary, const uint8_t *p, size_t n)
+{
+    pub_t *pb = c->user;
+    if (the_coord->o->nats) {
+        const char *why;
+        if (nats_rx_feed(&pb->rx, p, n, pub_nats_event, pb, &why) < 0) {
+            bws_close(c);
+            pub_on_close(c, 0, why);
+        }
+        return;
+    }
+    gmsg_t m;
+    if (gmsg_parse(&m, binary, p, n) == 0)
+        pub_event(pb, &m);
 }
 
 static void publish_one(coord_t *k, pub_t *p)
@@ -603,7 +649,11 @@ static int open_publishers(coord_t *k)
     for (uint32_t i = 0; i < o->pubs; i++) {
         pub_t *p = &k->pubs[i];
         p->k = i;
-        if (pubtpl_build(&p->tpl, o->msgpack, topic, o->sc == SC_TOPICS, i, o->size) < 0)
+        /* NATS: the n-th PONG acknowledges publish n - 1, whose gale request id is this. */
+        nats_rx_reset(&p->rx, BENCH_SEQ_BASE);
+        if ((o->nats
+                 ? nats_pubtpl_build(&p->tpl, topic, o->sc == SC_TOPICS, i, o->size)
+                 : pubtpl_build(&p->tpl, o->msgpack, topic, o->sc == SC_TOPICS, i, o->size)) < 0)
             return -1;
         p->c = bws_connect(k->loop, o->subs + i, p);
         if (!p->c) {
@@ -628,6 +678,7 @@ static void close_publishers(coord_t *k)
         if (k->pubs[i].c)
             bws_close(k->pubs[i].c);
         pubtpl_free(&k->pubs[i].tpl);
+        nats_rx_free(&k->pubs[i].rx);
     }
     free(k->pubs);
     free(k->scratch);
@@ -758,6 +809,12 @@ static double us(uint64_t ns)
     return (double)ns / 1000.0;
 }
 
+/* What travels on the wire, for the report: json, msgpack or nats. */
+static const char *wire(const opts_t *o)
+{
+    return o->nats ? "nats" : o->msgpack ? "msgpack" : "json";
+}
+
 static const char *first_error(coord_t *k)
 {
     return k->error[0] ? k->error : k->sum.error;
@@ -817,10 +874,10 @@ static int report_pubsub(coord_t *k, uint64_t t0, uint64_t t_pub_end, const brok
     if (o->json) {
         printf("{\"scenario\":\"%s\",", o->name);
         json_str("url", o->url, true);
-        printf("\"encoding\":\"%s\",\"subs\":%u,\"pubs\":%u,\"topics\":%u,\"rate\":%g,"
-               "\"size\":%zu,\"procs\":%u,\"window\":%u,",
-               o->msgpack ? "msgpack" : "json", o->subs, o->pubs, o->topics, o->rate, o->size,
-               o->procs, o->window);
+        printf("\"proto\":\"%s\",\"encoding\":\"%s\",\"subs\":%u,\"pubs\":%u,\"topics\":%u,"
+               "\"rate\":%g,\"size\":%zu,\"procs\":%u,\"window\":%u,",
+               o->nats ? "nats" : "gale", o->msgpack ? "msgpack" : "json", o->subs, o->pubs,
+               o->topics, o->rate, o->size, o->procs, o->window);
         printf("\"connections\":{\"held\":%llu,\"subscribed\":%llu,\"failed\":%llu,"
                "\"lost\":%llu},",
                (unsigned long long)held, (unsigned long long)s->conns_ok,
@@ -845,8 +902,7 @@ static int report_pubsub(coord_t *k, uint64_t t0, uint64_t t_pub_end, const brok
         printf("}\n");
         return failed ? EXIT_FAILED : EXIT_OK;
     }
-    printf("gale bench %s: %s (%s), %u subscribers", o->name, o->url,
-           o->msgpack ? "msgpack" : "json", o->subs);
+    printf("gale bench %s: %s (%s), %u subscribers", o->name, o->url, wire(o), o->subs);
     if (o->sc == SC_TOPICS)
         printf(" on %u topics", o->topics);
     printf(", %u publisher%s, ", o->pubs, o->pubs == 1 ? "" : "s");
@@ -999,8 +1055,9 @@ static int run_conns(coord_t *k)
     if (o->json) {
         printf("{\"scenario\":\"%s\",", o->name);
         json_str("url", o->url, true);
-        printf("\"encoding\":\"%s\",\"procs\":%u,\"concurrency\":%u,",
-               o->msgpack ? "msgpack" : "json", o->procs, o->concurrency);
+        printf("\"proto\":\"%s\",\"encoding\":\"%s\",\"procs\":%u,\"concurrency\":%u,",
+               o->nats ? "nats" : "gale", o->msgpack ? "msgpack" : "json", o->procs,
+               o->concurrency);
         if (o->sc == SC_CONNS)
             printf("\"conns\":%u,\"subscribe\":%s,\"hold_s\":%g,\"connected\":%llu,\"failed\":%llu,"
                    "\"lost\":%llu,\"setup_s\":%.3f,\"setups_per_s\":%.0f",
@@ -1022,8 +1079,8 @@ static int run_conns(coord_t *k)
         printf("}\n");
         return failed ? EXIT_FAILED : EXIT_OK;
     }
-    printf("gale bench %s: %s (%s), %u worker process%s\n", o->name, o->url,
-           o->msgpack ? "msgpack" : "json", o->procs, o->procs == 1 ? "" : "es");
+    printf("gale bench %s: %s (%s), %u worker process%s\n", o->name, o->url, wire(o), o->procs,
+           o->procs == 1 ? "" : "es");
     if (o->sc == SC_CONNS) {
         printf("connections     %llu of %u set up%s in %.2f s (%.0f/s), %llu failed, %llu lost "
                "while holding %g s\n",

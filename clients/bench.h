@@ -1,7 +1,8 @@
 /*
  * bench: `gale bench`, the load generator. Internal header shared by bench.c (command line,
  * coordinator, publishers, report) and bench_worker.c (the forked worker processes holding
- * subscriber or churn connections).
+ * subscriber or churn connections). Both speak gale v1 (bench_msg.h) or, with --proto nats,
+ * the NATS client protocol (bench_nats.h), which reports the same events.
  *
  * Process model: the parent parses options, forks --procs workers connected to it by a
  * SOCK_SEQPACKET socketpair each, holds the publishers itself and samples the broker's
@@ -34,6 +35,7 @@ typedef struct {
     bws_target_t target;
     const char *pub_url;     /* --pub-url: publishers' broker (a cluster node); NULL: url */
     bws_target_t pub_target; /* the publishers' target: target unless --pub-url */
+    bool nats;               /* --proto nats: the NATS client protocol (bench_nats.h) */
     bool msgpack;
     bool random_mask;
     uint32_t subs, pubs, topics, conns, procs, window, concurrency;

@@ -104,99 +104,139 @@ static void put_be64(uint8_t *at, uint64_t v)
     }
 }
 
-/* Offsets are found by searching the payload for a marker value written at build time. */
+/* Marker values, distinct digit patterns, written at build time and found by searching the
+ * payload, then replaced by pubtpl_set(). */
+#define MARK_ID 1111111111111ULL
+#define MARK_SEQ 2222222222222ULL
+#define MARK_TIME 3333333333333333ULL
+
+/* Offset of @needle in p[0..n), or 0 when absent (no field starts a payload). */
 static size_t find(const uint8_t *p, size_t n, const void *needle, size_t k)
 {
     const uint8_t *at = memmem(p, n, needle, k);
     return at ? (size_t)(at - p) : 0;
 }
 
+/* Fixed part of the data object is about 60 bytes; the padding makes up the rest. */
+static size_t pad_for(size_t size)
+{
+    return size > 64 ? size - 64 : 1;
+}
+
+size_t bench_data_json(uint8_t *dst, size_t cap, uint32_t pub, size_t size)
+{
+    size_t pad = pad_for(size);
+    int k = snprintf((char *)dst, cap, "{\"p\":%u,\"s\":%llu,\"t\":%llu,\"x\":\"", pub,
+                     (unsigned long long)MARK_SEQ, (unsigned long long)MARK_TIME);
+    if (k < 0 || (size_t)k + pad + 2 > cap)
+        return 0;
+    size_t n = (size_t)k;
+    memset(dst + n, 'x', pad);
+    n += pad;
+    memcpy(dst + n, "\"}", 2);
+    return n + 2;
+}
+
+/* {"op":"pub","topic":T,"id":MARK_ID,"data":{...}} as JSON; returns the length or 0. */
+static size_t gale_pub_json(uint8_t *dst, size_t cap, const char *topic, uint32_t pub, size_t size)
+{
+    int k =
+        snprintf((char *)dst, cap, "{\"op\":\"pub\",\"topic\":\"%s\",\"id\":%llu,\"data\":", topic,
+                 (unsigned long long)MARK_ID);
+    if (k < 0 || (size_t)k >= cap)
+        return 0;
+    size_t d = bench_data_json(dst + k, cap - (size_t)k - 1, pub, size);
+    if (!d)
+        return 0;
+    dst[(size_t)k + d] = '}';
+    return (size_t)k + d + 1;
+}
+
+/* The same as a MessagePack map, numbers as uint64; returns the length or 0. */
+static size_t gale_pub_msgpack(uint8_t *dst, const char *topic, uint32_t pub, size_t size)
+{
+    size_t pad = pad_for(size);
+    char *x = malloc(pad);
+    if (!x)
+        return 0;
+    memset(x, 'x', pad);
+    uint8_t *o = dst;
+    *o++ = 0x84;
+    o = mp_cstr(mp_cstr(o, "op"), "pub");
+    o = mp_cstr(mp_cstr(o, "topic"), topic);
+    o = mp_u64(mp_cstr(o, "id"), MARK_ID);
+    o = mp_cstr(o, "data");
+    *o++ = 0x84;
+    o = mp_u64(mp_cstr(o, "p"), pub);
+    o = mp_u64(mp_cstr(o, "s"), MARK_SEQ);
+    o = mp_u64(mp_cstr(o, "t"), MARK_TIME);
+    o = mp_cstr(o, "x");
+    o = mp_str(o, x, pad);
+    free(x);
+    return (size_t)(o - dst);
+}
+
+int pubtpl_frame(pubtpl_t *t, bool msgpack, int opcode, const uint8_t *payload, size_t n,
+                 const char *topic, bool topic_indexed)
+{
+    memset(t, 0, sizeof(*t));
+    t->frame = malloc(n + 14);
+    if (!t->frame)
+        return -1;
+    t->msgpack = msgpack;
+    t->len = ws_frame(t->frame, opcode, payload, n, 0);
+    t->payload_off = t->len - n;
+    size_t id, seq, time;
+    if (!msgpack) {
+        id = find(payload, n, "1111111111111", 13);
+        seq = find(payload, n, "2222222222222", 13);
+        time = find(payload, n, "3333333333333333", 16);
+    } else {
+        uint8_t m[8];
+        put_be64(m, MARK_ID);
+        id = find(payload, n, m, 8);
+        put_be64(m, MARK_SEQ);
+        seq = find(payload, n, m, 8);
+        put_be64(m, MARK_TIME);
+        time = find(payload, n, m, 8);
+    }
+    t->off_id = id ? t->payload_off + id : 0;
+    t->off_seq = t->payload_off + seq;
+    t->off_time = t->payload_off + time;
+    if (topic_indexed)
+        t->off_topic = t->payload_off + find(payload, n, topic, strlen(topic)) + strlen(topic) -
+                       TOPIC_IDX_DIGITS;
+    return 0;
+}
+
 int pubtpl_build(pubtpl_t *t, bool msgpack, const char *topic, bool topic_indexed, uint32_t pub,
                  size_t size)
 {
     memset(t, 0, sizeof(*t));
-    size_t tlen = strlen(topic);
-    size_t cap = size + tlen + 256;
+    size_t cap = size + strlen(topic) + 256;
     uint8_t *payload = malloc(cap);
-    t->frame = malloc(cap + 14);
-    if (!payload || !t->frame) {
-        free(payload);
-        pubtpl_free(t);
+    if (!payload)
         return -1;
-    }
-    /* Fixed part of the data object is about 60 bytes; the padding makes up the rest. */
-    size_t pad = size > 64 ? size - 64 : 1;
-    size_t n;
-    /* Marker values, distinct digit patterns, replaced by pubtpl_set(). */
-    const uint64_t mark_id = 1111111111111ULL, mark_seq = 2222222222222ULL;
-    const uint64_t mark_time = 3333333333333333ULL;
-    if (!msgpack) {
-        int k = snprintf((char *)payload, cap,
-                         "{\"op\":\"pub\",\"topic\":\"%s\",\"id\":%llu,\"data\":{\"p\":%u,"
-                         "\"s\":%llu,\"t\":%llu,\"x\":\"",
-                         topic, (unsigned long long)mark_id, pub, (unsigned long long)mark_seq,
-                         (unsigned long long)mark_time);
-        n = (size_t)k;
-        memset(payload + n, 'x', pad);
-        n += pad;
-        memcpy(payload + n, "\"}}", 3);
-        n += 3;
-        t->off_id = find(payload, n, "1111111111111", 13);
-        t->off_seq = find(payload, n, "2222222222222", 13);
-        t->off_time = find(payload, n, "3333333333333333", 16);
-    } else {
-        uint8_t *o = payload;
-        *o++ = 0x84;
-        o = mp_cstr(mp_cstr(o, "op"), "pub");
-        o = mp_cstr(mp_cstr(o, "topic"), topic);
-        o = mp_u64(mp_cstr(o, "id"), mark_id);
-        o = mp_cstr(o, "data");
-        *o++ = 0x84;
-        o = mp_u64(mp_cstr(o, "p"), pub);
-        o = mp_u64(mp_cstr(o, "s"), mark_seq);
-        o = mp_u64(mp_cstr(o, "t"), mark_time);
-        o = mp_cstr(o, "x");
-        char *x = malloc(pad);
-        if (!x) {
-            free(payload);
-            pubtpl_free(t);
-            return -1;
-        }
-        memset(x, 'x', pad);
-        o = mp_str(o, x, pad);
-        free(x);
-        n = (size_t)(o - payload);
-        uint8_t m[8];
-        put_be64(m, mark_id);
-        t->off_id = find(payload, n, m, 8);
-        put_be64(m, mark_seq);
-        t->off_seq = find(payload, n, m, 8);
-        put_be64(m, mark_time);
-        t->off_time = find(payload, n, m, 8);
-    }
-    if (topic_indexed)
-        t->off_topic = find(payload, n, topic, tlen) + tlen - TOPIC_IDX_DIGITS;
-    t->msgpack = msgpack;
-    t->len = ws_frame(t->frame, msgpack ? WS_BINARY : WS_TEXT, payload, n, 0);
-    t->payload_off = t->len - n;
-    t->off_id += t->payload_off;
-    t->off_seq += t->payload_off;
-    t->off_time += t->payload_off;
-    if (topic_indexed)
-        t->off_topic += t->payload_off;
+    size_t n = msgpack ? gale_pub_msgpack(payload, topic, pub, size)
+                       : gale_pub_json(payload, cap, topic, pub, size);
+    int rc = n ? pubtpl_frame(t, msgpack, msgpack ? WS_BINARY : WS_TEXT, payload, n, topic,
+                              topic_indexed)
+               : -1;
     free(payload);
-    return 0;
+    return rc;
 }
 
 void pubtpl_set(pubtpl_t *t, uint64_t seq, uint64_t time_ns, uint32_t topic_idx)
 {
     uint64_t s = BENCH_SEQ_BASE + seq, tm = BENCH_TIME_BASE + time_ns;
     if (t->msgpack) {
-        put_be64(t->frame + t->off_id, s);
+        if (t->off_id)
+            put_be64(t->frame + t->off_id, s);
         put_be64(t->frame + t->off_seq, s);
         put_be64(t->frame + t->off_time, tm);
     } else {
-        put_dec(t->frame + t->off_id, s, 13);
+        if (t->off_id)
+            put_dec(t->frame + t->off_id, s, 13);
         put_dec(t->frame + t->off_seq, s, 13);
         put_dec(t->frame + t->off_time, tm, 16);
     }
@@ -529,6 +569,27 @@ static int parse_msgpack(gmsg_t *m, const uint8_t *p, size_t n)
     return 0;
 }
 
+/* Reads p, s, t of a JSON data object; the offsets are removed by bench_fix(). */
+static bool json_bench(gmsg_t *m, const uint8_t *d, size_t n)
+{
+    return json_uint(d, n, "p", &m->p) && json_uint(d, n, "s", &m->s) &&
+           json_uint(d, n, "t", &m->t);
+}
+
+/* Checks the fixed offsets of s and t and removes them. */
+static void bench_fix(gmsg_t *m)
+{
+    m->has_bench = m->has_bench && m->s >= BENCH_SEQ_BASE && m->t >= BENCH_TIME_BASE;
+    m->s -= BENCH_SEQ_BASE; /* meaningless when has_bench is false */
+    m->t -= BENCH_TIME_BASE;
+}
+
+void bench_data_parse_json(gmsg_t *m, const uint8_t *p, size_t n)
+{
+    m->has_bench = json_bench(m, p, n);
+    bench_fix(m);
+}
+
 static int parse_json(gmsg_t *m, const uint8_t *p, size_t n)
 {
     char op[16];
@@ -538,9 +599,7 @@ static int parse_json(gmsg_t *m, const uint8_t *p, size_t n)
         m->op = GM_MSG;
         const uint8_t *d = json_value(p, n, "data");
         if (d)
-            m->has_bench = json_uint(d, (size_t)(p + n - d), "p", &m->p) &&
-                           json_uint(d, (size_t)(p + n - d), "s", &m->s) &&
-                           json_uint(d, (size_t)(p + n - d), "t", &m->t);
+            m->has_bench = json_bench(m, d, (size_t)(p + n - d));
         return 0;
     }
     m->op = !strcmp(op, "ack")     ? GM_ACK
@@ -560,10 +619,7 @@ int gmsg_parse(gmsg_t *m, bool binary, const uint8_t *p, size_t n)
 {
     memset(m, 0, sizeof(*m));
     int rc = binary ? parse_msgpack(m, p, n) : parse_json(m, p, n);
-    if (rc == 0 && m->has_bench) {
-        m->has_bench = m->s >= BENCH_SEQ_BASE && m->t >= BENCH_TIME_BASE;
-        m->s -= BENCH_SEQ_BASE; /* meaningless when has_bench is false */
-        m->t -= BENCH_TIME_BASE;
-    }
+    if (rc == 0 && m->has_bench)
+        bench_fix(m);
     return rc;
 }

@@ -1,6 +1,7 @@
 /*
  * bench_msg: the few gale v1 messages the load generator sends and reads, in JSON or
- * MessagePack, encoded and decoded by hand, and RFC 6455 client framing.
+ * MessagePack, encoded and decoded by hand, and RFC 6455 client framing. The bench data
+ * object and the publish templates are shared with the NATS mode (bench_nats.h).
  *
  * Bench data is an object {"p":P,"s":S,"t":T,"x":"xxx..."}: publisher index, sequence
  * number and send time. To patch them in place in a precomputed frame they are written at
@@ -39,14 +40,31 @@ size_t ws_frame(uint8_t *dst, int opcode, const void *payload, size_t n, uint32_
 size_t msg_encode_op(uint8_t *dst, size_t cap, bool msgpack, const char *op, const char *topic,
                      uint64_t id);
 
+/**
+ * Writes the bench data object of publisher @pub as JSON into @dst (@cap bytes), padded to
+ * about @size bytes, with marker values in place of the sequence number and time for
+ * pubtpl_frame() to find. Returns the length, 0 if it does not fit (cap >= size + 128 does).
+ */
+size_t bench_data_json(uint8_t *dst, size_t cap, uint32_t pub, size_t size);
+
 /** A precomputed publish frame with fixed-width fields patched per send. */
 typedef struct {
     uint8_t *frame; /* ws header (masked, key 0) + payload */
     size_t len;
     size_t payload_off; /* where the payload starts (after the 4 mask bytes) */
     bool msgpack;
-    size_t off_id, off_seq, off_time, off_topic; /* off_topic 0: no topic index to patch */
+    /* where the fields are in frame; 0: not present (off_id: NATS has no request id) */
+    size_t off_id, off_seq, off_time, off_topic;
 } pubtpl_t;
+
+/**
+ * Makes @t the frame (@opcode, mask key 0) carrying @payload, which holds the marker values
+ * of bench_data_json() (or their MessagePack uint64 form when @msgpack) and possibly a
+ * request id marker; if @topic_indexed, the last TOPIC_IDX_DIGITS characters of the first
+ * occurrence of @topic are patched too. Returns 0, or -1 when out of memory.
+ */
+int pubtpl_frame(pubtpl_t *t, bool msgpack, int opcode, const uint8_t *payload, size_t n,
+                 const char *topic, bool topic_indexed);
 
 /**
  * Builds the publish frame for @topic (if @topic_indexed, its last TOPIC_IDX_DIGITS
@@ -56,14 +74,14 @@ typedef struct {
 int pubtpl_build(pubtpl_t *t, bool msgpack, const char *topic, bool topic_indexed, uint32_t pub,
                  size_t size);
 
-/** Patches sequence number (also the request id), send time and topic index. */
+/** Patches sequence number (also the request id, if any), send time and topic index. */
 void pubtpl_set(pubtpl_t *t, uint64_t seq, uint64_t time_ns, uint32_t topic_idx);
 
 /** Releases the frame. Safe on a zeroed template. */
 void pubtpl_free(pubtpl_t *t);
 
-/** What a received gale message is. */
-enum { GM_OTHER = 0, GM_MSG, GM_ACK, GM_HELLO, GM_ERR, GM_PONG };
+/** What a received message is. GM_PING: only from NATS (a server PING to answer). */
+enum { GM_OTHER = 0, GM_MSG, GM_ACK, GM_HELLO, GM_ERR, GM_PONG, GM_PING };
 
 typedef struct {
     int op;
@@ -80,5 +98,11 @@ typedef struct {
  * else JSON). Returns 0, or -1 if it is not a readable gale message.
  */
 int gmsg_parse(gmsg_t *m, bool binary, const uint8_t *p, size_t n);
+
+/**
+ * Reads p, s, t from a JSON bench data object @p[0..n) into @m (offsets removed) and sets
+ * m->has_bench to whether all three were there and in range. Leaves the other fields.
+ */
+void bench_data_parse_json(gmsg_t *m, const uint8_t *p, size_t n);
 
 #endif

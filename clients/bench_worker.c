@@ -8,9 +8,12 @@
  * count or the deadline) or STOP, and send the FINAL report.
  * connect: churn --concurrency connections for --duration: connect, upgrade, `hello`,
  * close; the histogram holds the time from connect() to `hello`.
+ * --proto nats: the same with NATS events (bench_nats.h): INFO is the hello, answered with
+ * CONNECT (and SUB + PING, whose PONG is the ack, where the scenario subscribes).
  */
 #include "bench.h"
 #include "bench_msg.h"
+#include "bench_nats.h"
 #include "bench_sys.h"
 
 #include <errno.h>
@@ -34,6 +37,7 @@ typedef struct {
     bool ok; /* setup completed (stays true if the connection is lost later) */
     uint64_t t0;
     bws_conn_t *c;
+    nats_rx_t rx; /* --proto nats: the stream of the current connection */
 } slot_t;
 
 struct worker {
@@ -74,6 +78,7 @@ static void start_more(worker_t *wk)
 {
     while (wk->started < wk->n && wk->pending < wk->o->concurrency) {
         slot_t *s = &wk->slots[wk->started++];
+        nats_rx_reset(&s->rx, 1); /* the one PONG awaited acks the subscription, id 1 */
         s->c = bws_connect(wk->loop, global_index(wk, s->local), s);
         if (!s->c) {
             wk->rep.conns_failed++;
@@ -96,13 +101,26 @@ static void setup_done(worker_t *wk, slot_t *s)
     start_more(wk);
 }
 
+/* Answers the hello: subscribes with id 1 (gale) or sends CONNECT, SUB and PING (NATS). */
 static void send_sub(worker_t *wk, slot_t *s)
 {
     char topic[64];
     uint8_t msg[512], frame[600];
     bench_topic(wk->o, global_index(wk, s->local), topic, sizeof(topic));
+    if (wk->o->nats) {
+        bws_send(s->c, frame, nats_hello_frame(frame, sizeof(frame), topic));
+        return;
+    }
     size_t n = msg_encode_op(msg, sizeof(msg), wk->o->msgpack, "sub", topic, 1);
     bws_send(s->c, frame, ws_frame(frame, wk->o->msgpack ? WS_BINARY : WS_TEXT, msg, n, 0));
+}
+
+/* NATS without a subscription: the CONNECT a client sends after INFO. */
+static void send_connect(worker_t *wk, slot_t *s)
+{
+    uint8_t frame[600];
+    if (wk->o->nats)
+        bws_send(s->c, frame, nats_hello_frame(frame, sizeof(frame), NULL));
 }
 
 static void record_delivery(worker_t *wk, slot_t *s, const gmsg_t *m)
@@ -126,19 +144,17 @@ static void record_delivery(worker_t *wk, slot_t *s, const gmsg_t *m)
 
 static void churn_start(worker_t *wk, slot_t *s);
 
-static void on_message(bws_conn_t *c, bool binary, const uint8_t *p, size_t n)
+static void on_close(bws_conn_t *c, int code, const char *why);
+
+/* One message from the broker on slot @s's connection @c, either protocol. */
+static void on_event(slot_t *s, bws_conn_t *c, const gmsg_t *m)
 {
-    slot_t *s = c->user;
     worker_t *wk = s->wk;
-    gmsg_t m;
-    if (gmsg_parse(&m, binary, p, n) < 0) {
-        wk->rep.foreign++;
-        return;
-    }
-    switch (m.op) {
+    uint8_t f[16];
+    switch (m->op) {
     case GM_MSG:
-        if (m.has_bench && s->state == CS_READY)
-            record_delivery(wk, s, &m);
+        if (m->has_bench && s->state == CS_READY)
+            record_delivery(wk, s, m);
         else
             wk->rep.foreign++;
         break;
@@ -148,24 +164,55 @@ static void on_message(bws_conn_t *c, bool binary, const uint8_t *p, size_t n)
         if (wk->o->sc == SC_CONNECT) {
             hist_add(&wk->rep.hist, now_ns() - s->t0);
             s->state = CS_READY;
+            send_connect(wk, s);
             bws_send_close(c, 1000);
         } else if (wk->need_sub) {
             send_sub(wk, s);
         } else {
+            send_connect(wk, s);
             setup_done(wk, s);
         }
         break;
     case GM_ACK:
-        if (s->state == CS_SETUP && m.has_id && m.id == 1)
+        if (s->state == CS_SETUP && m->has_id && m->id == 1)
             setup_done(wk, s);
         break;
     case GM_ERR:
         wk->rep.broker_errors++;
-        note_error(wk, "the broker answered err %s: %s", m.code, m.text);
+        note_error(wk, "the broker answered err %s: %s", m->code, m->text);
+        break;
+    case GM_PING:
+        bws_send(c, f, nats_pong_frame(f));
         break;
     default:
         break;
     }
+}
+
+static int nats_event(void *user, const gmsg_t *m)
+{
+    slot_t *s = user;
+    bws_conn_t *c = s->c;
+    on_event(s, c, m);
+    return s->c != c; /* closed, or the slot moved on (connect): stop reading this stream */
+}
+
+static void on_message(bws_conn_t *c, bool binary, const uint8_t *p, size_t n)
+{
+    slot_t *s = c->user;
+    if (s->wk->o->nats) {
+        const char *why;
+        if (nats_rx_feed(&s->rx, p, n, nats_event, s, &why) < 0) {
+            bws_close(c);
+            on_close(c, 0, why);
+        }
+        return;
+    }
+    gmsg_t m;
+    if (gmsg_parse(&m, binary, p, n) < 0)
+        s->wk->rep.foreign++;
+    else
+        on_event(s, c, &m);
 }
 
 static void on_close(bws_conn_t *c, int code, const char *why)
@@ -203,6 +250,7 @@ static void churn_start(worker_t *wk, slot_t *s)
     uint64_t now = now_ns();
     if (now >= wk->churn_end)
         return;
+    nats_rx_reset(&s->rx, 1);
     s->c = bws_connect(wk->loop, (uint32_t)(wk->w + wk->churn_count++ * wk->o->procs), s);
     if (!s->c) { /* retried from housekeeping, not in a tight loop */
         wk->rep.conns_failed++;
@@ -360,6 +408,8 @@ int bench_worker(const opts_t *o, uint32_t w, int ctrl)
     status = 0;
 Exit:
     bws_loop_free(wk.loop);
+    for (uint32_t i = 0; wk.slots && i < wk.n; i++)
+        nats_rx_free(&wk.slots[i].rx);
     free(wk.slots);
     free(wk.last_seq);
     return status;

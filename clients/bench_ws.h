@@ -6,6 +6,8 @@
  * constant and no SHA-1 is needed), and a streaming frame parser: frames split across
  * reads are carried per connection, coalesced frames are all delivered, 16- and 64-bit
  * lengths and fragmented messages are handled. Pings are answered, a close is echoed.
+ * In stream mode (bws_target_t.stream, for NATS, whose messages do not follow frame
+ * boundaries) data-frame payload is handed over as it arrives instead, with no size limit.
  *
  * Ownership: the loop owns every connection it creates. A connection closed by the peer,
  * by an error or by bws_close() is freed after the current bws_loop_run() returns, so
@@ -26,7 +28,10 @@ typedef struct bws_conn bws_conn_t;
 typedef struct {
     /** The 101 answer was verified: frames can be sent. */
     void (*on_open)(bws_conn_t *c);
-    /** One complete text or binary message (fragments reassembled). */
+    /**
+     * One complete text or binary message (fragments reassembled); in stream mode, the next
+     * piece of data-frame payload, whatever its frame (continuations included).
+     */
     void (*on_message)(bws_conn_t *c, bool binary, const uint8_t *p, size_t n);
     /**
      * The connection is gone: @code is the peer's close code (0 if none), @why a short
@@ -42,6 +47,7 @@ typedef struct {
     char path[1024];    /* path and query */
     const char *proto;  /* Sec-WebSocket-Protocol to offer, or NULL */
     unsigned src_addrs; /* > 0: bind sources to 127.0.1.1.. (that many), loopback only */
+    bool stream;        /* deliver data-frame payload in pieces as it arrives, any size */
 } bws_target_t;
 
 /** A non-socket fd the loop also watches (control pipes, timers). */
@@ -67,6 +73,10 @@ struct bws_conn {
     uint8_t *frag;
     uint32_t frag_len, frag_cap;
     int frag_opcode;
+    /* stream mode: what is left of the data frame being handed over */
+    uint64_t stream_left;
+    uint8_t stream_key[4], stream_kpos;
+    bool stream_masked, stream_binary;
     /* bytes the kernel did not take yet */
     uint8_t *out;
     uint32_t out_len, out_cap;

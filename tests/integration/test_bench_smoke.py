@@ -5,11 +5,14 @@ and the broker agree on every delivery.
 """
 import json
 import os
+import shutil
+import socket
 import subprocess
+import time
 
 import pytest
 
-from galetest import TARGET
+from galetest import HOST, TARGET, free_port
 
 GALE = os.environ.get("GALE_CLI") or os.path.join(
     os.path.dirname(os.environ.get("GALE_BROKER", "build/gale-broker")), "gale")
@@ -49,3 +52,186 @@ def test_topics_counts_exactly(broker):
 def test_conns_held(broker):
     r = bench(broker, "conns", "--conns", "500", "--subscribe", "--hold", "1")
     assert r["ok"] is True and r["connected"] == 500 and r["failed"] == 0, json.dumps(r)
+
+
+# ---------------------------------------------------------------------------------------
+# --proto nats: the same scenarios against a real nats-server (Debian's nats-server 2.9)
+# through its WebSocket listener, plain ws:// on loopback.
+# ---------------------------------------------------------------------------------------
+
+NATS_SERVER = shutil.which("nats-server") or next(
+    (p for p in ("/usr/sbin/nats-server", "/usr/bin/nats-server") if os.access(p, os.X_OK)), None)
+
+needs_nats = pytest.mark.skipif(NATS_SERVER is None,
+                                reason="nats-server not installed (scripts/deps test installs it)")
+
+
+class NatsServer:
+    """One nats-server: a WebSocket listener (no TLS, no compression) and its client port,
+    both on free loopback ports; `extra` is appended to the configuration file."""
+
+    def __init__(self, logdir, extra=""):
+        self.logdir, self.extra = logdir, extra
+        self.proc = self.ws_port = self.logpath = None
+
+    @property
+    def url(self):
+        return "ws://%s:%d/" % (HOST, self.ws_port)
+
+    def log_tail(self, n=30):
+        with open(self.logpath, errors="replace") as f:
+            return "".join(f.readlines()[-n:])
+
+    def start(self, timeout=10.0, attempts=4):
+        for _ in range(attempts):
+            self.ws_port, port = free_port(), free_port()
+            conf = os.path.join(self.logdir, "nats-%d.conf" % self.ws_port)
+            with open(conf, "w") as f:
+                f.write('websocket {\n  listen: "%s:%d"\n  no_tls: true\n  compression: false\n}\n%s'
+                        % (HOST, self.ws_port, self.extra))
+            self.logpath = conf[:-5] + ".log"
+            with open(self.logpath, "wb") as log:
+                self.proc = subprocess.Popen([NATS_SERVER, "-c", conf, "-a", HOST, "-p", str(port)],
+                                             stdout=log, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                try:
+                    socket.create_connection((HOST, self.ws_port), timeout=0.5).close()
+                    return self
+                except OSError:
+                    time.sleep(0.05)
+            self.stop()  # exited (a port taken meanwhile?) or not listening: try new ports
+        raise RuntimeError("nats-server did not start:\n" + self.log_tail())
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def nats(logdir):
+    n = NatsServer(logdir).start()
+    yield n
+    n.stop()
+
+
+def nats_bench(n, *args, status=0):
+    """Runs `gale bench ... --proto nats` against nats-server @n; returns the JSON report."""
+    cmd = [GALE, "bench", *args, "--proto", "nats", "--url", n.url, "--json",
+           "--pid", str(n.proc.pid)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert out.returncode == status, "exit %d\n%s\n%s\nnats-server log:\n%s" % (
+        out.returncode, out.stdout, out.stderr, n.log_tail())
+    assert n.proc.poll() is None, "nats-server exited:\n" + n.log_tail()
+    return json.loads(out.stdout)
+
+
+def assert_exact(r, published, deliveries):
+    text = json.dumps(r)
+    assert r["ok"] is True and r["proto"] == "nats", text
+    assert r["published"] == r["acked"] == published, text
+    assert r["expected"] == r["received"] == deliveries, text
+    for field in ("lost", "extra", "duplicates", "out_of_order", "foreign", "broker_errors",
+                  "pub_errors"):
+        assert r[field] == 0, field + ": " + text
+    assert r["connections"]["failed"] == r["connections"]["lost"] == 0, text
+    assert r["broker"]["cpu_s"] >= 0 and r["latency_us"]["max"] > 0, text
+
+
+@needs_nats
+def test_nats_fanout_counts_exactly(nats):
+    r = nats_bench(nats, "fanout", "--subs", "50", "--messages", "200")
+    assert_exact(r, 200, 50 * 200)
+
+
+@needs_nats
+def test_nats_fanout_two_publishers_at_a_rate(nats):
+    r = nats_bench(nats, "fanout", "--subs", "20", "--pubs", "2", "--rate", "400",
+                   "--messages", "200")
+    assert_exact(r, 2 * 200, 20 * 2 * 200)
+
+
+@needs_nats
+def test_nats_as_fast_as_acks_allow(nats):
+    # Each PUB is followed by a PING; at most 16 PONGs outstanding per publisher.
+    r = nats_bench(nats, "fanout", "--subs", "10", "--rate", "0", "--window", "16",
+                   "--messages", "3000")
+    assert r["window"] == 16
+    assert_exact(r, 3000, 10 * 3000)
+
+
+@needs_nats
+def test_nats_large_messages_span_frames(nats):
+    # nats-server puts everything pending for a non-browser client in one frame of any size
+    # (over 1 MiB here): MSGs end up split across frames and reads.
+    r = nats_bench(nats, "fanout", "--subs", "5", "--size", "50000", "--messages", "300",
+                   "--mask", "random")
+    assert_exact(r, 300, 5 * 300)
+
+
+@needs_nats
+def test_nats_topics_counts_exactly(nats):
+    r = nats_bench(nats, "topics", "--subs", "200", "--topics", "20", "--messages", "100")
+    # Round-robin over 20 subjects of 10 subscribers each: every message reaches 10.
+    assert_exact(r, 100, 100 * 10)
+
+
+@needs_nats
+def test_nats_conns_subscribed(nats):
+    r = nats_bench(nats, "conns", "--conns", "500", "--subscribe", "--hold", "1")
+    text = json.dumps(r)
+    assert r["ok"] is True and r["connected"] == 500, text
+    # RSS is reported, but not asserted: Go's collector may return memory during the hold.
+    assert r["failed"] == r["lost"] == 0 and "rss_kib_per_conn" in r, text
+
+
+@needs_nats
+def test_nats_connect_cycles(nats):
+    r = nats_bench(nats, "connect", "--duration", "1", "--concurrency", "4")
+    text = json.dumps(r)
+    assert r["ok"] is True and r["cycles"] > 0 and r["failed"] == 0, text
+    assert r["handshake_us"]["p50"] > 0, text
+
+
+@needs_nats
+def test_nats_server_pings_are_answered(logdir):
+    # The server pings idle clients every second and drops them as stale with 2 unanswered.
+    n = NatsServer(logdir, 'ping_interval: "1s"\nping_max: 2\n').start()
+    try:
+        r = nats_bench(n, "conns", "--conns", "20", "--subscribe", "--hold", "4")
+        assert r["ok"] is True and r["connected"] == 20 and r["lost"] == 0, json.dumps(r)
+    finally:
+        n.stop()
+
+
+@pytest.mark.parametrize("args", [["--encoding", "msgpack"], ["--proto", "mqtt"]])
+def test_nats_usage_errors(args):
+    out = subprocess.run([GALE, "bench", "fanout", "--proto", "nats", *args, "--url",
+                          "ws://127.0.0.1:9/"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2, out.stderr
+    assert out.stdout == "" and ("msgpack" in out.stderr or "mqtt" in out.stderr), out.stderr
+
+
+@pytest.mark.parametrize("scenario", [["fanout"], ["conns"], ["connect", "--duration", "0.5"]])
+def test_nats_cannot_connect(scenario):
+    port = free_port()  # nothing listens there
+    out = subprocess.run([GALE, "bench", *scenario, "--proto", "nats", "--url",
+                          "ws://%s:%d/" % (HOST, port), "--setup-timeout", "5"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "could not connect" in out.stderr and "refused" in out.stderr, out.stderr
+
+
+def test_nats_mode_against_a_gale_broker(broker):
+    # A gale broker answers the upgrade but speaks gale v1: no INFO, a protocol error.
+    out = subprocess.run([GALE, "bench", "fanout", "--proto", "nats", "--url", broker.url,
+                          "--subs", "2", "--messages", "1", "--setup-timeout", "5"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "not a NATS protocol message" in out.stderr, out.stderr
