@@ -31,16 +31,6 @@ bool outq_push(outq_t *q, frame_t *f)
     return true;
 }
 
-static void emptied(outq_t *q)
-{
-    q->head = 0;
-    if (q->cap > OUTQ_KEEP) {
-        free(q->ring);
-        q->ring = NULL;
-        q->cap = 0;
-    }
-}
-
 void outq_pop(outq_t *q)
 {
     frame_t *f = q->ring[q->head];
@@ -48,8 +38,6 @@ void outq_pop(outq_t *q)
     q->count--;
     q->bytes -= f->len;
     frame_unref(f);
-    if (q->count == 0)
-        emptied(q);
 }
 
 size_t outq_gather(outq_t *q, uint8_t *dst, size_t cap, uint32_t *frames)
@@ -71,8 +59,6 @@ size_t outq_gather(outq_t *q, uint8_t *dst, size_t cap, uint32_t *frames)
     }
     q->count -= k;
     q->bytes -= n;
-    if (k && q->count == 0)
-        emptied(q);
     if (frames)
         *frames = k;
     return n;

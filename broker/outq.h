@@ -21,9 +21,6 @@ typedef struct outq {
     size_t bytes; /* sum of the queued frames' lengths */
 } outq_t;
 
-/** Capacity kept allocated when the queue empties; larger rings are freed. */
-#define OUTQ_KEEP 8
-
 /** Appends a reference to f. Returns false (queue unchanged) on allocation failure. */
 bool outq_push(outq_t *q, frame_t *f);
 
@@ -46,5 +43,16 @@ size_t outq_gather(outq_t *q, uint8_t *dst, size_t cap, uint32_t *frames);
 
 /** Drops every queued frame and frees the ring. */
 void outq_clear(outq_t *q);
+
+/**
+ * Frees the ring of an empty queue. An emptied queue keeps its ring for the next batch
+ * (no allocation per batch while messages flow); its owner calls this now and then
+ * (gale: the 1 s session sweep), so idle connections hold no ring.
+ */
+static inline void outq_trim(outq_t *q)
+{
+    if (!q->count && q->ring)
+        outq_clear(q);
+}
 
 #endif

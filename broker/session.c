@@ -620,6 +620,7 @@ void session_sweep(broker_t *b)
         uint64_t idle = now - s->last_rx_ms;
         if (s->killed)
             continue;
+        outq_trim(&s->q); /* an emptied queue keeps its ring until here */
         if (s->grant && !s->close_code && unix_now >= s->grant->exp) {
             log_info("conn %" PRIu64 ": the token of user '%s' expired: closing with 1008",
                      s->conn_id, s->grant->user);

@@ -189,24 +189,45 @@ static void test_shared_frame_many_queues(void **state)
     free(qs);
 }
 
-static void test_ring_shrinks_when_empty(void **state)
+static void test_ring_kept_until_trimmed(void **state)
 {
     (void)state;
     outq_t q = {0};
+    uint8_t buf[4096];
     for (int i = 0; i < 64; i++) {
         frame_t *f = make_frame(1, 1);
         outq_push(&q, f);
         frame_unref(f);
     }
     assert_true(q.cap >= 64);
+    frame_t **ring = q.ring;
+    uint32_t cap = q.cap;
+    outq_trim(&q); /* not empty: nothing happens */
+    assert_ptr_equal(q.ring, ring);
+    assert_int_equal(q.count, 64);
+    while (q.count > 32)
+        outq_pop(&q);
+    assert_int_equal(outq_gather(&q, buf, sizeof(buf), NULL), 32 * 3);
+    assert_int_equal(q.count, 0);
+    /* Emptied by pop and gather: the ring stays for the next batch. */
+    assert_ptr_equal(q.ring, ring);
+    assert_int_equal(q.cap, cap);
+    for (int i = 0; i < 64; i++) { /* refilled without growing */
+        frame_t *f = make_frame(1, 1);
+        outq_push(&q, f);
+        frame_unref(f);
+        assert_ptr_equal(q.ring, ring);
+    }
     while (q.count)
         outq_pop(&q);
-    assert_null(q.ring); /* large rings are released */
+    outq_trim(&q);
+    assert_null(q.ring);
+    assert_int_equal(q.cap, 0);
+    assert_int_equal(q.bytes, 0);
+    outq_trim(&q); /* trimming an empty, ringless queue is harmless */
     frame_t *f = make_frame(1, 1);
-    outq_push(&q, f);
-    outq_pop(&q);
-    assert_non_null(q.ring); /* small rings are kept for the next batch */
-    assert_true(q.cap <= OUTQ_KEEP);
+    assert_true(outq_push(&q, f)); /* and it grows again from nothing */
+    assert_ptr_equal(outq_peek(&q), f);
     frame_unref(f);
     outq_clear(&q);
 }
@@ -220,7 +241,7 @@ int main(void)
         cmocka_unit_test(test_wraparound),
         cmocka_unit_test(test_gather_whole_frames),
         cmocka_unit_test(test_shared_frame_many_queues),
-        cmocka_unit_test(test_ring_shrinks_when_empty),
+        cmocka_unit_test(test_ring_kept_until_trimmed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
