@@ -49,7 +49,9 @@ static void usage(FILE *f)
           "  topics    like fanout over --topics topics (subscriber i on bench.topic.<i % T>,\n"
           "            publishers round-robin): many topics, few subscribers each\n"
           "  conns     open --conns connections (--subscribe: each on bench.conn.<i>), hold\n"
-          "            them --hold seconds: set-up rate, broker RSS per connection\n"
+          "            them --hold seconds: set-up rate, broker RSS per connection; with\n"
+          "            --topics-per-conn K connection i subscribes to bench.conn.<i*K+j>, j<K\n"
+          "            (hold many topics in a broker while another bench measures it)\n"
           "  connect   open, upgrade, wait for hello and close connections for --duration\n"
           "            with --concurrency at once: handshakes per second\n"
           "\n"
@@ -80,7 +82,7 @@ static void usage(FILE *f)
           "  --size BYTES    payload size, about (100)\n"
           "  --drain SECS    wait for in-flight deliveries after the last ack (5)\n"
           "  --mask zero|random  client mask key of publish frames (zero: XOR with 0, legal)\n"
-          "conns:   --conns N (1000)  --hold SECS (2)  --subscribe\n"
+          "conns:   --conns N (1000)  --hold SECS (2)  --subscribe  --topics-per-conn K (1)\n"
           "connect: --duration SECS (3)\n"
           "\n"
           "Exit status: 0 complete without loss or error, 1 losses or errors, 2 usage,\n"
@@ -158,6 +160,7 @@ enum {
     O_CONC,
     O_HOLD,
     O_SUBSCRIBE,
+    O_TOPICS_PER_CONN,
     O_PID,
     O_JSON,
     O_DRAIN,
@@ -185,6 +188,7 @@ static int parse_opts(opts_t *o, int argc, char **argv)
                                        {"concurrency", 1, 0, O_CONC},
                                        {"hold", 1, 0, O_HOLD},
                                        {"subscribe", 0, 0, O_SUBSCRIBE},
+                                       {"topics-per-conn", 1, 0, O_TOPICS_PER_CONN},
                                        {"pid", 1, 0, O_PID},
                                        {"json", 0, 0, O_JSON},
                                        {"drain", 1, 0, O_DRAIN},
@@ -263,6 +267,9 @@ static int parse_opts(opts_t *o, int argc, char **argv)
         case O_SUBSCRIBE:
             o->subscribe = true;
             break;
+        case O_TOPICS_PER_CONN:
+            rc = num(optarg, 1, 65536, &v, "--topics-per-conn"), o->topics_per_conn = (uint32_t)v;
+            break;
         case O_PID:
             rc = num(optarg, 1, 1e9, &v, "--pid"), o->pid = (pid_t)v;
             break;
@@ -315,6 +322,12 @@ static int parse_opts(opts_t *o, int argc, char **argv)
     o->topics = o->sc == SC_TOPICS ? (topics > 0 ? (uint32_t)topics : 100) : 1;
     if (topics > 0 && o->sc != SC_TOPICS)
         return bad("--topics applies to the topics scenario only%s", "");
+    if (o->topics_per_conn > 1 && o->sc != SC_CONNS)
+        return bad("--topics-per-conn applies to the conns scenario only%s", "");
+    if (o->topics_per_conn > 1)
+        o->subscribe = true; /* it says what to subscribe to */
+    if (!o->topics_per_conn)
+        o->topics_per_conn = 1;
     o->subs = subs >= 0 ? (uint32_t)subs : o->sc == SC_TOPICS ? 1000 : 100;
     o->concurrency = conc > 0 ? (uint32_t)conc : o->sc == SC_CONNECT ? 16 : 256;
     if (pubsub) {
@@ -1059,9 +1072,10 @@ static int run_conns(coord_t *k)
                o->nats ? "nats" : "gale", o->msgpack ? "msgpack" : "json", o->procs,
                o->concurrency);
         if (o->sc == SC_CONNS)
-            printf("\"conns\":%u,\"subscribe\":%s,\"hold_s\":%g,\"connected\":%llu,\"failed\":%llu,"
+            printf("\"conns\":%u,\"subscribe\":%s,\"topics_per_conn\":%u,\"hold_s\":%g,"
+                   "\"connected\":%llu,\"failed\":%llu,"
                    "\"lost\":%llu,\"setup_s\":%.3f,\"setups_per_s\":%.0f",
-                   o->conns, o->subscribe ? "true" : "false", o->hold,
+                   o->conns, o->subscribe ? "true" : "false", o->topics_per_conn, o->hold,
                    (unsigned long long)s->conns_ok, (unsigned long long)s->conns_failed,
                    (unsigned long long)s->lost_conns, secs, per_s);
         else
@@ -1084,7 +1098,10 @@ static int run_conns(coord_t *k)
     if (o->sc == SC_CONNS) {
         printf("connections     %llu of %u set up%s in %.2f s (%.0f/s), %llu failed, %llu lost "
                "while holding %g s\n",
-               (unsigned long long)s->conns_ok, o->conns, o->subscribe ? " and subscribed" : "",
+               (unsigned long long)s->conns_ok, o->conns,
+               !o->subscribe            ? ""
+               : o->topics_per_conn > 1 ? " and subscribed (each to --topics-per-conn topics)"
+                                        : " and subscribed",
                secs, per_s, (unsigned long long)s->conns_failed, (unsigned long long)s->lost_conns,
                o->hold);
         report_broker_text(o, &b, s->conns_ok, "connection");

@@ -39,7 +39,8 @@ typedef struct {
     bool msgpack;
     bool random_mask;
     uint32_t subs, pubs, topics, conns, procs, window, concurrency;
-    uint64_t messages; /* per publisher; 0: until --duration */
+    uint32_t topics_per_conn; /* conns --subscribe: topics each connection subscribes to (1) */
+    uint64_t messages;        /* per publisher; 0: until --duration */
     double rate, duration, hold, drain, setup_timeout;
     size_t size;
     bool subscribe;

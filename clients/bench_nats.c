@@ -272,6 +272,30 @@ size_t nats_hello_frame(uint8_t *dst, size_t cap, const char *subject)
     return ws_frame(dst, WS_BINARY, text, (size_t)k, 0);
 }
 
+size_t nats_subs_frame(uint8_t *dst, size_t cap, const char *prefix, uint64_t first, uint32_t count)
+{
+    char *text = malloc(cap);
+    size_t len = 0, out = 0;
+    int k = text ? snprintf(text, cap, CONNECT_LINE) : -1;
+    if (k < 0 || (size_t)k >= cap)
+        goto Exit;
+    len = (size_t)k;
+    for (uint32_t j = 0; j < count; j++) {
+        k = snprintf(text + len, cap - len, "SUB %s%llu %u\r\n", prefix,
+                     (unsigned long long)(first + j), j + 1);
+        if (k < 0 || (size_t)k >= cap - len)
+            goto Exit;
+        len += (size_t)k;
+    }
+    if (len + 6 + 14 > cap)
+        goto Exit;
+    memcpy(text + len, "PING\r\n", 6);
+    out = ws_frame(dst, WS_BINARY, text, len + 6, 0);
+Exit:
+    free(text);
+    return out;
+}
+
 size_t nats_pong_frame(uint8_t *dst)
 {
     return ws_frame(dst, WS_BINARY, "PONG\r\n", 6, 0);

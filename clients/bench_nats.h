@@ -70,6 +70,15 @@ int nats_rx_feed(nats_rx_t *r, const uint8_t *p, size_t n, nats_event_cb cb, voi
  */
 size_t nats_hello_frame(uint8_t *dst, size_t cap, const char *subject);
 
+/**
+ * Like nats_hello_frame with @count subscriptions: `SUB <prefix><first + j> <j + 1>` for j
+ * in [0, count), then one PING whose PONG acknowledges them all. Returns the frame's
+ * length, 0 if it does not fit in @cap or memory ran out (64 bytes per subscription plus
+ * 512 always do with a prefix of up to 32 bytes).
+ */
+size_t nats_subs_frame(uint8_t *dst, size_t cap, const char *prefix, uint64_t first,
+                       uint32_t count);
+
 /** Writes a masked binary frame carrying PONG into @dst (16 bytes); returns its length. */
 size_t nats_pong_frame(uint8_t *dst);
 

@@ -115,6 +115,39 @@ static void send_sub(worker_t *wk, slot_t *s)
     bws_send(s->c, frame, ws_frame(frame, wk->o->msgpack ? WS_BINARY : WS_TEXT, msg, n, 0));
 }
 
+static void on_close(bws_conn_t *c, int code, const char *why);
+
+/*
+ * conns --topics-per-conn K: connection g subscribes to bench.conn.<g*K + j>, j < K, in one
+ * write: K `sub`s with ids 1..K (the ack of K ends the set-up, replies come in order), or
+ * NATS's CONNECT, K SUBs and one PING.
+ */
+static void send_subs(worker_t *wk, slot_t *s)
+{
+    uint32_t k = wk->o->topics_per_conn;
+    uint64_t first = (uint64_t)global_index(wk, s->local) * k;
+    size_t cap = (size_t)k * 96 + 1024, len = 0;
+    uint8_t *buf = malloc(cap);
+    if (buf && wk->o->nats) {
+        len = nats_subs_frame(buf, cap, "bench.conn.", first, k);
+    } else if (buf) {
+        for (uint32_t j = 0; j < k; j++) {
+            char topic[64];
+            uint8_t msg[512];
+            snprintf(topic, sizeof(topic), "bench.conn.%llu", (unsigned long long)(first + j));
+            size_t n = msg_encode_op(msg, sizeof(msg), wk->o->msgpack, "sub", topic, j + 1);
+            len += ws_frame(buf + len, wk->o->msgpack ? WS_BINARY : WS_TEXT, msg, n, 0);
+        }
+    }
+    if (len)
+        bws_send(s->c, buf, len);
+    free(buf);
+    if (!len) {
+        bws_close(s->c);
+        on_close(s->c, 0, "out of memory building the subscriptions");
+    }
+}
+
 /* NATS without a subscription: the CONNECT a client sends after INFO. */
 static void send_connect(worker_t *wk, slot_t *s)
 {
@@ -144,8 +177,6 @@ static void record_delivery(worker_t *wk, slot_t *s, const gmsg_t *m)
 
 static void churn_start(worker_t *wk, slot_t *s);
 
-static void on_close(bws_conn_t *c, int code, const char *why);
-
 /* One message from the broker on slot @s's connection @c, either protocol. */
 static void on_event(slot_t *s, bws_conn_t *c, const gmsg_t *m)
 {
@@ -166,6 +197,8 @@ static void on_event(slot_t *s, bws_conn_t *c, const gmsg_t *m)
             s->state = CS_READY;
             send_connect(wk, s);
             bws_send_close(c, 1000);
+        } else if (wk->need_sub && wk->o->topics_per_conn > 1) {
+            send_subs(wk, s);
         } else if (wk->need_sub) {
             send_sub(wk, s);
         } else {
@@ -173,13 +206,18 @@ static void on_event(slot_t *s, bws_conn_t *c, const gmsg_t *m)
             setup_done(wk, s);
         }
         break;
-    case GM_ACK:
-        if (s->state == CS_SETUP && m->has_id && m->id == 1)
+    case GM_ACK: /* NATS: the one PONG after the SUBs is ack 1 */
+        if (s->state == CS_SETUP && m->has_id &&
+            m->id == (wk->o->nats ? 1 : wk->o->topics_per_conn))
             setup_done(wk, s);
         break;
     case GM_ERR:
         wk->rep.broker_errors++;
         note_error(wk, "the broker answered err %s: %s", m->code, m->text);
+        if (s->state == CS_SETUP) { /* a refused subscription: the set-up failed */
+            bws_close(c);
+            on_close(c, 0, "subscription refused");
+        }
         break;
     case GM_PING:
         bws_send(c, f, nats_pong_frame(f));

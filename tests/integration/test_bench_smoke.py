@@ -54,6 +54,57 @@ def test_conns_held(broker):
     assert r["ok"] is True and r["connected"] == 500 and r["failed"] == 0, json.dumps(r)
 
 
+@pytest.mark.gale_only
+def test_conns_topics_per_conn_holds_every_topic(make_broker):
+    """--topics-per-conn: 40 connections x 250 distinct topics are all in the broker while
+    held (10,000 topics, each with one subscriber), and gone after."""
+    b = make_broker()
+    cmd = [GALE, "bench", "conns", "--conns", "40", "--topics-per-conn", "250", "--hold", "3",
+           "--url", b.url, "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        held = {}
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            m = b.metrics()
+            held = {k: m.get(k) for k in ("gale_topics", "gale_subscriptions")}
+            if held["gale_topics"] == 10000:
+                break
+            time.sleep(0.1)
+        assert held == {"gale_topics": 10000, "gale_subscriptions": 10000}, held
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    r = json.loads(out)
+    assert proc.returncode == 0 and r["ok"] is True, err + out
+    assert r["connected"] == 40 and r["topics_per_conn"] == 250 and r["subscribe"], out
+    deadline = time.monotonic() + 5
+    while b.metrics().get("gale_topics") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert b.metrics().get("gale_topics") == 0
+
+
+@pytest.mark.gale_only
+def test_conns_topics_per_conn_refused_subscription_fails_setup(make_broker):
+    """A refused sub (over --max-subscriptions) fails the connection's set-up at once, with
+    the broker's reason, instead of waiting for --setup-timeout."""
+    b = make_broker(args=["--max-subscriptions", "100"])
+    t0 = time.monotonic()
+    out = subprocess.run([GALE, "bench", "conns", "--conns", "3", "--topics-per-conn", "101",
+                          "--url", b.url, "--setup-timeout", "30"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "too many subscriptions" in out.stderr, out.stderr
+    assert time.monotonic() - t0 < 10
+
+
+def test_topics_per_conn_usage(broker):
+    out = subprocess.run([GALE, "bench", "fanout", "--topics-per-conn", "5", "--url", broker.url],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "conns scenario only" in out.stderr, out.stderr
+
+
 # ---------------------------------------------------------------------------------------
 # --proto nats: the same scenarios against a real nats-server (Debian's nats-server 2.9)
 # through its WebSocket listener, plain ws:// on loopback.
@@ -189,6 +240,14 @@ def test_nats_conns_subscribed(nats):
     assert r["ok"] is True and r["connected"] == 500, text
     # RSS is reported, but not asserted: Go's collector may return memory during the hold.
     assert r["failed"] == r["lost"] == 0 and "rss_kib_per_conn" in r, text
+
+
+@needs_nats
+def test_nats_conns_topics_per_conn(nats):
+    r = nats_bench(nats, "conns", "--conns", "20", "--topics-per-conn", "300", "--hold", "1")
+    text = json.dumps(r)
+    assert r["ok"] is True and r["connected"] == 20 and r["topics_per_conn"] == 300, text
+    assert r["failed"] == r["lost"] == 0, text
 
 
 @needs_nats

@@ -224,6 +224,13 @@ static void test_hello_frames(void **state)
     p = (const char *)frame_payload(f, len, &n);
     assert_memory_equal(p + n - 3, "}\r\n", 3);
     assert_int_equal(nats_hello_frame(f, 100, "bench.fanout"), 0); /* does not fit */
+    uint8_t big[2048];
+    len = nats_subs_frame(big, sizeof(big), "bench.conn.", 998, 3);
+    p = (const char *)frame_payload(big, len, &n);
+    assert_memory_equal(p, "CONNECT {", 9);
+    tail = "}\r\nSUB bench.conn.998 1\r\nSUB bench.conn.999 2\r\nSUB bench.conn.1000 3\r\nPING\r\n";
+    assert_memory_equal(p + n - strlen(tail), tail, strlen(tail));
+    assert_int_equal(nats_subs_frame(big, sizeof(big), "bench.conn.", 0, 100), 0); /* too many */
     len = nats_pong_frame(f);
     p = (const char *)frame_payload(f, len, &n);
     assert_int_equal(n, 6);
