@@ -21,8 +21,8 @@
  * turns. In bytes, so that batches do not shrink with --rx-buffer (one turn reads at most
  * one receive buffer per connection).
  */
-#define FLUSH_DEFER_BYTES 4096
-#define FLUSH_MAX_DEFERRED_TURNS 32
+#define FLUSH_DEFER_BYTES 16384
+#define FLUSH_MAX_DEFERRED_TURNS 64
 /* Bytes one session may write per flush before yielding to the others. */
 #define FLUSH_BUDGET (256 * 1024)
 /* How long a closing session may take to get its close frame out and answered. */
