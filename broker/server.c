@@ -217,8 +217,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
             session_flush(b, s);
         return 0;
     case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
-        /* Our own close frame went out first: end here, without echoing theirs. */
-        return s->wsi && s->close_code ? -1 : 0;
+        return s->wsi ? session_peer_close(b, s, in, len) : 0;
     case LWS_CALLBACK_CLOSED: /* before lws sends the close frame */
         session_close(b, s);
         return 0;

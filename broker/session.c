@@ -515,6 +515,34 @@ void session_begin_close(broker_t *b, session_t *s, uint16_t code, bool drop_que
     mark_dirty(b, s);
 }
 
+int session_peer_close(broker_t *b, session_t *s, const uint8_t *payload, size_t len)
+{
+    if (s->close_code || s->killed)
+        return -1; /* our close frame went out first (or we are dropping): end here */
+    /*
+     * The usual way a client leaves. lws would echo the close from its WRITEABLE handler, a
+     * round trip through the poll (two epoll_ctl and a loop turn per connection), then end
+     * the connection, dropping what we still had queued. Do the same at once: drop the
+     * queue, write the peer's payload back (lws has already replaced a code no peer may
+     * send with 1002). With a frame half-written, lws closes without a close frame (one
+     * cannot follow a partial frame); leave that case to it.
+     */
+    if (lws_partial_buffered(s->wsi) || len > 125)
+        return 0;
+    outq_clear(&s->q);
+    uint8_t buf[LWS_PRE + 2 + 125];
+    uint8_t *p = buf + LWS_PRE;
+    p[0] = 0x80 | FRAME_CLOSE;
+    p[1] = (uint8_t)len;
+    if (len)
+        memcpy(p + 2, payload, len);
+    if (lws_write(s->wsi, p, 2 + len, LWS_WRITE_HTTP) >= 0) {
+        b->m.bytes_out += 2 + len;
+        b->m.writes++;
+    }
+    return -1;
+}
+
 void session_kill(broker_t *b, session_t *s)
 {
     if (s->killed)

@@ -1,12 +1,12 @@
 """Transport and handshake: subprotocols, paths, the hello message."""
 import json
+import struct
 
 import msgpack
 import pytest
-import websockets
 
 from galetest import (DEFAULT_MAX_MSG, JSON, MSGPACK, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG,
-                      OP_TEXT, Closed, Client, RawWS,
+                      OP_TEXT, Closed, RawWS,
                       connect, connect_status, run)
 
 
@@ -235,6 +235,60 @@ def test_client_close_1000_is_answered(broker):
             ws.recv_frame(timeout=5)
     finally:
         ws.close()
+
+
+@pytest.mark.parametrize("sent, answer", [
+    (struct.pack("!H", 4000) + b"bye", struct.pack("!H", 4000) + b"bye"),  # echoed
+    (b"", b""),                                      # no code: an empty close back
+    (struct.pack("!H", 1005), struct.pack("!H", 1002)),  # a code no peer may send
+    (struct.pack("!H", 999), struct.pack("!H", 1002)),
+])
+def test_client_close_payload_is_echoed(broker, sent, answer):
+    ws = RawWS(broker.port)
+    try:
+        ws.recv_json()
+        ws.send_frame(OP_CLOSE, sent)
+        fin, op, payload = ws.recv_frame(timeout=5)
+        assert (op, payload) == (OP_CLOSE, answer)
+        with pytest.raises(Closed):
+            ws.recv_frame(timeout=5)
+    finally:
+        ws.close()
+
+
+@pytest.mark.gale_only
+def test_client_close_after_queued_messages(make_broker, topic):
+    """A client that closes while messages for it are still queued (more than the socket
+    buffers hold: it was not reading) gets whole messages and then the end: a close frame,
+    or, with a frame half-written into the socket, only the end of the stream (lws cannot
+    put a close frame after a partial frame). Never a close frame inside a message."""
+    broker = make_broker(args=["--queue-limit", "64M"])
+    ws = RawWS(broker.port)
+    try:
+        ws.recv_json()
+        ws.send_text(json.dumps({"op": "sub", "topic": topic, "id": 1}))
+        assert ws.recv_json()["op"] == "ack"
+
+        async def publish():
+            p = await connect(broker.url, JSON)
+            try:
+                for _ in range(12000):
+                    await p.send({"op": "pub", "topic": topic, "data": "x" * 1000})
+                assert (await p.request({"op": "ping"}))["op"] == "pong"
+            finally:
+                await p.close()
+        run(publish())
+        assert broker.metrics()["gale_queued_bytes"] > 0  # still queued when the close comes
+        ws.send_close(1000)
+        code, got = ws.recv_until_closed(timeout=10)
+        assert code in (1000, None), (code, len(got))
+        assert got and all(op == OP_TEXT for op, _ in got)
+        assert all(json.loads(m)["op"] == "msg" for _, m in got)
+        with pytest.raises(Closed):
+            ws.recv_frame(timeout=5)
+    finally:
+        ws.close()
+    check_alive(broker)
 
 
 def test_websocket_ping_answered_with_pong(broker):
