@@ -18,7 +18,6 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -255,6 +254,19 @@ class Broker:
         status, headers, body = http_get(self.port, "/metrics")
         assert status == 200, (status, body)
         return parse_metrics(body.decode())
+
+
+def stop_process(proc, grace=5):
+    """SIGTERM a helper server we started (redis, haproxy, nats...), SIGKILL it after
+    `grace` seconds; a process that already exited is left alone."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
 
 
 def http_get(port, path, timeout=5, method="GET", headers=None):

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from galetest import HOST, TARGET, free_port
+from galetest import HOST, TARGET, free_port, stop_process
 
 GALE = os.environ.get("GALE_CLI") or os.path.join(
     os.path.dirname(os.environ.get("GALE_BROKER", "build/gale-broker")), "gale")
@@ -156,13 +156,7 @@ class NatsServer:
         raise RuntimeError("nats-server did not start:\n" + self.log_tail())
 
     def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
 
 @pytest.fixture(scope="module")

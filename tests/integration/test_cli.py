@@ -18,7 +18,6 @@ import subprocess
 import threading
 import time
 
-import msgpack
 import pytest
 
 import galetest

@@ -15,10 +15,10 @@ import subprocess
 import threading
 import time
 
-import msgpack
 import pytest
 
-from galetest import HOST, JSON, MSGPACK, Broker, BrokerError, connect, free_port, http_get, run
+from galetest import (HOST, JSON, MSGPACK, Broker, connect, free_port, http_get,
+                      run, stop_process)
 from test_delivery import TOPICS, WILDCARD_CASES
 
 pytestmark = [pytest.mark.gale_only,
@@ -102,12 +102,7 @@ class Redis:
             self.proc.wait(5)
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_process(self.proc)
 
     @property
     def url(self):

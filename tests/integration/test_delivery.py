@@ -1,7 +1,5 @@
 """Delivery: wildcards, exactly once per connection, fan-out, order, at most once."""
 import asyncio
-import json
-import time
 
 import pytest
 

@@ -23,7 +23,7 @@ import pytest
 import websockets.exceptions
 
 import galetest
-from galetest import HOST, SOURCE_DIR, Broker, connect, free_port, http_get, run
+from galetest import HOST, SOURCE_DIR, Broker, connect, free_port, http_get, run, stop_process
 
 pytestmark = pytest.mark.gale_only
 
@@ -420,13 +420,7 @@ class Redis:
             return s.recv(64).startswith(b"+PONG")
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
 
 class HAProxy:
@@ -523,13 +517,7 @@ class HAProxy:
         return out
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
     @property
     def url(self):

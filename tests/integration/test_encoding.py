@@ -1,7 +1,6 @@
 """Data forwarding: byte-exact within an encoding, converted across encodings."""
 import base64
 import json
-import math
 import struct
 
 import msgpack

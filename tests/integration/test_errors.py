@@ -3,7 +3,6 @@
 Every err must carry a string `code` and a string `msg`, carry the request's `id` when
 that id was valid and no `id` otherwise, and leave the connection open.
 """
-import json
 
 import msgpack
 import pytest

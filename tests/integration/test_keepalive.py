@@ -59,7 +59,7 @@ def test_silent_raw_client_pinged_then_closed(make_broker, how):
         assert pinged_at is not None, "no ping within 5 s with --keepalive 1"
         assert 0.5 <= pinged_at <= 2.5, "pinged after %.2fs" % pinged_at
         assert ended_at is not None, "silent client not closed within 5 s"
-        assert ended_at <= 3.5, "closed only after %.2fs" % ended_at
+        assert ended_at <= 3.5, "closed only after %.2fs (%s)" % (ended_at, how_ended)
         assert ended_at - pinged_at >= 0.5, (pinged_at, ended_at)
     finally:
         ws.close()

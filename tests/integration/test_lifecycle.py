@@ -1,5 +1,4 @@
 """Process lifecycle: command line, environment, logs, signals."""
-import asyncio
 import os
 import re
 import signal
@@ -8,9 +7,8 @@ import subprocess
 import time
 
 import pytest
-import websockets
 
-from galetest import (HOST, JSON, MSGPACK, SOURCE_DIR, Broker, RawWS, connect, connect_status,
+from galetest import (HOST, JSON, MSGPACK, SOURCE_DIR, RawWS, connect, connect_status,
                       free_port, http_get, run)
 
 pytestmark = pytest.mark.gale_only

@@ -7,9 +7,8 @@ import time
 
 import msgpack
 import pytest
-import websockets
 
-from galetest import (DEFAULT_MAX_MSG, JSON, MSGPACK, OP_CONT, OP_TEXT, OP_BINARY, Closed,
+from galetest import (DEFAULT_MAX_MSG, JSON, MSGPACK, OP_CONT, OP_TEXT,
                       RawWS, connect, connect_status, http_get, run)
 
 

@@ -17,11 +17,10 @@ import time
 import urllib.error
 import urllib.request
 
-import msgpack
 import pytest
 import websockets
 
-from galetest import HOST, JSON, MSGPACK, Broker, connect, connect_status, http_get, run
+from galetest import HOST, MSGPACK, Broker, connect, connect_status, http_get, run
 
 pytestmark = pytest.mark.gale_only
 
