@@ -22,7 +22,7 @@
 # Every server listens on 127.0.0.1 only; every run is bounded by `timeout`; servers this
 # script started are stopped on exit.
 #
-# Time on 2 cores: QUICK=1 about 2-3 minutes, the full run about 20 minutes (build included).
+# Time on 2 cores: QUICK=1 about 2-3 minutes, the full run about 12 minutes (build included).
 #
 # Environment:
 #   QUICK=1            small counts and 2 s measurements (a sanity run, not figures)
@@ -529,6 +529,7 @@ if [ ! -f "$DOCS/bench/optimisations.md" ]; then
   printf '## Optimisation log\n\n_To be written: what was changed, and what it did to the figures._\n' \
     >"$DOCS/bench/optimisations.md"
 fi
+cp "$JSONL" "$DOCS/bench/benchmarks.jsonl" # the raw data, kept beside the report
 plot_args=("$JSONL" --markdown "$DOCS/BENCHMARKS.md" --optimisations "$DOCS/bench/optimisations.md")
 if [ "$HAVE_PLOT" = 1 ]; then plot_args+=(--png-dir "$DOCS/bench"); fi
 $PY "$ROOT/bench/plot.py" "${plot_args[@]}"
