@@ -51,8 +51,9 @@ typedef struct broker {
 
     session_t **sessions; /* every established WebSocket session (session->slot) */
     uint32_t nsessions, sessions_cap;
-    uint32_t nlive;    /* WebSocket wsis opened and not yet destroyed */
-    session_t **dirty; /* sessions with queued frames to flush (session->dirty_slot) */
+    uint32_t sessions_peak; /* most sessions since memory was last returned (session_sweep) */
+    uint32_t nlive;         /* WebSocket wsis opened and not yet destroyed */
+    session_t **dirty;      /* sessions with queued frames to flush (session->dirty_slot) */
     uint32_t ndirty, dirty_cap;
     session_t *publishers[BROKER_TRACKED_PUBLISHERS]; /* published this loop turn */
     uint32_t npublishers;
