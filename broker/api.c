@@ -108,6 +108,9 @@ static int respond(struct lws *wsi, unsigned status, gale_buf_t *body, bool clos
         (status == HTTP_STATUS_UNAUTHORIZED &&
          lws_add_http_header_by_token(wsi, WSI_TOKEN_HTTP_WWW_AUTHENTICATE,
                                       (const unsigned char *)"Bearer", 6, &p, end)) ||
+        (status == HTTP_STATUS_METHOD_NOT_ALLOWED &&
+         lws_add_http_header_by_token(wsi, WSI_TOKEN_HTTP_ALLOW, (const unsigned char *)"POST", 4,
+                                      &p, end)) ||
         (close && lws_add_http_header_by_token(wsi, WSI_TOKEN_CONNECTION,
                                                (const unsigned char *)"close", 5, &p, end)) ||
         lws_finalize_write_http_header(wsi, start, &p, end))
@@ -130,14 +133,75 @@ static int refuse(struct lws *wsi, unsigned status, const char *code, const char
     return respond(wsi, status, &o, close);
 }
 
+bool api_owns(struct lws *wsi, char *uri, size_t cap)
+{
+    char *u = NULL;
+    int n = 0;
+    size_t m = sizeof(API_MOUNT) - 1;
+    if (lws_http_get_uri_and_method(wsi, &u, &n) < 0 || !u || n < (int)m ||
+        strncmp(u, API_MOUNT, m) != 0 || (u[m] != '\0' && u[m] != '/'))
+        return false;
+    snprintf(uri, cap, "%.*s", n, u); /* a truncated path names no endpoint either */
+    return true;
+}
+
+typedef enum { EXPECT_NONE, EXPECT_CONTINUE, EXPECT_OTHER } expect_t;
+
+/*
+ * The request's Expect header (RFC 9110 §10.1.1). lws 4.1.6 parses it into
+ * WSI_TOKEN_HTTP_EXPECT but never answers it: a client that sent
+ * "100-continue" waits (curl: 1 s) for an interim 100 before sending the body.
+ * HTTP/1.0 requests must have it ignored.
+ */
+static expect_t request_expect(struct lws *wsi)
+{
+    char v[32], ver[16];
+    int n = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_EXPECT);
+    if (n <= 0)
+        return EXPECT_NONE;
+    /* lws's own test of the version: anything but HTTP/1.1 counts as 1.0 */
+    if (lws_hdr_copy(wsi, ver, sizeof(ver), WSI_TOKEN_HTTP) < 8 || ver[5] != '1' || ver[7] != '1')
+        return EXPECT_NONE;
+    if (lws_hdr_copy(wsi, v, sizeof(v), WSI_TOKEN_HTTP_EXPECT) <= 0)
+        return EXPECT_OTHER; /* longer than any expectation we know */
+    char *s = v, *e = v + strlen(v);
+    while (*s == ' ' || *s == '\t')
+        s++;
+    while (e > s && (e[-1] == ' ' || e[-1] == '\t'))
+        *--e = '\0';
+    return strcasecmp(s, "100-continue") == 0 ? EXPECT_CONTINUE : EXPECT_OTHER;
+}
+
+/* The interim answer to "Expect: 100-continue", written raw like http_refuse's answers. */
+static int write_continue(struct lws *wsi)
+{
+    static const char line[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    unsigned char buf[LWS_PRE + sizeof(line)];
+    memcpy(buf + LWS_PRE, line, sizeof(line) - 1);
+    return lws_write(wsi, buf + LWS_PRE, sizeof(line) - 1, LWS_WRITE_HTTP) < 0 ? -1 : 0;
+}
+
+/*
+ * Every refusal here answers at once and closes the connection: the body is
+ * never read, and a client that sent "Expect: 100-continue" gets the final
+ * status instead of the 100 and has not sent it.
+ */
 int api_http(broker_t *b, struct lws *wsi, const char *uri)
 {
-    char auth[300], clen[32];
+    char auth[300], clen[32], *u;
+    int ulen;
     if (!b->cfg.api_key[0])
         return refuse(wsi, HTTP_STATUS_NOT_FOUND, "not_found",
                       "the publish API is disabled (start the broker with --api-key)", true);
     if (strcmp(uri, API_PUBLISH) != 0)
         return refuse(wsi, HTTP_STATUS_NOT_FOUND, "not_found", "no such endpoint", true);
+    if (lws_http_get_uri_and_method(wsi, &u, &ulen) != LWSHUMETH_POST)
+        return refuse(wsi, HTTP_STATUS_METHOD_NOT_ALLOWED, "method_not_allowed",
+                      "publish with POST", true);
+    expect_t expect = request_expect(wsi);
+    if (expect == EXPECT_OTHER)
+        return refuse(wsi, HTTP_STATUS_EXPECTATION_FAILED, "expectation_failed",
+                      "the only expectation supported is 100-continue", true);
     int alen = lws_hdr_copy(wsi, auth, sizeof(auth), WSI_TOKEN_HTTP_AUTHORIZATION);
     size_t klen = strlen(b->cfg.api_key);
     if (alen < 7 || strncasecmp(auth, "Bearer ", 7) != 0 ||
@@ -170,7 +234,9 @@ int api_http(broker_t *b, struct lws *wsi, const char *uri)
     r->wsi = wsi;
     r->cap = (size_t)n;
     lws_set_opaque_user_data(wsi, r);
-    return 0; /* the body follows (LWS_CALLBACK_HTTP_BODY) */
+    if (expect == EXPECT_CONTINUE && write_continue(wsi) < 0)
+        return -1; /* lws closes the connection; api_closed frees r */
+    return 0;      /* the body follows (LWS_CALLBACK_HTTP_BODY) */
 }
 
 int api_body(broker_t *b, struct lws *wsi, const void *in, size_t len)

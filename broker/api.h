@@ -25,7 +25,16 @@ struct lws;
 #define API_MOUNT "/api"
 #define API_PUBLISH "/api/publish"
 
-/** LWS_CALLBACK_HTTP on API_MOUNT with method POST: checks the key and the size. */
+/**
+ * True when the request (any method) is for API_MOUNT: its path is "/api" or
+ * starts with "/api/". Copies the path into uri (truncated to cap).
+ */
+bool api_owns(struct lws *wsi, char *uri, size_t cap);
+/**
+ * LWS_CALLBACK_HTTP on a request api_owns: checks the path, the method, an
+ * Expect header, the key and the size, then answers "Expect: 100-continue"
+ * with an interim 100. A refusal is the final status at once, and closes.
+ */
 int api_http(broker_t *b, struct lws *wsi, const char *uri);
 /** LWS_CALLBACK_HTTP_BODY. */
 int api_body(broker_t *b, struct lws *wsi, const void *in, size_t len);

@@ -231,9 +231,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         return 0;
     case LWS_CALLBACK_HTTP: {
         char uri[64];
-        if (lws_hdr_total_length(wsi, WSI_TOKEN_POST_URI) > 0 &&
-            lws_hdr_copy(wsi, uri, sizeof(uri), WSI_TOKEN_POST_URI) > 0 &&
-            strncmp(uri, API_MOUNT, sizeof(API_MOUNT) - 1) == 0)
+        if (api_owns(wsi, uri, sizeof(uri))) /* any method: api_http answers 405 */
             return api_http(b, wsi, uri);
         return http_serve(b, wsi);
     }
