@@ -7,8 +7,16 @@
  * Each shard is one Redis server with two hiredis contexts on the broker's
  * loop (redis_uv.c): `sub` in subscribe mode and `pub` for PUBLISH. The
  * shard's state is DOWN, CONNECTING (both contexts being created, a connect
- * timer armed) or UP (both connected, and a PING on `pub` answered: a
- * stopped server still accepts TCP connections). Any failure (connect error, a
+ * timer armed) or UP (both connected, both authenticated when the URL has
+ * credentials, and a PING on `pub` answered: a stopped server still accepts
+ * TCP connections). AUTH is the first command on every new context, before
+ * the readiness PING and before any SUBSCRIBE is replayed; an AUTH refusal
+ * fails the shard like a connect error (logged at error level once per
+ * change of failure kind, retried with the same backoff), except Redis's
+ * "called without any password configured", which is a warning: the
+ * connection works, and a broker given the password before Redis has one
+ * keeps working while it is set (CONFIG SET requirepass keeps connections
+ * open). Any failure (connect error, a
  * disconnect, a PUBLISH or SUBSCRIBE answer overdue by --redis-timeout,
  * checked by one watchdog timer) calls shard_fail, which marks the shard
  * DOWN at once (new work is refused from then on) and arms the shard's timer
@@ -68,6 +76,7 @@ static const char unreachable[] = "the cluster bus (Redis) is unreachable";
 typedef enum { SHARD_DOWN, SHARD_CONNECTING, SHARD_UP } shard_state_t;
 typedef enum { PHASE_IDLE, PHASE_REAP, PHASE_BACKOFF, PHASE_CONNECT } phase_t;
 typedef enum { KIND_CHANNEL = 0, KIND_PATTERN = 1 } kind_t;
+typedef enum { FAIL_NONE, FAIL_NET, FAIL_AUTH } fail_t;
 
 typedef struct {
     session_reply_t *r;
@@ -86,6 +95,9 @@ typedef struct shard {
     phase_t phase; /* what `timer` is armed for */
     uv_timer_t timer;
     uint32_t failures;         /* failed attempts since the last up: the backoff exponent */
+    fail_t logged;             /* kind of the last failure logged: log once per change */
+    bool auth_error;           /* the last attempt failed on AUTH or -NOAUTH (metrics) */
+    bool nopass_warned;        /* "no password configured" logged since the last good AUTH */
     inflight_t *ring;          /* PUBLISHes awaiting their reply, oldest first */
     uint32_t head, count, cap; /* cap: a power of two */
     size_t inflight_bytes;     /* bounded by --redis-max-pending */
@@ -279,6 +291,7 @@ static void ack_waiters(cluster_t *c, interest_t *it)
 /* --- shard commands ------------------------------------------------------- */
 
 static void shard_fail(shard_t *sh, const char *why);
+static void shard_fail_as(shard_t *sh, fail_t kind, const char *why);
 static void on_sub_reply(redisAsyncContext *ac, void *reply, void *privdata);
 
 static void send_sub(shard_t *sh, interest_t *it, bool subscribe)
@@ -660,9 +673,16 @@ static void shard_up(shard_t *sh)
     uv_timer_stop(&sh->timer);
     if (sh->was_up)
         c->b->m.redis_reconnects++;
-    log_info("redis %s: connected%s", sh->addr.label, sh->was_up ? " again" : "");
+    if (sh->addr.user_len)
+        log_info("redis %s: connected%s, authenticated as user %s", sh->addr.label,
+                 sh->was_up ? " again" : "", sh->addr.user);
+    else
+        log_info("redis %s: connected%s%s", sh->addr.label, sh->was_up ? " again" : "",
+                 sh->addr.pass_len ? ", authenticated" : "");
     sh->was_up = true;
     sh->failures = 0;
+    sh->logged = FAIL_NONE;
+    sh->auth_error = false;
     /* Every subscription held locally, again (new connection: nothing is confirmed). */
     for (size_t i = 0; i < c->nbuckets && sh->state == SHARD_UP; i++)
         for (interest_t *it = c->buckets[i]; it && sh->state == SHARD_UP; it = it->hnext)
@@ -680,7 +700,8 @@ static void on_pub_ping(redisAsyncContext *ac, void *reply, void *privdata)
     if (!r || ac != sh->pub || sh->state != SHARD_CONNECTING)
         return; /* NULL: the context is being freed */
     if (r->type == REDIS_REPLY_ERROR) {
-        shard_fail(sh, r->str);
+        /* -NOAUTH: Redis wants a password and the URL has none. */
+        shard_fail_as(sh, strncmp(r->str, "NOAUTH", 6) == 0 ? FAIL_AUTH : FAIL_NET, r->str);
         return;
     }
     sh->pub_ready = true;
@@ -688,31 +709,107 @@ static void on_pub_ping(redisAsyncContext *ac, void *reply, void *privdata)
         shard_up(sh);
 }
 
-static void on_connect(const redisAsyncContext *ac, int status)
+/* why, with every occurrence of sh's password masked (a Redis error never quotes it, but
+ * nothing it says reaches a log unchecked). */
+static const char *redact(const shard_t *sh, const char *why, char *out, size_t cap)
 {
-    shard_t *sh = ac->data;
-    bool is_pub = ac == sh->pub;
-    if (ac != sh->pub && ac != sh->sub)
-        return;
-    if (status != REDIS_OK) {
-        /* hiredis frees the context when this returns. */
-        if (is_pub)
-            sh->pub = NULL;
-        else
-            sh->sub = NULL;
-        shard_fail(sh, ac->errstr[0] ? ac->errstr : "connect failed");
-        return;
+    const char *pw = sh->addr.pass;
+    size_t n = sh->addr.pass_len, o = 0;
+    if (!n || !strstr(why, pw))
+        return why;
+    while (*why && o + 4 < cap) {
+        if (strncmp(why, pw, n) == 0) {
+            memcpy(out + o, "***", 3);
+            o += 3;
+            why += n;
+        } else {
+            out[o++] = *why++;
+        }
     }
-    redisEnableKeepAlive((redisContext *)&ac->c);
-    if (is_pub) {
+    out[o] = '\0';
+    return out;
+}
+
+/* Context ac of sh is connected and, with credentials, authenticated. */
+static void ctx_ready(shard_t *sh, redisAsyncContext *ac)
+{
+    if (ac == sh->pub) {
         /* Ready once it answers (the connect timer still runs). */
         if (redisAsyncCommand(sh->pub, on_pub_ping, sh, "PING") != REDIS_OK)
             shard_fail(sh, "could not queue a PING");
         return;
     }
     sh->sub_ready = true;
-    if (sh->pub_ready && sh->sub_ready && sh->state == SHARD_CONNECTING)
+    if (sh->pub_ready && sh->state == SHARD_CONNECTING)
         shard_up(sh);
+}
+
+/* Redis has no password (Redis 6+ wording, then 5's): AUTH is pointless but harmless. */
+static bool no_password_set(const redisReply *r)
+{
+    return strstr(r->str, "without any password configured") != NULL ||
+           strstr(r->str, "no password is set") != NULL;
+}
+
+static void on_auth(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    shard_t *sh = privdata;
+    redisReply *r = reply;
+    if (!r || (ac != sh->pub && ac != sh->sub) || sh->state != SHARD_CONNECTING)
+        return; /* NULL: the context is being freed */
+    if (r->type == REDIS_REPLY_ERROR && !no_password_set(r)) {
+        shard_fail_as(sh, FAIL_AUTH, r->str);
+        return;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        char buf[512];
+        if (!sh->nopass_warned)
+            log_warn("redis %s: a password is configured but this Redis has none (%s): "
+                     "connecting without authentication",
+                     sh->addr.label, redact(sh, r->str, buf, sizeof(buf)));
+        sh->nopass_warned = true;
+    } else {
+        sh->nopass_warned = false;
+    }
+    ctx_ready(sh, ac);
+}
+
+/* AUTH [USER] PASSWORD, the first command on a new context (binary-safe: argv). */
+static void send_auth(shard_t *sh, redisAsyncContext *ac)
+{
+    const cluster_addr_t *a = &sh->addr;
+    const char *argv[3] = {"AUTH", a->user, a->pass};
+    size_t lens[3] = {4, a->user_len, a->pass_len};
+    int argc = 3;
+    if (!a->user_len) {
+        argv[1] = a->pass;
+        lens[1] = a->pass_len;
+        argc = 2;
+    }
+    if (redisAsyncCommandArgv(ac, on_auth, sh, argc, argv, lens) != REDIS_OK)
+        shard_fail(sh, "could not queue AUTH");
+}
+
+static void on_connect(const redisAsyncContext *cac, int status)
+{
+    shard_t *sh = cac->data;
+    redisAsyncContext *ac = cac == sh->pub ? sh->pub : cac == sh->sub ? sh->sub : NULL;
+    if (!ac)
+        return;
+    if (status != REDIS_OK) {
+        /* hiredis frees the context when this returns. */
+        if (ac == sh->pub)
+            sh->pub = NULL;
+        else
+            sh->sub = NULL;
+        shard_fail(sh, ac->errstr[0] ? ac->errstr : "connect failed");
+        return;
+    }
+    redisEnableKeepAlive(&ac->c);
+    if (sh->addr.pass_len)
+        send_auth(sh, ac); /* before anything else */
+    else
+        ctx_ready(sh, ac);
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status)
@@ -759,21 +856,47 @@ static void shard_connect(shard_t *sh)
 
 static void shard_fail(shard_t *sh, const char *why)
 {
+    shard_fail_as(sh, FAIL_NET, why);
+}
+
+/* Logs a failure: at its level once per change of kind (not once per retry), else debug. */
+static void log_fail(shard_t *sh, fail_t kind, const char *why)
+{
     cluster_t *c = sh->c;
-    if (sh->phase == PHASE_REAP || (sh->state == SHARD_DOWN && sh->phase != PHASE_IDLE))
-        return; /* already failing */
+    char buf[512];
+    why = redact(sh, why, buf, sizeof(buf));
     if (c->closed)
         log_info("redis %s: disconnecting (the broker is stopping)", sh->addr.label);
+    else if (kind == FAIL_AUTH && sh->logged != FAIL_AUTH)
+        log_error("redis %s: authentication failed (%s): %s; the shard stays down (publishing "
+                  "to its topics answers unavailable), retrying",
+                  sh->addr.label, why,
+                  sh->addr.pass_len ? "check the user and password of --redis (or "
+                                      "--redis-password, GALE_REDIS_PASSWORD)"
+                                    : "this Redis requires a password: give one in --redis "
+                                      "(redis://:PASSWORD@HOST:PORT) or GALE_REDIS_PASSWORD");
     else if (sh->state == SHARD_UP)
         log_warn("redis %s: connection lost (%s): publishing to its topics answers "
                  "unavailable until it is back",
                  sh->addr.label, why);
-    else if (sh->failures == 0 && !c->closed)
+    else if (sh->logged != kind)
         log_warn("redis %s: cannot connect (%s): retrying", sh->addr.label, why);
     else
         log_debug("redis %s: cannot connect (%s)", sh->addr.label, why);
-    if (sh->state != SHARD_UP && !c->closed)
+    if (!c->closed)
+        sh->logged = kind;
+}
+
+static void shard_fail_as(shard_t *sh, fail_t kind, const char *why)
+{
+    cluster_t *c = sh->c;
+    if (sh->phase == PHASE_REAP || (sh->state == SHARD_DOWN && sh->phase != PHASE_IDLE))
+        return; /* already failing */
+    log_fail(sh, kind, why);
+    if (sh->state != SHARD_UP && !c->closed) {
         c->b->m.redis_connect_failures++;
+        sh->auth_error = kind == FAIL_AUTH;
+    }
     sh->state = SHARD_DOWN;
     sh->pub_ready = sh->sub_ready = false;
     interests_shard_down(sh);
@@ -852,8 +975,9 @@ cluster_t *cluster_new(broker_t *b)
     const char *labels[CLUSTER_MAX_SHARDS];
     const char *why;
     int n = cluster_parse_urls(b->cfg.redis_urls, addrs, CLUSTER_MAX_SHARDS, &why);
-    if (n <= 0) {
+    if (n <= 0 || !cluster_set_password(addrs, n, b->cfg.redis_password, &why)) {
         log_error("--redis: %s", why);
+        explicit_bzero(addrs, sizeof(addrs));
         return NULL;
     }
     cluster_t *c = calloc(1, sizeof(*c));
@@ -870,6 +994,7 @@ cluster_t *cluster_new(broker_t *b)
     for (int i = 0; i < n; i++)
         labels[i] = addrs[i].label;
     if (!c->buckets || !c->shards || !cluster_ring_init(&c->ring, labels, (uint32_t)n)) {
+        explicit_bzero(addrs, sizeof(addrs));
         free(c->buckets);
         free(c->shards);
         free(c);
@@ -889,9 +1014,14 @@ cluster_t *cluster_new(broker_t *b)
         sh->addr = addrs[i];
         uv_timer_init(b->loop, &sh->timer);
         sh->timer.data = sh;
-        log_info("redis shard %d: %s (channels %s*)", i, sh->addr.label, b->cfg.redis_prefix);
+        log_info("redis shard %d: %s (channels %s*%s%s)", i, sh->addr.label, b->cfg.redis_prefix,
+                 !sh->addr.pass_len  ? ""
+                 : sh->addr.user_len ? ", AUTH as user "
+                                     : ", AUTH with a password",
+                 sh->addr.user_len ? sh->addr.user : "");
         shard_connect(sh);
     }
+    explicit_bzero(addrs, sizeof(addrs));
     return c;
 }
 
@@ -924,8 +1054,10 @@ void cluster_free(cluster_t *c)
             free(it);
         }
     }
-    for (uint32_t i = 0; i < c->nshards; i++)
+    for (uint32_t i = 0; i < c->nshards; i++) {
         free(c->shards[i].ring);
+        explicit_bzero(&c->shards[i].addr, sizeof(c->shards[i].addr));
+    }
     cluster_ring_free(&c->ring);
     free(c->buckets);
     free(c->shards);
@@ -945,14 +1077,21 @@ void cluster_render_metrics(const cluster_t *c, gale_buf_t *out)
 {
     static const char head[] = "# HELP gale_redis_shard_up 1 when both connections to the Redis "
                                "shard are ready.\n# TYPE gale_redis_shard_up gauge\n";
+    static const char auth[] = "# HELP gale_redis_shard_auth_error 1 when the last attempt to "
+                               "connect to the Redis shard was refused by AUTH (or -NOAUTH).\n"
+                               "# TYPE gale_redis_shard_auth_error gauge\n";
     if (!c)
         return;
-    gale_buf_append(out, head, sizeof(head) - 1);
-    for (uint32_t i = 0; i < c->nshards; i++) {
-        char line[400];
-        int n = snprintf(line, sizeof(line), "gale_redis_shard_up{shard=\"%s\"} %d\n",
-                         c->shards[i].addr.label, c->shards[i].state == SHARD_UP);
-        if (n > 0 && (size_t)n < sizeof(line))
-            gale_buf_append(out, line, (size_t)n);
+    for (int k = 0; k < 2; k++) {
+        gale_buf_append(out, k ? auth : head, k ? sizeof(auth) - 1 : sizeof(head) - 1);
+        for (uint32_t i = 0; i < c->nshards; i++) {
+            const shard_t *sh = &c->shards[i];
+            char line[400];
+            int n = snprintf(line, sizeof(line), "gale_redis_shard_%s{shard=\"%s\"} %d\n",
+                             k ? "auth_error" : "up", sh->addr.label,
+                             k ? sh->auth_error : sh->state == SHARD_UP);
+            if (n > 0 && (size_t)n < sizeof(line))
+                gale_buf_append(out, line, (size_t)n);
+        }
     }
 }

@@ -10,8 +10,10 @@
  *
  * Per shard, hiredis drives two connections on the broker's loop: one in
  * subscribe mode, one for PUBLISH (never PING the subscribed one: hiredis
- * 0.14 misroutes the reply). A shard is up when both are connected; any
- * error, a connect or command timeout (--redis-timeout) takes both down, and
+ * 0.14 misroutes the reply). A shard is up when both are connected and,
+ * when its URL (or --redis-password) has credentials, both answered AUTH,
+ * the first command on every connection; any error, a refused AUTH, a
+ * connect or command timeout (--redis-timeout) takes both down, and
  * they are reconnected after a jittered exponential backoff (100 ms to 5 s),
  * every subscription being sent again.
  *

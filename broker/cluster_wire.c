@@ -165,9 +165,13 @@ bool cluster_envelope_decode(const uint8_t *buf, size_t len, size_t max_data, cl
     *why = "bytes after the envelope";
     if (r.p != r.end)
         return false;
+    /* As in a client's pub, data sits one level inside the message: at most
+     * GALE_MAX_DEPTH - 1 deep. This also bounds a MessagePack ext's JSON form
+     * (one more level) to GALE_MAX_DEPTH, so the data converts for JSON
+     * subscribers (an ext at the 64th level would not). */
     *why = "data not well-formed in its encoding";
-    if (e->enc == GALE_ENC_JSON ? !gale_json_valid(s, n, GALE_MAX_DEPTH)
-                                : !gale_msgpack_prescan(s, n, GALE_MAX_DEPTH))
+    if (e->enc == GALE_ENC_JSON ? !gale_json_valid(s, n, GALE_MAX_DEPTH - 1)
+                                : !gale_msgpack_prescan(s, n, GALE_MAX_DEPTH - 1))
         return false;
     *why = "";
     return true;
@@ -244,17 +248,90 @@ static bool parse_num(const char *s, size_t n, long max, long *out)
     return true;
 }
 
-static bool parse_url(const char *s, size_t n, cluster_addr_t *a)
+static const char bad_url[] = "expected redis://[[USER]:PASSWORD@]HOST:PORT[/DB], comma-separated";
+static const char bad_creds[] =
+    "bad credentials: expected redis://:PASSWORD@HOST:PORT or redis://USER:PASSWORD@HOST:PORT "
+    "(a non-empty password; spaces, control characters and % percent-encoded)";
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/*
+ * Percent-decodes s[0..n) into out[0..cap) (NUL-terminated); false if malformed or too
+ * long. Raw bytes must be printable, not spaces; decoded ones too when `name` (a user name
+ * is logged), else anything but NUL.
+ */
+static bool pct_decode(const char *s, size_t n, char *out, size_t cap, size_t *len, bool name)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '%') {
+            int hi = i + 2 < n ? hexval(s[i + 1]) : -1;
+            int lo = hi >= 0 ? hexval(s[i + 2]) : -1;
+            if (hi < 0 || lo < 0 || (hi | lo) == 0)
+                return false; /* not %XX, or %00 */
+            c = (unsigned char)(hi << 4 | lo);
+            i += 2;
+            if (name && (c <= ' ' || c == 0x7f))
+                return false;
+        } else if (c <= ' ' || c == 0x7f) {
+            return false;
+        }
+        if (o + 1 >= cap)
+            return false;
+        out[o++] = (char)c;
+    }
+    out[o] = '\0';
+    *len = o;
+    return true;
+}
+
+/* [USER]:PASSWORD or USER (completed by cluster_set_password), before the `@`. */
+static bool parse_userinfo(const char *s, size_t n, cluster_addr_t *a)
+{
+    const char *colon = memchr(s, ':', n);
+    size_t ul = colon ? (size_t)(colon - s) : n;
+    if (!pct_decode(s, ul, a->user, sizeof(a->user), &a->user_len, true))
+        return false;
+    if (!colon)
+        return a->user_len > 0;
+    return pct_decode(colon + 1, n - ul - 1, a->pass, sizeof(a->pass), &a->pass_len, false) &&
+           a->pass_len > 0;
+}
+
+static bool parse_url(const char *s, size_t n, cluster_addr_t *a, const char **why)
 {
     static const char scheme[] = "redis://";
     const size_t sl = sizeof(scheme) - 1;
-    const char *host, *end = s + n, *colon, *slash;
+    const char *host, *end = s + n, *colon, *slash, *at = NULL;
     long port, db = 0;
     size_t hl;
 
+    memset(a, 0, sizeof(*a));
+    *why = bad_url;
     if (n <= sl || strncmp(s, scheme, sl) != 0)
         return false;
     host = s + sl;
+    for (const char *q = host; q < end; q++) /* the credentials end at the last '@' */
+        if (*q == '@')
+            at = q;
+    if (at) {
+        if (!parse_userinfo(host, (size_t)(at - host), a)) {
+            *why = bad_creds;
+            memset(a, 0, sizeof(*a));
+            return false;
+        }
+        host = at + 1;
+    }
     slash = memchr(host, '/', (size_t)(end - host));
     if (slash) {
         if (!parse_num(slash + 1, (size_t)(end - slash - 1), 2147483647L, &db))
@@ -276,8 +353,6 @@ static bool parse_url(const char *s, size_t n, cluster_addr_t *a)
         if (!colon)
             return false;
         hl = (size_t)(colon - host);
-        if (memchr(host, '@', hl))
-            return false; /* credentials are not supported */
     }
     if (hl == 0 || hl >= sizeof(a->host) ||
         !parse_num(colon + 1, (size_t)(end - colon - 1), 65535, &port) || port == 0)
@@ -300,7 +375,7 @@ int cluster_parse_urls(const char *list, cluster_addr_t *out, int max, const cha
     int n = 0;
     const char *p = list;
 
-    *why = "expected redis://HOST:PORT[/DB], comma-separated";
+    *why = bad_url;
     if (!p)
         return -1;
     for (;;) {
@@ -314,7 +389,7 @@ int cluster_parse_urls(const char *list, cluster_addr_t *out, int max, const cha
             *why = "too many Redis URLs";
             return -1;
         }
-        if (!parse_url(p, len, &out[n]))
+        if (!parse_url(p, len, &out[n], why))
             return -1;
         for (int i = 0; i < n; i++)
             if (strcmp(out[i].label, out[n].label) == 0) {
@@ -328,6 +403,93 @@ int cluster_parse_urls(const char *list, cluster_addr_t *out, int max, const cha
     }
     *why = "";
     return n;
+}
+
+bool cluster_set_password(cluster_addr_t *a, int n, const char *password, const char **why)
+{
+    size_t len = password ? strlen(password) : 0;
+    if (len > CLUSTER_PASS_MAX) {
+        *why = "the Redis password is too long";
+        return false;
+    }
+    for (int i = 0; i < n; i++) {
+        if (len) {
+            memcpy(a[i].pass, password, len + 1);
+            a[i].pass_len = len;
+        }
+        if (a[i].user_len && !a[i].pass_len) {
+            *why = "redis://USER@... names a user without a password: write "
+                   "redis://USER:PASSWORD@HOST:PORT or give --redis-password "
+                   "(GALE_REDIS_PASSWORD)";
+            return false;
+        }
+    }
+    *why = "";
+    return true;
+}
+
+static void put(char *out, size_t cap, size_t *o, const char *s, size_t n)
+{
+    if (cap == 0)
+        return;
+    if (n > cap - 1 - *o)
+        n = cap - 1 - *o;
+    memcpy(out + *o, s, n);
+    *o += n;
+    out[*o] = '\0';
+}
+
+static bool is_scheme_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '+' ||
+           c == '-' || c == '.';
+}
+
+/* True if s (just after a ',') starts another URL: spaces, SCHEME://. */
+static bool starts_url(const char *s)
+{
+    while (*s == ' ')
+        s++;
+    const char *p = s;
+    while (is_scheme_char(*p))
+        p++;
+    return p > s && strncmp(p, "://", 3) == 0;
+}
+
+size_t cluster_mask_urls(char *out, size_t cap, const char *list)
+{
+    size_t o = 0;
+    const char *s = list ? list : "";
+    if (cap)
+        out[0] = '\0';
+    while (*s) {
+        /* One URL: up to a ',' that starts another one (a password may hold ','). */
+        const char *e = s;
+        while (*e && !(*e == ',' && starts_url(e + 1)))
+            e++;
+        const char *cred = s, *at = NULL, *colon = NULL;
+        for (const char *q = s; q + 2 < e; q++)
+            if (q[0] == ':' && q[1] == '/' && q[2] == '/') {
+                cred = q + 3;
+                break;
+            }
+        for (const char *q = cred; q < e; q++)
+            if (*q == '@')
+                at = q;
+        if (at) {
+            colon = memchr(cred, ':', (size_t)(at - cred));
+            put(out, cap, &o, s, (size_t)((colon ? colon + 1 : cred) - s));
+            put(out, cap, &o, "***", 3);
+            put(out, cap, &o, at, (size_t)(e - at));
+        } else {
+            put(out, cap, &o, s, (size_t)(e - s));
+        }
+        if (!*e)
+            break;
+        put(out, cap, &o, ",", 1);
+        s = e + 1;
+    }
+    return o;
 }
 
 /* --- consistent hashing --------------------------------------------------- */

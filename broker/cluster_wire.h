@@ -6,7 +6,7 @@
  *     bounded decode: its input comes from the network);
  *   - the Redis names of interest: a topic's channel, and the Redis glob
  *     pattern of a gale pattern;
- *   - the --redis URL list;
+ *   - the --redis URL list, with its credentials (and their masking for logs);
  *   - the consistent-hash ring that maps a topic to a shard;
  *   - the duplicate filter of messages arriving from one shard.
  *
@@ -65,8 +65,10 @@ size_t cluster_envelope_encode(uint8_t *out, size_t cap, const cluster_envelope_
  * ASCII bytes; seq >= 1; a valid concrete topic; enc 0 or 1; data at most
  * max_data bytes and well-formed in its encoding (strict JSON, or one
  * MessagePack object passing gale_msgpack_prescan), nested at most
- * GALE_MAX_DEPTH. Linear in len. On failure returns false with *why set to a
- * static reason.
+ * GALE_MAX_DEPTH - 1, as the data of a client's pub (it sits inside the
+ * `msg` frame): so whatever is accepted converts to the other encoding
+ * within GALE_MAX_DEPTH, a MessagePack ext counting one more level. Linear
+ * in len. On failure returns false with *why set to a static reason.
  */
 bool cluster_envelope_decode(const uint8_t *buf, size_t len, size_t max_data, cluster_envelope_t *e,
                              const char **why);
@@ -95,21 +97,54 @@ size_t cluster_glob(char *out, size_t cap, const char *prefix, size_t prefix_len
 
 /** Most Redis shards in --redis. */
 #define CLUSTER_MAX_SHARDS 64
+/** Longest Redis ACL user name and password in a URL (after percent-decoding). */
+#define CLUSTER_USER_MAX 128
+#define CLUSTER_PASS_MAX 512
 
 typedef struct {
     char host[256]; /* a name or an address; IPv6 without its brackets */
     int port;
     int db;
-    char label[300]; /* "host:port/db" (IPv6 in brackets): the shard's name on the ring */
+    char label[300]; /* "host:port/db" (IPv6 in brackets): the shard's name on the ring and
+                        in logs and metrics; never holds credentials */
+    char user[CLUSTER_USER_MAX + 1]; /* ACL user (AUTH USER PASSWORD); empty: AUTH PASSWORD */
+    char pass[CLUSTER_PASS_MAX + 1]; /* password, percent-decoded; empty: no AUTH */
+    size_t user_len, pass_len;
 } cluster_addr_t;
 
 /**
- * Parses a comma-separated list of redis://HOST:PORT[/DB] (spaces around
- * commas allowed) into out[0..max). Returns the number of URLs, or -1 with
- * *why set when the list is empty, malformed, longer than max, or names the
- * same shard twice.
+ * Parses a comma-separated list of redis://[[USER]:PASSWORD@]HOST:PORT[/DB]
+ * (spaces around commas allowed) into out[0..max). The credentials end at
+ * the last `@` and the user at the first `:` of them; both are
+ * percent-decoded (%XX; a `%` must be written %25; no NUL byte, and the
+ * user name, which is logged, decodes to printable bytes without spaces);
+ * raw bytes must be printable and not spaces. An empty password (`:@`), an
+ * empty `@` and a user name or password longer than CLUSTER_USER_MAX or
+ * CLUSTER_PASS_MAX are refused; `USER@` (a user without a password) is
+ * accepted here with pass_len 0, for cluster_set_password to complete.
+ * Returns the number of URLs, or -1 with *why set (a static string that
+ * never quotes the input) when the list is empty, malformed, longer than
+ * max, or names the same shard (label) twice.
  */
 int cluster_parse_urls(const char *list, cluster_addr_t *out, int max, const char **why);
+
+/**
+ * Completes the credentials of a[0..n): a non-empty password (the
+ * --redis-password option) replaces every URL's own password (the URL's
+ * user, if any, is kept); NULL or "" keeps them. Returns false with *why set
+ * when an address names a user but has no password, or password is longer
+ * than CLUSTER_PASS_MAX.
+ */
+bool cluster_set_password(cluster_addr_t *a, int n, const char *password, const char **why);
+
+/**
+ * Copies the URL list `list` to out[0..cap) (NUL-terminated, truncated to
+ * fit) with the credentials of every URL masked: USER:PASSWORD@ becomes
+ * USER:***@, and credentials without a `:` become ***@. Works on any text,
+ * well-formed or not, so error messages may quote what was given. Returns
+ * the length written.
+ */
+size_t cluster_mask_urls(char *out, size_t cap, const char *list);
 
 /* --- consistent hashing --------------------------------------------------- */
 

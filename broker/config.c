@@ -62,8 +62,13 @@ static const opt_t options[] = {
     {"--node-id", "GALE_NODE_ID", OPT_NAME, 0, 0, 0, "NAME",
      "this broker's name in hello and /healthz (default HOSTNAME-PID)"},
     {"--redis", "GALE_REDIS_URL", OPT_URLS, 0, 0, 0, "URL[,URL...]",
-     "cluster through Redis pub/sub at redis://HOST:PORT[/DB]; several URLs shard topics "
-     "(default: none, a single node)"},
+     "cluster through Redis pub/sub at redis://[[USER]:PASSWORD@]HOST:PORT[/DB] (credentials "
+     "percent-encoded); several URLs shard topics (default: none, a single node)"},
+    {"--redis-password", "GALE_REDIS_PASSWORD", OPT_STR, 0,
+     sizeof(((gale_config_t *)0)->redis_password), offsetof(gale_config_t, redis_password),
+     "PASSWORD",
+     "Redis password (AUTH) for every --redis URL, replacing the URL's; prefer the variable, "
+     "which ps does not show (default: the URL's, or none)"},
     {"--redis-prefix", "GALE_REDIS_PREFIX", OPT_PREFIX, 0, 0, 0, "PREFIX",
      "prefix of the Redis channel names (default gale:)"},
     {"--redis-timeout", "GALE_REDIS_TIMEOUT", OPT_UINT, 50, 60000,
@@ -98,6 +103,9 @@ static const opt_t options[] = {
      "publishes a connection may send at once under --pub-rate (default: --pub-rate)"},
 };
 #define NOPTIONS (sizeof(options) / sizeof(options[0]))
+
+_Static_assert(sizeof(((gale_config_t *)0)->redis_password) == CLUSTER_PASS_MAX + 1,
+               "--redis-password holds what a URL may");
 
 void config_defaults(gale_config_t *c)
 {
@@ -210,15 +218,19 @@ static bool apply(gale_config_t *c, const opt_t *o, const char *src, const char 
     }
     case OPT_URLS: {
         cluster_addr_t addrs[CLUSTER_MAX_SHARDS];
+        char masked[sizeof(c->redis_urls)];
         const char *why;
-        if (strlen(v) < sizeof(c->redis_urls) &&
-            cluster_parse_urls(v, addrs, CLUSTER_MAX_SHARDS, &why) > 0) {
+        bool ok = strlen(v) < sizeof(c->redis_urls) &&
+                  cluster_parse_urls(v, addrs, CLUSTER_MAX_SHARDS, &why) > 0;
+        explicit_bzero(addrs, sizeof(addrs)); /* no copy of a password left behind */
+        if (ok) {
             strcpy(c->redis_urls, v);
             return true;
         }
         if (strlen(v) >= sizeof(c->redis_urls))
             why = "too long";
-        fprintf(err, "gale-broker: %s: '%s': %s (e.g. redis://127.0.0.1:6379)\n", src, v, why);
+        cluster_mask_urls(masked, sizeof(masked), v); /* never print a password */
+        fprintf(err, "gale-broker: %s: '%s': %s (e.g. redis://127.0.0.1:6379)\n", src, masked, why);
         return false;
     }
     case OPT_PREFIX: {
@@ -332,6 +344,19 @@ static void usage(FILE *out)
             "print the version and exit");
 }
 
+/* Every --redis URL naming a user has a password, its own or --redis-password's. */
+static bool redis_credentials_ok(const gale_config_t *c, FILE *err)
+{
+    cluster_addr_t addrs[CLUSTER_MAX_SHARDS];
+    const char *why;
+    int n = cluster_parse_urls(c->redis_urls, addrs, CLUSTER_MAX_SHARDS, &why);
+    bool ok = n > 0 && cluster_set_password(addrs, n, c->redis_password, &why);
+    explicit_bzero(addrs, sizeof(addrs));
+    if (!ok)
+        fprintf(err, "gale-broker: --redis: %s\n", why);
+    return ok;
+}
+
 static const opt_t *find_flag(const char *arg, size_t len)
 {
     for (size_t i = 0; i < NOPTIONS; i++)
@@ -379,6 +404,8 @@ config_result_t config_parse(gale_config_t *c, int argc, char **argv, char **env
         if (!apply(c, o, o->flag, v, err))
             return CONFIG_ERROR;
     }
+    if (c->redis_urls[0] && !redis_credentials_ok(c, err))
+        return CONFIG_ERROR;
     if (!c->tls_cert[0] != !c->tls_key[0]) {
         fprintf(err, "gale-broker: --tls-cert and --tls-key go together\n");
         return CONFIG_ERROR;

@@ -23,6 +23,7 @@ typedef struct {
     char web_root[4096];        /* --web-root; empty: the built-in default */
     char node_id[64];           /* --node-id; empty: HOSTNAME-PID */
     char redis_urls[4096];      /* --redis URL[,URL...]; empty: single node */
+    char redis_password[513];   /* --redis-password: replaces every URL's; empty: the URLs' */
     char redis_prefix[65];      /* --redis-prefix, of every Redis channel name */
     uint64_t redis_timeout_ms;  /* --redis-timeout, connect and command timeout */
     uint64_t redis_max_pending; /* --redis-max-pending, bytes of PUBLISHes awaiting Redis */

@@ -4,7 +4,9 @@ Each test starts its own redis-server (Debian's, on a free loopback port, no per
 and three brokers with --redis. Checked: cross-node delivery exactly once per connection,
 the publisher's echo once, per-publisher order across nodes, encodings across nodes,
 interest-based subscriptions (PUBSUB CHANNELS / NUMSUB / NUMPAT on Redis), release on
-unsub and disconnect, two shards, Redis killed (SIGKILL) and restarted under traffic.
+unsub and disconnect, two shards, Redis killed (SIGKILL) and restarted under traffic, and
+Redis authentication (requirepass, an ACL user, percent-encoded passwords, a wrong password
+recovering when Redis's password is changed at runtime; the password never shown).
 """
 import asyncio
 import os
@@ -14,6 +16,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.parse
 
 import pytest
 
@@ -64,11 +67,16 @@ def _resp_encode(args):
 
 
 class Redis:
-    """One redis-server process on 127.0.0.1."""
+    """One redis-server process on 127.0.0.1.
 
-    def __init__(self, logdir, port=None):
+    args: extra redis-server arguments (e.g. --requirepass PW, --user NAME on >PW ...);
+    auth: what cmd() sends as AUTH first, (password,) or (user, password), or None."""
+
+    def __init__(self, logdir, port=None, args=(), auth=None):
         self.logdir = logdir
         self.port = port or free_port()
+        self.args = list(args)
+        self.auth = auth
         self.proc = None
         self.logpath = os.path.join(logdir, "redis-%d.log" % self.port)
 
@@ -76,7 +84,7 @@ class Redis:
         with open(self.logpath, "ab") as log:
             self.proc = subprocess.Popen(
                 ["redis-server", "--save", "", "--appendonly", "no", "--port", str(self.port),
-                 "--bind", "127.0.0.1"],
+                 "--bind", "127.0.0.1"] + self.args,
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -92,8 +100,11 @@ class Redis:
 
     def cmd(self, *args, timeout=5.0):
         with socket.create_connection((HOST, self.port), timeout=timeout) as s:
-            s.sendall(_resp_encode(args))
             with s.makefile("rb") as f:
+                if self.auth:
+                    s.sendall(_resp_encode(("AUTH",) + tuple(self.auth)))
+                    _resp_read(f)
+                s.sendall(_resp_encode(args))
                 return _resp_read(f)
 
     def kill(self):
@@ -107,6 +118,10 @@ class Redis:
     @property
     def url(self):
         return "redis://127.0.0.1:%d" % self.port
+
+    def url_with(self, userinfo):
+        """The URL with credentials: userinfo is ':PASSWORD' or 'USER:PASSWORD' (encoded)."""
+        return "redis://%s@127.0.0.1:%d" % (userinfo, self.port)
 
     def cpu_seconds(self):
         with open("/proc/%d/stat" % self.proc.pid) as f:
@@ -129,8 +144,8 @@ class Redis:
 def redis_factory(logdir):
     started = []
 
-    def factory(port=None):
-        r = Redis(logdir, port).start()
+    def factory(port=None, args=(), auth=None):
+        r = Redis(logdir, port, args, auth).start()
         started.append(r)
         return r
 
@@ -392,7 +407,7 @@ def test_interest_follows_local_subscribers(redis, make_broker, topic):
         await s1.unsub(topic + ".i")
         assert redis.numsub(chan) == 2       # s2 still holds it on node B
         await s2.unsub(topic + ".i")
-        assert redis.numsub(chan) == 1
+        assert wait_for(lambda: redis.numsub(chan) == 1)   # the ack does not wait for Redis
         await s2.close()                     # node B keeps `.*` for s1
         assert wait_for(lambda: b.healthz()["connections"] == 1)
         assert redis.numpat() == numpat0 + 2
@@ -675,10 +690,17 @@ def test_bad_redis_flags_exit_2(gale_binary):
     for args in (["--redis", "http://x:1"], ["--redis", "redis://h"], ["--redis", "redis://h:0"],
                  ["--redis", "redis://h:1,redis://h:1"], ["--redis", "redis://h:1/x"],
                  ["--redis-prefix", ""], ["--redis-prefix", "a b"],
-                 ["--redis-timeout", "10"]):
+                 ["--redis-timeout", "10"],
+                 # Credentials: empty password, bad escape, a user without a password, a
+                 # good password on a bad URL, too long a --redis-password.
+                 ["--redis", "redis://:@h:1"], ["--redis", "redis://:hunter2%zz@h:1"],
+                 ["--redis", "redis://gale@h:1"], ["--redis", "redis://gale:hunter2@h"],
+                 ["--redis", "redis://:hunter2@h:1,redis://:hunter2@h:1"],
+                 ["--redis", "redis://h:1", "--redis-password", "hunter2" * 80]):
         p = subprocess.run([gale_binary] + args, capture_output=True, timeout=10)
         assert p.returncode == 2, (args, p.stderr)
         assert b"gale-broker:" in p.stderr
+        assert b"hunter2" not in p.stderr, p.stderr   # never echo a password
 
 
 def test_cluster_metrics_and_healthz(redis, make_broker, topic):
@@ -701,3 +723,191 @@ def test_cluster_metrics_and_healthz(redis, make_broker, topic):
         await s.close()
         await p.close()
     run(main())
+
+
+# ---------------------------------------------------------------------------------------
+# Redis authentication
+# ---------------------------------------------------------------------------------------
+
+def assert_secret_hidden(brokers, *secrets):
+    """No password, raw or percent-encoded, in a broker's log, /metrics or /healthz."""
+    for b in brokers:
+        shown = {"log": b.log_text().encode()}
+        for path in ("/metrics", "/healthz"):
+            st, _, body = http_get(b.port, path)
+            assert st == 200
+            shown[path] = body
+        for secret in secrets:
+            for form in {secret, urllib.parse.quote(secret, safe="")}:
+                for where, text in shown.items():
+                    assert form.encode() not in text, "password shown in %s of %s" % (where, b.logpath)
+
+
+async def cross_node_round_trip(a, b, topic):
+    """A sub on b hears a pub on a (through Redis), and the reverse."""
+    pa = await connect(a.url, JSON)
+    sb = await connect(b.url, MSGPACK)
+    await sb.sub(topic + ".x")
+    await pa.sub(topic + ".y")
+    await pa.pub(topic + ".x", {"n": 1})
+    await sb.pub(topic + ".y", "back")
+    got_b, got_a = await settle(sb, pa)
+    assert got_b == [{"op": "msg", "topic": topic + ".x", "data": {"n": 1}}]
+    assert got_a == [{"op": "msg", "topic": topic + ".y", "data": "back"}]
+    await pa.close()
+    await sb.close()
+
+
+def test_password_cross_node_and_reconnect(redis_factory, make_broker, topic):
+    pw = "Pw-" + topic
+    r = redis_factory(args=["--requirepass", pw], auth=(pw,))
+    a, b = cluster(make_broker, [r.url_with(":" + pw)], n=2)
+    assert wait_for(lambda: all(x.healthz()["status"] == "ok" for x in (a, b)))
+    run(cross_node_round_trip(a, b, topic))
+    # Every connection to Redis is authenticated as the default user.
+    clients = r.cmd("CLIENT", "LIST").decode()
+    assert clients.count("user=default") >= 5   # 2 x (sub + pub) + this one
+    # Redis drops every broker connection (both kinds) while b holds a subscription: each
+    # is made again, AUTH first, and the subscription is replayed after it.
+
+    async def across_reconnect():
+        s = await connect(b.url, JSON)
+        p = await connect(a.url, JSON)
+        await s.sub(topic + ".kept")
+        assert r.cmd("CLIENT", "KILL", "TYPE", "pubsub") == 1      # b's subscribe context
+        assert r.cmd("CLIENT", "KILL", "TYPE", "normal") >= 2      # a's (b dropped its own)
+        assert wait_for(lambda: all(x.metrics()["gale_redis_reconnects_total"] >= 1
+                                    and x.healthz()["status"] == "ok" for x in (a, b)), 5)
+        assert wait_for(lambda: r.numsub(PREFIX + topic + ".kept") == 1, 5)
+        await p.pub(topic + ".kept", "after")
+        assert (await settle(s))[0] == [{"op": "msg", "topic": topic + ".kept", "data": "after"}]
+        await s.close()
+        await p.close()
+    run(across_reconnect())
+    run(cross_node_round_trip(a, b, topic + "again"))
+    assert b.metrics()['gale_redis_shard_auth_error{shard="127.0.0.1:%d/0"}' % r.port] == 0
+    assert "authenticated" in a.log_text()
+    assert "authentication failed" not in a.log_text()
+    assert_secret_hidden([a, b], pw)
+
+
+def test_wrong_password_stays_down_then_recovers(redis_factory, make_broker, topic):
+    right, wrong = "right-" + topic, "wrong-" + topic
+    r = redis_factory(args=["--requirepass", right], auth=(right,))
+    b = make_broker(["--redis", r.url_with(":" + wrong), "--node-id", "w"])
+    shard = '{shard="127.0.0.1:%d/0"}' % r.port
+
+    def down():
+        h = b.healthz()
+        return (h["status"] == "degraded" and h["redis"]["state"] == "down"
+                and b.metrics()["gale_redis_shard_auth_error" + shard] == 1)
+    assert wait_for(down, 5)
+
+    async def refused():
+        c = await connect(b.url, JSON)
+        resp = await c.request({"op": "pub", "topic": topic, "data": 1})
+        assert resp["op"] == "err" and resp["code"] == "unavailable", resp
+        resp = await c.request({"op": "sub", "topic": topic + ".s"})
+        assert resp["op"] == "err" and resp["code"] == "unavailable", resp
+        await c.close()
+    run(refused())
+    # Retried with the backoff, but logged once: not once per attempt.
+    t0 = time.monotonic()
+    assert wait_for(lambda: b.metrics()["gale_redis_connect_failures_total"] >= 4, 5)
+    log = b.log_text()
+    fails = [line for line in log.splitlines() if "authentication failed" in line]
+    assert len(fails) == 1, fails
+    assert "WRONGPASS" in fails[0] and " ERROR " in fails[0], fails
+    m = b.metrics()
+    assert m["gale_redis_connected"] == 0 and m["gale_redis_shard_up" + shard] == 0
+    assert_secret_hidden([b], wrong, right)
+    # Redis's password becomes the configured one: the next retry succeeds, no restart.
+    pid = b.pid
+    assert r.cmd("CONFIG", "SET", "requirepass", wrong) == "OK"
+    r.auth = (wrong,)
+    assert wait_for(lambda: b.healthz()["status"] == "ok", 10), b.log_tail()
+    assert b.pid == pid and b.alive()
+    assert time.monotonic() - t0 < 15
+    assert b.metrics()["gale_redis_shard_auth_error" + shard] == 0
+
+    async def works():
+        c = await connect(b.url, JSON)
+        await c.sub(topic + ".s")
+        assert r.channels(PREFIX + topic) == [PREFIX + topic + ".s"]
+        await c.pub(topic + ".s", 2)
+        assert [m["data"] for m in await c.sync()] == [2]
+        await c.close()
+    run(works())
+    assert_secret_hidden([b], wrong, right)
+
+
+def test_acl_user_and_password_from_environment(redis_factory, make_broker, topic):
+    user, pw = "gale", "acl-" + topic
+    r = redis_factory(args=["--user", user, "on", ">" + pw, "~*", "&*", "+@all",
+                            "--user", "default", "off"], auth=(user, pw))
+    a = make_broker(["--redis", r.url_with(user + ":" + pw), "--node-id", "a"])
+    # The password from GALE_REDIS_PASSWORD, the user from the URL.
+    b = make_broker(["--node-id", "b"], env={"GALE_REDIS_URL": r.url_with(user),
+                                             "GALE_REDIS_PASSWORD": pw})
+    # GALE_REDIS_PASSWORD replaces the URL's password.
+    c = make_broker(["--node-id", "c"], env={"GALE_REDIS_URL": r.url_with(user + ":nope"),
+                                             "GALE_REDIS_PASSWORD": pw})
+    assert wait_for(lambda: all(x.healthz()["status"] == "ok" for x in (a, b, c)), 5)
+    run(cross_node_round_trip(a, b, topic))
+    run(cross_node_round_trip(c, a, topic + "c"))
+    clients = r.cmd("CLIENT", "LIST").decode()
+    assert clients.count("user=gale") >= 7   # 3 x (sub + pub) + this one
+    assert "as user gale" in a.log_text()
+    # A wrong user: down, logged as an authentication failure.
+    d = make_broker(["--redis", r.url_with("nobody:" + pw), "--node-id", "d"])
+    assert wait_for(lambda: d.healthz()["status"] == "degraded"
+                    and "authentication failed" in d.log_text(), 5)
+    assert_secret_hidden([a, b, c, d], pw)
+
+
+def test_percent_encoded_password(redis_factory, make_broker, topic):
+    pw = "p@ss:w/rd%1 #?" + topic
+    r = redis_factory(args=["--requirepass", pw], auth=(pw,))
+    enc = urllib.parse.quote(pw, safe="")
+    assert "%40" in enc and "%3A" in enc
+    a, b = cluster(make_broker, [r.url_with(":" + enc)], n=2)
+    # The raw '@' and ':' are taken too (the credentials end at the last '@').
+    raw = "p@ss:w" + topic
+    r.cmd("CONFIG", "SET", "requirepass", raw)
+    r.auth = (raw,)
+    c = make_broker(["--redis", "redis://:%s@127.0.0.1:%d" % (raw, r.port), "--node-id", "c"])
+    assert wait_for(lambda: c.healthz()["status"] == "ok", 5)
+    # a and b stay authenticated on their connections (Redis keeps them).
+    assert wait_for(lambda: all(x.healthz()["status"] == "ok" for x in (a, b)), 5)
+    run(cross_node_round_trip(a, b, topic))
+    run(cross_node_round_trip(b, c, topic + "c"))
+    assert_secret_hidden([a, b, c], pw, raw)
+
+
+def test_no_password_given_to_a_protected_redis(redis_factory, make_broker, topic):
+    pw = "needed-" + topic
+    r = redis_factory(args=["--requirepass", pw], auth=(pw,))
+    b = make_broker(["--redis", r.url, "--node-id", "n"])
+    assert wait_for(lambda: b.healthz()["status"] == "degraded"
+                    and "authentication failed" in b.log_text(), 5)
+    line = [x for x in b.log_text().splitlines() if "authentication failed" in x][0]
+    assert "NOAUTH" in line and "requires a password" in line
+    assert b.metrics()['gale_redis_shard_auth_error{shard="127.0.0.1:%d/0"}' % r.port] == 1
+
+
+def test_password_given_to_redis_without_one_is_a_warning(redis, make_broker, topic):
+    # Decided: a warning, the shard is up (the broker may get its password before Redis
+    # does; CONFIG SET requirepass then keeps its connections).
+    pw = "unneeded-" + topic
+    a, b = cluster(make_broker, [redis.url_with(":" + pw)], n=2)
+    assert wait_for(lambda: all(x.healthz()["status"] == "ok" for x in (a, b)), 5)
+    run(cross_node_round_trip(a, b, topic))
+    warn = [x for x in a.log_text().splitlines() if "this Redis has none" in x]
+    assert len(warn) == 1, warn                   # once, not per context or connection
+    assert "authentication failed" not in a.log_text()
+    # Redis gets that password at runtime: nothing changes for the brokers.
+    assert redis.cmd("CONFIG", "SET", "requirepass", pw) == "OK"
+    redis.auth = (pw,)
+    run(cross_node_round_trip(a, b, topic + "set"))
+    assert all(x.metrics()["gale_redis_reconnects_total"] == 0 for x in (a, b))
+    assert_secret_hidden([a, b], pw)

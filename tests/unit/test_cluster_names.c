@@ -144,7 +144,7 @@ static void test_urls(void **state)
                                       "redis://h:1/-1",
                                       "rediss://h:1",
                                       "http://h:1",
-                                      "redis://user:pw@h:1",
+                                      "redis://user:pw@h",
                                       "redis://h:1,",
                                       "redis://h:1,,redis://g:1",
                                       "redis://h:1,redis://h:1",
