@@ -125,14 +125,16 @@ static bool rd_bytes(rd_t *r, bool bin, const uint8_t **s, size_t *n)
 bool cluster_envelope_decode(const uint8_t *buf, size_t len, size_t max_data, cluster_envelope_t *e,
                              const char **why)
 {
-    rd_t r = {buf, buf + len};
     uint64_t v, enc;
     const uint8_t *s;
     size_t n;
 
     memset(e, 0, sizeof(*e));
     *why = "not an envelope (array of 7)";
-    if (len < 1 || *r.p++ != 0x97)
+    if (!buf || len < 1)
+        return false;
+    rd_t r = {buf, buf + len};
+    if (*r.p++ != 0x97)
         return false;
     *why = "unknown envelope version";
     if (!rd_uint(&r, &v) || v != CLUSTER_ENVELOPE_VERSION)

@@ -1,5 +1,6 @@
 #!/bin/sh
-# Builds the libFuzzer targets of protocol/ and runs each for a bounded time.
+# Builds the libFuzzer targets (every tests/fuzz/fuzz_*.c: protocol/ and the
+# broker's pure modules) and runs each for a bounded time, one after another.
 #
 #   tests/fuzz/run.sh BUILD_DIR [SECONDS]    (default 20 s per target)
 #

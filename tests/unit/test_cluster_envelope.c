@@ -98,6 +98,9 @@ static void test_every_truncation_fails(void **state)
     buf[n] = 0xc0; /* one byte too many */
     assert_false(cluster_envelope_decode(buf, n + 1, 1024, &e, &why));
     assert_string_equal(why, "bytes after the envelope");
+    /* No bytes at all, not even a buffer (UBSan: no arithmetic on a NULL pointer). */
+    assert_false(cluster_envelope_decode(NULL, 0, 1024, &e, &why));
+    assert_string_equal(why, "not an envelope (array of 7)");
 }
 
 /* Decodes hand-made bytes. */
@@ -203,6 +206,75 @@ static void test_data_bounds_and_depth(void **state)
     free(buf);
 }
 
+/* Data of `depth` nested arrays, the innermost holding `inner` (n bytes). */
+static size_t nest(uint8_t *out, unsigned depth, const char *inner, size_t n)
+{
+    memset(out, 0x91, depth);
+    memcpy(out + depth, inner, n);
+    return depth + n;
+}
+
+/* True if the data converts to a `msg` frame in both encodings, as router_deliver builds them. */
+static bool deliverable(const cluster_envelope_t *e)
+{
+    for (int to = 0; to < GALE_ENC_COUNT; to++) {
+        gale_buf_t out;
+        gale_buf_init(&out, 0);
+        gale_err_t err = gale_encode_msg(&out, (gale_enc_t)to, e->topic, e->topic_len, e->enc,
+                                         e->data, e->data_len);
+        gale_buf_free(&out);
+        if (err != GALE_OK)
+            return false;
+    }
+    return true;
+}
+
+/*
+ * Regression (fuzz_cluster_envelope): data could be GALE_MAX_DEPTH deep, one
+ * level more than a client's pub, so a MessagePack ext at the 64th level
+ * (its JSON form one level deeper still) was accepted and then could not be
+ * converted: JSON subscribers silently missed it. Data is now bounded like a
+ * pub's, and whatever is accepted converts for both encodings.
+ */
+static void test_data_depth_as_a_pub(void **state)
+{
+    uint8_t data[256], buf[512];
+    cluster_envelope_t e;
+    const char *why;
+    (void)state;
+    /* MessagePack: an ext at the 64th level is refused; at the 63rd it converts. */
+    size_t dn = nest(data, 64, "\xd4\x01\x00", 3);
+    size_t n = encode(buf, sizeof(buf), "n", 1, 1, "t", GALE_ENC_MSGPACK, (char *)data, dn);
+    assert_false(cluster_envelope_decode(buf, n, 1024, &e, &why));
+    assert_string_equal(why, "data not well-formed in its encoding");
+    dn = nest(data, 63, "\xd4\x01\x00", 3);
+    n = encode(buf, sizeof(buf), "n", 1, 1, "t", GALE_ENC_MSGPACK, (char *)data, dn);
+    assert_true(cluster_envelope_decode(buf, n, 1024, &e, &why));
+    assert_true(deliverable(&e));
+    /* 64 levels of anything are refused, 63 accepted, in both encodings. */
+    dn = nest(data, 64, "\x01", 1);
+    n = encode(buf, sizeof(buf), "n", 1, 1, "t", GALE_ENC_MSGPACK, (char *)data, dn);
+    assert_false(cluster_envelope_decode(buf, n, 1024, &e, &why));
+    n = encode(buf, sizeof(buf), "n", 1, 1, "t", GALE_ENC_MSGPACK, (char *)data + 1, dn - 1);
+    assert_true(cluster_envelope_decode(buf, n, 1024, &e, &why));
+    assert_true(deliverable(&e));
+    memset(data, '[', 64);
+    memset(data + 64, ']', 64);
+    n = encode(buf, sizeof(buf), "n", 1, 1, "t", GALE_ENC_JSON, (char *)data, 128);
+    assert_false(cluster_envelope_decode(buf, n, 1024, &e, &why));
+    n = encode(buf, sizeof(buf), "n", 1, 1, "t", GALE_ENC_JSON, (char *)data + 1, 126);
+    assert_true(cluster_envelope_decode(buf, n, 1024, &e, &why));
+    assert_true(deliverable(&e));
+    /* The fuzzer's input, minimised (tests/fuzz/corpus/fuzz_cluster_envelope/). */
+    static const char found[] =
+        "\x97\x01\xa1n\x01\x01\xa1t\x01\xc4\x45\x91\x91\x91\x91\x91\x91\x91\x91\x81\xa0\x91"
+        "\x91\x91\x91\x91\x91\x91\x91\x81\xa0\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91"
+        "\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91"
+        "\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\x91\xd4\x01\x91";
+    assert_false(DEC(found, &why));
+    assert_string_equal(why, "data not well-formed in its encoding");
+}
+
 static uint64_t rng = 88172645463325252ULL;
 static uint64_t next(void)
 {
@@ -247,6 +319,7 @@ int main(void)
         cmocka_unit_test(test_every_truncation_fails),
         cmocka_unit_test(test_hostile_fields),
         cmocka_unit_test(test_data_bounds_and_depth),
+        cmocka_unit_test(test_data_depth_as_a_pub),
         cmocka_unit_test(test_random_mutations),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
