@@ -6,13 +6,13 @@
  * -----------------
  * Each shard is one Redis server with two hiredis contexts on the broker's
  * loop (redis_uv.c): `sub` in subscribe mode and `pub` for PUBLISH. The
- * shard's state is DOWN, CONNECTING (both contexts being created, a connect
- * timer armed) or UP (both connected, both authenticated when the URL has
- * credentials, and a PING on `pub` answered: a stopped server still accepts
- * TCP connections). AUTH is the first command on every new context, before
- * the readiness PING and before any SUBSCRIBE is replayed; an AUTH refusal
- * fails the shard like a connect error (logged at error level once per
- * change of failure kind, retried with the same backoff), except Redis's
+ * shard's state is DOWN, CONNECTING (a host name being resolved with
+ * uv_getaddrinfo off the loop, then both contexts being created with the
+ * address; one connect timer armed over both) or UP (both connected, both authenticated when the
+ * URL has credentials, and a PING on `pub` answered: a stopped server still accepts TCP
+ * connections). AUTH is the first command on every new context, before the readiness PING and
+ * before any SUBSCRIBE is replayed; an AUTH refusal fails the shard like a connect error (logged at
+ * error level once per change of failure kind, retried with the same backoff), except Redis's
  * "called without any password configured", which is a warning: the
  * connection works, and a broker given the password before Redis has one
  * keeps working while it is set (CONFIG SET requirepass keeps connections
@@ -63,6 +63,8 @@
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -76,7 +78,7 @@ static const char unreachable[] = "the cluster bus (Redis) is unreachable";
 typedef enum { SHARD_DOWN, SHARD_CONNECTING, SHARD_UP } shard_state_t;
 typedef enum { PHASE_IDLE, PHASE_REAP, PHASE_BACKOFF, PHASE_CONNECT } phase_t;
 typedef enum { KIND_CHANNEL = 0, KIND_PATTERN = 1 } kind_t;
-typedef enum { FAIL_NONE, FAIL_NET, FAIL_AUTH } fail_t;
+typedef enum { FAIL_NONE, FAIL_NET, FAIL_AUTH, FAIL_DNS } fail_t;
 
 typedef struct {
     session_reply_t *r;
@@ -89,6 +91,8 @@ typedef struct shard {
     uint32_t idx;
     cluster_addr_t addr;
     redisAsyncContext *pub, *sub;
+    uv_getaddrinfo_t *gai; /* a resolution under way (heap; freed by its callback) */
+    bool resolving;        /* CONNECTING and waiting for `gai`'s answer */
     bool pub_ready, sub_ready;
     bool was_up; /* has been up: the next up is a reconnect */
     shard_state_t state;
@@ -824,9 +828,9 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     shard_fail(sh, status == REDIS_OK || !ac->errstr[0] ? "connection closed" : ac->errstr);
 }
 
-static redisAsyncContext *open_ctx(shard_t *sh)
+static redisAsyncContext *open_ctx(shard_t *sh, const char *ip)
 {
-    redisAsyncContext *ac = redisAsyncConnect(sh->addr.host, sh->addr.port);
+    redisAsyncContext *ac = redisAsyncConnect(ip, sh->addr.port);
     if (!ac)
         return NULL;
     if (ac->err || redis_uv_attach(ac, sh->c->b->loop) != 0) {
@@ -842,16 +846,128 @@ static redisAsyncContext *open_ctx(shard_t *sh)
 
 static void on_shard_timer(uv_timer_t *t);
 
+/* Opens both contexts to ip, a numeric address (hiredis then resolves nothing). */
+static void connect_to(shard_t *sh, const char *ip)
+{
+    sh->pub = open_ctx(sh, ip);
+    sh->sub = sh->pub ? open_ctx(sh, ip) : NULL;
+    if (!sh->pub || !sh->sub)
+        shard_fail(sh, "could not open a connection");
+}
+
+static bool host_numeric(const char *host)
+{
+    unsigned char a[sizeof(struct in6_addr)];
+    return uv_inet_pton(AF_INET, host, a) == 0 || uv_inet_pton(AF_INET6, host, a) == 0;
+}
+
+/*
+ * Writes to ip the address of res this attempt uses: the first IPv4 or IPv6 one, or after
+ * failed attempts the next (failures modulo their count). False if res has none.
+ */
+static bool pick_address(const shard_t *sh, const struct addrinfo *res, char *ip, size_t cap)
+{
+    uint32_t n = 0, k;
+    const struct addrinfo *ai;
+    for (ai = res; ai; ai = ai->ai_next)
+        n += ai->ai_family == AF_INET || ai->ai_family == AF_INET6;
+    if (!n)
+        return false;
+    k = sh->failures % n;
+    for (ai = res; ai; ai = ai->ai_next) {
+        if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
+            continue;
+        if (k-- == 0)
+            break;
+    }
+    if (ai->ai_family == AF_INET)
+        return uv_ip4_name((const struct sockaddr_in *)ai->ai_addr, ip, cap) == 0;
+    return uv_ip6_name((const struct sockaddr_in6 *)ai->ai_addr, ip, cap) == 0;
+}
+
+/*
+ * The resolver's answer (run on the loop). req->data is the shard, or NULL once the
+ * shard gave it up for good (cluster_close): then nothing but req and res is touched.
+ */
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    shard_t *sh = req->data;
+    char ip[INET6_ADDRSTRLEN];
+    bool found = false;
+    free(req);
+    if (sh)
+        sh->gai = NULL;
+    if (!sh || !sh->resolving) {
+        uv_freeaddrinfo(res); /* canceled, or the attempt failed (timed out) meanwhile */
+        return;
+    }
+    sh->resolving = false;
+    if (status == 0)
+        found = pick_address(sh, res, ip, sizeof(ip));
+    uv_freeaddrinfo(res);
+    if (!found) {
+        shard_fail_as(sh, FAIL_DNS, status ? uv_strerror(status) : "no IPv4 or IPv6 address");
+        return;
+    }
+    log_debug("redis %s: %s is %s", sh->addr.label, sh->addr.host, ip);
+    connect_to(sh, ip);
+}
+
+/* Resolves sh's host on the libuv thread pool (getaddrinfo blocks): on_resolved goes on. */
+static void resolve(shard_t *sh)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    uv_getaddrinfo_t *req;
+    int rc;
+    sh->resolving = true;
+    if (sh->gai)
+        return; /* the last attempt's resolution still runs: its answer serves this one */
+    if (!(req = malloc(sizeof(*req)))) {
+        shard_fail_as(sh, FAIL_DNS, "out of memory");
+        return;
+    }
+    req->data = sh;
+    rc = uv_getaddrinfo(sh->c->b->loop, req, on_resolved, sh->addr.host, NULL, &hints);
+    if (rc != 0) {
+        free(req);
+        shard_fail_as(sh, FAIL_DNS, uv_strerror(rc));
+        return;
+    }
+    sh->gai = req;
+}
+
+/*
+ * Stops waiting for sh's resolution. A request still queued is canceled (its callback gets
+ * UV_ECANCELED); one the resolver is working on cannot be, and stays attached so that the
+ * next attempt takes its answer, unless detach (the cluster closes): its callback then
+ * only frees it. Returns true if the resolver is still working on it (the loop runs until
+ * it is done).
+ */
+static bool resolve_stop(shard_t *sh, bool detach)
+{
+    sh->resolving = false;
+    if (!sh->gai)
+        return false;
+    bool running = uv_cancel((uv_req_t *)sh->gai) != 0;
+    if (running && !detach)
+        return true;
+    sh->gai->data = NULL;
+    sh->gai = NULL;
+    return running;
+}
+
+/* Connects: resolves the host first unless it is an address. The connect timer covers
+ * both. */
 static void shard_connect(shard_t *sh)
 {
     sh->state = SHARD_CONNECTING;
     sh->pub_ready = sh->sub_ready = false;
     sh->phase = PHASE_CONNECT;
     uv_timer_start(&sh->timer, on_shard_timer, sh->c->b->cfg.redis_timeout_ms, 0);
-    sh->pub = open_ctx(sh);
-    sh->sub = sh->pub ? open_ctx(sh) : NULL;
-    if (!sh->pub || !sh->sub)
-        shard_fail(sh, "could not open a connection");
+    if (host_numeric(sh->addr.host))
+        connect_to(sh, sh->addr.host);
+    else
+        resolve(sh);
 }
 
 static void shard_fail(shard_t *sh, const char *why)
@@ -875,6 +991,12 @@ static void log_fail(shard_t *sh, fail_t kind, const char *why)
                                       "--redis-password, GALE_REDIS_PASSWORD)"
                                     : "this Redis requires a password: give one in --redis "
                                       "(redis://:PASSWORD@HOST:PORT) or GALE_REDIS_PASSWORD");
+    else if (kind == FAIL_DNS && sh->logged != FAIL_DNS)
+        log_warn("redis %s: cannot resolve %s: %s; the shard stays down (publishing to its "
+                 "topics answers unavailable), retrying",
+                 sh->addr.label, sh->addr.host, why);
+    else if (kind == FAIL_DNS)
+        log_debug("redis %s: cannot resolve %s: %s", sh->addr.label, sh->addr.host, why);
     else if (sh->state == SHARD_UP)
         log_warn("redis %s: connection lost (%s): publishing to its topics answers "
                  "unavailable until it is back",
@@ -892,6 +1014,7 @@ static void shard_fail_as(shard_t *sh, fail_t kind, const char *why)
     cluster_t *c = sh->c;
     if (sh->phase == PHASE_REAP || (sh->state == SHARD_DOWN && sh->phase != PHASE_IDLE))
         return; /* already failing */
+    (void)resolve_stop(sh, false);
     log_fail(sh, kind, why);
     if (sh->state != SHARD_UP && !c->closed) {
         c->b->m.redis_connect_failures++;
@@ -944,7 +1067,10 @@ static void on_shard_timer(uv_timer_t *t)
         shard_connect(sh);
         break;
     case PHASE_CONNECT:
-        shard_fail(sh, "connect timed out");
+        if (sh->resolving)
+            shard_fail_as(sh, FAIL_DNS, "timed out (--redis-timeout)");
+        else
+            shard_fail(sh, "connect timed out");
         break;
     case PHASE_IDLE:
         break;
@@ -1035,6 +1161,10 @@ void cluster_close(cluster_t *c)
         shard_t *sh = &c->shards[i];
         sh->phase = PHASE_IDLE;
         uv_close((uv_handle_t *)&sh->timer, NULL);
+        if (resolve_stop(sh, true))
+            log_info("redis %s: waiting for the resolver to finish with %s (it cannot be "
+                     "interrupted)",
+                     sh->addr.label, sh->addr.host);
         if (sh->state != SHARD_DOWN)
             shard_fail(sh, "stopping");
         reap(sh);

@@ -6,7 +6,9 @@ the publisher's echo once, per-publisher order across nodes, encodings across no
 interest-based subscriptions (PUBSUB CHANNELS / NUMSUB / NUMPAT on Redis), release on
 unsub and disconnect, two shards, Redis killed (SIGKILL) and restarted under traffic, and
 Redis authentication (requirepass, an ACL user, percent-encoded passwords, a wrong password
-recovering when Redis's password is changed at runtime; the password never shown).
+recovering when Redis's password is changed at runtime; the password never shown), and host
+names in --redis: resolved off the loop (a resolver that never answers does not freeze the
+broker), an unresolvable name keeping its shard down.
 """
 import asyncio
 import os
@@ -20,7 +22,7 @@ import urllib.parse
 
 import pytest
 
-from galetest import (HOST, JSON, MSGPACK, Broker, connect, free_port, http_get,
+from galetest import (HOST, JSON, MSGPACK, Broker, RawWS, connect, free_port, http_get,
                       run, stop_process)
 from test_delivery import TOPICS, WILDCARD_CASES
 
@@ -912,3 +914,162 @@ def test_password_given_to_redis_without_one_is_a_warning(redis, make_broker, to
     run(cross_node_round_trip(a, b, topic + "set"))
     assert all(x.metrics()["gale_redis_reconnects_total"] == 0 for x in (a, b))
     assert_secret_hidden([a, b], pw)
+
+
+# ---------------------------------------------------------------------------------------
+# Host names: resolved asynchronously (uv_getaddrinfo), never on the broker's loop
+# ---------------------------------------------------------------------------------------
+def test_host_name_resolves(redis, make_broker, topic):
+    a, b = cluster(make_broker, ["redis://localhost:%d" % redis.port], n=2)
+    run(cross_node_round_trip(a, b, topic))
+    assert b'"state":"up"' in http_get(a.port, "/healthz")[2]
+    for x in (a, b):
+        # The shard keeps the name it was given, in logs and metrics.
+        assert "redis localhost:%d/0: connected" % redis.port in x.log_text()
+        assert x.metrics()['gale_redis_shard_up{shard="localhost:%d/0"}' % redis.port] == 1
+        assert "cannot resolve" not in x.log_text()
+
+
+class FakeDNS:
+    """A DNS server on a random 127.x.y.z:53 (UDP): answers every query NXDOMAIN, or (answer=
+    False) none at all, counting them. resolv_conf is a resolv.conf naming it."""
+
+    def __init__(self, logdir, answer):
+        self.answer = answer
+        self.queries = 0
+        rnd = int.from_bytes(os.urandom(3), "big")
+        self.addr = "127.%d.%d.%d" % (rnd >> 16 & 255, rnd >> 8 & 255, 2 + (rnd & 255) % 250)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((self.addr, 53))
+        self.sock.settimeout(0.1)
+        self.resolv_conf = os.path.join(logdir, "resolv-%s.conf" % self.addr)
+        with open(self.resolv_conf, "w") as f:
+            f.write("nameserver %s\noptions timeout:2 attempts:1\n" % self.addr)
+        self.done = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while not self.done:
+            try:
+                q, peer = self.sock.recvfrom(4096)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.queries += 1
+            if self.answer and len(q) >= 12:
+                # Same id and question, QR|RD|RA, rcode 3 (NXDOMAIN), no records.
+                self.sock.sendto(q[:2] + b"\x81\x83" + q[4:6] + b"\0\0\0\0\0\0" + q[12:], peer)
+
+    def close(self):
+        self.done = True
+        self.thread.join(2)
+        self.sock.close()
+
+
+def _namespace_problem():
+    """Why a broker cannot run under its own resolv.conf here (None when it can)."""
+    if os.geteuid() != 0:
+        return "needs root (a private mount namespace replaces /etc/resolv.conf)"
+    if shutil.which("unshare") is None:
+        return "unshare(1) is not installed"
+    probe = subprocess.run(["unshare", "--mount", "sh", "-c",
+                            "mount --bind /etc/resolv.conf /etc/resolv.conf"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if probe.returncode != 0:
+        return "unshare --mount / mount --bind not permitted: %s" % probe.stderr.decode().strip()
+    return None
+
+
+class NamespacedBroker(Broker):
+    """A broker in a private mount namespace whose /etc/resolv.conf is resolv_conf."""
+
+    def __init__(self, logdir, resolv_conf, **kw):
+        super().__init__(logdir, **kw)
+        self.resolv_conf = resolv_conf
+
+    def command(self, port):
+        cmd, cwd = super().command(port)
+        return (["unshare", "--mount", "sh", "-c",
+                 'mount --bind "$0" /etc/resolv.conf && exec "$@"', self.resolv_conf] + cmd, cwd)
+
+
+@pytest.fixture
+def dns_broker(logdir):
+    """dns_broker(answer, args): a broker whose resolver is a FakeDNS; stopped (exit 0,
+    within 10 s: a resolution under way is waited for) at teardown. Skips where a mount
+    namespace cannot be made."""
+    why = _namespace_problem()
+    if why:
+        pytest.skip(why)
+    made = []
+
+    def factory(answer, args):
+        dns = FakeDNS(logdir, answer)
+        b = NamespacedBroker(logdir, dns.resolv_conf, args=args,
+                             env={"RES_OPTIONS": "timeout:2 attempts:1"}, name="dns-broker")
+        made.append((b, dns))
+        b.start(timeout=20)
+        return b, dns
+
+    yield factory
+    try:
+        for b, _ in made:
+            assert b.stop(timeout=10) == 0, b.log_tail()
+            assert "handles still open" not in b.log_text()
+            assert not b.sanitizer_errors(), b.log_tail()
+    finally:
+        for _, dns in made:
+            dns.close()
+
+
+def _ping_rtts(port, seconds):
+    """Round trips (s) of gale pings on one connection, back to back for `seconds`."""
+    ws = RawWS(port, timeout=10)
+    rtts, end, n = [], time.monotonic() + seconds, 0
+    try:
+        while time.monotonic() < end:
+            n += 1
+            t = time.monotonic()
+            ws.ping_sync(n, timeout=10)
+            rtts.append(time.monotonic() - t)
+            time.sleep(0.02)
+    finally:
+        ws.close()
+    return rtts
+
+
+def test_unresolvable_host_stays_down_and_serves(dns_broker, topic):
+    host = "no-such-host.invalid"
+    b, dns = dns_broker(True, ["--redis", "redis://%s:6379" % host, "--redis-timeout", "500"])
+    assert wait_for(lambda: b.metrics()["gale_redis_connect_failures_total"] >= 4, 10)
+    assert dns.queries >= 4   # each attempt asks the resolver again
+
+    async def main():
+        c = await connect(b.url, JSON)
+        r = await c.request({"op": "pub", "topic": topic, "data": 1})
+        assert r["op"] == "err" and r["code"] == "unavailable", r
+        assert await c.sync() == []
+        await c.close()
+    run(main())
+    h = b.healthz()
+    assert h["status"] == "degraded" and h["redis"]["state"] == "down", h
+    assert b.metrics()['gale_redis_shard_up{shard="%s:6379/0"}' % host] == 0
+    assert max(_ping_rtts(b.port, 0.5)) < 0.25
+    lines = [l for l in b.log_text().splitlines() if "cannot resolve" in l]
+    assert len(lines) == 1, b.log_tail()   # once, not once per retry
+    assert "redis %s:6379/0: cannot resolve %s: " % (host, host) in lines[0], lines[0]
+
+
+def test_silent_resolver_does_not_freeze_the_broker(dns_broker, topic):
+    # A resolver that never answers: each getaddrinfo blocks for RES_OPTIONS's 2 s. On the
+    # loop that froze every client for seconds per attempt; off it, pings stay fast.
+    host = "gale-dns-test.invalid"
+    b, dns = dns_broker(False, ["--redis", "redis://%s:6379" % host, "--redis-timeout", "1000"])
+    rtts = _ping_rtts(b.port, 3.0)
+    assert dns.queries >= 1, "the broker never asked the fake resolver"
+    assert len(rtts) >= 20 and max(rtts) < 0.25, (len(rtts), max(rtts), b.log_tail())
+    assert b.healthz()["status"] == "degraded"
+    assert wait_for(lambda: "cannot resolve %s: timed out" % host in b.log_text(), 5), \
+        b.log_tail()
