@@ -32,21 +32,6 @@ const char *gale_enc_subprotocol(gale_enc_t enc)
     return NULL;
 }
 
-static inline bool valid_enc(gale_enc_t enc)
-{
-    return enc == GALE_ENC_JSON || enc == GALE_ENC_MSGPACK;
-}
-
-/* Ends an encoder: undoes partial output on failure. */
-static gale_err_t finish(gale_buf_t *out, size_t start, gale_err_t err)
-{
-    if (err == GALE_OK && out->oom)
-        err = GALE_ERR_INTERNAL;
-    if (err != GALE_OK && out->len > start)
-        out->len = start;
-    return err;
-}
-
 /* JSON: ,"key": */
 static void jkey(gale_buf_t *b, const char *key)
 {
@@ -64,19 +49,11 @@ static void jstr(gale_buf_t *b, const char *s)
     gale__json_put_str(b, (const uint8_t *)s, strlen(s));
 }
 
-/* MessagePack: a str key or value from a C string (NULL: empty). */
-static void mstr(gale_buf_t *b, const char *s)
-{
-    if (s == NULL)
-        s = "";
-    gale__mp_put_str(b, s, strlen(s));
-}
-
 gale_err_t gale_encode_hello(gale_buf_t *out, gale_enc_t enc, const char *node, const char *conn,
                              uint64_t max_msg)
 {
     size_t start = out->len;
-    if (!valid_enc(enc))
+    if (!gale__valid_enc(enc))
         return GALE_ERR_INTERNAL;
     if (enc == GALE_ENC_JSON) {
         gale__buf_puts(out, "{\"op\":\"hello\",\"v\":1");
@@ -89,18 +66,18 @@ gale_err_t gale_encode_hello(gale_buf_t *out, gale_enc_t enc, const char *node, 
         gale__buf_put(out, '}');
     } else {
         gale__mp_put_map_hdr(out, 5);
-        mstr(out, "op");
-        mstr(out, "hello");
-        mstr(out, "v");
+        gale__mp_put_cstr(out, "op");
+        gale__mp_put_cstr(out, "hello");
+        gale__mp_put_cstr(out, "v");
         gale__mp_put_uint(out, GALE_PROTOCOL_VERSION);
-        mstr(out, "node");
-        mstr(out, node);
-        mstr(out, "conn");
-        mstr(out, conn);
-        mstr(out, "max_msg");
+        gale__mp_put_cstr(out, "node");
+        gale__mp_put_cstr(out, node);
+        gale__mp_put_cstr(out, "conn");
+        gale__mp_put_cstr(out, conn);
+        gale__mp_put_cstr(out, "max_msg");
         gale__mp_put_uint(out, max_msg);
     }
-    return finish(out, start, GALE_OK);
+    return gale__encode_finish(out, start, GALE_OK);
 }
 
 /* {"op":op} or {"op":op,"id":id}, leaving a JSON object open for more fields. */
@@ -117,10 +94,10 @@ static void head(gale_buf_t *out, gale_enc_t enc, const char *op, bool has_id, u
         }
     } else {
         gale__mp_put_map_hdr(out, 1 + has_id + more_fields);
-        mstr(out, "op");
-        mstr(out, op);
+        gale__mp_put_cstr(out, "op");
+        gale__mp_put_cstr(out, op);
         if (has_id) {
-            mstr(out, "id");
+            gale__mp_put_cstr(out, "id");
             gale__mp_put_uint(out, id);
         }
     }
@@ -129,30 +106,30 @@ static void head(gale_buf_t *out, gale_enc_t enc, const char *op, bool has_id, u
 gale_err_t gale_encode_ack(gale_buf_t *out, gale_enc_t enc, uint64_t id)
 {
     size_t start = out->len;
-    if (!valid_enc(enc))
+    if (!gale__valid_enc(enc))
         return GALE_ERR_INTERNAL;
     head(out, enc, "ack", true, id, 0);
     if (enc == GALE_ENC_JSON)
         gale__buf_put(out, '}');
-    return finish(out, start, GALE_OK);
+    return gale__encode_finish(out, start, GALE_OK);
 }
 
 gale_err_t gale_encode_pong(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id)
 {
     size_t start = out->len;
-    if (!valid_enc(enc))
+    if (!gale__valid_enc(enc))
         return GALE_ERR_INTERNAL;
     head(out, enc, "pong", has_id, id, 0);
     if (enc == GALE_ENC_JSON)
         gale__buf_put(out, '}');
-    return finish(out, start, GALE_OK);
+    return gale__encode_finish(out, start, GALE_OK);
 }
 
 gale_err_t gale_encode_err(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id,
                            gale_err_t code, const char *msg)
 {
     size_t start = out->len;
-    if (!valid_enc(enc))
+    if (!gale__valid_enc(enc))
         return GALE_ERR_INTERNAL;
     head(out, enc, "err", has_id, id, 2);
     if (enc == GALE_ENC_JSON) {
@@ -162,12 +139,12 @@ gale_err_t gale_encode_err(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_
         jstr(out, msg);
         gale__buf_put(out, '}');
     } else {
-        mstr(out, "code");
-        mstr(out, gale_err_name(code));
-        mstr(out, "msg");
-        mstr(out, msg);
+        gale__mp_put_cstr(out, "code");
+        gale__mp_put_cstr(out, gale_err_name(code));
+        gale__mp_put_cstr(out, "msg");
+        gale__mp_put_cstr(out, msg);
     }
-    return finish(out, start, GALE_OK);
+    return gale__encode_finish(out, start, GALE_OK);
 }
 
 gale_err_t gale_convert_data(gale_buf_t *out, gale_enc_t to, gale_enc_t from, const uint8_t *data,
@@ -175,7 +152,7 @@ gale_err_t gale_convert_data(gale_buf_t *out, gale_enc_t to, gale_enc_t from, co
 {
     size_t start = out->len;
     gale_err_t err;
-    if (!valid_enc(to) || !valid_enc(from))
+    if (!gale__valid_enc(to) || !gale__valid_enc(from))
         return GALE_ERR_INTERNAL;
     if (data == NULL && len > 0)
         return GALE_ERR_BAD_REQUEST;
@@ -189,14 +166,14 @@ gale_err_t gale_convert_data(gale_buf_t *out, gale_enc_t to, gale_enc_t from, co
     } else {
         err = gale__msgpack_to_json(out, data, len);
     }
-    return finish(out, start, err);
+    return gale__encode_finish(out, start, err);
 }
 
 gale_err_t gale_encode_msg(gale_buf_t *out, gale_enc_t enc, const char *topic, size_t topic_len,
                            gale_enc_t data_enc, const uint8_t *data, size_t data_len)
 {
     size_t start = out->len;
-    if (!valid_enc(enc) || !valid_enc(data_enc))
+    if (!gale__valid_enc(enc) || !gale__valid_enc(data_enc))
         return GALE_ERR_INTERNAL;
     if (topic == NULL)
         topic_len = 0, topic = "";
@@ -209,14 +186,14 @@ gale_err_t gale_encode_msg(gale_buf_t *out, gale_enc_t enc, const char *topic, s
         gale__buf_puts(out, bin ? ",\"bin\":" : ",\"data\":");
     } else {
         gale__buf_put(out, 0x83);
-        mstr(out, "op");
-        mstr(out, "msg");
-        mstr(out, "topic");
+        gale__mp_put_cstr(out, "op");
+        gale__mp_put_cstr(out, "msg");
+        gale__mp_put_cstr(out, "topic");
         gale__mp_put_str(out, topic, topic_len);
-        mstr(out, "data");
+        gale__mp_put_cstr(out, "data");
     }
     gale_err_t err = gale_convert_data(out, enc, data_enc, data, data_len);
     if (err == GALE_OK && enc == GALE_ENC_JSON)
         gale__buf_put(out, '}');
-    return finish(out, start, err);
+    return gale__encode_finish(out, start, err);
 }

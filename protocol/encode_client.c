@@ -6,25 +6,6 @@
  */
 #include "internal.h"
 
-static inline bool valid_enc(gale_enc_t enc)
-{
-    return enc == GALE_ENC_JSON || enc == GALE_ENC_MSGPACK;
-}
-
-static gale_err_t finish(gale_buf_t *out, size_t start, gale_err_t err)
-{
-    if (err == GALE_OK && out->oom)
-        err = GALE_ERR_INTERNAL;
-    if (err != GALE_OK && out->len > start)
-        out->len = start;
-    return err;
-}
-
-static void mstr(gale_buf_t *b, const char *s)
-{
-    gale__mp_put_str(b, s, strlen(s));
-}
-
 /*
  * Opens a request: {"op":op[,"id":id],"topic":topic and, in JSON, leaves the
  * object open; in MessagePack the map header counts `more` fields after topic.
@@ -46,14 +27,14 @@ static void head(gale_buf_t *out, gale_enc_t enc, const char *op, bool has_id, u
         }
     } else {
         gale__mp_put_map_hdr(out, 1 + has_id + (topic != NULL) + more);
-        mstr(out, "op");
-        mstr(out, op);
+        gale__mp_put_cstr(out, "op");
+        gale__mp_put_cstr(out, op);
         if (has_id) {
-            mstr(out, "id");
+            gale__mp_put_cstr(out, "id");
             gale__mp_put_uint(out, id);
         }
         if (topic != NULL) {
-            mstr(out, "topic");
+            gale__mp_put_cstr(out, "topic");
             gale__mp_put_str(out, topic, topic_len);
         }
     }
@@ -63,25 +44,25 @@ gale_err_t gale_encode_sub(gale_buf_t *out, gale_enc_t enc, gale_op_t op, bool h
                            const char *pattern, size_t len)
 {
     size_t start = out->len;
-    if (!valid_enc(enc) || (op != GALE_OP_SUB && op != GALE_OP_UNSUB))
+    if (!gale__valid_enc(enc) || (op != GALE_OP_SUB && op != GALE_OP_UNSUB))
         return GALE_ERR_INTERNAL;
     if (pattern == NULL)
         pattern = "", len = 0;
     head(out, enc, op == GALE_OP_SUB ? "sub" : "unsub", has_id, id, pattern, len, 0);
     if (enc == GALE_ENC_JSON)
         gale__buf_put(out, '}');
-    return finish(out, start, GALE_OK);
+    return gale__encode_finish(out, start, GALE_OK);
 }
 
 gale_err_t gale_encode_ping(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id)
 {
     size_t start = out->len;
-    if (!valid_enc(enc))
+    if (!gale__valid_enc(enc))
         return GALE_ERR_INTERNAL;
     head(out, enc, "ping", has_id, id, NULL, 0, 0);
     if (enc == GALE_ENC_JSON)
         gale__buf_put(out, '}');
-    return finish(out, start, GALE_OK);
+    return gale__encode_finish(out, start, GALE_OK);
 }
 
 /* Opens a pub request up to and including the "data" key. */
@@ -94,7 +75,7 @@ static void pub_head(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id, 
     if (enc == GALE_ENC_JSON)
         gale__buf_puts(out, ",\"data\":");
     else
-        mstr(out, "data");
+        gale__mp_put_cstr(out, "data");
 }
 
 gale_err_t gale_encode_pub(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id,
@@ -102,20 +83,20 @@ gale_err_t gale_encode_pub(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_
                            const uint8_t *data, size_t data_len)
 {
     size_t start = out->len;
-    if (!valid_enc(enc) || !valid_enc(data_enc))
+    if (!gale__valid_enc(enc) || !gale__valid_enc(data_enc))
         return GALE_ERR_INTERNAL;
     pub_head(out, enc, has_id, id, topic, topic_len);
     gale_err_t err = gale_convert_data(out, enc, data_enc, data, data_len);
     if (err == GALE_OK && enc == GALE_ENC_JSON)
         gale__buf_put(out, '}');
-    return finish(out, start, err);
+    return gale__encode_finish(out, start, err);
 }
 
 gale_err_t gale_encode_pub_str(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id,
                                const char *topic, size_t topic_len, const uint8_t *s, size_t n)
 {
     size_t start = out->len;
-    if (!valid_enc(enc) || (s == NULL && n > 0))
+    if (!gale__valid_enc(enc) || (s == NULL && n > 0))
         return GALE_ERR_INTERNAL;
     pub_head(out, enc, has_id, id, topic, topic_len);
     if (enc == GALE_ENC_JSON) {
@@ -143,7 +124,7 @@ gale_err_t gale_encode_pub_str(gale_buf_t *out, gale_enc_t enc, bool has_id, uin
             i += k;
         }
     }
-    return finish(out, start, GALE_OK);
+    return gale__encode_finish(out, start, GALE_OK);
 }
 
 gale_err_t gale_encode_pub_bin(gale_buf_t *out, bool has_id, uint64_t id, const char *topic,
@@ -175,5 +156,5 @@ gale_err_t gale_encode_pub_bin(gale_buf_t *out, bool has_id, uint64_t id, const 
     gale_buf_append(out, hdr, hn);
     if (n > 0)
         gale_buf_append(out, bytes, n);
-    return finish(out, start, GALE_OK);
+    return gale__encode_finish(out, start, GALE_OK);
 }

@@ -187,10 +187,32 @@ bool gale__mp_put_str_hdr(gale_buf_t *b, size_t n);
 bool gale__mp_put_str(gale_buf_t *b, const void *s, size_t n);
 bool gale__mp_put_array_hdr(gale_buf_t *b, size_t n);
 bool gale__mp_put_map_hdr(gale_buf_t *b, size_t n);
+/** A str from a C string (NULL: empty). */
+static inline bool gale__mp_put_cstr(gale_buf_t *b, const char *s)
+{
+    return s ? gale__mp_put_str(b, s, strlen(s)) : gale__mp_put_str(b, "", 0);
+}
 /** Header size of a str of n bytes: 1, 2, 3 or 5. */
 size_t gale__mp_str_hdr_len(size_t n);
 /** Writes a str header for n bytes at dst (room for 5); returns its size. */
 size_t gale__mp_write_str_hdr(uint8_t *dst, size_t n);
+
+/* ---- encode.c, encode_client.c ---- */
+
+static inline bool gale__valid_enc(gale_enc_t enc)
+{
+    return enc == GALE_ENC_JSON || enc == GALE_ENC_MSGPACK;
+}
+
+/** Ends an encoder that started at out->len == start: undoes partial output on failure. */
+static inline gale_err_t gale__encode_finish(gale_buf_t *out, size_t start, gale_err_t err)
+{
+    if (err == GALE_OK && out->oom)
+        err = GALE_ERR_INTERNAL;
+    if (err != GALE_OK && out->len > start)
+        out->len = start;
+    return err;
+}
 
 /* ---- base64.c ---- */
 
