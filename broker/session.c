@@ -609,6 +609,8 @@ void session_flush_all(broker_t *b)
         session_flush(b, s);
     }
     b->ndirty = 0;
+    b->deferred_turns = 0; /* whoever flushed, the deferral starts over */
+    b->deferred_bytes = 0;
 }
 
 /* True if a connection that published this turn has more bytes waiting in its socket. */
@@ -638,8 +640,6 @@ void session_flush_turn(broker_t *b)
         b->deferred_turns++;
         return;
     }
-    b->deferred_turns = 0;
-    b->deferred_bytes = 0;
     session_flush_all(b);
 }
 
