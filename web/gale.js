@@ -424,6 +424,9 @@ export class GaleClient {
       // The broker would close the connection (1009): refuse it here instead.
       throw new GaleError('too_large', `${size} bytes, the broker takes at most ${max}`);
     }
+    // Between the broker's close frame and the 'close' event the socket is CLOSING: a send
+    // would be dropped (and the browser logs an error); the request fails as disconnected.
+    if (this._ws.readyState !== 1) throw new GaleError('disconnected', 'the connection is closing');
     this._ws.send(frame);
   }
 
