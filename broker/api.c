@@ -3,6 +3,7 @@
 #include "auth.h"
 #include "cluster.h"
 #include "gale_json.h"
+#include "http.h"
 #include "log.h"
 #include "router.h"
 
@@ -27,6 +28,9 @@ typedef struct api_req {
     uint32_t pending; /* results still awaited from the cluster */
     bool batch;
     bool submitting; /* api_body_done is still publishing */
+    bool body_done;  /* the body was taken (lws reports its completion again while bytes that
+                        followed it wait in its buffer) */
+    bool trailing;   /* bytes followed the body: answer, then close */
     bool answered;
     unsigned status; /* an answer decided before publishing (400 ...), else 0 */
     const char *code, *why;
@@ -123,14 +127,13 @@ Exit:
     return rc;
 }
 
-/* An answer before (or instead of) publishing: one error object. */
-static int refuse(struct lws *wsi, unsigned status, const char *code, const char *why, bool close)
+int api_refuse(struct lws *wsi, unsigned status, const char *code, const char *why)
 {
     gale_buf_t o;
     gale_buf_init(&o, LWS_PRE);
     put_result(&o, GALE_ERR_BAD_REQUEST, code, why);
     log_debug("POST " API_PUBLISH ": %u %s: %s", status, code, why);
-    return respond(wsi, status, &o, close);
+    return respond(wsi, status, &o, true);
 }
 
 bool api_owns(struct lws *wsi, char *uri, size_t cap)
@@ -190,59 +193,69 @@ int api_http(broker_t *b, struct lws *wsi, const char *uri)
 {
     char auth[300], clen[32], *u;
     int ulen;
+    http_conn_t *c = http_conn_of(wsi);
+    if (!c || c->req)
+        return -1; /* never accepted through http_conn_accept, or a request in progress */
     if (!b->cfg.api_key[0])
-        return refuse(wsi, HTTP_STATUS_NOT_FOUND, "not_found",
-                      "the publish API is disabled (start the broker with --api-key)", true);
+        return api_refuse(wsi, HTTP_STATUS_NOT_FOUND, "not_found",
+                          "the publish API is disabled (start the broker with --api-key)");
     if (strcmp(uri, API_PUBLISH) != 0)
-        return refuse(wsi, HTTP_STATUS_NOT_FOUND, "not_found", "no such endpoint", true);
+        return api_refuse(wsi, HTTP_STATUS_NOT_FOUND, "not_found", "no such endpoint");
     if (lws_http_get_uri_and_method(wsi, &u, &ulen) != LWSHUMETH_POST)
-        return refuse(wsi, HTTP_STATUS_METHOD_NOT_ALLOWED, "method_not_allowed",
-                      "publish with POST", true);
+        return api_refuse(wsi, HTTP_STATUS_METHOD_NOT_ALLOWED, "method_not_allowed",
+                          "publish with POST");
     expect_t expect = request_expect(wsi);
     if (expect == EXPECT_OTHER)
-        return refuse(wsi, HTTP_STATUS_EXPECTATION_FAILED, "expectation_failed",
-                      "the only expectation supported is 100-continue", true);
+        return api_refuse(wsi, HTTP_STATUS_EXPECTATION_FAILED, "expectation_failed",
+                          "the only expectation supported is 100-continue");
     int alen = lws_hdr_copy(wsi, auth, sizeof(auth), WSI_TOKEN_HTTP_AUTHORIZATION);
     size_t klen = strlen(b->cfg.api_key);
     if (alen < 7 || strncasecmp(auth, "Bearer ", 7) != 0 ||
         !auth_secret_equal(auth + 7, (size_t)alen - 7, b->cfg.api_key, klen)) {
         b->m.connections_refused++;
         log_info("POST " API_PUBLISH ": refused with 401 (missing or wrong API key)");
-        return refuse(wsi, HTTP_STATUS_UNAUTHORIZED, "unauthorized",
-                      "Authorization: Bearer <api key> required", true);
+        return api_refuse(wsi, HTTP_STATUS_UNAUTHORIZED, "unauthorized",
+                          "Authorization: Bearer <api key> required");
     }
     if (lws_hdr_copy(wsi, clen, sizeof(clen), WSI_TOKEN_HTTP_CONTENT_LENGTH) <= 0)
-        return refuse(wsi, HTTP_STATUS_LENGTH_REQUIRED, "bad_request",
-                      "a Content-Length is required", true);
+        return api_refuse(wsi, HTTP_STATUS_LENGTH_REQUIRED, "bad_request",
+                          "a Content-Length is required");
     char *endp;
     unsigned long long n = strtoull(clen, &endp, 10);
     if (*endp || clen[0] < '0' || clen[0] > '9')
-        return refuse(wsi, HTTP_STATUS_BAD_REQUEST, "bad_request", "bad Content-Length", true);
+        return api_refuse(wsi, HTTP_STATUS_BAD_REQUEST, "bad_request", "bad Content-Length");
     if (n > b->cfg.max_message)
-        return refuse(wsi, HTTP_STATUS_REQ_ENTITY_TOO_LARGE, "too_large",
-                      "the body is larger than --max-message", true);
+        return api_refuse(wsi, HTTP_STATUS_REQ_ENTITY_TOO_LARGE, "too_large",
+                          "the body is larger than --max-message");
     if (n == 0)
-        return refuse(wsi, HTTP_STATUS_BAD_REQUEST, "bad_request", "empty body", true);
+        return api_refuse(wsi, HTTP_STATUS_BAD_REQUEST, "bad_request", "empty body");
     api_req_t *r = calloc(1, sizeof(*r));
     if (r)
         r->body = malloc((size_t)n);
     if (!r || !r->body) {
         req_free(r);
-        return refuse(wsi, HTTP_STATUS_INTERNAL_SERVER_ERROR, "internal", "out of memory", true);
+        return api_refuse(wsi, HTTP_STATUS_INTERNAL_SERVER_ERROR, "internal", "out of memory");
     }
     r->b = b;
     r->wsi = wsi;
     r->cap = (size_t)n;
-    lws_set_opaque_user_data(wsi, r);
+    c->req = r;
     if (expect == EXPECT_CONTINUE && write_continue(wsi) < 0)
         return -1; /* lws closes the connection; api_closed frees r */
     return 0;      /* the body follows (LWS_CALLBACK_HTTP_BODY) */
 }
 
+/* The publish request in progress on wsi, or NULL. */
+static api_req_t *req_of(struct lws *wsi)
+{
+    http_conn_t *c = http_conn_of(wsi);
+    return c ? c->req : NULL;
+}
+
 int api_body(broker_t *b, struct lws *wsi, const void *in, size_t len)
 {
-    api_req_t *r = lws_get_opaque_user_data(wsi);
-    if (!r || r->answered)
+    api_req_t *r = req_of(wsi);
+    if (!r || r->answered || r->body_done)
         return -1;
     if (len > r->cap - r->len) {
         r->status = HTTP_STATUS_REQ_ENTITY_TOO_LARGE;
@@ -334,10 +347,27 @@ static void publish_one(api_req_t *r, uint32_t idx, const msg_fields_t *f)
 
 int api_body_done(broker_t *b, struct lws *wsi)
 {
-    api_req_t *r = lws_get_opaque_user_data(wsi);
+    api_req_t *r = req_of(wsi);
     msg_fields_t top;
     if (!r)
         return -1;
+    if (r->body_done) {
+        /*
+         * Bytes followed the body in one read (a pipelined request, a stray CRLF):
+         * lws 4.1.6 calls this again on every loop turn while they wait in its
+         * buffer (the loop does not sleep meanwhile: one turn until the answer on a
+         * single node, a Redis round trip in a cluster), and would then parse them as
+         * the next request, which it cannot do safely (http.h): the answer closes the
+         * connection instead. (Stopping the reads with lws_rx_flow_control() would
+         * also stop lws's WRITEABLE callbacks on this connection, and spin.)
+         */
+        if (!r->trailing) {
+            r->trailing = true;
+            log_debug("POST " API_PUBLISH ": bytes after the body: closing after the answer");
+        }
+        return 0;
+    }
+    r->body_done = true;
     memset(&top, 0, sizeof(top));
     int rc = gale_json_object(r->body, r->len, GALE_MAX_DEPTH + 2, msg_member, &top);
     if (rc != 1) {
@@ -401,8 +431,9 @@ int api_body_done(broker_t *b, struct lws *wsi)
 
 int api_writeable(broker_t *b, struct lws *wsi)
 {
-    api_req_t *r = lws_get_opaque_user_data(wsi);
-    if (!r || r->answered || r->pending || r->submitting)
+    http_conn_t *c = http_conn_of(wsi);
+    api_req_t *r = c ? c->req : NULL;
+    if (!r || r->answered || r->pending || r->submitting || !r->body_done)
         return 0;
     r->answered = true;
     gale_buf_t o;
@@ -429,17 +460,14 @@ int api_writeable(broker_t *b, struct lws *wsi)
         gale_buf_append(&o, "]}", 2);
     }
     log_debug("POST " API_PUBLISH ": %u (%u message%s)", status, r->n, r->n == 1 ? "" : "s");
-    lws_set_opaque_user_data(wsi, NULL);
+    bool close = r->trailing;
+    c->req = NULL;
     req_free(r);
-    return respond(wsi, status, &o, false);
+    return respond(wsi, status, &o, close);
 }
 
-void api_closed(struct lws *wsi)
+void api_closed(struct api_req *r)
 {
-    api_req_t *r = lws_get_opaque_user_data(wsi);
-    if (!r)
-        return;
-    lws_set_opaque_user_data(wsi, NULL);
     r->wsi = NULL;
     if (r->pending == 0)
         req_free(r); /* else the last api_publish_done frees it */

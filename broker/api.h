@@ -11,8 +11,8 @@
  *
  * A message goes the way of a WebSocket `pub`: local subscribers, and in a
  * cluster the Redis bus, whose acceptance the answer waits for. The request
- * lives on the heap (lws opaque user data of the wsi), so that replies from
- * the cluster may outlive the HTTP connection.
+ * lives on the heap (held by the connection's http_conn_t), so that replies
+ * from the cluster may outlive the HTTP connection.
  */
 #ifndef GALE_API_H
 #define GALE_API_H
@@ -20,6 +20,7 @@
 #include "broker.h"
 
 struct lws;
+struct api_req;
 
 /** The API's mount point and endpoint. */
 #define API_MOUNT "/api"
@@ -40,10 +41,19 @@ int api_http(broker_t *b, struct lws *wsi, const char *uri);
 int api_body(broker_t *b, struct lws *wsi, const void *in, size_t len);
 /** LWS_CALLBACK_HTTP_BODY_COMPLETION: publishes. */
 int api_body_done(broker_t *b, struct lws *wsi);
-/** LWS_CALLBACK_HTTP_WRITEABLE: writes the answer once every message has its result. */
+/**
+ * A refusal before (or instead of) publishing: status with one JSON error
+ * object, then the connection closes. Returns what the lws callback must return.
+ */
+int api_refuse(struct lws *wsi, unsigned status, const char *code, const char *why);
+/**
+ * LWS_CALLBACK_HTTP_WRITEABLE: writes the answer once every message has its
+ * result; keeps the connection unless bytes followed the body.
+ */
 int api_writeable(broker_t *b, struct lws *wsi);
-/** The HTTP connection closes (CLOSED_HTTP, WSI_DESTROY): detaches its request. */
-void api_closed(struct lws *wsi);
+/** The HTTP connection of r closes (http_conn_closed): detaches r, frees it unless the
+ * cluster still holds some of its messages. */
+void api_closed(struct api_req *r);
 /** A deferred publish (cluster_pub_api) of message idx of request api finished. */
 void api_publish_done(broker_t *b, void *api, uint32_t idx, gale_err_t e, const char *why);
 

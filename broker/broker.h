@@ -61,6 +61,7 @@ typedef struct broker {
     size_t deferred_bytes;   /* bytes of publishes routed since the last flush */
     uint8_t *scratch;        /* flush buffer: queued frames are coalesced here */
     size_t scratch_cap;
+    uint32_t nhandshakes; /* connections awaiting their first request head (http.c) */
 
     uv_check_t flush_check;
     uv_timer_t sweep_timer;

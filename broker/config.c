@@ -55,6 +55,14 @@ static const opt_t options[] = {
      "ping connections silent this long, close them after as long again (default 25, 0 off)"},
     {"--rx-buffer", "GALE_RX_BUFFER", OPT_SIZE, 128, 1u << 20, offsetof(gale_config_t, rx_buffer),
      "BYTES", "receive buffer per connection (default 256; larger messages are reassembled)"},
+    {"--handshake-timeout", "GALE_HANDSHAKE_TIMEOUT", OPT_UINT, 1, 3600,
+     offsetof(gale_config_t, handshake_timeout_s), "SECONDS",
+     "drop a connection whose request head (TLS included) is not in this long after the "
+     "accept (default 10)"},
+    {"--max-handshakes", "GALE_MAX_HANDSHAKES", OPT_UINT, 16, 65536,
+     offsetof(gale_config_t, max_handshakes), "N",
+     "request heads read at once, each holding a 4 KiB buffer while it lasts; more wait "
+     "for one (default 1024)"},
     {"--log-level", "GALE_LOG_LEVEL", OPT_LEVEL, 0, 0, 0, "LEVEL",
      "error, warn, info or debug (default info)"},
     {"--web-root", "GALE_WEB_ROOT", OPT_PATH, 0, 0, 0, "DIR",
@@ -118,6 +126,8 @@ void config_defaults(gale_config_t *c)
     c->queue_limit = 1024 * 1024;
     c->keepalive_s = 25;
     c->rx_buffer = 256; /* lws allocates it per connection: most of what is left to cut */
+    c->handshake_timeout_s = 10;
+    c->max_handshakes = 1024;
     c->log_level = LOG_INFO;
     strcpy(c->redis_prefix, "gale:");
     c->redis_timeout_ms = 2000;

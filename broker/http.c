@@ -1,29 +1,137 @@
 #include "http.h"
 
+#include "api.h"
 #include "cluster.h"
 #include "log.h"
 
+#include <inttypes.h>
 #include <libwebsockets.h>
+#include <stdlib.h>
 #include <string.h>
 
+http_conn_t *http_conn_of(struct lws *wsi)
+{
+    return lws_get_opaque_user_data(wsi);
+}
+
+/* The connection's first request head is in (or it closes first). */
+static void head_done(broker_t *b, http_conn_t *c)
+{
+    if (!c->head_pending)
+        return;
+    c->head_pending = false;
+    b->nhandshakes--;
+}
+
+int http_conn_accept(broker_t *b, struct lws *wsi)
+{
+    http_conn_t *c = calloc(1, sizeof(*c));
+    if (!c)
+        return -1;
+    c->accepted_ms = broker_uptime_ms(b);
+    c->head_pending = true;
+    b->nhandshakes++;
+    lws_set_opaque_user_data(wsi, c);
+    return 0;
+}
+
+void http_conn_head_done(broker_t *b, struct lws *wsi)
+{
+    http_conn_t *c = http_conn_of(wsi);
+    if (c)
+        head_done(b, c);
+}
+
+void http_conn_upgraded(broker_t *b, struct lws *wsi)
+{
+    http_conn_closed(b, wsi); /* a WebSocket session keeps nothing of it */
+}
+
+void http_conn_closed(broker_t *b, struct lws *wsi)
+{
+    http_conn_t *c = http_conn_of(wsi);
+    if (!c)
+        return;
+    lws_set_opaque_user_data(wsi, NULL);
+    /*
+     * lws drops a connection whose head is not in --handshake-timeout after it got a
+     * header buffer (or that waited as long for one): closing without a head that long
+     * after the accept (less the loop clock's lag behind lws's) is such a drop; sooner,
+     * the client gave up.
+     */
+    if (c->head_pending &&
+        broker_uptime_ms(b) - c->accepted_ms + 200 >= b->cfg.handshake_timeout_s * 1000) {
+        b->m.handshake_timeouts++;
+        log_debug("a connection sent no complete request head within --handshake-timeout "
+                  "%" PRIu64 " s: dropped",
+                  b->cfg.handshake_timeout_s);
+    }
+    head_done(b, c);
+    if (c->req)
+        api_closed(c->req);
+    free(c);
+}
+
+/* True if the request carries a body: a Content-Length above 0, any Transfer-Encoding, or
+ * a method with a body and no Content-Length (which lws reads as 100 MiB of body). */
+static bool request_has_body(struct lws *wsi)
+{
+    char clen[32];
+    if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0)
+        return true;
+    if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0) {
+        if (lws_hdr_copy(wsi, clen, sizeof(clen), WSI_TOKEN_HTTP_CONTENT_LENGTH) <= 0)
+            return true; /* too long to be a zero */
+        for (const char *p = clen; *p; p++)
+            if (*p != '0' && *p != ' ' && *p != '\t')
+                return true;
+        return false;
+    }
+    char *uri;
+    int n;
+    int m = lws_http_get_uri_and_method(wsi, &uri, &n);
+    return m == LWSHUMETH_POST || m == LWSHUMETH_PUT || m == LWSHUMETH_PATCH;
+}
+
+int http_filter(broker_t *b, struct lws *wsi)
+{
+    http_conn_t *c = http_conn_of(wsi);
+    char uri[64];
+    if (!c)
+        return -1; /* never accepted through http_conn_accept */
+    head_done(b, c);
+    if (!request_has_body(wsi)) {
+        c->bodyless_before = true;
+        return 0;
+    }
+    if (!api_owns(wsi, uri, sizeof(uri))) {
+        b->m.http_refused++;
+        return http_refuse(b, wsi, HTTP_STATUS_BAD_REQUEST,
+                           "only POST " API_PUBLISH " takes a request body");
+    }
+    if (c->bodyless_before) {
+        b->m.http_refused++;
+        return api_refuse(wsi, HTTP_STATUS_BAD_REQUEST, "bad_request",
+                          "a request with a body must be the first on its connection or "
+                          "follow a publish: open a new connection");
+    }
+    return 0;
+}
+
+/* One complete answer, then the connection closes. */
 static int respond(struct lws *wsi, unsigned status, const char *ctype, gale_buf_t *body)
 {
     uint8_t hdr[LWS_PRE + 512], *start = hdr + LWS_PRE, *p = start, *end = hdr + sizeof(hdr) - 1;
     size_t len = gale_buf_payload_len(body);
-    int rc = -1;
-    if (body->oom)
-        goto Exit;
-    if (lws_add_http_common_headers(wsi, status, ctype, len, &p, end) ||
-        lws_add_http_header_by_token(wsi, WSI_TOKEN_HTTP_CACHE_CONTROL,
-                                     (const unsigned char *)"no-store", 8, &p, end) ||
-        lws_finalize_write_http_header(wsi, start, &p, end))
-        goto Exit;
-    if (len && lws_write(wsi, gale_buf_payload(body), len, LWS_WRITE_HTTP_FINAL) < 0)
-        goto Exit;
-    rc = lws_http_transaction_completed(wsi) ? -1 : 0;
-Exit:
+    if (!body->oom && !lws_add_http_common_headers(wsi, status, ctype, len, &p, end) &&
+        !lws_add_http_header_by_token(wsi, WSI_TOKEN_HTTP_CACHE_CONTROL,
+                                      (const unsigned char *)"no-store", 8, &p, end) &&
+        !lws_add_http_header_by_token(wsi, WSI_TOKEN_CONNECTION, (const unsigned char *)"close", 5,
+                                      &p, end) &&
+        !lws_finalize_write_http_header(wsi, start, &p, end) && len)
+        lws_write(wsi, gale_buf_payload(body), len, LWS_WRITE_HTTP_FINAL);
     gale_buf_free(body);
-    return rc;
+    return -1; /* lws sends what it still holds before closing */
 }
 
 int http_serve(broker_t *b, struct lws *wsi)

@@ -51,6 +51,14 @@ gale_err_t metrics_render(const metrics_t *m, const metrics_gauges_t *g, gale_bu
            "Connections dropped after an unanswered keepalive ping.", m->keepalive_closes);
     metric(out, "gale_oversize_closes_total", "counter",
            "Connections closed with 1009 for a message over the size limit.", m->oversize_closes);
+    metric(out, "gale_handshakes", "gauge",
+           "Connections accepted whose first request head is not in yet.", g->handshakes);
+    metric(out, "gale_handshake_timeouts_total", "counter",
+           "Connections dropped for a request head not in within --handshake-timeout.",
+           m->handshake_timeouts);
+    metric(out, "gale_http_refused_total", "counter",
+           "HTTP requests refused for a body lws cannot take safely (then closed).",
+           m->http_refused);
     appendf(out, "# HELP gale_protocol_errors_total Error replies sent, by code.\n"
                  "# TYPE gale_protocol_errors_total counter\n");
     for (int c = GALE_ERR_BAD_REQUEST; c < GALE_ERR_COUNT; c++)

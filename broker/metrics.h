@@ -19,6 +19,9 @@ typedef struct metrics {
     uint64_t slow_consumer_closes;            /* closes with 4001 */
     uint64_t keepalive_closes;                /* connections dropped after an unanswered ping */
     uint64_t oversize_closes;                 /* closes with 1009 */
+    uint64_t handshake_timeouts;              /* dropped: request head not in within
+                                                 --handshake-timeout */
+    uint64_t http_refused;                    /* HTTP requests refused by http_filter */
     uint64_t protocol_errors[GALE_ERR_COUNT]; /* err replies by code */
     uint64_t redis_publishes;                 /* PUBLISH commands sent (--redis) */
     uint64_t redis_received;                  /* messages received from Redis */
@@ -35,6 +38,7 @@ typedef struct metrics_gauges {
     uint64_t subscriptions;
     uint64_t topics;
     uint64_t queued_bytes;
+    uint64_t handshakes; /* connections awaiting their first request head */
     double uptime_s;
     uint32_t redis_shards; /* 0: not clustered */
     uint32_t redis_up;     /* shards with both connections ready */

@@ -11,6 +11,7 @@
 #include "cluster.h"
 #include "http.h"
 #include "log.h"
+#include "lws_mem.h"
 #include "session.h"
 
 #include <libwebsockets.h>
@@ -55,6 +56,7 @@ void broker_gauges(const broker_t *b, metrics_gauges_t *g)
     g->topics = topics_count(b->topics);
     for (uint32_t i = 0; i < b->nsessions; i++)
         g->queued_bytes += b->sessions[i]->q.bytes;
+    g->handshakes = b->nhandshakes;
     g->uptime_s = (double)broker_uptime_ms(b) / 1000.0;
     cluster_state(b->cluster, &g->redis_shards, &g->redis_up);
 }
@@ -182,9 +184,15 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     if (!b)
         return lws_callback_http_dummy(wsi, reason, user, in, len);
     switch (reason) {
+    case LWS_CALLBACK_SERVER_NEW_CLIENT_INSTANTIATED:
+        return http_conn_accept(b, wsi);
     case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
+        http_conn_head_done(b, wsi);
         return confirm_upgrade(b, wsi, in);
+    case LWS_CALLBACK_FILTER_HTTP_CONNECTION:
+        return http_filter(b, wsi);
     case LWS_CALLBACK_ESTABLISHED: {
+        http_conn_upgraded(b, wsi);
         /* lws keeps its own copy of the protocols array: compare names. */
         const struct lws_protocols *p = lws_get_protocol(wsi);
         gale_enc_t enc = p && strcmp(p->name, subprotocols[GALE_ENC_MSGPACK]) == 0
@@ -222,7 +230,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         session_close(b, s);
         return 0;
     case LWS_CALLBACK_WSI_DESTROY: /* after it, whatever the protocol: user may be NULL */
-        api_closed(wsi);
+        http_conn_closed(b, wsi);
         if (s && s->live) {
             s->live = 0;
             if (--b->nlive == 0 && b->stopping)
@@ -242,7 +250,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     case LWS_CALLBACK_HTTP_WRITEABLE:
         return api_writeable(b, wsi);
     case LWS_CALLBACK_CLOSED_HTTP:
-        api_closed(wsi);
+        http_conn_closed(b, wsi);
         return 0;
     default:
         return lws_callback_http_dummy(wsi, reason, user, in, len);
@@ -383,6 +391,11 @@ static bool create_lws(broker_t *b)
     struct lws_context_creation_info info;
     void *loops[1] = {b->loop};
 
+    /* Request heads in slots of their own (lws's default header buffer is 4 KiB). */
+    if (!lws_mem_install(b->cfg.max_handshakes, 4096))
+        log_warn("could not reserve room for %" PRIu64 " request heads: lws allocates them "
+                 "from the heap",
+                 b->cfg.max_handshakes);
     memset(&info, 0, sizeof(info));
     info.options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_EXPLICIT_VHOSTS;
     if (b->tls)
@@ -390,8 +403,15 @@ static bool create_lws(broker_t *b)
     info.foreign_loops = loops;
     info.user = b;
     info.port = CONTEXT_PORT_NO_LISTEN;
-    /* Handshakes parsed at once: the default (one per fd) leaves 4 KiB holes in the heap. */
-    info.max_http_header_pool = 64;
+    /*
+     * Request heads read at once, each holding a header table and buffer (lws_mem's slots)
+     * while it lasts; more connections wait for one. Too few let a handful of slow clients
+     * (holding theirs until --handshake-timeout) lock out everyone else.
+     */
+    info.max_http_header_pool = (unsigned short)b->cfg.max_handshakes;
+    /* How long a connection may wait for a header buffer, or for its TLS handshake (lws's
+     * "network round trip" timeout, 5 s by default). */
+    info.timeout_secs = (unsigned int)b->cfg.handshake_timeout_s;
     b->ctx = lws_create_context(&info);
     if (!b->ctx) {
         log_error("could not create the libwebsockets context (is libwebsockets-evlib-uv "
@@ -439,6 +459,8 @@ static bool create_lws(broker_t *b)
     info.mounts = m_metrics;
     info.retry_and_idle_policy = &no_idle_policy;
     info.keepalive_timeout = 5;
+    /* --handshake-timeout: how long a request head may take once it has a header buffer. */
+    info.timeout_secs_ah_idle = (int)b->cfg.handshake_timeout_s;
     info.server_string = "gale";
     if (b->tls) {
         /* lws 4.1 enables TLS on a vhost only when its own options carry this flag too. */

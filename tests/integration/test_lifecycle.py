@@ -14,8 +14,8 @@ from galetest import (HOST, JSON, MSGPACK, SOURCE_DIR, RawWS, broker_binary, con
 pytestmark = pytest.mark.gale_only
 
 FLAGS = ["--listen", "--max-message", "--max-subscriptions", "--max-connections",
-         "--queue-limit", "--keepalive", "--log-level", "--web-root", "--node-id", "--help",
-         "--version"]
+         "--queue-limit", "--keepalive", "--handshake-timeout", "--max-handshakes",
+         "--log-level", "--web-root", "--node-id", "--help", "--version"]
 
 
 def run_cli(binary, args, env=None, timeout=5):
@@ -70,6 +70,10 @@ BAD_ARGS = [
     (["--queue-limit", "lots"], "queue-limit"),
     (["--keepalive", "soon"], "keepalive"),
     (["--keepalive", "-3"], "keepalive"),
+    (["--handshake-timeout", "0"], "handshake-timeout"),
+    (["--handshake-timeout", "3601"], "handshake-timeout"),
+    (["--max-handshakes", "15"], "max-handshakes"),
+    (["--max-handshakes", "65537"], "max-handshakes"),
     (["--log-level", "loud"], "log-level"),
     (["--listen", "nope"], "nope"),
     (["--listen", "127.0.0.1:99999"], "listen"),
