@@ -18,6 +18,7 @@ import time
 import pytest
 
 from galetest import HOST, connect, run
+from test_cluster import redis_factory  # noqa: F401 (a fixture: a real redis-server)
 
 pytestmark = pytest.mark.gale_only
 
@@ -182,6 +183,33 @@ def test_publish_with_trailing_bytes_delivers_once(make_broker, trailer):
         assert metric(b, "gale_messages_published_total") == before + 1
         await c.close()
     run(main())
+    assert_serving(b)
+
+
+def test_publish_with_trailing_bytes_in_a_cluster(redis_factory, make_broker):
+    """The answer waits for Redis while lws reports the body's completion again on every
+    loop turn: still one answer, one delivery on every broker, and no loop left spinning."""
+    redis = redis_factory()
+    a, b = [make_broker(["--redis", redis.url, "--api-key", API_KEY, "--node-id", n])
+            for n in ("a", "b")]
+
+    async def main():
+        ca, cb = await connect(a.url), await connect(b.url)
+        await ca.sub("ct.>")
+        await cb.sub("ct.>")
+        got, closed = await asyncio.to_thread(
+            exchange, a.port, post('{"topic":"ct.one","data":"once"}') + b"\r\n" + get("/"))
+        rs = responses(got)
+        assert closed and len(rs) == 1 and rs[0][0] == 200, got
+        assert rs[0][1]["connection"] == "close"
+        await asyncio.sleep(0.3)
+        for c in (ca, cb):
+            msgs = await c.sync()
+            assert [(m["topic"], m["data"]) for m in msgs] == [("ct.one", "once")]
+            await c.close()
+    run(main())
+    assert metric(a, "gale_messages_published_total") == 1
+    assert_serving(a)
     assert_serving(b)
 
 
