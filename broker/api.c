@@ -466,8 +466,26 @@ int api_writeable(broker_t *b, struct lws *wsi)
     return respond(wsi, status, &o, close);
 }
 
-void api_closed(struct api_req *r)
+int api_filter(broker_t *b, struct lws *wsi)
 {
+    bool body, after_bodyless;
+    if (!http_conn_request(b, wsi, &body, &after_bodyless))
+        return -1;
+    if (!body || !after_bodyless)
+        return 0; /* api_http checks the rest */
+    b->m.http_refused++;
+    return api_refuse(wsi, HTTP_STATUS_BAD_REQUEST, "bad_request",
+                      "a request with a body must be the first on its connection or follow a "
+                      "publish: open a new connection");
+}
+
+void api_closed(struct lws *wsi)
+{
+    http_conn_t *c = http_conn_of(wsi);
+    api_req_t *r = c ? c->req : NULL;
+    if (!r)
+        return;
+    c->req = NULL;
     r->wsi = NULL;
     if (r->pending == 0)
         req_free(r); /* else the last api_publish_done frees it */

@@ -1,6 +1,5 @@
 #include "http.h"
 
-#include "api.h"
 #include "cluster.h"
 #include "log.h"
 
@@ -67,9 +66,7 @@ void http_conn_closed(broker_t *b, struct lws *wsi)
                   b->cfg.handshake_timeout_s);
     }
     head_done(b, c);
-    if (c->req)
-        api_closed(c->req);
-    free(c);
+    free(c); /* api_closed detached its publish request first */
 }
 
 /* True if the request carries a body: a Content-Length above 0, any Transfer-Encoding, or
@@ -93,29 +90,29 @@ static bool request_has_body(struct lws *wsi)
     return m == LWSHUMETH_POST || m == LWSHUMETH_PUT || m == LWSHUMETH_PATCH;
 }
 
-int http_filter(broker_t *b, struct lws *wsi)
+http_conn_t *http_conn_request(broker_t *b, struct lws *wsi, bool *has_body, bool *after_bodyless)
 {
     http_conn_t *c = http_conn_of(wsi);
-    char uri[64];
     if (!c)
-        return -1; /* never accepted through http_conn_accept */
+        return NULL; /* never accepted through http_conn_accept */
     head_done(b, c);
-    if (!request_has_body(wsi)) {
+    *has_body = request_has_body(wsi);
+    *after_bodyless = c->bodyless_before;
+    if (!*has_body)
         c->bodyless_before = true;
+    return c;
+}
+
+int http_filter(broker_t *b, struct lws *wsi)
+{
+    bool body, after_bodyless;
+    if (!http_conn_request(b, wsi, &body, &after_bodyless))
+        return -1;
+    if (!body)
         return 0;
-    }
-    if (!api_owns(wsi, uri, sizeof(uri))) {
-        b->m.http_refused++;
-        return http_refuse(b, wsi, HTTP_STATUS_BAD_REQUEST,
-                           "only POST " API_PUBLISH " takes a request body");
-    }
-    if (c->bodyless_before) {
-        b->m.http_refused++;
-        return api_refuse(wsi, HTTP_STATUS_BAD_REQUEST, "bad_request",
-                          "a request with a body must be the first on its connection or "
-                          "follow a publish: open a new connection");
-    }
-    return 0;
+    b->m.http_refused++;
+    return http_refuse(b, wsi, HTTP_STATUS_BAD_REQUEST,
+                       "only POST /api/publish takes a request body");
 }
 
 /* One complete answer, then the connection closes. */

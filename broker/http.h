@@ -54,11 +54,19 @@ int http_conn_accept(broker_t *b, struct lws *wsi);
 void http_conn_head_done(broker_t *b, struct lws *wsi);
 
 /**
- * LWS_CALLBACK_FILTER_HTTP_CONNECTION, for every request that is not an
- * upgrade, before lws dispatches it: marks the head in and refuses
- * (with an answer, then closing) a request with a body that is not for the
- * publish API, or that follows a request without a body on its connection.
- * Returns what the lws callback must return.
+ * For every request that is not an upgrade (LWS_CALLBACK_FILTER_HTTP_CONNECTION,
+ * before lws dispatches it): marks the connection's head in and tells whether
+ * this request carries a body (a Content-Length above 0, any Transfer-Encoding,
+ * or a POST, PUT or PATCH without a length) and whether a request without a
+ * body came before it on this connection. NULL for a connection
+ * http_conn_accept never saw.
+ */
+http_conn_t *http_conn_request(broker_t *b, struct lws *wsi, bool *has_body, bool *after_bodyless);
+
+/**
+ * LWS_CALLBACK_FILTER_HTTP_CONNECTION for every path but the publish API
+ * (api_filter): refuses a request with a body (400, then closes). Returns
+ * what the lws callback must return.
  */
 int http_filter(broker_t *b, struct lws *wsi);
 
@@ -67,7 +75,8 @@ void http_conn_upgraded(broker_t *b, struct lws *wsi);
 
 /**
  * The connection closes (LWS_CALLBACK_CLOSED_HTTP, LWS_CALLBACK_WSI_DESTROY;
- * a second call does nothing): detaches its publish request, frees its state.
+ * a second call does nothing): frees its state. Its publish request, if any,
+ * must have been detached first (api_closed).
  */
 void http_conn_closed(broker_t *b, struct lws *wsi);
 

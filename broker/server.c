@@ -189,8 +189,10 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
         http_conn_head_done(b, wsi);
         return confirm_upgrade(b, wsi, in);
-    case LWS_CALLBACK_FILTER_HTTP_CONNECTION:
-        return http_filter(b, wsi);
+    case LWS_CALLBACK_FILTER_HTTP_CONNECTION: {
+        char uri[64];
+        return api_owns(wsi, uri, sizeof(uri)) ? api_filter(b, wsi) : http_filter(b, wsi);
+    }
     case LWS_CALLBACK_ESTABLISHED: {
         http_conn_upgraded(b, wsi);
         /* lws keeps its own copy of the protocols array: compare names. */
@@ -230,6 +232,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         session_close(b, s);
         return 0;
     case LWS_CALLBACK_WSI_DESTROY: /* after it, whatever the protocol: user may be NULL */
+        api_closed(wsi);
         http_conn_closed(b, wsi);
         if (s && s->live) {
             s->live = 0;
@@ -250,6 +253,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     case LWS_CALLBACK_HTTP_WRITEABLE:
         return api_writeable(b, wsi);
     case LWS_CALLBACK_CLOSED_HTTP:
+        api_closed(wsi);
         http_conn_closed(b, wsi);
         return 0;
     default:
