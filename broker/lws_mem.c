@@ -88,14 +88,20 @@ static bool slab_owns(const slab_t *s, const void *p)
     return s->base && b >= s->base && b < s->base + s->slot * s->nslots;
 }
 
-/* Takes back p (slab_owns): once no slot is in use, every touched page goes back. */
+/* Takes back p (slab_owns). */
 static void slab_put(slab_t *s, void *p)
 {
     s->free[s->nfree++] = (uint32_t)(((uint8_t *)p - s->base) / s->slot);
     POISON(p, s->slot);
-    if (--s->live)
+    s->live--;
+}
+
+/* When no slot is in use, gives every touched page back (they read as zeroes if touched again). */
+static void slab_trim(slab_t *s)
+{
+    if (s->live || !s->next)
         return;
-    madvise(s->base, s->next * s->slot, MADV_DONTNEED); /* reads as zeroes if touched again */
+    madvise(s->base, s->next * s->slot, MADV_DONTNEED);
     s->next = 0;
     s->nfree = 0;
 }
@@ -165,6 +171,14 @@ bool lws_mem_install(size_t heads, size_t data_size)
     }
     pthread_mutex_unlock(&M.mu);
     return ok;
+}
+
+void lws_mem_trim(void)
+{
+    pthread_mutex_lock(&M.mu);
+    slab_trim(&M.head);
+    slab_trim(&M.data);
+    pthread_mutex_unlock(&M.mu);
 }
 
 size_t lws_mem_heads_in_use(void)

@@ -271,6 +271,7 @@ static void on_sweep(uv_timer_t *t)
 {
     broker_t *b = t->data;
     session_sweep(b);
+    lws_mem_trim();
     session_flush_all(b);
     if (b->auth)
         auth_cache_sweep(b->auth); /* grants no connection holds any more */
