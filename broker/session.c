@@ -284,7 +284,18 @@ static bool pub_allowed(broker_t *b, session_t *s)
     return true;
 }
 
-static void handle(broker_t *b, session_t *s, const uint8_t *msg, size_t len, bool binary)
+/* A text message that is not UTF-8 (RFC 6455 8.1): close with 1007. */
+static int close_invalid_utf8(session_t *s)
+{
+    static const char why[] = "text message is not UTF-8";
+    log_info("conn %" PRIu64 ": %s: closing with 1007", s->conn_id, why);
+    lws_close_reason(s->wsi, LWS_CLOSE_STATUS_INVALID_PAYLOAD, (unsigned char *)why,
+                     sizeof(why) - 1);
+    return -1;
+}
+
+/* One whole message. Returns 0, or -1 when the connection must close (reason set). */
+static int handle(broker_t *b, session_t *s, const uint8_t *msg, size_t len, bool binary)
 {
     gale_request_t req;
     const char *why = "";
@@ -298,6 +309,12 @@ static void handle(broker_t *b, session_t *s, const uint8_t *msg, size_t len, bo
     } else {
         e = gale_decode_request((gale_enc_t)s->enc, msg, len, &req, &why);
     }
+    /*
+     * Text must be UTF-8 whatever it holds. A JSON message that decodes is: the decoder checks
+     * every byte (docs/PROTOCOL-NOTES.md), so only text that failed to decode is checked again.
+     */
+    if (e != GALE_OK && !binary && !gale_utf8_valid(msg, len))
+        return close_invalid_utf8(s);
     if (e == GALE_OK && s->grant)
         e = auth_check(s->grant, &req, &why);
     if (e == GALE_OK && req.op == GALE_OP_PUB && b->cfg.pub_rate && !pub_allowed(b, s)) {
@@ -328,11 +345,12 @@ static void handle(broker_t *b, session_t *s, const uint8_t *msg, size_t len, bo
         }
     }
     if (deferred)
-        return; /* the cluster finishes the reply */
+        return 0; /* the cluster finishes the reply */
     if (e != GALE_OK)
         reply_err(b, s, req.has_id, req.id, e, why);
     else
         reply_ok(b, s, &req);
+    return 0;
 }
 
 bool session_open(broker_t *b, session_t *s, struct lws *wsi, gale_enc_t enc,
@@ -434,10 +452,8 @@ int session_receive(broker_t *b, session_t *s, const uint8_t *in, size_t len)
     size_t total = (first ? 0 : s->rx_len) + len + lws_remaining_packet_payload(wsi);
     if (total > b->cfg.max_message)
         return close_oversize(b, s, total);
-    if (first && final) { /* the common case: the whole message in one chunk */
-        handle(b, s, in, len, lws_frame_is_binary(wsi));
-        return 0;
-    }
+    if (first && final) /* the common case: the whole message in one chunk */
+        return handle(b, s, in, len, lws_frame_is_binary(wsi));
     if (first) {
         s->rx_len = 0;
         s->rx_binary = lws_frame_is_binary(wsi) ? 1 : 0;
@@ -452,13 +468,14 @@ int session_receive(broker_t *b, session_t *s, const uint8_t *in, size_t len)
     s->rx = nrx;
     memcpy(s->rx + s->rx_len, in, len);
     s->rx_len += len;
+    int r = 0;
     if (final) {
-        handle(b, s, s->rx, s->rx_len, s->rx_binary);
+        r = handle(b, s, s->rx, s->rx_len, s->rx_binary);
         free(s->rx);
         s->rx = NULL;
         s->rx_len = 0;
     }
-    return 0;
+    return r;
 }
 
 bool session_enqueue(broker_t *b, session_t *s, frame_t *f)
@@ -528,19 +545,30 @@ int session_peer_close(broker_t *b, session_t *s, const uint8_t *payload, size_t
      * The usual way a client leaves. lws would echo the close from its WRITEABLE handler, a
      * round trip through the poll (two epoll_ctl and a loop turn per connection), then end
      * the connection, dropping what we still had queued. Do the same at once: drop the
-     * queue, write the peer's payload back (lws has already replaced a code no peer may
-     * send with 1002). With a frame half-written, lws closes without a close frame (one
-     * cannot follow a partial frame); leave that case to it.
+     * queue, write the peer's payload back if it is valid, else answer 1002 (RFC 6455 7.4,
+     * 8.1; lws has only replaced some codes no peer may send with 1002, and checks neither
+     * the length nor the reason). With a frame half-written, lws closes without a close frame
+     * (one cannot follow a partial frame); leave that case to it.
      */
-    if (lws_partial_buffered(s->wsi) || len > 125)
+    if (lws_partial_buffered(s->wsi) || len > GALE_CONTROL_MAX)
         return 0;
     outq_clear(&s->q);
-    uint8_t buf[LWS_PRE + 2 + 125];
+    uint8_t buf[LWS_PRE + 2 + GALE_CONTROL_MAX];
     uint8_t *p = buf + LWS_PRE;
+    uint16_t code;
+    const char *bad = gale_close_payload_check(payload, len, &code);
+    if (bad) { /* 1002, with what was wrong as the reason (ASCII, < 123 bytes) */
+        log_info("conn %" PRIu64 ": invalid close frame (%s; %zu bytes, code %u): answering 1002",
+                 s->conn_id, bad, len, (unsigned)code);
+        len = 2 + strlen(bad);
+        p[2] = LWS_CLOSE_STATUS_PROTOCOL_ERR >> 8;
+        p[3] = LWS_CLOSE_STATUS_PROTOCOL_ERR & 0xff;
+        memcpy(p + 4, bad, len - 2);
+    } else if (len) {
+        memcpy(p + 2, payload, len);
+    }
     p[0] = 0x80 | FRAME_CLOSE;
     p[1] = (uint8_t)len;
-    if (len)
-        memcpy(p + 2, payload, len);
     if (lws_write(s->wsi, p, 2 + len, LWS_WRITE_HTTP) >= 0) {
         b->m.bytes_out += 2 + len;
         b->m.writes++;

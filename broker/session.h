@@ -124,9 +124,10 @@ void session_flush(broker_t *b, session_t *s);
 void session_begin_close(broker_t *b, session_t *s, uint16_t code, bool drop_queue);
 
 /**
- * The peer's close frame arrived (its payload, code already checked by lws): the answer for
- * lws's WS_PEER_INITIATED_CLOSE. -1 (end the connection now) if our own close went out first
- * or if we echoed theirs right here; 0 to let lws echo it (it then waits for WRITEABLE).
+ * The peer's close frame arrived (its payload, as lws passes it): the answer for lws's
+ * WS_PEER_INITIATED_CLOSE. A valid payload (gale_close_payload_check) is echoed, an invalid
+ * one answered with 1002. -1 (end the connection now) if our own close went out first or if
+ * we answered theirs right here; 0 to let lws echo it (it then waits for WRITEABLE).
  */
 int session_peer_close(broker_t *b, session_t *s, const uint8_t *payload, size_t len);
 

@@ -1,7 +1,7 @@
 /*
  * gale v1 wire protocol: decoding of client messages, encoding of server
  * messages, conversion of `data` between JSON and MessagePack, validation of
- * topics and patterns.
+ * topics and patterns, and of the payload of a WebSocket close frame.
  *
  * Pure code: no sockets, no event loop, no global mutable state. Every input
  * is untrusted: each function bounds its work by the input length and by
@@ -105,6 +105,28 @@ gale_err_t gale_decode_request(gale_enc_t enc, const uint8_t *buf, size_t len, g
 
 /** True if s[0..len) is well-formed UTF-8 (no overlongs, no surrogates, <= U+10FFFF). */
 bool gale_utf8_valid(const uint8_t *s, size_t len);
+
+/** Largest payload of a WebSocket control frame (RFC 6455 5.5). */
+#define GALE_CONTROL_MAX 125
+/** The close status that stands for "no status code present" (RFC 6455 7.4.1); never sent. */
+#define GALE_CLOSE_NO_STATUS 1005
+
+/**
+ * True if `code` is a status code a peer may send in a close frame: 1000-1003, 1007-1011 and
+ * 3000-4999. Everything else (below 1000, 1004-1006, 1012-2999, 5000 and up) is not
+ * (docs/PROTOCOL-NOTES.md "WebSocket close frames" says why for each range).
+ */
+bool gale_close_code_valid(unsigned code);
+
+/**
+ * Checks the payload p[0..len) of a close frame received from a peer: valid when it is empty,
+ * or a status code (network byte order) that gale_close_code_valid accepts followed by a
+ * reason in valid UTF-8, GALE_CONTROL_MAX bytes at most in all. Returns NULL when valid, else
+ * a static string saying what is wrong (the answer is then a close with 1002). *code (may be
+ * NULL) receives the status code the payload carries, GALE_CLOSE_NO_STATUS when it carries
+ * none (fewer than 2 bytes or over the limit).
+ */
+const char *gale_close_payload_check(const uint8_t *p, size_t len, uint16_t *code);
 
 /** True if t[0..len) is a valid concrete topic (PROTOCOL.md "Topics"). */
 bool gale_topic_valid(const char *t, size_t len);
