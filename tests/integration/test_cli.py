@@ -156,6 +156,24 @@ def test_help_and_version():
     assert p.returncode == 0 and p.stdout.decode().startswith("gale ")
 
 
+def test_version_is_the_brokers():
+    """`gale --version` and `gale -V` print "gale X" where `gale-broker --version` prints
+    "gale-broker X": one project version."""
+    broker = galetest.broker_binary()
+    if not broker or not os.access(broker, os.X_OK):
+        pytest.skip("no gale-broker binary (set GALE_BROKER)")
+    b = subprocess.run([broker, "--version"], capture_output=True, text=True, env=cli_env(),
+                       timeout=20)
+    assert b.returncode == 0, b.stderr
+    name, _, version = b.stdout.strip().partition(" ")
+    assert name == "gale-broker" and version and version != "unknown", b.stdout
+    for flag in ("--version", "-V"):
+        p = gale(flag)
+        assert p.returncode == 0, (flag, p.returncode, p.stderr)
+        assert p.stdout.decode() == "gale %s\n" % version, (flag, p.stdout)
+        assert p.stderr == "", (flag, p.stderr)
+
+
 @pytest.mark.parametrize("args,needle", [
     (["pub", "--bogus", "t", "x"], "unknown option '--bogus'"),
     (["sub", "-q", "t"], "unknown option '-q'"),

@@ -1,6 +1,6 @@
 /*
- * Unit tests of gale bench's NATS stream parser and publish frames (clients/bench_nats.c),
- * and of the bench data and gale publish templates it shares (clients/bench_msg.c).
+ * Unit tests of gale bench's NATS stream parser and publish frames (clients/bench/bench_nats.c),
+ * and of the bench data and gale publish templates it shares (clients/bench/bench_msg.c).
  * The stream is fed whole, split at every position and byte by byte: frame boundaries of
  * nats-server's WebSocket listener fall anywhere.
  */
