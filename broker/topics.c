@@ -426,8 +426,8 @@ topics_result_t topics_subscribe(topics_t *t, topics_owner_t *owner, const char 
     if (first != NULL)
         *first = false;
     if (nseg == 0)
-        return TOPICS_NOMEM; /* out of contract; the only "refused" code there is */
-    owner->_mark = 0;        /* see "Matching" above */
+        return TOPICS_INVALID; /* out of contract: callers pass valid patterns */
+    owner->_mark = 0;          /* see "Matching" above */
 
     for (; have < nseg && (child = child_get(t, n, &segs[have])) != NULL; have++)
         n = child;

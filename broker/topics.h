@@ -45,9 +45,10 @@ void topics_free(topics_t *t);
 
 /** Result of topics_subscribe. */
 typedef enum {
-    TOPICS_ADDED = 0,  /* new subscription */
-    TOPICS_EXISTS = 1, /* owner already held this pattern: nothing changed */
-    TOPICS_NOMEM = -1, /* allocation failed: nothing changed */
+    TOPICS_ADDED = 0,    /* new subscription */
+    TOPICS_EXISTS = 1,   /* owner already held this pattern: nothing changed */
+    TOPICS_NOMEM = -1,   /* allocation failed: nothing changed */
+    TOPICS_INVALID = -2, /* not a pattern (no segment): nothing changed */
 } topics_result_t;
 
 /**
@@ -64,9 +65,6 @@ topics_result_t topics_subscribe(topics_t *t, topics_owner_t *owner, const char 
  * pattern any more.
  */
 bool topics_unsubscribe(topics_t *t, topics_owner_t *owner, const char *p, size_t len, bool *last);
-
-/** True if owner holds pattern p[0..len). Costs O(segments + owner's subscriptions). */
-bool topics_holds(const topics_t *t, const topics_owner_t *owner, const char *p, size_t len);
 
 /**
  * True if owner holds pattern p[0..len), in O(segments + owner's subscriptions).

@@ -225,6 +225,9 @@ static void test_exact(void **state)
     expect(f.t, &f.r, "chat.room-43.typing", -1);
     assert_int_equal(topics_count(f.t), 3);
     assert_int_equal(topics_subscriptions(f.t), 3);
+    /* Not a pattern: refused as such (not as out of memory), nothing changes. */
+    assert_int_equal(sub(f.t, &f.o[0], "", NULL), TOPICS_INVALID);
+    assert_int_equal(topics_subscriptions(f.t), 3);
     fix_done(&f);
 }
 
