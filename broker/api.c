@@ -1,10 +1,10 @@
 #include "api.h"
 
 #include "auth.h"
-#include "cluster.h"
 #include "gale_json.h"
 #include "http.h"
 #include "log.h"
+#include "pending.h"
 #include "router.h"
 
 #include <inttypes.h>
@@ -302,6 +302,32 @@ static bool msg_member(const gale_json_member_t *m, void *arg)
     return true;
 }
 
+/* One message of a request waiting for the cluster (pending.h). */
+typedef struct {
+    pending_t p; /* first */
+    api_req_t *r;
+    uint32_t idx;
+} api_wait_t;
+
+/* pending_t.done: message idx of a request got its result from the cluster. */
+static void publish_done(broker_t *b, pending_t *p, gale_err_t e, const char *why)
+{
+    api_wait_t *w = (api_wait_t *)p;
+    api_req_t *r = w->r;
+    uint32_t idx = w->idx;
+    free(w);
+    if (idx < r->n) {
+        r->results[idx].err = (uint8_t)e;
+        r->results[idx].why = why;
+    }
+    if (--r->pending || r->submitting)
+        return;
+    if (r->wsi)
+        lws_callback_on_writable(r->wsi);
+    else
+        req_free(r);
+}
+
 /* Checks and publishes one message; the result is final unless deferred (pending++). */
 static void publish_one(api_req_t *r, uint32_t idx, const msg_fields_t *f)
 {
@@ -330,12 +356,23 @@ static void publish_one(api_req_t *r, uint32_t idx, const msg_fields_t *f)
         res->why = "not a valid concrete topic";
         return;
     }
-    if (b->cluster) {
+    if (b->bus.ops) {
+        api_wait_t *w = calloc(1, sizeof(*w));
+        if (!w) {
+            res->err = GALE_ERR_INTERNAL;
+            res->why = "out of memory";
+            return;
+        }
+        w->p.done = publish_done;
+        w->r = r;
+        w->idx = idx;
         r->pending++;
-        e = cluster_pub_api(b->cluster, r, idx, topic, tlen, f->data, f->data_len, &why);
+        e = b->bus.ops->pub(b->bus.ctx, &w->p, topic, tlen, GALE_ENC_JSON, f->data, f->data_len,
+                            &why);
         if (e == GALE_OK)
-            return; /* api_publish_done sets the result */
+            return; /* publish_done sets the result */
         r->pending--;
+        free(w);
     } else {
         e = router_publish(b, topic, tlen, GALE_ENC_JSON, f->data, f->data_len);
         if (e != GALE_OK)
@@ -488,20 +525,5 @@ void api_closed(struct lws *wsi)
     c->req = NULL;
     r->wsi = NULL;
     if (r->pending == 0)
-        req_free(r); /* else the last api_publish_done frees it */
-}
-
-void api_publish_done(broker_t *b, void *api, uint32_t idx, gale_err_t e, const char *why)
-{
-    api_req_t *r = api;
-    if (idx < r->n) {
-        r->results[idx].err = (uint8_t)e;
-        r->results[idx].why = why;
-    }
-    if (--r->pending || r->submitting)
-        return;
-    if (r->wsi)
-        lws_callback_on_writable(r->wsi);
-    else
-        req_free(r);
+        req_free(r); /* else the last publish_done frees it */
 }

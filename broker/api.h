@@ -62,7 +62,5 @@ int api_filter(broker_t *b, struct lws *wsi);
  * request, freed unless the cluster still holds some of its messages.
  */
 void api_closed(struct lws *wsi);
-/** A deferred publish (cluster_pub_api) of message idx of request api finished. */
-void api_publish_done(broker_t *b, void *api, uint32_t idx, gale_err_t e, const char *why);
 
 #endif

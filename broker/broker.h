@@ -13,30 +13,33 @@
 #ifndef GALE_BROKER_H
 #define GALE_BROKER_H
 
+#include "bus.h"
 #include "config.h"
 #include "metrics.h"
 #include "topics.h"
 
-#include <libwebsockets.h>
 #include <limits.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <uv.h>
 
 typedef struct session session_t;
+struct server;
 typedef struct cluster cluster_t;
 typedef struct auth auth_t;
 
+/** Coalescing buffer: frames queued for one connection are sent in writes of up to this size. */
+#define BROKER_SCRATCH_SIZE (64 * 1024)
 /** Publishers per loop turn whose pending input can defer the flush. */
 #define BROKER_TRACKED_PUBLISHERS 16
 
 typedef struct broker {
     gale_config_t cfg;
     uv_loop_t *loop;
-    struct lws_context *ctx;
-    struct lws_vhost *vhost;
+    struct server *srv; /* the lws transport (server.c) */
     topics_t *topics;
     cluster_t *cluster; /* NULL: single node (no --redis) */
+    bus_t bus;          /* the cluster as the core sees it (bus.h); ops NULL: single node */
     auth_t *auth;       /* NULL: no --jwt-secret, the broker is open */
     bool tls;           /* --tls-cert: wss:// and https:// */
     metrics_t m;
@@ -46,8 +49,6 @@ typedef struct broker {
     uint64_t next_conn_id;
     int port; /* the port actually listened on */
     char web_root[PATH_MAX];
-    struct lws_protocols protocols[GALE_ENC_COUNT + 1]; /* by encoding, then a terminator */
-    struct lws_http_mount mounts[4];                    /* /metrics, /healthz, /api, / */
 
     session_t **sessions; /* every established WebSocket session (session->slot) */
     uint32_t nsessions, sessions_cap;
@@ -70,14 +71,17 @@ typedef struct broker {
     int handles_open; /* our uv handles not yet closed */
     bool stopping;    /* SIGTERM/SIGINT seen: refuse upgrades, close sessions; lws is
                          torn down once nlive reaches 0 (close frames sent) */
-    bool destroyed;   /* first lws_context_destroy done */
+    bool finishing;   /* stopping and every connection gone: teardown scheduled */
+    bool destroyed;   /* teardown started (server_close) */
     int exit_code;
 } broker_t;
 
 /**
  * Starts a broker on `loop` with `cfg`: creates the lws context on the
  * foreign loop, binds the listener and installs signal handlers. Returns
- * NULL (after logging why) on failure.
+ * NULL when out of memory; on any other failure (logged) a broker whose
+ * exit_code is non-zero and whose teardown has begun: run the loop, then
+ * broker_free returns that code.
  */
 broker_t *broker_start(const gale_config_t *cfg, uv_loop_t *loop);
 
@@ -94,8 +98,11 @@ void broker_stop(broker_t *b);
  */
 int broker_free(broker_t *b);
 
-/** Milliseconds since the broker started. */
-uint64_t broker_uptime_ms(const broker_t *b);
+/** Milliseconds since the broker started (the loop's clock). */
+static inline uint64_t broker_uptime_ms(const broker_t *b)
+{
+    return uv_now(b->loop) - b->start_ms;
+}
 
 /** Samples the gauges for /metrics and /healthz. */
 void broker_gauges(const broker_t *b, metrics_gauges_t *g);

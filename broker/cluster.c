@@ -81,7 +81,7 @@ typedef enum { KIND_CHANNEL = 0, KIND_PATTERN = 1 } kind_t;
 typedef enum { FAIL_NONE, FAIL_NET, FAIL_AUTH, FAIL_DNS } fail_t;
 
 typedef struct {
-    session_reply_t *r;
+    pending_t *r;
     uint64_t sent_ms;
     size_t bytes;
 } inflight_t;
@@ -114,10 +114,10 @@ typedef struct shard {
 typedef struct interest {
     struct interest *hnext;
     uint64_t hash;
-    session_reply_t *waiters; /* subs waiting for confirmation (linked by wnext) */
-    uint64_t want, ok;        /* shard masks */
-    uint16_t *inflight;       /* SUBSCRIBE replies expected: [shard] (pattern), [0] (channel) */
-    uint16_t one;             /* a channel's inflight */
+    pending_t *waiters; /* subs waiting for confirmation (linked by wnext) */
+    uint64_t want, ok;  /* shard masks */
+    uint16_t *inflight; /* SUBSCRIBE replies expected: [shard] (pattern), [0] (channel) */
+    uint16_t one;       /* a channel's inflight */
     uint8_t kind;
     uint8_t wanted; /* a local connection holds it */
     uint16_t name_len;
@@ -283,12 +283,12 @@ static bool shards_up(const cluster_t *c, uint64_t mask)
 /* Acknowledges every sub waiting on it. */
 static void ack_waiters(cluster_t *c, interest_t *it)
 {
-    session_reply_t *r = it->waiters, *next;
+    pending_t *r = it->waiters, *next;
     it->waiters = NULL;
     for (; r; r = next) {
         next = r->wnext;
         r->wnext = NULL;
-        session_reply_finish(c->b, r, GALE_OK, "");
+        pending_finish(c->b, r, GALE_OK, "");
     }
 }
 
@@ -343,23 +343,15 @@ static void on_confirm(shard_t *sh, kind_t kind, const char *name, size_t len)
         ack_waiters(c, it);
 }
 
-/* Undoes a sub that added s's subscription to p. */
-static void undo_sub(cluster_t *c, session_t *s, const char *p, size_t len)
-{
-    bool last = false;
-    if (topics_unsubscribe(c->b->topics, &s->owner, p, len, &last) && last)
-        cluster_release(p, len, c);
-}
-
 /*
  * sh went down: its subscriptions are unconfirmed, the subs waiting for them
- * fail (and are undone when they added the subscription), released
- * interests that only waited for sh's replies go.
+ * fail (their waiters undo what they added, which may release interests),
+ * released interests that only waited for sh's replies go.
  */
 static void interests_shard_down(shard_t *sh)
 {
     cluster_t *c = sh->c;
-    session_reply_t *failed = NULL;
+    pending_t *failed = NULL;
     for (size_t i = 0; i < c->nbuckets; i++) {
         interest_t *it = c->buckets[i], *next;
         for (; it; it = next) {
@@ -369,7 +361,7 @@ static void interests_shard_down(shard_t *sh)
             it->ok &= ~bit(sh->idx);
             *inflight_of(it, sh) = 0;
             while (it->waiters) {
-                session_reply_t *r = it->waiters;
+                pending_t *r = it->waiters;
                 it->waiters = r->wnext;
                 r->wnext = failed;
                 failed = r;
@@ -381,14 +373,12 @@ static void interests_shard_down(shard_t *sh)
     sh->subs_waiting = 0;
     /* The table is consistent again: undoing may release interests now. */
     while (failed) {
-        session_reply_t *r = failed;
+        pending_t *r = failed;
         failed = r->wnext;
         r->wnext = NULL;
-        if (r->added && r->s)
-            undo_sub(c, r->s, r->pattern, r->plen);
-        session_reply_finish(c->b, r, GALE_ERR_UNAVAILABLE,
-                             "the cluster bus (Redis) went down before the subscription was "
-                             "confirmed");
+        pending_finish(c->b, r, GALE_ERR_UNAVAILABLE,
+                       "the cluster bus (Redis) went down before the subscription was "
+                       "confirmed");
     }
 }
 
@@ -424,13 +414,13 @@ static void on_pub_reply(redisAsyncContext *ac, void *reply, void *privdata)
     sh->count--;
     sh->inflight_bytes -= in.bytes;
     if (rep && rep->type != REDIS_REPLY_ERROR) {
-        session_reply_finish(sh->c->b, in.r, (gale_err_t)in.r->local_err, in.r->why);
+        pending_finish(sh->c->b, in.r, (gale_err_t)in.r->local_err, in.r->local_why);
         return;
     }
     if (rep)
         log_warn("redis %s: PUBLISH refused: %.*s", sh->addr.label, (int)rep->len, rep->str);
-    session_reply_finish(sh->c->b, in.r, GALE_ERR_UNAVAILABLE,
-                         "the cluster bus (Redis) did not take the message");
+    pending_finish(sh->c->b, in.r, GALE_ERR_UNAVAILABLE,
+                   "the cluster bus (Redis) did not take the message");
 }
 
 static bool env_reserve(cluster_t *c, size_t n)
@@ -445,30 +435,8 @@ static bool env_reserve(cluster_t *c, size_t n)
     return true;
 }
 
-/* Who waits for a publish's reply: a session's request, or an HTTP publish (api.c). */
-typedef struct {
-    session_t *s;
-    const gale_request_t *req;
-    void *api;
-    uint32_t api_idx;
-} origin_t;
-
-static session_reply_t *origin_reply(const origin_t *o)
-{
-    if (o->s)
-        return session_reply_defer(o->s, o->req);
-    session_reply_t *r = calloc(1, sizeof(*r) + 1);
-    if (r) {
-        r->op = GALE_OP_PUB;
-        r->api = o->api;
-        r->api_idx = o->api_idx;
-    }
-    return r;
-}
-
-/* Delivers locally and PUBLISHes; GALE_OK means the reply is deferred to Redis's answer. */
-static gale_err_t publish(cluster_t *c, const origin_t *o, const char *topic, size_t topic_len,
-                          gale_enc_t enc, const uint8_t *data, size_t data_len, const char **why)
+gale_err_t cluster_pub(cluster_t *c, pending_t *r, const char *topic, size_t topic_len,
+                       gale_enc_t enc, const uint8_t *data, size_t data_len, const char **why)
 {
     broker_t *b = c->b;
     shard_t *sh = &c->shards[cluster_ring_shard(&c->ring, topic, topic_len)];
@@ -476,7 +444,6 @@ static gale_err_t publish(cluster_t *c, const origin_t *o, const char *topic, si
     size_t size = cluster_envelope_size(node_len, topic_len, data_len);
     char channel[CLUSTER_PREFIX_MAX + GALE_TOPIC_MAX + 1];
     kind_t kind;
-    session_reply_t *r;
 
     if (sh->state != SHARD_UP) {
         *why = unreachable;
@@ -486,7 +453,7 @@ static gale_err_t publish(cluster_t *c, const origin_t *o, const char *topic, si
         *why = "the cluster bus (Redis) is not keeping up: too many messages pending";
         return GALE_ERR_UNAVAILABLE;
     }
-    if (!ring_reserve(sh) || !env_reserve(c, size) || !(r = origin_reply(o))) {
+    if (!ring_reserve(sh) || !env_reserve(c, size)) {
         *why = "out of memory";
         return GALE_ERR_INTERNAL;
     }
@@ -507,9 +474,9 @@ static gale_err_t publish(cluster_t *c, const origin_t *o, const char *topic, si
     /* Local subscribers now, in the publisher's order; then the bus. */
     gale_err_t local = router_publish(b, topic, topic_len, enc, data, data_len);
     r->local_err = (uint8_t)local;
-    r->why = local != GALE_OK ? router_convert_why(enc) : "";
+    r->local_why = local != GALE_OK ? router_convert_why(enc) : "";
     if (n == 0 || redisAsyncCommandArgv(sh->pub, on_pub_reply, sh, 3, argv, lens) != REDIS_OK) {
-        session_reply_finish(b, r, GALE_ERR_UNAVAILABLE, unreachable);
+        pending_finish(b, r, GALE_ERR_UNAVAILABLE, unreachable);
         return GALE_OK;
     }
     sh->seq++;
@@ -521,42 +488,22 @@ static gale_err_t publish(cluster_t *c, const origin_t *o, const char *topic, si
     return GALE_OK;
 }
 
-gale_err_t cluster_pub(cluster_t *c, session_t *s, const gale_request_t *req, const char **why,
-                       bool *deferred)
-{
-    origin_t o = {.s = s, .req = req};
-    gale_err_t e = publish(c, &o, req->topic, req->topic_len, (gale_enc_t)s->enc, req->data,
-                           req->data_len, why);
-    *deferred = e == GALE_OK;
-    return e;
-}
-
-gale_err_t cluster_pub_api(cluster_t *c, void *api, uint32_t idx, const char *topic,
-                           size_t topic_len, const uint8_t *data, size_t data_len, const char **why)
-{
-    origin_t o = {.api = api, .api_idx = idx};
-    return publish(c, &o, topic, topic_len, GALE_ENC_JSON, data, data_len, why);
-}
-
 /* --- subscribing ---------------------------------------------------------- */
 
-gale_err_t cluster_sub(cluster_t *c, session_t *s, const gale_request_t *req, bool added,
-                       bool first, const char **why, bool *deferred)
+gale_err_t cluster_sub(cluster_t *c, pending_t *done, const char *p, size_t plen, const char **why,
+                       bool *deferred)
 {
     char name[CLUSTER_NAME_MAX];
     kind_t kind;
-    size_t len = redis_name(c, req->topic, req->topic_len, name, &kind);
+    size_t len = redis_name(c, p, plen, name, &kind);
     interest_t *it = len ? interest_find(c, kind, name, len) : NULL;
-    session_reply_t *r;
-    (void)first; /* the table knows: an interest not wanted yet is new to this node */
 
+    *deferred = false;
     if (len && (!it || !it->wanted)) {
-        uint64_t want = kind == KIND_PATTERN
-                            ? c->all
-                            : bit(cluster_ring_shard(&c->ring, req->topic, req->topic_len));
+        uint64_t want = kind == KIND_PATTERN ? c->all : bit(cluster_ring_shard(&c->ring, p, plen));
         if (!shards_up(c, want))
             goto Unavailable;
-        if (!it && !(it = interest_new(c, kind, name, len, req->topic, req->topic_len)))
+        if (!it && !(it = interest_new(c, kind, name, len, p, plen)))
             goto Nomem;
         it->wanted = 1;
         for (uint32_t i = 0; i < c->nshards; i++)
@@ -569,22 +516,15 @@ gale_err_t cluster_sub(cluster_t *c, session_t *s, const gale_request_t *req, bo
         return GALE_OK;
     if (!shards_up(c, it->want))
         goto Unavailable;
-    if (!(r = session_reply_defer(s, req)))
-        goto Nomem;
-    r->added = added;
-    r->wnext = it->waiters;
-    it->waiters = r;
+    done->wnext = it->waiters;
+    it->waiters = done;
     *deferred = true;
     return GALE_OK;
 
 Unavailable:
-    if (added)
-        undo_sub(c, s, req->topic, req->topic_len);
     *why = unreachable;
     return GALE_ERR_UNAVAILABLE;
 Nomem:
-    if (added)
-        undo_sub(c, s, req->topic, req->topic_len);
     *why = "out of memory";
     return GALE_ERR_INTERNAL;
 }
@@ -607,6 +547,20 @@ void cluster_release(const char *p, size_t len, void *arg)
     if (inflight_none(c, it))
         interest_free(c, it);
 }
+
+static gale_err_t bus_sub(void *bus, pending_t *done, const char *p, size_t len, const char **why,
+                          bool *deferred)
+{
+    return cluster_sub(bus, done, p, len, why, deferred);
+}
+
+static gale_err_t bus_pub(void *bus, pending_t *done, const char *topic, size_t topic_len,
+                          gale_enc_t enc, const uint8_t *data, size_t data_len, const char **why)
+{
+    return cluster_pub(bus, done, topic, topic_len, enc, data, data_len, why);
+}
+
+const bus_ops_t cluster_bus = {.sub = bus_sub, .release = cluster_release, .pub = bus_pub};
 
 /* --- receiving ------------------------------------------------------------ */
 
@@ -1042,7 +996,7 @@ static void reap(shard_t *sh)
         inflight_t in = sh->ring[sh->head];
         sh->head = (sh->head + 1) & (sh->cap - 1);
         sh->count--;
-        session_reply_finish(sh->c->b, in.r, GALE_ERR_UNAVAILABLE, unreachable);
+        pending_finish(sh->c->b, in.r, GALE_ERR_UNAVAILABLE, unreachable);
     }
     sh->inflight_bytes = 0;
 }

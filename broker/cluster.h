@@ -17,11 +17,9 @@
  * they are reconnected after a jittered exponential backoff (100 ms to 5 s),
  * every subscription being sent again.
  *
- * Replies that wait for Redis are session_reply_t entries in the session's
- * reply FIFO (session.h), so that a connection's replies keep the order of
- * its requests. The cluster holds an entry until it finishes it with
- * session_reply_finish; the session may close meanwhile (the entry is then
- * detached, s == NULL, and freed when finished).
+ * Answers that wait for Redis are pending_t (pending.h), whoever waits: a
+ * WebSocket request's reply (core.c) or a message of an HTTP publish
+ * (api.c). The cluster holds one until Redis answers, then finishes it.
  *
  * The behaviour clients see is described in README.md "Cluster".
  */
@@ -29,7 +27,7 @@
 #define GALE_CLUSTER_H
 
 #include "broker.h"
-#include "session.h"
+#include "pending.h"
 
 #include <stdbool.h>
 
@@ -53,16 +51,16 @@ void cluster_close(cluster_t *c);
 void cluster_free(cluster_t *c);
 
 /**
- * Makes a `sub` live cluster-wide. The subscription is already in the local
- * index: `added` if this request added it, `first` if no connection of this
- * node held the pattern before. Returns GALE_OK with *deferred false: ack now
- * (the pattern is confirmed by Redis); GALE_OK with *deferred true: the reply
- * is queued and will be sent once Redis confirms the subscription; or an
- * error (GALE_ERR_UNAVAILABLE while a shard it needs is down), in which case
- * a subscription this request added has been removed again.
+ * Makes the subscription to pattern p[0..len), already in the local index,
+ * live cluster-wide. Returns GALE_OK with *deferred false: live now (the
+ * pattern is confirmed by Redis); GALE_OK with *deferred true: done is
+ * finished once Redis confirms it, or with an error if a shard goes down
+ * first; or an error (GALE_ERR_UNAVAILABLE while a shard it needs is down,
+ * GALE_ERR_INTERNAL) with done untouched. Undoing the local subscription
+ * after an error is the caller's.
  */
-gale_err_t cluster_sub(cluster_t *c, session_t *s, const gale_request_t *req, bool added,
-                       bool first, const char **why, bool *deferred);
+gale_err_t cluster_sub(cluster_t *c, pending_t *done, const char *p, size_t len, const char **why,
+                       bool *deferred);
 
 /**
  * The pattern p[0..len) has no local holder any more (topics' on_last; arg
@@ -72,23 +70,19 @@ gale_err_t cluster_sub(cluster_t *c, session_t *s, const gale_request_t *req, bo
 void cluster_release(const char *p, size_t len, void *arg);
 
 /**
- * Publishes a `pub`: delivers to local subscribers now and PUBLISHes the
- * envelope to the topic's shard. Returns GALE_OK with *deferred true (the
- * reply follows Redis's answer), or an error with nothing delivered:
- * GALE_ERR_UNAVAILABLE when the shard is down or its pending-publish buffer
- * (--redis-max-pending) is full, GALE_ERR_INTERNAL when out of memory.
+ * Publishes topic/data (data in encoding enc): delivers to local subscribers
+ * now and PUBLISHes the envelope to the topic's shard. Returns GALE_OK: done
+ * is finished with Redis's answer (possibly before this returns), with the
+ * local delivery's outcome when Redis took it; or an error with nothing
+ * delivered and done untouched: GALE_ERR_UNAVAILABLE when the shard is down
+ * or its pending-publish buffer (--redis-max-pending) is full,
+ * GALE_ERR_INTERNAL when out of memory.
  */
-gale_err_t cluster_pub(cluster_t *c, session_t *s, const gale_request_t *req, const char **why,
-                       bool *deferred);
+gale_err_t cluster_pub(cluster_t *c, pending_t *done, const char *topic, size_t topic_len,
+                       gale_enc_t enc, const uint8_t *data, size_t data_len, const char **why);
 
-/**
- * Publishes a message of the HTTP publish API (JSON data) like cluster_pub:
- * GALE_OK means deferred, and api_publish_done(b, api, idx, ...) follows
- * (possibly before this returns); an error means nothing was delivered.
- */
-gale_err_t cluster_pub_api(cluster_t *c, void *api, uint32_t idx, const char *topic,
-                           size_t topic_len, const uint8_t *data, size_t data_len,
-                           const char **why);
+/** The cluster as the core's bus (bus.h): ctx is the cluster_t. */
+extern const bus_ops_t cluster_bus;
 
 /** Shards configured and shards up (both connections ready). */
 void cluster_state(const cluster_t *c, uint32_t *shards, uint32_t *up);

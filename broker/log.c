@@ -1,6 +1,5 @@
 #include "log.h"
 
-#include <libwebsockets.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <stdio.h>
@@ -53,18 +52,4 @@ void log_msg(log_level_t level, const char *fmt, ...)
         len--;
     line[len++] = '\n';
     fwrite(line, 1, len, stderr);
-}
-
-static void lws_emit(int level, const char *line)
-{
-    log_level_t ours = level == LLL_ERR ? LOG_ERROR : level == LLL_WARN ? LOG_WARN : LOG_DEBUG;
-    log_msg(ours, "lws: %s", line);
-}
-
-void log_attach_lws(void)
-{
-    int mask = LLL_ERR | LLL_WARN;
-    if (log_enabled(LOG_DEBUG))
-        mask |= LLL_NOTICE | (getenv("GALE_LWS_INFO") ? LLL_INFO : 0);
-    lws_set_log_level(mask, lws_emit);
 }

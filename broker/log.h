@@ -32,7 +32,4 @@ void log_msg(log_level_t level, const char *fmt, ...) __attribute__((format(prin
             log_msg(LOG_DEBUG, __VA_ARGS__);                                                       \
     } while (0)
 
-/** Routes libwebsockets' own log lines (errors and warnings) through log_msg. */
-void log_attach_lws(void);
-
 #endif

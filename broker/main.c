@@ -5,6 +5,7 @@
 #include "broker.h"
 #include "config.h"
 #include "log.h"
+#include "server.h"
 
 #include <stdio.h>
 #include <uv.h>
@@ -26,7 +27,7 @@ int main(int argc, char **argv)
         break;
     }
     log_set_level((log_level_t)cfg.log_level);
-    log_attach_lws();
+    server_attach_log();
 
     if (uv_loop_init(&loop) != 0) {
         log_error("could not create the event loop");

@@ -1,7 +1,7 @@
 #include "router.h"
 
+#include "conn.h"
 #include "frame.h"
-#include "session.h"
 
 #include <stddef.h>
 
@@ -34,12 +34,12 @@ static gale_err_t build(route_t *r, gale_enc_t enc)
 static void visit(topics_owner_t *owner, void *arg)
 {
     route_t *r = arg;
-    session_t *s = (session_t *)((char *)owner - offsetof(session_t, owner));
-    if (s->close_code || s->killed || r->failed[s->enc])
+    conn_t *c = (conn_t *)((char *)owner - offsetof(conn_t, owner));
+    if (c->closing || r->failed[c->enc])
         return;
-    if (!r->frames[s->enc] && (r->failed[s->enc] = build(r, (gale_enc_t)s->enc)) != GALE_OK)
+    if (!r->frames[c->enc] && (r->failed[c->enc] = build(r, (gale_enc_t)c->enc)) != GALE_OK)
         return;
-    if (session_enqueue(r->b, s, r->frames[s->enc]))
+    if (c->ops->deliver(r->b, c, r->frames[c->enc]))
         r->delivered++;
 }
 

@@ -1,10 +1,8 @@
 #include "session.h"
 
-#include "api.h"
 #include "auth.h"
-#include "cluster.h"
+#include "core.h"
 #include "log.h"
-#include "router.h"
 
 #include <inttypes.h>
 #ifdef __GLIBC__
@@ -66,182 +64,56 @@ static frame_t *finish_reply(gale_buf_t *buf, gale_err_t e, gale_enc_t enc)
     return frame_finish(buf, enc == GALE_ENC_JSON ? FRAME_TEXT : FRAME_BINARY);
 }
 
-/* Appends r to s's reply FIFO (s->replies is its tail, tail->next its head). */
-static void fifo_push(session_t *s, session_reply_t *r)
-{
-    r->s = s;
-    if (s->replies) {
-        r->next = s->replies->next;
-        s->replies->next = r;
-    } else {
-        r->next = r;
-    }
-    s->replies = r;
-}
-
-/* Queues a reply frame built by the caller (behind replies still held back); frees it if it
- * cannot be queued. */
-static void send_reply(broker_t *b, session_t *s, frame_t *f)
+/* Queues a frame built for s (hello, an answer); frees it. */
+static void send_frame(broker_t *b, session_t *s, frame_t *f)
 {
     if (!f) {
-        log_error("conn %" PRIu64 ": out of memory building a reply: closing", s->conn_id);
+        log_error("conn %" PRIu64 ": out of memory building a reply: closing", s->conn.id);
         session_begin_close(b, s, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, true);
-        return;
-    }
-    if (s->replies) {
-        session_reply_t *r = calloc(1, sizeof(*r));
-        if (!r) {
-            frame_unref(f);
-            log_error("conn %" PRIu64 ": out of memory holding a reply: closing", s->conn_id);
-            session_begin_close(b, s, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, true);
-            return;
-        }
-        r->frame = f;
-        r->done = 1;
-        fifo_push(s, r);
         return;
     }
     session_enqueue(b, s, f);
     frame_unref(f);
 }
 
-session_reply_t *session_reply_defer(session_t *s, const gale_request_t *req)
+static session_t *session_of(conn_t *c)
 {
-    size_t plen = req->op == GALE_OP_SUB ? req->topic_len : 0;
-    session_reply_t *r = calloc(1, sizeof(*r) + plen + 1);
-    if (!r)
-        return NULL;
-    r->id = req->id;
-    r->has_id = req->has_id;
-    r->op = (uint8_t)req->op;
-    r->plen = (uint8_t)plen;
-    memcpy(r->pattern, req->topic, plen);
-    fifo_push(s, r);
-    return r;
+    return (session_t *)((char *)c - offsetof(session_t, conn));
 }
 
-static void reply_free(session_reply_t *r)
+/* conn_ops_t.deliver */
+static bool op_deliver(broker_t *b, conn_t *c, frame_t *f)
 {
-    frame_unref(r->frame);
-    free(r);
+    return session_enqueue(b, session_of(c), f);
 }
 
-void session_reply_finish(broker_t *b, session_reply_t *r, gale_err_t e, const char *why)
+/* conn_ops_t.reply: the answer as a gale v1 frame in the session's encoding. */
+static void op_reply(broker_t *b, conn_t *c, const conn_reply_t *r)
 {
-    session_t *s = r->s;
-    if (r->api) { /* an HTTP publish */
-        api_publish_done(b, r->api, r->api_idx, e, why);
-        reply_free(r);
-        return;
-    }
-    if (!s) { /* the session closed meanwhile */
-        reply_free(r);
-        return;
-    }
-    gale_enc_t enc = (gale_enc_t)s->enc;
-    gale_buf_t buf;
-    gale_buf_init(&buf, FRAME_HEADROOM);
-    r->done = 1;
-    if (e != GALE_OK) {
-        b->m.protocol_errors[e < GALE_ERR_COUNT ? e : GALE_ERR_INTERNAL]++;
-        log_debug("conn %" PRIu64 ": err %s: %s", s->conn_id, gale_err_name(e), why);
-        r->frame = finish_reply(&buf, gale_encode_err(&buf, enc, r->has_id, r->id, e, why), enc);
-    } else if (r->has_id) {
-        r->frame = finish_reply(&buf, gale_encode_ack(&buf, enc, r->id), enc);
-    } else {
-        r->done = 2; /* success without id: silent */
-    }
-    if (!r->frame && r->done == 1) {
-        log_error("conn %" PRIu64 ": out of memory building a reply: closing", s->conn_id);
-        session_begin_close(b, s, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, true);
-    }
-    /* Send what is finished at the head of the FIFO, in order. */
-    while (s->replies) {
-        session_reply_t *head = s->replies->next;
-        if (!head->done)
-            break;
-        if (head == s->replies)
-            s->replies = NULL;
-        else
-            s->replies->next = head->next;
-        if (head->frame)
-            session_enqueue(b, s, head->frame);
-        reply_free(head);
-    }
-}
-
-/* The session closes: free its finished replies, detach those the cluster still holds. */
-static void replies_detach(session_t *s)
-{
-    if (!s->replies)
-        return;
-    session_reply_t *r = s->replies->next;
-    s->replies->next = NULL; /* break the circle */
-    s->replies = NULL;
-    while (r) {
-        session_reply_t *next = r->next;
-        r->next = NULL;
-        r->s = NULL;
-        if (r->done)
-            reply_free(r);
-        r = next;
-    }
-}
-
-static void reply_err(broker_t *b, session_t *s, bool has_id, uint64_t id, gale_err_t code,
-                      const char *why)
-{
-    gale_buf_t buf;
-    gale_buf_init(&buf, FRAME_HEADROOM);
-    b->m.protocol_errors[code < GALE_ERR_COUNT ? code : GALE_ERR_INTERNAL]++;
-    log_debug("conn %" PRIu64 ": err %s: %s", s->conn_id, gale_err_name(code), why);
-    gale_enc_t enc = (gale_enc_t)s->enc;
-    send_reply(b, s, finish_reply(&buf, gale_encode_err(&buf, enc, has_id, id, code, why), enc));
-}
-
-static void reply_ok(broker_t *b, session_t *s, const gale_request_t *req)
-{
-    gale_enc_t enc = (gale_enc_t)s->enc;
+    gale_enc_t enc = (gale_enc_t)c->enc;
     gale_buf_t buf;
     gale_err_t e;
-    if (req->op != GALE_OP_PING && !req->has_id)
-        return; /* success without id is silent */
     gale_buf_init(&buf, FRAME_HEADROOM);
-    if (req->op == GALE_OP_PING)
-        e = gale_encode_pong(&buf, enc, req->has_id, req->id);
+    if (r->err != GALE_OK)
+        e = gale_encode_err(&buf, enc, r->has_id, r->id, r->err, r->why);
+    else if (r->op == GALE_OP_PING)
+        e = gale_encode_pong(&buf, enc, r->has_id, r->id);
     else
-        e = gale_encode_ack(&buf, enc, req->id);
-    send_reply(b, s, finish_reply(&buf, e, enc));
+        e = gale_encode_ack(&buf, enc, r->id);
+    send_frame(b, session_of(c), finish_reply(&buf, e, enc));
 }
 
-static gale_err_t do_sub(broker_t *b, session_t *s, const gale_request_t *req, const char **why,
-                         bool *deferred)
+/* conn_ops_t.close */
+static void op_close(broker_t *b, conn_t *c, uint16_t code)
 {
-    bool first = false;
-    if (s->owner.nsubs >= b->cfg.max_subscriptions &&
-        !topics_holds(b->topics, &s->owner, req->topic, req->topic_len)) {
-        *why = "too many subscriptions on this connection";
-        return GALE_ERR_LIMIT;
-    }
-    topics_result_t r = topics_subscribe(b->topics, &s->owner, req->topic, req->topic_len,
-                                         b->cluster ? &first : NULL);
-    if (r == TOPICS_NOMEM) {
-        *why = "out of memory";
-        return GALE_ERR_INTERNAL;
-    }
-    if (b->cluster)
-        return cluster_sub(b->cluster, s, req, r == TOPICS_ADDED, first, why, deferred);
-    return GALE_OK;
+    session_begin_close(b, session_of(c), code, true);
 }
 
-static void do_unsub(broker_t *b, session_t *s, const gale_request_t *req)
-{
-    bool last = false;
-    if (topics_unsubscribe(b->topics, &s->owner, req->topic, req->topic_len,
-                           b->cluster ? &last : NULL) &&
-        last)
-        cluster_release(req->topic, req->topic_len, b->cluster);
-}
+static const conn_ops_t session_ops = {
+    .deliver = op_deliver,
+    .reply = op_reply,
+    .close = op_close,
+};
 
 /*
  * Remembers (up to BROKER_TRACKED_PUBLISHERS per turn) who published this loop turn, and how
@@ -266,99 +138,24 @@ static void forget_publisher(broker_t *b, session_t *s)
         }
 }
 
-/* The --pub-rate token bucket: true if s may publish now (and takes the token). */
-static bool pub_allowed(broker_t *b, session_t *s)
-{
-    uint64_t rate = b->cfg.pub_rate;
-    uint64_t cap = (b->cfg.pub_burst ? b->cfg.pub_burst : rate) * 1000;
-    uint32_t now = (uint32_t)broker_uptime_ms(b);
-    uint64_t t = s->rl_tokens + (uint64_t)(uint32_t)(now - s->rl_ms) * rate;
-    s->rl_ms = now;
-    if (t > cap)
-        t = cap;
-    if (t < 1000) {
-        s->rl_tokens = (uint32_t)t;
-        return false;
-    }
-    s->rl_tokens = (uint32_t)(t - 1000);
-    return true;
-}
-
-/* A text message that is not UTF-8 (RFC 6455 8.1): close with 1007. */
-static int close_invalid_utf8(session_t *s)
-{
-    static const char why[] = "text message is not UTF-8";
-    log_info("conn %" PRIu64 ": %s: closing with 1007", s->conn_id, why);
-    lws_close_reason(s->wsi, LWS_CLOSE_STATUS_INVALID_PAYLOAD, (unsigned char *)why,
-                     sizeof(why) - 1);
-    return -1;
-}
-
 /* One whole message. Returns 0, or -1 when the connection must close (reason set). */
 static int handle(broker_t *b, session_t *s, const uint8_t *msg, size_t len, bool binary)
 {
-    gale_request_t req;
-    const char *why = "";
-    gale_err_t e;
-    bool deferred = false;
-    memset(&req, 0, sizeof(req));
-    if (binary != (s->enc == GALE_ENC_MSGPACK)) {
-        e = GALE_ERR_BAD_REQUEST;
-        why = binary ? "binary frame on a gale.v1.json connection"
-                     : "text frame on a gale.v1.msgpack connection";
-    } else {
-        e = gale_decode_request((gale_enc_t)s->enc, msg, len, &req, &why);
-    }
-    /*
-     * Text must be UTF-8 whatever it holds. A JSON message that decodes is: the decoder checks
-     * every byte (docs/PROTOCOL-NOTES.md), so only text that failed to decode is checked again.
-     */
-    if (e != GALE_OK && !binary && !gale_utf8_valid(msg, len))
-        return close_invalid_utf8(s);
-    if (e == GALE_OK && s->grant)
-        e = auth_check(s->grant, &req, &why);
-    if (e == GALE_OK && req.op == GALE_OP_PUB && b->cfg.pub_rate && !pub_allowed(b, s)) {
-        e = GALE_ERR_LIMIT;
-        why = "publish rate over --pub-rate";
-    }
-    if (e == GALE_OK) {
-        switch (req.op) {
-        case GALE_OP_SUB:
-            e = do_sub(b, s, &req, &why, &deferred);
-            break;
-        case GALE_OP_UNSUB:
-            do_unsub(b, s, &req);
-            break;
-        case GALE_OP_PUB:
-            note_publisher(b, s, len);
-            if (b->cluster) {
-                e = cluster_pub(b->cluster, s, &req, &why, &deferred);
-                break;
-            }
-            e = router_publish(b, req.topic, req.topic_len, (gale_enc_t)s->enc, req.data,
-                               req.data_len);
-            if (e != GALE_OK)
-                why = router_convert_why((gale_enc_t)s->enc);
-            break;
-        case GALE_OP_PING:
-            break;
-        }
-    }
-    if (deferred)
-        return 0; /* the cluster finishes the reply */
-    if (e != GALE_OK)
-        reply_err(b, s, req.has_id, req.id, e, why);
-    else
-        reply_ok(b, s, &req);
-    return 0;
+    uint64_t published = b->m.messages_published;
+    uint16_t code = core_message(b, &s->conn, msg, len, binary);
+    if (b->m.messages_published != published)
+        note_publisher(b, s, len);
+    if (!code)
+        return 0;
+    static const char why[] = "text message is not UTF-8";
+    lws_close_reason(s->wsi, (enum lws_close_status)code, (unsigned char *)why, sizeof(why) - 1);
+    return -1;
 }
 
 bool session_open(broker_t *b, session_t *s, struct lws *wsi, gale_enc_t enc,
                   struct auth_grant *grant)
 {
     s->wsi = wsi;
-    s->enc = (uint8_t)enc;
-    s->conn_id = ++b->next_conn_id;
     s->dirty_slot = SESSION_NOT_DIRTY;
     s->last_rx_ms = broker_uptime_ms(b);
     if (!slot_push(&b->sessions, &b->nsessions, &b->sessions_cap, s, &s->slot))
@@ -366,30 +163,22 @@ bool session_open(broker_t *b, session_t *s, struct lws *wsi, gale_enc_t enc,
     if (b->nsessions > b->sessions_peak)
         b->sessions_peak = b->nsessions;
     b->m.connections_accepted++;
-    if (grant) {
-        auth_grant_ref(grant);
-        s->grant = grant;
-    }
-    if (b->cfg.pub_rate) {
-        uint64_t burst = b->cfg.pub_burst ? b->cfg.pub_burst : b->cfg.pub_rate;
-        s->rl_tokens = (uint32_t)(burst * 1000);
-        s->rl_ms = (uint32_t)s->last_rx_ms;
-    }
+    core_open(b, &s->conn, &session_ops, enc, grant);
     s->live = 1;
     b->nlive++;
 
     char conn[24];
-    snprintf(conn, sizeof(conn), "%" PRIu64, s->conn_id);
+    snprintf(conn, sizeof(conn), "%" PRIu64, s->conn.id);
     gale_buf_t buf;
     gale_buf_init(&buf, FRAME_HEADROOM);
-    send_reply(b, s,
+    send_frame(b, s,
                finish_reply(
                    &buf, gale_encode_hello(&buf, enc, b->node_id, conn, b->cfg.max_message), enc));
     if (grant)
-        log_info("conn %" PRIu64 ": open (%s), user '%s'", s->conn_id, gale_enc_subprotocol(enc),
+        log_info("conn %" PRIu64 ": open (%s), user '%s'", s->conn.id, gale_enc_subprotocol(enc),
                  grant->user);
     else
-        log_debug("conn %" PRIu64 ": open (%s)", s->conn_id, gale_enc_subprotocol(enc));
+        log_debug("conn %" PRIu64 ": open (%s)", s->conn.id, gale_enc_subprotocol(enc));
     return true;
 }
 
@@ -397,14 +186,11 @@ void session_close(broker_t *b, session_t *s)
 {
     if (!s->wsi)
         return; /* never opened */
-    replies_detach(s);
-    topics_unsubscribe_all(b->topics, &s->owner, b->cluster ? cluster_release : NULL, b->cluster);
+    core_close(b, &s->conn);
     forget_publisher(b, s);
     outq_clear(&s->q);
     free(s->rx);
     s->rx = NULL;
-    auth_grant_unref(s->grant);
-    s->grant = NULL;
     if (s->dirty_slot != SESSION_NOT_DIRTY) {
         session_t *last = b->dirty[--b->ndirty];
         b->dirty[s->dirty_slot] = last;
@@ -414,7 +200,7 @@ void session_close(broker_t *b, session_t *s)
     session_t *last = b->sessions[--b->nsessions];
     b->sessions[s->slot] = last;
     last->slot = s->slot;
-    log_debug("conn %" PRIu64 ": closed", s->conn_id);
+    log_debug("conn %" PRIu64 ": closed", s->conn.id);
     s->wsi = NULL;
 }
 
@@ -432,7 +218,7 @@ static int close_oversize(broker_t *b, session_t *s, size_t len)
     b->m.oversize_closes++;
     log_info("conn %" PRIu64 ": message of at least %zu bytes over --max-message %" PRIu64
              ": closing with 1009",
-             s->conn_id, len, b->cfg.max_message);
+             s->conn.id, len, b->cfg.max_message);
     free(s->rx);
     s->rx = NULL;
     s->rx_len = 0;
@@ -461,13 +247,13 @@ int session_receive(broker_t *b, session_t *s, const uint8_t *in, size_t len)
     /* Sized for the rest of this frame at once: a small --rx-buffer means many chunks. */
     uint8_t *nrx = realloc(s->rx, total + 1);
     if (!nrx) {
-        log_error("conn %" PRIu64 ": out of memory reassembling a message", s->conn_id);
+        log_error("conn %" PRIu64 ": out of memory reassembling a message", s->conn.id);
         lws_close_reason(wsi, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, NULL, 0);
         return -1;
     }
     s->rx = nrx;
     memcpy(s->rx + s->rx_len, in, len);
-    s->rx_len += len;
+    s->rx_len += (uint32_t)len; /* total <= --max-message (64 MiB at most) */
     int r = 0;
     if (final) {
         r = handle(b, s, s->rx, s->rx_len, s->rx_binary);
@@ -486,12 +272,12 @@ bool session_enqueue(broker_t *b, session_t *s, frame_t *f)
         b->m.slow_consumer_closes++;
         log_info("conn %" PRIu64 ": slow consumer: %zu bytes queued, %zu more would pass "
                  "--queue-limit %" PRIu64 ": closing with 4001",
-                 s->conn_id, s->q.bytes, f->len, b->cfg.queue_limit);
+                 s->conn.id, s->q.bytes, f->len, b->cfg.queue_limit);
         session_begin_close(b, s, 4001, true);
         return false;
     }
     if (!outq_push(&s->q, f)) {
-        log_error("conn %" PRIu64 ": out of memory queueing: closing", s->conn_id);
+        log_error("conn %" PRIu64 ": out of memory queueing: closing", s->conn.id);
         session_begin_close(b, s, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, true);
         return false;
     }
@@ -533,6 +319,7 @@ void session_begin_close(broker_t *b, session_t *s, uint16_t code, bool drop_que
     }
     frame_unref(f);
     s->close_code = code;
+    s->conn.closing = 1;
     s->last_rx_ms = broker_uptime_ms(b); /* now the start of the close (session_sweep) */
     mark_dirty(b, s);
 }
@@ -559,7 +346,7 @@ int session_peer_close(broker_t *b, session_t *s, const uint8_t *payload, size_t
     const char *bad = gale_close_payload_check(payload, len, &code);
     if (bad) { /* 1002, with what was wrong as the reason (ASCII, < 123 bytes) */
         log_info("conn %" PRIu64 ": invalid close frame (%s; %zu bytes, code %u): answering 1002",
-                 s->conn_id, bad, len, (unsigned)code);
+                 s->conn.id, bad, len, (unsigned)code);
         len = 2 + strlen(bad);
         p[2] = LWS_CLOSE_STATUS_PROTOCOL_ERR >> 8;
         p[3] = LWS_CLOSE_STATUS_PROTOCOL_ERR & 0xff;
@@ -581,6 +368,7 @@ void session_kill(broker_t *b, session_t *s)
     if (s->killed)
         return;
     s->killed = 1;
+    s->conn.closing = 1;
     outq_clear(&s->q);
     /*
      * lws would first flush what it holds for the socket (which a stalled
@@ -618,7 +406,7 @@ void session_flush(broker_t *b, session_t *s)
         int w = lws_write(wsi, (unsigned char *)p, n, LWS_WRITE_HTTP);
         frame_unref(big);
         if (w < 0) {
-            log_debug("conn %" PRIu64 ": write failed: dropping", s->conn_id);
+            log_debug("conn %" PRIu64 ": write failed: dropping", s->conn.id);
             session_kill(b, s);
             return;
         }
@@ -705,22 +493,22 @@ void session_sweep(broker_t *b)
         if (s->killed)
             continue;
         outq_trim(&s->q); /* an emptied queue keeps its ring until here */
-        if (s->grant && !s->close_code && unix_now >= s->grant->exp) {
+        if (s->conn.grant && !s->close_code && unix_now >= s->conn.grant->exp) {
             log_info("conn %" PRIu64 ": the token of user '%s' expired: closing with 1008",
-                     s->conn_id, s->grant->user);
+                     s->conn.id, s->conn.grant->user);
             session_begin_close(b, s, LWS_CLOSE_STATUS_POLICY_VIOLATION, false);
             continue;
         }
         if (s->close_code) {
             if (idle >= CLOSE_GRACE_MS) {
                 log_info("conn %" PRIu64 ": no close answer after %" PRIu64 " ms: dropping",
-                         s->conn_id, idle);
+                         s->conn.id, idle);
                 session_kill(b, s);
             }
         } else if (k && s->ping_sent && idle >= 2 * k) {
             b->m.keepalive_closes++;
             log_info("conn %" PRIu64 ": no answer to keepalive ping for %" PRIu64 " ms: dropping",
-                     s->conn_id, idle - k);
+                     s->conn.id, idle - k);
             session_kill(b, s);
         } else if (k && !s->ping_sent && idle >= k) {
             s->ping_sent = 1;

@@ -7,6 +7,7 @@
 #define GALE_SESSION_H
 
 #include "broker.h"
+#include "conn.h"
 #include "frame.h"
 #include "outq.h"
 #include "topics.h"
@@ -18,70 +19,25 @@ struct lws;
 struct auth_grant;
 
 #define SESSION_NOT_DIRTY UINT32_MAX
-
-typedef struct session_reply session_reply_t;
+/** The close code of a broker that stops (RFC 6455 7.4.1). */
+#define SESSION_CLOSE_GOING_AWAY 1001
 
 typedef struct session {
+    conn_t conn; /* the core's part (core.h): subscriptions, grant, encoding */
     struct lws *wsi;
-    topics_owner_t owner;     /* subscriptions, back-pointers into the topic index */
-    outq_t q;                 /* frames waiting to be written */
-    uint8_t *rx;              /* reassembly of a message spanning several receives */
-    session_reply_t *replies; /* replies held back behind one that waits for the cluster
-                                 (tail of a circular FIFO); NULL: reply at once */
-    size_t rx_len;
-    uint64_t conn_id;
-    uint64_t last_rx_ms;      /* broker_uptime_ms() of the last inbound frame; once
-                                 closing, of the start of the close */
-    struct auth_grant *grant; /* with --jwt-secret: the token's permissions (shared, refcounted) */
-    uint32_t rl_tokens;       /* --pub-rate bucket, in thousandths of a publish */
-    uint32_t rl_ms;           /* broker_uptime_ms() (truncated) of its last refill */
-    uint32_t slot;            /* index in broker.sessions */
-    uint32_t dirty_slot;      /* index in broker.dirty, or SESSION_NOT_DIRTY */
-    uint16_t close_code;      /* non-zero: closing with this code once flushed */
-    uint8_t enc;              /* gale_enc_t */
-    uint8_t ping_sent : 1;    /* a keepalive ping is unanswered */
-    uint8_t rx_binary : 1;    /* the message being reassembled is binary */
-    uint8_t killed : 1;       /* dropped without a close frame */
-    uint8_t live : 1;         /* opened and its wsi not yet destroyed (broker.nlive) */
+    outq_t q;              /* frames waiting to be written */
+    uint8_t *rx;           /* reassembly of a message spanning several receives */
+    uint64_t last_rx_ms;   /* broker_uptime_ms() of the last inbound frame; once
+                              closing, of the start of the close */
+    uint32_t rx_len;       /* bytes in rx (at most --max-message, 64 MiB) */
+    uint32_t slot;         /* index in broker.sessions */
+    uint32_t dirty_slot;   /* index in broker.dirty, or SESSION_NOT_DIRTY */
+    uint16_t close_code;   /* non-zero: closing with this code once flushed */
+    uint8_t ping_sent : 1; /* a keepalive ping is unanswered */
+    uint8_t rx_binary : 1; /* the message being reassembled is binary */
+    uint8_t killed : 1;    /* dropped without a close frame */
+    uint8_t live : 1;      /* opened and its wsi not yet destroyed (broker.nlive) */
 } session_t;
-
-/**
- * A reply held in a session's reply FIFO: one that waits for the cluster
- * (Redis) or one queued behind such a reply, so that a connection's replies
- * go out in the order of its requests. Used only with --redis.
- */
-struct session_reply {
-    session_reply_t *next;  /* the session's FIFO */
-    session_reply_t *wnext; /* the cluster's list of subs waiting on one interest */
-    session_t *s;           /* NULL once the session has closed (or for an HTTP publish) */
-    void *api;              /* an HTTP publish (api.c) waiting for this reply, or NULL */
-    uint32_t api_idx;       /* the message's index in it */
-    frame_t *frame;         /* the reply once done; NULL when silent or not done */
-    const char *why;        /* pub: why the local delivery failed, with local_err */
-    uint64_t id;
-    uint8_t has_id;
-    uint8_t op;        /* gale_op_t */
-    uint8_t done;      /* finished: not held by the cluster any more */
-    uint8_t added;     /* sub: this request added the subscription */
-    uint8_t local_err; /* pub: gale_err_t of the local delivery */
-    uint8_t plen;      /* sub: pattern length (patterns are <= 255 bytes) */
-    char pattern[];    /* sub: the pattern */
-};
-
-/**
- * Appends to s's reply FIFO an entry for req's reply, to be finished by the
- * cluster (which holds it until session_reply_finish). A sub's entry carries
- * its pattern. Returns NULL when out of memory.
- */
-session_reply_t *session_reply_defer(session_t *s, const gale_request_t *req);
-
-/**
- * The cluster is done with r: success (e == GALE_OK) answers `ack` when the
- * request had an id, failure answers `err` e with why. Then every finished
- * reply at the head of the FIFO is sent. An entry whose session closed is
- * freed.
- */
-void session_reply_finish(broker_t *b, session_reply_t *r, gale_err_t e, const char *why);
 
 /**
  * Sets up a newly established session of encoding enc; queues hello. grant

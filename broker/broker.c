@@ -1,0 +1,278 @@
+/*
+ * broker: the lifecycle of a gale-broker process (broker.h): start, the
+ * per-turn flush and the 1 s sweep, signals, a graceful stop, teardown.
+ * The transport (server.c, lws) and the cluster (cluster.c) are started and
+ * stopped from here; nothing below calls back into this file.
+ */
+#include "broker.h"
+
+#include "api.h"
+#include "auth.h"
+#include "cluster.h"
+#include "log.h"
+#include "server.h"
+#include "session.h"
+
+#include <inttypes.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Period of the sweep: keepalive pings, close deadlines, expired tokens. */
+#define SWEEP_MS 1000
+/* Milliseconds a graceful stop waits for connections to close before tearing down. */
+#define STOP_GRACE_MS 3000
+
+void broker_gauges(const broker_t *b, metrics_gauges_t *g)
+{
+    memset(g, 0, sizeof(*g));
+    g->connections = b->nsessions;
+    g->subscriptions = topics_subscriptions(b->topics);
+    g->topics = topics_count(b->topics);
+    for (uint32_t i = 0; i < b->nsessions; i++)
+        g->queued_bytes += b->sessions[i]->q.bytes;
+    g->handshakes = b->nhandshakes;
+    g->uptime_s = (double)broker_uptime_ms(b) / 1000.0;
+    cluster_state(b->cluster, &g->redis_shards, &g->redis_up);
+}
+
+static void schedule_finish(broker_t *b);
+
+static void on_flush(uv_check_t *h)
+{
+    broker_t *b = h->data;
+    session_flush_turn(b);
+    if (b->stopping && b->nlive == 0 && !b->finishing) {
+        b->finishing = true; /* every close frame is out: tear down */
+        schedule_finish(b);
+    }
+}
+
+/* Frames queued outside lws's I/O callbacks must not wait for the next poll: flush now. */
+static void on_sweep(uv_timer_t *t)
+{
+    broker_t *b = t->data;
+    session_sweep(b);
+    server_sweep(b);
+    session_flush_all(b);
+    if (b->auth)
+        auth_cache_sweep(b->auth); /* grants no connection holds any more */
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    broker_t *b = h->data;
+    b->handles_open--;
+}
+
+/* Closes our own handles and starts lws's teardown (the first lws_context_destroy). */
+static void finish(broker_t *b)
+{
+    if (b->destroyed)
+        return;
+    b->destroyed = true;
+    uv_handle_t *hs[] = {(uv_handle_t *)&b->flush_check, (uv_handle_t *)&b->sweep_timer,
+                         (uv_handle_t *)&b->stop_timer, (uv_handle_t *)&b->sigterm,
+                         (uv_handle_t *)&b->sigint};
+    for (size_t i = 0; i < sizeof(hs) / sizeof(hs[0]); i++)
+        if (hs[i]->data && !uv_is_closing(hs[i]))
+            uv_close(hs[i], on_handle_closed);
+    cluster_close(b->cluster);
+    server_close(b);
+}
+
+static void on_stop_timer(uv_timer_t *t)
+{
+    broker_t *b = t->data;
+    if (b->nlive)
+        log_warn("%u connections still open after %d ms: dropping them", b->nlive, STOP_GRACE_MS);
+    finish(b);
+}
+
+/* Finishes from a fresh loop turn, never from inside a transport's callback. */
+static void schedule_finish(broker_t *b)
+{
+    uv_timer_start(&b->stop_timer, on_stop_timer, 0, 0);
+}
+
+void broker_stop(broker_t *b)
+{
+    if (b->stopping)
+        return;
+    b->stopping = true;
+    log_info("stopping: closing %u connections with 1001", b->nsessions);
+    for (uint32_t i = 0; i < b->nsessions; i++)
+        session_begin_close(b, b->sessions[i], SESSION_CLOSE_GOING_AWAY, false);
+    session_flush_all(b);
+    /* on_flush finishes once every connection is gone, or this timer does. */
+    uv_timer_start(&b->stop_timer, on_stop_timer, STOP_GRACE_MS, 0);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    log_info("received %s", strsignal(signum));
+    broker_stop(h->data);
+}
+
+/* The web root: --web-root, else an installed layout beside the binary, the source tree's
+ * web/, or the install prefix's. */
+static void resolve_web_root(const gale_config_t *cfg, char *out, size_t cap)
+{
+    struct stat st;
+    char exe[PATH_MAX], cand[PATH_MAX + 32];
+    if (cfg->web_root[0]) {
+        snprintf(out, cap, "%s", cfg->web_root);
+        return;
+    }
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (n > 0) {
+        exe[n] = '\0';
+        char *slash = strrchr(exe, '/');
+        if (slash)
+            *slash = '\0';
+        snprintf(cand, sizeof(cand), "%s/../share/gale/www", exe);
+        if (stat(cand, &st) == 0 && S_ISDIR(st.st_mode) && realpath(cand, exe)) {
+            snprintf(out, cap, "%s", exe);
+            return;
+        }
+    }
+    if (stat(GALE_SOURCE_WEB_ROOT, &st) == 0 && S_ISDIR(st.st_mode))
+        snprintf(out, cap, "%s", GALE_SOURCE_WEB_ROOT);
+    else
+        snprintf(out, cap, "%s", GALE_INSTALL_WEB_ROOT);
+}
+
+/* A random non-zero 64-bit number naming this process on the cluster bus. */
+static uint64_t new_instance(void)
+{
+    uint64_t v = 0;
+    if (getrandom(&v, sizeof(v), 0) != (ssize_t)sizeof(v)) {
+        uv_timeval64_t tv;
+        uv_gettimeofday(&tv);
+        v = ((uint64_t)tv.tv_sec * 1000000u + (uint64_t)tv.tv_usec) ^ ((uint64_t)getpid() << 40);
+        v *= 0x9e3779b97f4a7c15ULL;
+    }
+    return v ? v : 1;
+}
+
+static void default_node_id(char *out, size_t cap)
+{
+    char host[64] = "gale";
+    gethostname(host, sizeof(host) - 1);
+    host[sizeof(host) - 1] = '\0';
+    for (char *p = host; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+              *p == '-' || *p == '.'))
+            *p = '-';
+    snprintf(out, cap, "%.40s-%ld", host, (long)getpid());
+}
+
+static void warn_file_limit(const broker_t *b)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    uint64_t room = rl.rlim_cur > 64 ? (uint64_t)rl.rlim_cur - 64 : 0;
+    if (!b->cfg.max_connections || b->cfg.max_connections > room)
+        log_info("open-file limit %llu: at most about %" PRIu64 " connections",
+                 (unsigned long long)rl.rlim_cur, room);
+}
+
+broker_t *broker_start(const gale_config_t *cfg, uv_loop_t *loop)
+{
+    broker_t *b = calloc(1, sizeof(*b));
+    if (!b)
+        return NULL;
+    b->cfg = *cfg;
+    b->loop = loop;
+    b->start_ms = uv_now(loop);
+    b->exit_code = 1;
+    if (cfg->node_id[0])
+        snprintf(b->node_id, sizeof(b->node_id), "%s", cfg->node_id);
+    else
+        default_node_id(b->node_id, sizeof(b->node_id));
+    b->scratch_cap = BROKER_SCRATCH_SIZE;
+    b->scratch = malloc(b->scratch_cap);
+    b->topics = topics_new();
+    b->instance = new_instance();
+    resolve_web_root(cfg, b->web_root, sizeof(b->web_root));
+    b->tls = cfg->tls_cert[0] != '\0';
+    if (cfg->jwt_secret_len &&
+        !(b->auth = auth_new((const uint8_t *)cfg->jwt_secret, cfg->jwt_secret_len))) {
+        b->stopping = true;
+        finish(b);
+        return b;
+    }
+    memset(b->cfg.jwt_secret, 0, sizeof(b->cfg.jwt_secret)); /* auth_t holds the copy */
+    if (!b->scratch || !b->topics || !server_start(b) ||
+        (cfg->redis_urls[0] && !(b->cluster = cluster_new(b)))) {
+        b->stopping = true;
+        finish(b);
+        return b;
+    }
+    if (b->cluster)
+        b->bus = (bus_t){.ops = &cluster_bus, .ctx = b->cluster};
+
+    uv_check_init(loop, &b->flush_check);
+    uv_timer_init(loop, &b->sweep_timer);
+    uv_timer_init(loop, &b->stop_timer);
+    uv_signal_init(loop, &b->sigterm);
+    uv_signal_init(loop, &b->sigint);
+    b->flush_check.data = b->sweep_timer.data = b->stop_timer.data = b;
+    b->sigterm.data = b->sigint.data = b;
+    b->handles_open = 5;
+    uv_check_start(&b->flush_check, on_flush);
+    uv_timer_start(&b->sweep_timer, on_sweep, SWEEP_MS, SWEEP_MS);
+    uv_signal_start(&b->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&b->sigint, on_signal, SIGINT);
+
+    b->exit_code = 0;
+    log_info("gale-broker %s node %s listening on %s://%s:%d (WebSocket %s://%s:%d%s, web "
+             "root %s)",
+             GALE_VERSION, b->node_id, b->tls ? "https" : "http", cfg->listen_host, b->port,
+             b->tls ? "wss" : "ws", cfg->listen_host, b->port, SERVER_WS_PATH, b->web_root);
+    log_info("limits: max-message %" PRIu64 " B, max-subscriptions %" PRIu64
+             ", max-connections %" PRIu64 ", queue-limit %" PRIu64 " B, keepalive %" PRIu64
+             " s, pub-rate %" PRIu64 "/s%s",
+             cfg->max_message, cfg->max_subscriptions, cfg->max_connections, cfg->queue_limit,
+             cfg->keepalive_s, cfg->pub_rate, cfg->pub_rate ? "" : " (off)");
+    if (b->auth)
+        log_info("authentication: HS256 tokens required (query token= or Authorization: "
+                 "Bearer)%s",
+                 cfg->jwt_secret_len < 32 ? "; warning: the secret is shorter than 32 bytes" : "");
+    else
+        log_info("no authentication configured: the broker is open to every client");
+    if (cfg->allowed_origins[0])
+        log_info("allowed origins: %s (requests without Origin are let in)", cfg->allowed_origins);
+    log_info("HTTP publish API %s%s", cfg->api_key[0] ? "enabled at POST " API_PUBLISH : "disabled",
+             cfg->api_key[0] ? "" : " (no --api-key)");
+    if (!b->tls && (b->auth || cfg->api_key[0]) && strcmp(cfg->listen_host, "127.0.0.1") != 0 &&
+        strcmp(cfg->listen_host, "localhost") != 0 && strcmp(cfg->listen_host, "::1") != 0)
+        log_warn("tokens and API keys travel in clear text without --tls-cert (fine behind a "
+                 "TLS-terminating proxy)");
+    warn_file_limit(b);
+    return b;
+}
+
+int broker_free(broker_t *b)
+{
+    if (!b)
+        return 1;
+    server_free(b);            /* after uv_run() returned: lws's second teardown step */
+    cluster_close(b->cluster); /* no-op unless broker_start failed half-way */
+    cluster_free(b->cluster);
+    topics_free(b->topics);
+    auth_free(b->auth);
+    free(b->scratch);
+    free(b->sessions);
+    free(b->dirty);
+    int code = b->exit_code;
+    free(b);
+    return code;
+}

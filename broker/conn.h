@@ -1,0 +1,67 @@
+/*
+ * conn: a client connection as the broker's core sees it, whatever carries
+ * it. A transport embeds a conn_t in its own connection and implements
+ * conn_ops_t: session.c for gale v1 over WebSocket; a second wire protocol
+ * (MQTT, NATS) becomes another adapter without touching the core. The core
+ * (core.c) and the router (router.c) reach a connection only through these
+ * operations and fields; they include no transport header.
+ */
+#ifndef GALE_CONN_H
+#define GALE_CONN_H
+
+#include "frame.h"
+#include "gale_protocol.h"
+#include "topics.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef struct broker broker_t;
+typedef struct conn conn_t;
+typedef struct core_reply core_reply_t;
+struct auth_grant;
+
+/** The close code the core asks for when out of memory (RFC 6455 numbering). */
+#define CONN_CLOSE_INTERNAL 1011
+
+/** The answer to one request: `ack` (or `pong` for a ping) when err is GALE_OK, else `err`. */
+typedef struct conn_reply {
+    gale_op_t op;
+    bool has_id;
+    uint64_t id;
+    gale_err_t err;
+    const char *why; /* with err: a string with static storage */
+} conn_reply_t;
+
+typedef struct conn_ops {
+    /**
+     * Queues a reference to frame f, built for c->enc (a `msg`). Returns
+     * false when c takes nothing more (closing, or closed right now as a slow
+     * consumer). The fan-out path: once per delivery.
+     */
+    bool (*deliver)(broker_t *b, conn_t *c, frame_t *f);
+    /**
+     * Sends the answer to one request. The core calls it in the order of the
+     * requests, holding back answers behind one that waits for the cluster.
+     * A success without id (anything but a ping) is never passed.
+     */
+    void (*reply)(broker_t *b, conn_t *c, const conn_reply_t *r);
+    /** Starts closing c with code (CONN_CLOSE_*), dropping what it has queued. */
+    void (*close)(broker_t *b, conn_t *c, uint16_t code);
+} conn_ops_t;
+
+/** The core's part of a connection: zeroed by the transport, filled by core_open. */
+struct conn {
+    const conn_ops_t *ops;
+    topics_owner_t owner;     /* its subscriptions */
+    core_reply_t *replies;    /* answers held back behind one that waits for the cluster
+                                 (core.c; the tail of a circular FIFO); NULL: none */
+    struct auth_grant *grant; /* with --jwt-secret: the token's permissions (refcounted) */
+    uint64_t id;              /* in logs and in `hello` */
+    uint32_t rl_tokens;       /* --pub-rate bucket, in thousandths of a publish */
+    uint32_t rl_ms;           /* broker_uptime_ms() (truncated) of its last refill */
+    uint8_t enc;              /* gale_enc_t: the encoding of the frames deliver gets */
+    uint8_t closing;          /* set by the transport: deliver nothing more */
+};
+
+#endif

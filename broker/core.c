@@ -1,0 +1,335 @@
+#include "core.h"
+
+#include "auth.h"
+#include "log.h"
+#include "pending.h"
+#include "router.h"
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+/*
+ * An answer in a connection's FIFO: one that waits for the cluster (p held by
+ * cluster.c), or one finished but held behind such an answer, so that a
+ * connection's answers keep the order of its requests.
+ */
+struct core_reply {
+    pending_t p;        /* first: the cluster holds &p */
+    core_reply_t *next; /* the connection's FIFO */
+    conn_t *c;          /* NULL once the connection closed */
+    conn_reply_t r;     /* the answer, once done */
+    uint8_t done;       /* finished: the cluster holds it no more */
+    uint8_t added;      /* sub: this request added the subscription */
+    uint8_t plen;       /* sub: pattern length (patterns are <= 255 bytes) */
+    char pattern[];     /* sub: the pattern, to undo it if the cluster refuses */
+};
+
+static bool silent(const conn_reply_t *r)
+{
+    return r->err == GALE_OK && r->op != GALE_OP_PING && !r->has_id;
+}
+
+static void count_err(broker_t *b, const conn_t *c, const conn_reply_t *r)
+{
+    if (r->err == GALE_OK)
+        return;
+    b->m.protocol_errors[r->err < GALE_ERR_COUNT ? r->err : GALE_ERR_INTERNAL]++;
+    log_debug("conn %" PRIu64 ": err %s: %s", c->id, gale_err_name(r->err), r->why);
+}
+
+/* Appends q to c's FIFO (c->replies is its tail, tail->next its head). */
+static void fifo_push(conn_t *c, core_reply_t *q)
+{
+    q->c = c;
+    if (c->replies) {
+        q->next = c->replies->next;
+        c->replies->next = q;
+    } else {
+        q->next = q;
+    }
+    c->replies = q;
+}
+
+static core_reply_t *reply_new(size_t plen)
+{
+    return calloc(1, sizeof(core_reply_t) + plen + 1);
+}
+
+static void out_of_memory(broker_t *b, conn_t *c)
+{
+    log_error("conn %" PRIu64 ": out of memory holding a reply: closing", c->id);
+    c->ops->close(b, c, CONN_CLOSE_INTERNAL);
+}
+
+/* Answers a request now, or behind the answers held back. */
+static void answer(broker_t *b, conn_t *c, const conn_reply_t *r)
+{
+    count_err(b, c, r);
+    if (silent(r))
+        return;
+    if (!c->replies) {
+        c->ops->reply(b, c, r);
+        return;
+    }
+    core_reply_t *q = reply_new(0);
+    if (!q) {
+        out_of_memory(b, c);
+        return;
+    }
+    q->r = *r;
+    q->done = 1;
+    fifo_push(c, q);
+}
+
+/* Sends what is finished at the head of c's FIFO, in order. */
+static void fifo_release(broker_t *b, conn_t *c)
+{
+    while (c->replies) {
+        core_reply_t *head = c->replies->next;
+        if (!head->done)
+            break;
+        if (head == c->replies)
+            c->replies = NULL;
+        else
+            c->replies->next = head->next;
+        if (!silent(&head->r))
+            c->ops->reply(b, c, &head->r);
+        free(head);
+    }
+}
+
+/* Takes back a sub the cluster could not make live, when this request added it. */
+static void undo_sub(broker_t *b, conn_t *c, const char *p, size_t len)
+{
+    bool last = false;
+    if (topics_unsubscribe(b->topics, &c->owner, p, len, b->bus.ops ? &last : NULL) && last)
+        b->bus.ops->release(p, len, b->bus.ctx);
+}
+
+/* pending_t.done of an answer that waited for the cluster. */
+static void reply_done(broker_t *b, pending_t *p, gale_err_t e, const char *why)
+{
+    core_reply_t *q = (core_reply_t *)p;
+    conn_t *c = q->c;
+    q->done = 1;
+    if (!c) { /* the connection closed meanwhile */
+        free(q);
+        return;
+    }
+    if (e != GALE_OK && q->added)
+        undo_sub(b, c, q->pattern, q->plen);
+    q->r.err = e;
+    q->r.why = why;
+    count_err(b, c, &q->r);
+    fifo_release(b, c);
+}
+
+/* A FIFO entry for req's answer, to be finished through its pending_t. */
+static core_reply_t *defer(conn_t *c, const gale_request_t *req)
+{
+    size_t plen = req->op == GALE_OP_SUB ? req->topic_len : 0;
+    core_reply_t *q = reply_new(plen);
+    if (!q)
+        return NULL;
+    q->p.done = reply_done;
+    q->r = (conn_reply_t){.op = req->op, .has_id = req->has_id, .id = req->id};
+    q->plen = (uint8_t)plen;
+    memcpy(q->pattern, req->topic, plen);
+    fifo_push(c, q);
+    return q;
+}
+
+static gale_err_t do_sub(broker_t *b, conn_t *c, const gale_request_t *req, const char **why,
+                         bool *deferred)
+{
+    if (c->owner.nsubs >= b->cfg.max_subscriptions &&
+        !topics_holds(b->topics, &c->owner, req->topic, req->topic_len)) {
+        *why = "too many subscriptions on this connection";
+        return GALE_ERR_LIMIT;
+    }
+    topics_result_t r = topics_subscribe(b->topics, &c->owner, req->topic, req->topic_len, NULL);
+    if (r == TOPICS_INVALID) { /* from an adapter that did not check it (decode does) */
+        *why = "not a valid pattern";
+        return GALE_ERR_BAD_TOPIC;
+    }
+    if (r == TOPICS_NOMEM) {
+        *why = "out of memory";
+        return GALE_ERR_INTERNAL;
+    }
+    if (!b->bus.ops)
+        return GALE_OK;
+    bool added = r == TOPICS_ADDED;
+    core_reply_t *q = defer(c, req);
+    gale_err_t e = q ? b->bus.ops->sub(b->bus.ctx, &q->p, req->topic, req->topic_len, why, deferred)
+                     : GALE_ERR_INTERNAL;
+    if (q && e == GALE_OK && *deferred) {
+        q->added = added;
+        return GALE_OK; /* reply_done answers */
+    }
+    if (e != GALE_OK && added)
+        undo_sub(b, c, req->topic, req->topic_len);
+    if (q) { /* answered now: the entry goes, in order */
+        q->r.err = e;
+        q->r.why = e == GALE_OK ? "" : *why;
+        q->done = 1;
+        *deferred = true;
+        count_err(b, c, &q->r);
+        fifo_release(b, c);
+        return GALE_OK;
+    }
+    *why = "out of memory";
+    return GALE_ERR_INTERNAL;
+}
+
+static void do_unsub(broker_t *b, conn_t *c, const gale_request_t *req)
+{
+    bool last = false;
+    if (topics_unsubscribe(b->topics, &c->owner, req->topic, req->topic_len,
+                           b->bus.ops ? &last : NULL) &&
+        last)
+        b->bus.ops->release(req->topic, req->topic_len, b->bus.ctx);
+}
+
+static gale_err_t do_pub(broker_t *b, conn_t *c, const gale_request_t *req, const char **why,
+                         bool *deferred)
+{
+    gale_enc_t enc = (gale_enc_t)c->enc;
+    if (!b->bus.ops) {
+        gale_err_t e = router_publish(b, req->topic, req->topic_len, enc, req->data, req->data_len);
+        if (e != GALE_OK)
+            *why = router_convert_why(enc);
+        return e;
+    }
+    core_reply_t *q = defer(c, req);
+    if (!q) {
+        *why = "out of memory";
+        return GALE_ERR_INTERNAL;
+    }
+    gale_err_t e = b->bus.ops->pub(b->bus.ctx, &q->p, req->topic, req->topic_len, enc, req->data,
+                                   req->data_len, why);
+    *deferred = true;
+    if (e != GALE_OK) /* nothing was delivered: the entry answers, in order */
+        pending_finish(b, &q->p, e, *why);
+    return GALE_OK;
+}
+
+/* The --pub-rate token bucket: true if c may publish now (and takes the token). */
+static bool pub_allowed(broker_t *b, conn_t *c)
+{
+    uint64_t rate = b->cfg.pub_rate;
+    uint64_t cap = (b->cfg.pub_burst ? b->cfg.pub_burst : rate) * 1000;
+    uint32_t now = (uint32_t)broker_uptime_ms(b);
+    uint64_t t = c->rl_tokens + (uint64_t)(uint32_t)(now - c->rl_ms) * rate;
+    c->rl_ms = now;
+    if (t > cap)
+        t = cap;
+    if (t < 1000) {
+        c->rl_tokens = (uint32_t)t;
+        return false;
+    }
+    c->rl_tokens = (uint32_t)(t - 1000);
+    return true;
+}
+
+/* Carries out req unless e is already an error; answers unless the answer was deferred. */
+static void run(broker_t *b, conn_t *c, const gale_request_t *req, gale_err_t e, const char *why)
+{
+    bool deferred = false;
+    if (e == GALE_OK && c->grant)
+        e = auth_check(c->grant, req, &why);
+    if (e == GALE_OK && req->op == GALE_OP_PUB && b->cfg.pub_rate && !pub_allowed(b, c)) {
+        e = GALE_ERR_LIMIT;
+        why = "publish rate over --pub-rate";
+    }
+    if (e == GALE_OK) {
+        switch (req->op) {
+        case GALE_OP_SUB:
+            e = do_sub(b, c, req, &why, &deferred);
+            break;
+        case GALE_OP_UNSUB:
+            do_unsub(b, c, req);
+            break;
+        case GALE_OP_PUB:
+            e = do_pub(b, c, req, &why, &deferred);
+            break;
+        case GALE_OP_PING:
+            break;
+        }
+    }
+    if (deferred)
+        return; /* in the FIFO: answered when the cluster finishes it */
+    conn_reply_t r = {.op = req->op, .has_id = req->has_id, .id = req->id, .err = e};
+    r.why = e == GALE_OK ? "" : why;
+    answer(b, c, &r);
+}
+
+void core_request(broker_t *b, conn_t *c, const gale_request_t *req)
+{
+    run(b, c, req, GALE_OK, "");
+}
+
+uint16_t core_message(broker_t *b, conn_t *c, const uint8_t *msg, size_t len, bool binary)
+{
+    gale_request_t req;
+    const char *why = "";
+    gale_err_t e;
+    memset(&req, 0, sizeof(req));
+    if (binary != (c->enc == GALE_ENC_MSGPACK)) {
+        e = GALE_ERR_BAD_REQUEST;
+        why = binary ? "binary frame on a gale.v1.json connection"
+                     : "text frame on a gale.v1.msgpack connection";
+    } else {
+        e = gale_decode_request((gale_enc_t)c->enc, msg, len, &req, &why);
+    }
+    /*
+     * Text must be UTF-8 whatever it holds. A JSON message that decodes is: the decoder checks
+     * every byte (docs/PROTOCOL-NOTES.md), so only text that failed to decode is checked again.
+     */
+    if (e != GALE_OK && !binary && !gale_utf8_valid(msg, len)) {
+        log_info("conn %" PRIu64 ": text message is not UTF-8: closing with 1007", c->id);
+        return 1007;
+    }
+    run(b, c, &req, e, why);
+    return 0;
+}
+
+void core_open(broker_t *b, conn_t *c, const conn_ops_t *ops, gale_enc_t enc,
+               struct auth_grant *grant)
+{
+    c->ops = ops;
+    c->enc = (uint8_t)enc;
+    c->id = ++b->next_conn_id;
+    if (grant) {
+        auth_grant_ref(grant);
+        c->grant = grant;
+    }
+    if (b->cfg.pub_rate) {
+        uint64_t burst = b->cfg.pub_burst ? b->cfg.pub_burst : b->cfg.pub_rate;
+        c->rl_tokens = (uint32_t)(burst * 1000);
+        c->rl_ms = (uint32_t)broker_uptime_ms(b);
+    }
+}
+
+void core_close(broker_t *b, conn_t *c)
+{
+    /* Free the finished answers; detach those the cluster still holds (reply_done frees). */
+    if (c->replies) {
+        core_reply_t *q = c->replies->next;
+        c->replies->next = NULL; /* break the circle */
+        c->replies = NULL;
+        while (q) {
+            core_reply_t *next = q->next;
+            q->next = NULL;
+            q->c = NULL;
+            if (q->done)
+                free(q);
+            q = next;
+        }
+    }
+    topics_unsubscribe_all(b->topics, &c->owner, b->bus.ops ? b->bus.ops->release : NULL,
+                           b->bus.ctx);
+    auth_grant_unref(c->grant);
+    c->grant = NULL;
+    c->closing = 1;
+}
