@@ -18,7 +18,7 @@
 
 typedef struct broker broker_t;
 typedef struct conn conn_t;
-typedef struct core_reply core_reply_t;
+struct reply_ring;
 struct auth_grant;
 
 /** The close code the core asks for when out of memory (RFC 6455 numbering). */
@@ -53,15 +53,15 @@ typedef struct conn_ops {
 /** The core's part of a connection: zeroed by the transport, filled by core_open. */
 struct conn {
     const conn_ops_t *ops;
-    topics_owner_t owner;     /* its subscriptions */
-    core_reply_t *replies;    /* answers held back behind one that waits for the cluster
-                                 (core.c; the tail of a circular FIFO); NULL: none */
-    struct auth_grant *grant; /* with --jwt-secret: the token's permissions (refcounted) */
-    uint64_t id;              /* in logs and in `hello` */
-    uint32_t rl_tokens;       /* --pub-rate bucket, in thousandths of a publish */
-    uint32_t rl_ms;           /* broker_uptime_ms() (truncated) of its last refill */
-    uint8_t enc;              /* gale_enc_t: the encoding of the frames deliver gets */
-    uint8_t closing;          /* set by the transport: deliver nothing more */
+    topics_owner_t owner;       /* its subscriptions */
+    struct reply_ring *replies; /* answers held back behind one that waits for the cluster
+                                   (core.c); NULL until the first is held */
+    struct auth_grant *grant;   /* with --jwt-secret: the token's permissions (refcounted) */
+    uint64_t id;                /* in logs and in `hello` */
+    uint32_t rl_tokens;         /* --pub-rate bucket, in thousandths of a publish */
+    uint32_t rl_ms;             /* broker_uptime_ms() (truncated) of its last refill */
+    uint8_t enc;                /* gale_enc_t: the encoding of the frames deliver gets */
+    uint8_t closing;            /* set by the transport: deliver nothing more */
 };
 
 #endif

@@ -3,6 +3,7 @@
 #include "auth.h"
 #include "log.h"
 #include "pending.h"
+#include "ring.h"
 #include "router.h"
 
 #include <inttypes.h>
@@ -14,15 +15,16 @@
  * cluster.c), or one finished but held behind such an answer, so that a
  * connection's answers keep the order of its requests.
  */
+typedef struct core_reply core_reply_t;
+
 struct core_reply {
-    pending_t p;        /* first: the cluster holds &p */
-    core_reply_t *next; /* the connection's FIFO */
-    conn_t *c;          /* NULL once the connection closed */
-    conn_reply_t r;     /* the answer, once done */
-    uint8_t done;       /* finished: the cluster holds it no more */
-    uint8_t added;      /* sub: this request added the subscription */
-    uint8_t plen;       /* sub: pattern length (patterns are <= 255 bytes) */
-    char pattern[];     /* sub: the pattern, to undo it if the cluster refuses */
+    pending_t p;    /* first: the cluster holds &p */
+    conn_t *c;      /* NULL once the connection closed */
+    conn_reply_t r; /* the answer, once done */
+    uint8_t done;   /* finished: the cluster holds it no more */
+    uint8_t added;  /* sub: this request added the subscription */
+    uint8_t plen;   /* sub: pattern length (patterns are <= 255 bytes) */
+    char pattern[]; /* sub: the pattern, to undo it if the cluster refuses */
 };
 
 static bool silent(const conn_reply_t *r)
@@ -38,17 +40,23 @@ static void count_err(broker_t *b, const conn_t *c, const conn_reply_t *r)
     log_debug("conn %" PRIu64 ": err %s: %s", c->id, gale_err_name(r->err), r->why);
 }
 
-/* Appends q to c's FIFO (c->replies is its tail, tail->next its head). */
-static void fifo_push(conn_t *c, core_reply_t *q)
+/* A connection's FIFO of answers, oldest first. */
+RING_OF(reply_ring, core_reply_t *)
+
+static bool holding(const conn_t *c)
 {
+    return c->replies && c->replies->count;
+}
+
+/* Appends q to c's FIFO; false when out of memory. */
+static bool fifo_push(conn_t *c, core_reply_t *q)
+{
+    if (!c->replies && !(c->replies = calloc(1, sizeof(*c->replies))))
+        return false;
+    if (!reply_ring_push(c->replies, q))
+        return false;
     q->c = c;
-    if (c->replies) {
-        q->next = c->replies->next;
-        c->replies->next = q;
-    } else {
-        q->next = q;
-    }
-    c->replies = q;
+    return true;
 }
 
 static core_reply_t *reply_new(size_t plen)
@@ -68,31 +76,25 @@ static void answer(broker_t *b, conn_t *c, const conn_reply_t *r)
     count_err(b, c, r);
     if (silent(r))
         return;
-    if (!c->replies) {
+    if (!holding(c)) {
         c->ops->reply(b, c, r);
         return;
     }
     core_reply_t *q = reply_new(0);
-    if (!q) {
+    if (!q || !fifo_push(c, q)) {
+        free(q);
         out_of_memory(b, c);
         return;
     }
     q->r = *r;
     q->done = 1;
-    fifo_push(c, q);
 }
 
 /* Sends what is finished at the head of c's FIFO, in order. */
 static void fifo_release(broker_t *b, conn_t *c)
 {
-    while (c->replies) {
-        core_reply_t *head = c->replies->next;
-        if (!head->done)
-            break;
-        if (head == c->replies)
-            c->replies = NULL;
-        else
-            c->replies->next = head->next;
+    while (holding(c) && (*reply_ring_at(c->replies, 0))->done) {
+        core_reply_t *head = reply_ring_shift(c->replies);
         if (!silent(&head->r))
             c->ops->reply(b, c, &head->r);
         free(head);
@@ -136,7 +138,10 @@ static core_reply_t *defer(conn_t *c, const gale_request_t *req)
     q->r = (conn_reply_t){.op = req->op, .has_id = req->has_id, .id = req->id};
     q->plen = (uint8_t)plen;
     memcpy(q->pattern, req->topic, plen);
-    fifo_push(c, q);
+    if (!fifo_push(c, q)) {
+        free(q);
+        return NULL;
+    }
     return q;
 }
 
@@ -315,17 +320,15 @@ void core_close(broker_t *b, conn_t *c)
 {
     /* Free the finished answers; detach those the cluster still holds (reply_done frees). */
     if (c->replies) {
-        core_reply_t *q = c->replies->next;
-        c->replies->next = NULL; /* break the circle */
-        c->replies = NULL;
-        while (q) {
-            core_reply_t *next = q->next;
-            q->next = NULL;
+        while (c->replies->count) {
+            core_reply_t *q = reply_ring_shift(c->replies);
             q->c = NULL;
             if (q->done)
                 free(q);
-            q = next;
         }
+        reply_ring_free(c->replies);
+        free(c->replies);
+        c->replies = NULL;
     }
     topics_unsubscribe_all(b->topics, &c->owner, b->bus.ops ? b->bus.ops->release : NULL,
                            b->bus.ctx);

@@ -8,26 +8,32 @@
 #define GALE_OUTQ_H
 
 #include "frame.h"
+#include "ring.h"
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
+RING_OF(frame_ring, frame_t *)
+
 typedef struct outq {
-    frame_t **ring; /* NULL until the first push */
-    uint32_t head;  /* index of the oldest frame */
-    uint32_t count;
-    uint32_t cap; /* power of two */
-    size_t bytes; /* sum of the queued frames' lengths */
+    frame_ring_t ring; /* the frames, oldest first */
+    size_t bytes;      /* sum of the queued frames' lengths */
 } outq_t;
 
 /** Appends a reference to f. Returns false (queue unchanged) on allocation failure. */
 bool outq_push(outq_t *q, frame_t *f);
 
+/** Frames queued. */
+static inline uint32_t outq_count(const outq_t *q)
+{
+    return q->ring.count;
+}
+
 /** The oldest frame, or NULL when empty. */
 static inline frame_t *outq_peek(const outq_t *q)
 {
-    return q->count ? q->ring[q->head] : NULL;
+    return q->ring.count ? *frame_ring_at(&q->ring, 0) : NULL;
 }
 
 /** Removes the oldest frame (which must exist) and drops its reference. */
@@ -51,7 +57,7 @@ void outq_clear(outq_t *q);
  */
 static inline void outq_trim(outq_t *q)
 {
-    if (!q->count && q->ring)
+    if (!q->ring.count && q->ring.slot)
         outq_clear(q);
 }
 

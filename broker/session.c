@@ -388,7 +388,7 @@ void session_flush(broker_t *b, session_t *s)
     size_t budget = FLUSH_BUDGET;
     if (s->killed)
         return;
-    while (s->q.count) {
+    while (outq_count(&s->q)) {
         if (lws_partial_buffered(wsi) || budget == 0) {
             lws_callback_on_writable(wsi); /* resume when the socket drains */
             return;

@@ -95,7 +95,7 @@ static void test_fifo_order_and_bytes(void **state)
         assert_true(outq_push(&q, fs[i]));
         total += fs[i]->len;
     }
-    assert_int_equal(q.count, 100);
+    assert_int_equal(q.ring.count, 100);
     assert_int_equal(q.bytes, total);
     for (int i = 0; i < 100; i++)
         assert_int_equal(fs[i]->refs, 2); /* ours + the queue's */
@@ -106,12 +106,12 @@ static void test_fifo_order_and_bytes(void **state)
     }
     for (int i = 0; i < 100; i++)
         frame_unref(fs[i]); /* the queue keeps 50..99 alive */
-    assert_int_equal(q.count, 50);
+    assert_int_equal(q.ring.count, 50);
     assert_int_equal(outq_peek(&q)->len, 50 + 2);
     outq_clear(&q);
-    assert_int_equal(q.count, 0);
+    assert_int_equal(q.ring.count, 0);
     assert_int_equal(q.bytes, 0);
-    assert_null(q.ring);
+    assert_null(q.ring.slot);
 }
 
 static void test_wraparound(void **state)
@@ -130,8 +130,8 @@ static void test_wraparound(void **state)
             assert_int_equal(frame_bytes(outq_peek(&q))[2], (uint8_t)(next_out++ & 0xff));
             outq_pop(&q);
         }
-        if (q.count > 5) {
-            while (q.count) {
+        if (q.ring.count > 5) {
+            while (q.ring.count) {
                 assert_int_equal(frame_bytes(outq_peek(&q))[2], (uint8_t)(next_out++ & 0xff));
                 outq_pop(&q);
             }
@@ -157,16 +157,16 @@ static void test_gather_whole_frames(void **state)
     assert_int_equal(dst[0], 0x81);
     assert_int_equal(dst[2], 0);
     assert_int_equal(dst[202], 2);
-    assert_int_equal(q.count, 7);
+    assert_int_equal(q.ring.count, 7);
     assert_int_equal(q.bytes, 700);
     n = outq_gather(&q, dst, 99, &nframes); /* head frame alone is larger */
     assert_int_equal(n, 0);
     assert_int_equal(nframes, 0);
-    assert_int_equal(q.count, 7);
+    assert_int_equal(q.ring.count, 7);
     uint8_t big[1000];
     n = outq_gather(&q, big, sizeof(big), NULL);
     assert_int_equal(n, 700);
-    assert_int_equal(q.count, 0);
+    assert_int_equal(q.ring.count, 0);
     assert_int_equal(q.bytes, 0);
     assert_int_equal(outq_gather(&q, big, sizeof(big), NULL), 0);
     outq_clear(&q);
@@ -199,30 +199,30 @@ static void test_ring_kept_until_trimmed(void **state)
         outq_push(&q, f);
         frame_unref(f);
     }
-    assert_true(q.cap >= 64);
-    frame_t **ring = q.ring;
-    uint32_t cap = q.cap;
+    assert_true(q.ring.cap >= 64);
+    frame_t **ring = q.ring.slot;
+    uint32_t cap = q.ring.cap;
     outq_trim(&q); /* not empty: nothing happens */
-    assert_ptr_equal(q.ring, ring);
-    assert_int_equal(q.count, 64);
-    while (q.count > 32)
+    assert_ptr_equal(q.ring.slot, ring);
+    assert_int_equal(q.ring.count, 64);
+    while (q.ring.count > 32)
         outq_pop(&q);
     assert_int_equal(outq_gather(&q, buf, sizeof(buf), NULL), 32 * 3);
-    assert_int_equal(q.count, 0);
+    assert_int_equal(q.ring.count, 0);
     /* Emptied by pop and gather: the ring stays for the next batch. */
-    assert_ptr_equal(q.ring, ring);
-    assert_int_equal(q.cap, cap);
+    assert_ptr_equal(q.ring.slot, ring);
+    assert_int_equal(q.ring.cap, cap);
     for (int i = 0; i < 64; i++) { /* refilled without growing */
         frame_t *f = make_frame(1, 1);
         outq_push(&q, f);
         frame_unref(f);
-        assert_ptr_equal(q.ring, ring);
+        assert_ptr_equal(q.ring.slot, ring);
     }
-    while (q.count)
+    while (q.ring.count)
         outq_pop(&q);
     outq_trim(&q);
-    assert_null(q.ring);
-    assert_int_equal(q.cap, 0);
+    assert_null(q.ring.slot);
+    assert_int_equal(q.ring.cap, 0);
     assert_int_equal(q.bytes, 0);
     outq_trim(&q); /* trimming an empty, ringless queue is harmless */
     frame_t *f = make_frame(1, 1);
