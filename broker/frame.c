@@ -73,10 +73,11 @@ struct ping_frame {
     frame_t f;
     uint8_t bytes[6];
 };
-static struct ping_frame ping = {{FRAME_STATIC, offsetof(struct ping_frame, bytes), 6},
-                                 {0x80 | FRAME_PING, 4, 'g', 'a', 'l', 'e'}};
+static const struct ping_frame ping = {{FRAME_STATIC, offsetof(struct ping_frame, bytes), 6},
+                                       {0x80 | FRAME_PING, 4, 'g', 'a', 'l', 'e'}};
 
 frame_t *frame_ping(void)
 {
-    return &ping.f;
+    /* Read-only memory: frame_ref/frame_unref never write a FRAME_STATIC frame. */
+    return (frame_t *)&ping.f;
 }

@@ -2,7 +2,7 @@
  * topics: the subscription index. A trie of topic segments holding, at each
  * node, the subscriptions whose pattern ends there.
  *
- * Matching semantics (PROTOCOL.md "Topics"): a pattern segment `*` matches
+ * Matching semantics (docs/PROTOCOL.md "Topics"): a pattern segment `*` matches
  * exactly one topic segment; a final `>` matches one or more. A concrete
  * topic `a.b` is reached by walking a -> b; at every level the walk also
  * follows the `*` child, and collects the `>` child's subscriptions when at

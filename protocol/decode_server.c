@@ -1,7 +1,7 @@
 /*
  * gale_decode_reply: one broker-to-client frame (hello, msg, ack, pong, err),
  * JSON or MessagePack, into a gale_reply_t whose pointers reference the
- * frame. For clients: the broker is trusted to follow PROTOCOL.md, but the
+ * frame. For clients: the broker is trusted to follow docs/PROTOCOL.md, but the
  * frame is still parsed strictly and bounded like any other input.
  */
 #include "internal.h"

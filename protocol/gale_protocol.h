@@ -7,7 +7,7 @@
  * is untrusted: each function bounds its work by the input length and by
  * GALE_MAX_DEPTH, and never allocates more than a small multiple of the input.
  *
- * The contract is ../shared/PROTOCOL.md; the choices it leaves open are
+ * The contract is docs/PROTOCOL.md; the choices it leaves open are
  * documented in docs/PROTOCOL-NOTES.md.
  */
 #ifndef GALE_PROTOCOL_H
@@ -42,7 +42,7 @@ typedef enum {
     GALE_OP_PING,
 } gale_op_t;
 
-/** Error codes of the `err` message, in PROTOCOL.md's order. GALE_OK is not an error. */
+/** Error codes of the `err` message, in docs/PROTOCOL.md's order. GALE_OK is not an error. */
 typedef enum {
     GALE_OK = 0,
     GALE_ERR_BAD_REQUEST,
@@ -128,7 +128,7 @@ bool gale_close_code_valid(unsigned code);
  */
 const char *gale_close_payload_check(const uint8_t *p, size_t len, uint16_t *code);
 
-/** True if t[0..len) is a valid concrete topic (PROTOCOL.md "Topics"). */
+/** True if t[0..len) is a valid concrete topic (docs/PROTOCOL.md "Topics"). */
 bool gale_topic_valid(const char *t, size_t len);
 
 /**

@@ -1,5 +1,5 @@
 /*
- * Topics and patterns (PROTOCOL.md "Topics").
+ * Topics and patterns (docs/PROTOCOL.md "Topics").
  *
  * A topic is 1..GALE_TOPIC_MAX bytes of UTF-8 split by '.' into non-empty
  * segments. No character may be a control character (C0, DEL, C1) or
