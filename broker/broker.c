@@ -29,19 +29,6 @@
 /* Milliseconds a graceful stop waits for connections to close before tearing down. */
 #define STOP_GRACE_MS 3000
 
-void broker_gauges(const broker_t *b, metrics_gauges_t *g)
-{
-    memset(g, 0, sizeof(*g));
-    g->connections = b->nsessions;
-    g->subscriptions = topics_subscriptions(b->topics);
-    g->topics = topics_count(b->topics);
-    for (uint32_t i = 0; i < b->nsessions; i++)
-        g->queued_bytes += b->sessions[i]->q.bytes;
-    g->handshakes = b->nhandshakes;
-    g->uptime_s = (double)broker_uptime_ms(b) / 1000.0;
-    cluster_state(b->cluster, &g->redis_shards, &g->redis_up);
-}
-
 static void schedule_finish(broker_t *b);
 
 static void on_flush(uv_check_t *h)

@@ -104,7 +104,4 @@ static inline uint64_t broker_uptime_ms(const broker_t *b)
     return uv_now(b->loop) - b->start_ms;
 }
 
-/** Samples the gauges for /metrics and /healthz. */
-void broker_gauges(const broker_t *b, metrics_gauges_t *g);
-
 #endif

@@ -2,6 +2,7 @@
 
 #include "cluster.h"
 #include "log.h"
+#include "session.h"
 
 #include <inttypes.h>
 #include <libwebsockets.h>
@@ -115,6 +116,20 @@ int http_filter(broker_t *b, struct lws *wsi)
                        "only POST /api/publish takes a request body");
 }
 
+/* Samples the gauges for /metrics and /healthz. */
+static void gauges(const broker_t *b, metrics_gauges_t *g)
+{
+    memset(g, 0, sizeof(*g));
+    g->connections = b->nsessions;
+    g->subscriptions = topics_subscriptions(b->topics);
+    g->topics = topics_count(b->topics);
+    for (uint32_t i = 0; i < b->nsessions; i++)
+        g->queued_bytes += b->sessions[i]->q.bytes;
+    g->handshakes = b->nhandshakes;
+    g->uptime_s = (double)broker_uptime_ms(b) / 1000.0;
+    cluster_state(b->cluster, &g->redis_shards, &g->redis_up);
+}
+
 /* One complete answer, then the connection closes. */
 static int respond(struct lws *wsi, unsigned status, const char *ctype, gale_buf_t *body)
 {
@@ -137,7 +152,7 @@ int http_serve(broker_t *b, struct lws *wsi)
     gale_buf_t body;
     gale_buf_init(&body, LWS_PRE);
     metrics_gauges_t g;
-    broker_gauges(b, &g);
+    gauges(b, &g);
     if (lws_hdr_copy(wsi, uri, sizeof(uri), WSI_TOKEN_GET_URI) <= 0) {
         gale_buf_append(&body, "method not allowed\n", 19);
         return respond(wsi, HTTP_STATUS_METHOD_NOT_ALLOWED, "text/plain", &body);
