@@ -2,9 +2,10 @@
  * broker: the one context struct of a running gale-broker, and its
  * lifecycle. Everything runs on one libuv loop owned by the caller:
  *
- *   socket -> lws RECEIVE -> session_receive (reassemble, decode)
+ *   socket -> lws RECEIVE -> session_receive (reassemble)
+ *          -> core_message (decode, authorize, rate limit: core.c)
  *          -> router_publish (match topics, encode once per encoding)
- *          -> outq of each subscriber (frame references)
+ *          -> conn_ops_t.deliver: outq of each subscriber (frame references)
  *          -> flush: once per loop turn (uv_check), every dirty session's
  *             queued frames are copied into one buffer and sent in ONE write.
  *

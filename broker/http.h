@@ -45,7 +45,7 @@ http_conn_t *http_conn_of(struct lws *wsi);
  * A connection was accepted (LWS_CALLBACK_SERVER_NEW_CLIENT_INSTANTIATED):
  * its request head is awaited from now on. lws drops it when the head is not
  * in --handshake-timeout after it got a header buffer, or when it waited as
- * long for one (create_lws sets both timeouts); http_conn_closed counts those
+ * long for one (server_start sets both timeouts); http_conn_closed counts those
  * drops. Returns what the lws callback must return (-1: out of memory).
  */
 int http_conn_accept(broker_t *b, struct lws *wsi);
