@@ -4,27 +4,16 @@
  *
  * Shard connections
  * -----------------
- * Each shard is one Redis server with two hiredis contexts on the broker's
- * loop (redis_uv.c): `sub` in subscribe mode and `pub` for PUBLISH. The
- * shard's state is DOWN, CONNECTING (a host name being resolved with
- * uv_getaddrinfo off the loop, then both contexts being created with the
- * address; one connect timer armed over both) or UP (both connected, both authenticated when the
- * URL has credentials, and a PING on `pub` answered: a stopped server still accepts TCP
- * connections). AUTH is the first command on every new context, before the readiness PING and
- * before any SUBSCRIBE is replayed; an AUTH refusal fails the shard like a connect error (logged at
- * error level once per change of failure kind, retried with the same backoff), except Redis's
- * "called without any password configured", which is a warning: the
- * connection works, and a broker given the password before Redis has one
- * keeps working while it is set (CONFIG SET requirepass keeps connections
- * open). Any failure (connect error, a
- * disconnect, a PUBLISH or SUBSCRIBE answer overdue by --redis-timeout,
- * checked by one watchdog timer) calls shard_fail, which marks the shard
- * DOWN at once (new work is refused from then on) and arms the shard's timer
- * at 0 ms to free both contexts outside any hiredis callback (hiredis must
- * not be freed from its own callbacks); freeing a context runs the
- * callbacks of its pending commands with a NULL reply, which finishes the
- * in-flight publishes, in order, with err `unavailable`. The same timer then
- * waits a jittered exponential backoff and connects again.
+ * Each shard is one Redis server and one redis_conn_t (redis_conn.c: its
+ * two hiredis contexts, resolution, AUTH, readiness PING, connect timer,
+ * backoff and failure logs). The shard is up while its connection is READY.
+ * What the cluster adds: the watchdog timer fails a shard's connection
+ * (redis_conn_fail) when its oldest PUBLISH or a SUBSCRIBE answer is overdue
+ * by --redis-timeout; when the connection goes down (shard_down) the subs
+ * waiting for a confirmation fail at once, and when its contexts are freed
+ * the PUBLISHes in flight are answered DROPPED, in order, which finishes
+ * them with err `unavailable`; when it is READY (shard_ready) every
+ * subscription held locally is sent again.
  *
  * Interest
  * --------
@@ -57,28 +46,19 @@
 
 #include "cluster_wire.h"
 #include "log.h"
-#include "redis_uv.h"
+#include "redis_conn.h"
+#include "ring.h"
 #include "router.h"
 
-#include <hiredis/async.h>
-#include <hiredis/hiredis.h>
-#include <inttypes.h>
-#include <netdb.h>
-#include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define BACKOFF_MIN_MS 100
-#define BACKOFF_MAX_MS 5000
 #define WATCHDOG_MIN_MS 20
 #define WATCHDOG_MAX_MS 250
 
 static const char unreachable[] = "the cluster bus (Redis) is unreachable";
 
-typedef enum { SHARD_DOWN, SHARD_CONNECTING, SHARD_UP } shard_state_t;
-typedef enum { PHASE_IDLE, PHASE_REAP, PHASE_BACKOFF, PHASE_CONNECT } phase_t;
 typedef enum { KIND_CHANNEL = 0, KIND_PATTERN = 1 } kind_t;
-typedef enum { FAIL_NONE, FAIL_NET, FAIL_AUTH, FAIL_DNS } fail_t;
 
 typedef struct {
     pending_t *r;
@@ -86,24 +66,15 @@ typedef struct {
     size_t bytes;
 } inflight_t;
 
+RING_OF(inflight_ring, inflight_t)
+
 typedef struct shard {
     cluster_t *c;
     uint32_t idx;
-    cluster_addr_t addr;
-    redisAsyncContext *pub, *sub;
-    uv_getaddrinfo_t *gai; /* a resolution under way (heap; freed by its callback) */
-    bool resolving;        /* CONNECTING and waiting for `gai`'s answer */
-    bool pub_ready, sub_ready;
-    bool was_up; /* has been up: the next up is a reconnect */
-    shard_state_t state;
-    phase_t phase; /* what `timer` is armed for */
-    uv_timer_t timer;
-    uint32_t failures;         /* failed attempts since the last up: the backoff exponent */
-    fail_t logged;             /* kind of the last failure logged: log once per change */
+    redis_conn_t *rc;          /* up while it is READY */
+    const char *label;         /* rc's, in logs and metrics */
     bool auth_error;           /* the last attempt failed on AUTH or -NOAUTH (metrics) */
-    bool nopass_warned;        /* "no password configured" logged since the last good AUTH */
-    inflight_t *ring;          /* PUBLISHes awaiting their reply, oldest first */
-    uint32_t head, count, cap; /* cap: a power of two */
+    inflight_ring_t inflight;  /* PUBLISHes awaiting their reply, oldest first */
     size_t inflight_bytes;     /* bounded by --redis-max-pending */
     uint64_t seq;              /* last sequence number published to this shard */
     uint32_t subs_waiting;     /* SUBSCRIBE/PSUBSCRIBE replies outstanding */
@@ -135,7 +106,7 @@ struct cluster {
     uv_timer_t watchdog;
     uint8_t *env; /* envelope encoding buffer */
     size_t env_cap;
-    uint64_t rng;
+    uint64_t rng; /* seeds each connection's backoff jitter */
     size_t prefix_len;
     bool closed;
 };
@@ -275,7 +246,7 @@ static bool confirmed(const interest_t *it)
 static bool shards_up(const cluster_t *c, uint64_t mask)
 {
     for (uint32_t i = 0; i < c->nshards; i++)
-        if ((mask & bit(i)) && c->shards[i].state != SHARD_UP)
+        if ((mask & bit(i)) && !redis_conn_ready(c->shards[i].rc))
             return false;
     return true;
 }
@@ -294,22 +265,14 @@ static void ack_waiters(cluster_t *c, interest_t *it)
 
 /* --- shard commands ------------------------------------------------------- */
 
-static void shard_fail(shard_t *sh, const char *why);
-static void shard_fail_as(shard_t *sh, fail_t kind, const char *why);
-static void on_sub_reply(redisAsyncContext *ac, void *reply, void *privdata);
-
 static void send_sub(shard_t *sh, interest_t *it, bool subscribe)
 {
-    static const char *const cmds[2][2] = {{"UNSUBSCRIBE", "PUNSUBSCRIBE"},
-                                           {"SUBSCRIBE", "PSUBSCRIBE"}};
-    const char *argv[2] = {cmds[subscribe][it->kind], it->name};
-    size_t lens[2] = {strlen(argv[0]), it->name_len};
-    if (sh->state != SHARD_UP)
+    if (!redis_conn_ready(sh->rc))
         return;
-    if (redisAsyncCommandArgv(sh->sub, subscribe ? on_sub_reply : NULL, sh, 2, argv, lens) !=
-        REDIS_OK) {
+    if (redis_conn_subscribe(sh->rc, it->kind == KIND_PATTERN, subscribe, it->name, it->name_len) !=
+        0) {
         if (subscribe)
-            shard_fail(sh, "could not queue a SUBSCRIBE");
+            redis_conn_fail(sh->rc, "could not queue a SUBSCRIBE");
         return; /* an UNSUBSCRIBE hiredis will not send: the connection is not subscribed */
     }
     if (!subscribe)
@@ -384,41 +347,29 @@ static void interests_shard_down(shard_t *sh)
 
 /* --- publishing ----------------------------------------------------------- */
 
-static bool ring_reserve(shard_t *sh)
+/* The oldest PUBLISH in flight on sh, out of the ring. */
+static inflight_t ring_pop(shard_t *sh)
 {
-    if (sh->count < sh->cap)
-        return true;
-    uint32_t ncap = sh->cap ? sh->cap * 2 : 64;
-    inflight_t *nr = malloc(sizeof(*nr) * ncap);
-    if (!nr)
-        return false;
-    for (uint32_t i = 0; i < sh->count; i++)
-        nr[i] = sh->ring[(sh->head + i) & (sh->cap - 1)];
-    free(sh->ring);
-    sh->ring = nr;
-    sh->head = 0;
-    sh->cap = ncap;
-    return true;
+    inflight_t in = inflight_ring_shift(&sh->inflight);
+    sh->inflight_bytes -= in.bytes;
+    return in;
 }
 
-static void on_pub_reply(redisAsyncContext *ac, void *reply, void *privdata)
+/* Redis answered sh's oldest PUBLISH (redis_conn's cb.reply: in PUBLISH order). */
+static void on_pub_reply(void *owner, redis_conn_reply_t answer, const char *err, size_t err_len)
 {
-    shard_t *sh = privdata;
-    redisReply *rep = reply;
-    if (sh->count == 0) {
-        log_error("redis %s: a PUBLISH reply with no PUBLISH pending", sh->addr.label);
+    shard_t *sh = owner;
+    if (sh->inflight.count == 0) {
+        log_error("redis %s: a PUBLISH reply with no PUBLISH pending", sh->label);
         return;
     }
-    inflight_t in = sh->ring[sh->head];
-    sh->head = (sh->head + 1) & (sh->cap - 1);
-    sh->count--;
-    sh->inflight_bytes -= in.bytes;
-    if (rep && rep->type != REDIS_REPLY_ERROR) {
+    inflight_t in = ring_pop(sh);
+    if (answer == REDIS_CONN_REPLY_OK) {
         pending_finish(sh->c->b, in.r, (gale_err_t)in.r->local_err, in.r->local_why);
         return;
     }
-    if (rep)
-        log_warn("redis %s: PUBLISH refused: %.*s", sh->addr.label, (int)rep->len, rep->str);
+    if (answer == REDIS_CONN_REPLY_ERROR)
+        log_warn("redis %s: PUBLISH refused: %.*s", sh->label, (int)err_len, err);
     pending_finish(sh->c->b, in.r, GALE_ERR_UNAVAILABLE,
                    "the cluster bus (Redis) did not take the message");
 }
@@ -445,7 +396,7 @@ gale_err_t cluster_pub(cluster_t *c, pending_t *r, const char *topic, size_t top
     char channel[CLUSTER_PREFIX_MAX + GALE_TOPIC_MAX + 1];
     kind_t kind;
 
-    if (sh->state != SHARD_UP) {
+    if (!redis_conn_ready(sh->rc)) {
         *why = unreachable;
         return GALE_ERR_UNAVAILABLE;
     }
@@ -453,7 +404,7 @@ gale_err_t cluster_pub(cluster_t *c, pending_t *r, const char *topic, size_t top
         *why = "the cluster bus (Redis) is not keeping up: too many messages pending";
         return GALE_ERR_UNAVAILABLE;
     }
-    if (!ring_reserve(sh) || !env_reserve(c, size)) {
+    if (!inflight_ring_reserve(&sh->inflight) || !env_reserve(c, size)) {
         *why = "out of memory";
         return GALE_ERR_INTERNAL;
     }
@@ -475,14 +426,13 @@ gale_err_t cluster_pub(cluster_t *c, pending_t *r, const char *topic, size_t top
     gale_err_t local = router_publish(b, topic, topic_len, enc, data, data_len);
     r->local_err = (uint8_t)local;
     r->local_why = local != GALE_OK ? router_convert_why(enc) : "";
-    if (n == 0 || redisAsyncCommandArgv(sh->pub, on_pub_reply, sh, 3, argv, lens) != REDIS_OK) {
+    if (n == 0 || redis_conn_command_argv(sh->rc, 3, argv, lens) != 0) {
         pending_finish(b, r, GALE_ERR_UNAVAILABLE, unreachable);
         return GALE_OK;
     }
     sh->seq++;
-    sh->ring[(sh->head + sh->count) & (sh->cap - 1)] =
-        (inflight_t){.r = r, .sent_ms = now_ms(c), .bytes = size};
-    sh->count++;
+    (void)inflight_ring_push(&sh->inflight, /* room reserved above */
+                             (inflight_t){.r = r, .sent_ms = now_ms(c), .bytes = size});
     sh->inflight_bytes += size;
     b->m.redis_publishes++;
     return GALE_OK;
@@ -564,7 +514,7 @@ const bus_ops_t cluster_bus = {.sub = bus_sub, .release = cluster_release, .pub 
 
 /* --- receiving ------------------------------------------------------------ */
 
-static void on_message(shard_t *sh, const redisReply *channel, const redisReply *payload)
+static void on_message(shard_t *sh, const redis_push_t *p)
 {
     cluster_t *c = sh->c;
     broker_t *b = c->b;
@@ -572,22 +522,22 @@ static void on_message(shard_t *sh, const redisReply *channel, const redisReply 
     const char *why;
 
     b->m.redis_received++;
-    if (channel->type != REDIS_REPLY_STRING || payload->type != REDIS_REPLY_STRING ||
-        !cluster_envelope_decode((const uint8_t *)payload->str, payload->len, CLUSTER_DATA_MAX, &e,
+    if (!p->name || !p->data ||
+        !cluster_envelope_decode((const uint8_t *)p->data, p->data_len, CLUSTER_DATA_MAX, &e,
                                  &why)) {
         b->m.redis_invalid++;
-        log_debug("redis %s: dropped an invalid message", sh->addr.label);
+        log_debug("redis %s: dropped an invalid message", sh->label);
         return;
     }
     if (e.instance == b->instance) {
         b->m.redis_echoes++; /* delivered locally when published */
         return;
     }
-    if (channel->len != c->prefix_len + e.topic_len ||
-        memcmp(channel->str, b->cfg.redis_prefix, c->prefix_len) != 0 ||
-        memcmp(channel->str + c->prefix_len, e.topic, e.topic_len) != 0) {
+    if (p->name_len != c->prefix_len + e.topic_len ||
+        memcmp(p->name, b->cfg.redis_prefix, c->prefix_len) != 0 ||
+        memcmp(p->name + c->prefix_len, e.topic, e.topic_len) != 0) {
         b->m.redis_invalid++;
-        log_debug("redis %s: dropped a message whose topic is not its channel's", sh->addr.label);
+        log_debug("redis %s: dropped a message whose topic is not its channel's", sh->label);
         return;
     }
     if (!cluster_dedupe_check(&sh->dedupe, e.instance, e.seq)) {
@@ -597,439 +547,48 @@ static void on_message(shard_t *sh, const redisReply *channel, const redisReply 
     (void)router_deliver(b, e.topic, e.topic_len, e.enc, e.data, e.data_len);
 }
 
-static bool is(const redisReply *r, const char *s)
+/* What sh's subscribe context received (redis_conn's cb.push, only while READY). */
+static void on_push(void *owner, const redis_push_t *p)
 {
-    size_t n = strlen(s);
-    return r->type == REDIS_REPLY_STRING && r->len == n && strncasecmp(r->str, s, n) == 0;
-}
-
-static void on_sub_reply(redisAsyncContext *ac, void *reply, void *privdata)
-{
-    shard_t *sh = privdata;
-    redisReply *r = reply;
-    if (!r || ac != sh->sub || sh->state != SHARD_UP || r->type != REDIS_REPLY_ARRAY ||
-        r->elements < 3)
-        return; /* NULL: the context is being freed; not UP: failing */
-    redisReply **el = r->element;
-    if (r->elements == 3 && is(el[0], "message"))
-        on_message(sh, el[1], el[2]);
-    else if (r->elements == 4 && is(el[0], "pmessage"))
-        on_message(sh, el[2], el[3]);
-    else if (el[1]->type == REDIS_REPLY_STRING && is(el[0], "subscribe"))
-        on_confirm(sh, KIND_CHANNEL, el[1]->str, el[1]->len);
-    else if (el[1]->type == REDIS_REPLY_STRING && is(el[0], "psubscribe"))
-        on_confirm(sh, KIND_PATTERN, el[1]->str, el[1]->len);
-}
-
-/* --- connection lifecycle ------------------------------------------------- */
-
-static void shard_up(shard_t *sh)
-{
-    cluster_t *c = sh->c;
-    sh->state = SHARD_UP;
-    sh->phase = PHASE_IDLE;
-    uv_timer_stop(&sh->timer);
-    if (sh->was_up)
-        c->b->m.redis_reconnects++;
-    if (sh->addr.user_len)
-        log_info("redis %s: connected%s, authenticated as user %s", sh->addr.label,
-                 sh->was_up ? " again" : "", sh->addr.user);
+    shard_t *sh = owner;
+    if (p->kind == REDIS_PUSH_MESSAGE)
+        on_message(sh, p);
     else
-        log_info("redis %s: connected%s%s", sh->addr.label, sh->was_up ? " again" : "",
-                 sh->addr.pass_len ? ", authenticated" : "");
-    sh->was_up = true;
-    sh->failures = 0;
-    sh->logged = FAIL_NONE;
+        on_confirm(sh, p->kind == REDIS_PUSH_PSUBSCRIBED ? KIND_PATTERN : KIND_CHANNEL, p->name,
+                   p->name_len);
+}
+
+/* --- connection events ---------------------------------------------------- */
+
+/* sh's connection is READY: every subscription held locally, again (a new connection:
+ * nothing is confirmed on it). */
+static void shard_ready(void *owner, bool again)
+{
+    shard_t *sh = owner;
+    cluster_t *c = sh->c;
+    if (again)
+        c->b->m.redis_reconnects++;
     sh->auth_error = false;
-    /* Every subscription held locally, again (new connection: nothing is confirmed). */
-    for (size_t i = 0; i < c->nbuckets && sh->state == SHARD_UP; i++)
-        for (interest_t *it = c->buckets[i]; it && sh->state == SHARD_UP; it = it->hnext)
+    for (size_t i = 0; i < c->nbuckets && redis_conn_ready(sh->rc); i++)
+        for (interest_t *it = c->buckets[i]; it && redis_conn_ready(sh->rc); it = it->hnext)
             if (it->wanted && (it->want & bit(sh->idx)))
                 send_sub(sh, it, true);
 }
 
-/* The publish context's first PING answered: Redis serves commands (a stopped or loading
- * server accepts TCP connections but does not answer, or answers -LOADING). Never sent on
- * the subscribe context. */
-static void on_pub_ping(redisAsyncContext *ac, void *reply, void *privdata)
+/* sh's connection went down (already logged), or is closing with the cluster. */
+static void shard_down(void *owner, redis_conn_err_t kind, const char *why, bool was_ready)
 {
-    shard_t *sh = privdata;
-    redisReply *r = reply;
-    if (!r || ac != sh->pub || sh->state != SHARD_CONNECTING)
-        return; /* NULL: the context is being freed */
-    if (r->type == REDIS_REPLY_ERROR) {
-        /* -NOAUTH: Redis wants a password and the URL has none. */
-        shard_fail_as(sh, strncmp(r->str, "NOAUTH", 6) == 0 ? FAIL_AUTH : FAIL_NET, r->str);
-        return;
-    }
-    sh->pub_ready = true;
-    if (sh->sub_ready)
-        shard_up(sh);
-}
-
-/* why, with every occurrence of sh's password masked (a Redis error never quotes it, but
- * nothing it says reaches a log unchecked). */
-static const char *redact(const shard_t *sh, const char *why, char *out, size_t cap)
-{
-    const char *pw = sh->addr.pass;
-    size_t n = sh->addr.pass_len, o = 0;
-    if (!n || !strstr(why, pw))
-        return why;
-    while (*why && o + 4 < cap) {
-        if (strncmp(why, pw, n) == 0) {
-            memcpy(out + o, "***", 3);
-            o += 3;
-            why += n;
-        } else {
-            out[o++] = *why++;
-        }
-    }
-    out[o] = '\0';
-    return out;
-}
-
-/* Context ac of sh is connected and, with credentials, authenticated. */
-static void ctx_ready(shard_t *sh, redisAsyncContext *ac)
-{
-    if (ac == sh->pub) {
-        /* Ready once it answers (the connect timer still runs). */
-        if (redisAsyncCommand(sh->pub, on_pub_ping, sh, "PING") != REDIS_OK)
-            shard_fail(sh, "could not queue a PING");
-        return;
-    }
-    sh->sub_ready = true;
-    if (sh->pub_ready && sh->state == SHARD_CONNECTING)
-        shard_up(sh);
-}
-
-/* Redis has no password (Redis 6+ wording, then 5's): AUTH is pointless but harmless. */
-static bool no_password_set(const redisReply *r)
-{
-    return strstr(r->str, "without any password configured") != NULL ||
-           strstr(r->str, "no password is set") != NULL;
-}
-
-static void on_auth(redisAsyncContext *ac, void *reply, void *privdata)
-{
-    shard_t *sh = privdata;
-    redisReply *r = reply;
-    if (!r || (ac != sh->pub && ac != sh->sub) || sh->state != SHARD_CONNECTING)
-        return; /* NULL: the context is being freed */
-    if (r->type == REDIS_REPLY_ERROR && !no_password_set(r)) {
-        shard_fail_as(sh, FAIL_AUTH, r->str);
-        return;
-    }
-    if (r->type == REDIS_REPLY_ERROR) {
-        char buf[512];
-        if (!sh->nopass_warned)
-            log_warn("redis %s: a password is configured but this Redis has none (%s): "
-                     "connecting without authentication",
-                     sh->addr.label, redact(sh, r->str, buf, sizeof(buf)));
-        sh->nopass_warned = true;
-    } else {
-        sh->nopass_warned = false;
-    }
-    ctx_ready(sh, ac);
-}
-
-/* AUTH [USER] PASSWORD, the first command on a new context (binary-safe: argv). */
-static void send_auth(shard_t *sh, redisAsyncContext *ac)
-{
-    const cluster_addr_t *a = &sh->addr;
-    const char *argv[3] = {"AUTH", a->user, a->pass};
-    size_t lens[3] = {4, a->user_len, a->pass_len};
-    int argc = 3;
-    if (!a->user_len) {
-        argv[1] = a->pass;
-        lens[1] = a->pass_len;
-        argc = 2;
-    }
-    if (redisAsyncCommandArgv(ac, on_auth, sh, argc, argv, lens) != REDIS_OK)
-        shard_fail(sh, "could not queue AUTH");
-}
-
-static void on_connect(const redisAsyncContext *cac, int status)
-{
-    shard_t *sh = cac->data;
-    redisAsyncContext *ac = cac == sh->pub ? sh->pub : cac == sh->sub ? sh->sub : NULL;
-    if (!ac)
-        return;
-    if (status != REDIS_OK) {
-        /* hiredis frees the context when this returns. */
-        if (ac == sh->pub)
-            sh->pub = NULL;
-        else
-            sh->sub = NULL;
-        shard_fail(sh, ac->errstr[0] ? ac->errstr : "connect failed");
-        return;
-    }
-    redisEnableKeepAlive(&ac->c);
-    if (sh->addr.pass_len)
-        send_auth(sh, ac); /* before anything else */
-    else
-        ctx_ready(sh, ac);
-}
-
-static void on_disconnect(const redisAsyncContext *ac, int status)
-{
-    shard_t *sh = ac->data;
-    if (ac == sh->pub)
-        sh->pub = NULL;
-    else if (ac == sh->sub)
-        sh->sub = NULL;
-    else
-        return; /* one we freed ourselves */
-    shard_fail(sh, status == REDIS_OK || !ac->errstr[0] ? "connection closed" : ac->errstr);
-}
-
-static redisAsyncContext *open_ctx(shard_t *sh, const char *ip)
-{
-    redisAsyncContext *ac = redisAsyncConnect(ip, sh->addr.port);
-    if (!ac)
-        return NULL;
-    if (ac->err || redis_uv_attach(ac, sh->c->b->loop) != 0) {
-        log_debug("redis %s: %s", sh->addr.label, ac->err ? ac->errstr : "cannot watch socket");
-        redisAsyncFree(ac);
-        return NULL;
-    }
-    ac->data = sh;
-    redisAsyncSetConnectCallback(ac, on_connect);
-    redisAsyncSetDisconnectCallback(ac, on_disconnect);
-    return ac;
-}
-
-static void on_shard_timer(uv_timer_t *t);
-
-/* Opens both contexts to ip, a numeric address (hiredis then resolves nothing). */
-static void connect_to(shard_t *sh, const char *ip)
-{
-    sh->pub = open_ctx(sh, ip);
-    sh->sub = sh->pub ? open_ctx(sh, ip) : NULL;
-    if (!sh->pub || !sh->sub)
-        shard_fail(sh, "could not open a connection");
-}
-
-static bool host_numeric(const char *host)
-{
-    unsigned char a[sizeof(struct in6_addr)];
-    return uv_inet_pton(AF_INET, host, a) == 0 || uv_inet_pton(AF_INET6, host, a) == 0;
-}
-
-/*
- * Writes to ip the address of res this attempt uses: the first IPv4 or IPv6 one, or after
- * failed attempts the next (failures modulo their count). False if res has none.
- */
-static bool pick_address(const shard_t *sh, const struct addrinfo *res, char *ip, size_t cap)
-{
-    uint32_t n = 0, k;
-    const struct addrinfo *ai;
-    for (ai = res; ai; ai = ai->ai_next)
-        n += ai->ai_family == AF_INET || ai->ai_family == AF_INET6;
-    if (!n)
-        return false;
-    k = sh->failures % n;
-    for (ai = res; ai; ai = ai->ai_next) {
-        if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
-            continue;
-        if (k-- == 0)
-            break;
-    }
-    if (ai->ai_family == AF_INET)
-        return uv_ip4_name((const struct sockaddr_in *)ai->ai_addr, ip, cap) == 0;
-    return uv_ip6_name((const struct sockaddr_in6 *)ai->ai_addr, ip, cap) == 0;
-}
-
-/*
- * The resolver's answer (run on the loop). req->data is the shard, or NULL once the
- * shard gave it up for good (cluster_close): then nothing but req and res is touched.
- */
-static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
-{
-    shard_t *sh = req->data;
-    char ip[INET6_ADDRSTRLEN];
-    bool found = false;
-    free(req);
-    if (sh)
-        sh->gai = NULL;
-    if (!sh || !sh->resolving) {
-        uv_freeaddrinfo(res); /* canceled, or the attempt failed (timed out) meanwhile */
-        return;
-    }
-    sh->resolving = false;
-    if (status == 0)
-        found = pick_address(sh, res, ip, sizeof(ip));
-    uv_freeaddrinfo(res);
-    if (!found) {
-        shard_fail_as(sh, FAIL_DNS, status ? uv_strerror(status) : "no IPv4 or IPv6 address");
-        return;
-    }
-    log_debug("redis %s: %s is %s", sh->addr.label, sh->addr.host, ip);
-    connect_to(sh, ip);
-}
-
-/* Resolves sh's host on the libuv thread pool (getaddrinfo blocks): on_resolved goes on. */
-static void resolve(shard_t *sh)
-{
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-    uv_getaddrinfo_t *req;
-    int rc;
-    sh->resolving = true;
-    if (sh->gai)
-        return; /* the last attempt's resolution still runs: its answer serves this one */
-    if (!(req = malloc(sizeof(*req)))) {
-        shard_fail_as(sh, FAIL_DNS, "out of memory");
-        return;
-    }
-    req->data = sh;
-    rc = uv_getaddrinfo(sh->c->b->loop, req, on_resolved, sh->addr.host, NULL, &hints);
-    if (rc != 0) {
-        free(req);
-        shard_fail_as(sh, FAIL_DNS, uv_strerror(rc));
-        return;
-    }
-    sh->gai = req;
-}
-
-/*
- * Stops waiting for sh's resolution. A request still queued is canceled (its callback gets
- * UV_ECANCELED); one the resolver is working on cannot be, and stays attached so that the
- * next attempt takes its answer, unless detach (the cluster closes): its callback then
- * only frees it. Returns true if the resolver is still working on it (the loop runs until
- * it is done).
- */
-static bool resolve_stop(shard_t *sh, bool detach)
-{
-    sh->resolving = false;
-    if (!sh->gai)
-        return false;
-    bool running = uv_cancel((uv_req_t *)sh->gai) != 0;
-    if (running && !detach)
-        return true;
-    sh->gai->data = NULL;
-    sh->gai = NULL;
-    return running;
-}
-
-/* Connects: resolves the host first unless it is an address. The connect timer covers
- * both. */
-static void shard_connect(shard_t *sh)
-{
-    sh->state = SHARD_CONNECTING;
-    sh->pub_ready = sh->sub_ready = false;
-    sh->phase = PHASE_CONNECT;
-    uv_timer_start(&sh->timer, on_shard_timer, sh->c->b->cfg.redis_timeout_ms, 0);
-    if (host_numeric(sh->addr.host))
-        connect_to(sh, sh->addr.host);
-    else
-        resolve(sh);
-}
-
-static void shard_fail(shard_t *sh, const char *why)
-{
-    shard_fail_as(sh, FAIL_NET, why);
-}
-
-/* Logs a failure: at its level once per change of kind (not once per retry), else debug. */
-static void log_fail(shard_t *sh, fail_t kind, const char *why)
-{
+    shard_t *sh = owner;
     cluster_t *c = sh->c;
-    char buf[512];
-    why = redact(sh, why, buf, sizeof(buf));
-    if (c->closed)
-        log_info("redis %s: disconnecting (the broker is stopping)", sh->addr.label);
-    else if (kind == FAIL_AUTH && sh->logged != FAIL_AUTH)
-        log_error("redis %s: authentication failed (%s): %s; the shard stays down (publishing "
-                  "to its topics answers unavailable), retrying",
-                  sh->addr.label, why,
-                  sh->addr.pass_len ? "check the user and password of --redis (or "
-                                      "--redis-password, GALE_REDIS_PASSWORD)"
-                                    : "this Redis requires a password: give one in --redis "
-                                      "(redis://:PASSWORD@HOST:PORT) or GALE_REDIS_PASSWORD");
-    else if (kind == FAIL_DNS && sh->logged != FAIL_DNS)
-        log_warn("redis %s: cannot resolve %s: %s; the shard stays down (publishing to its "
-                 "topics answers unavailable), retrying",
-                 sh->addr.label, sh->addr.host, why);
-    else if (kind == FAIL_DNS)
-        log_debug("redis %s: cannot resolve %s: %s", sh->addr.label, sh->addr.host, why);
-    else if (sh->state == SHARD_UP)
-        log_warn("redis %s: connection lost (%s): publishing to its topics answers "
-                 "unavailable until it is back",
-                 sh->addr.label, why);
-    else if (sh->logged != kind)
-        log_warn("redis %s: cannot connect (%s): retrying", sh->addr.label, why);
-    else
-        log_debug("redis %s: cannot connect (%s)", sh->addr.label, why);
-    if (!c->closed)
-        sh->logged = kind;
-}
-
-static void shard_fail_as(shard_t *sh, fail_t kind, const char *why)
-{
-    cluster_t *c = sh->c;
-    if (sh->phase == PHASE_REAP || (sh->state == SHARD_DOWN && sh->phase != PHASE_IDLE))
-        return; /* already failing */
-    (void)resolve_stop(sh, false);
-    log_fail(sh, kind, why);
-    if (sh->state != SHARD_UP && !c->closed) {
+    if (!was_ready && !c->closed) {
         c->b->m.redis_connect_failures++;
-        sh->auth_error = kind == FAIL_AUTH;
+        sh->auth_error = kind == REDIS_CONN_ERR_AUTH;
     }
-    sh->state = SHARD_DOWN;
-    sh->pub_ready = sh->sub_ready = false;
     interests_shard_down(sh);
-    if (c->closed)
-        return;
-    sh->phase = PHASE_REAP;
-    uv_timer_start(&sh->timer, on_shard_timer, 0, 0);
 }
 
-/* Frees both contexts, outside hiredis: their pending PUBLISHes finish with err. */
-static void reap(shard_t *sh)
-{
-    redisAsyncContext *pub = sh->pub, *sub = sh->sub;
-    sh->pub = sh->sub = NULL;
-    if (pub)
-        redisAsyncFree(pub);
-    if (sub)
-        redisAsyncFree(sub);
-    while (sh->count) { /* none left: hiredis ran every pending callback */
-        inflight_t in = sh->ring[sh->head];
-        sh->head = (sh->head + 1) & (sh->cap - 1);
-        sh->count--;
-        pending_finish(sh->c->b, in.r, GALE_ERR_UNAVAILABLE, unreachable);
-    }
-    sh->inflight_bytes = 0;
-}
-
-static void on_shard_timer(uv_timer_t *t)
-{
-    shard_t *sh = t->data;
-    cluster_t *c = sh->c;
-    switch (sh->phase) {
-    case PHASE_REAP: {
-        reap(sh);
-        uint64_t d = BACKOFF_MIN_MS << (sh->failures < 6 ? sh->failures : 6);
-        if (d > BACKOFF_MAX_MS)
-            d = BACKOFF_MAX_MS;
-        d = d / 2 + rnd(c) % (d / 2 + 1); /* jitter: brokers do not reconnect in step */
-        sh->failures++;
-        sh->phase = PHASE_BACKOFF;
-        uv_timer_start(&sh->timer, on_shard_timer, d, 0);
-        break;
-    }
-    case PHASE_BACKOFF:
-        shard_connect(sh);
-        break;
-    case PHASE_CONNECT:
-        if (sh->resolving)
-            shard_fail_as(sh, FAIL_DNS, "timed out (--redis-timeout)");
-        else
-            shard_fail(sh, "connect timed out");
-        break;
-    case PHASE_IDLE:
-        break;
-    }
-}
+static const redis_conn_callbacks_t shard_events = {
+    .ready = shard_ready, .down = shard_down, .reply = on_pub_reply, .push = on_push};
 
 /* Fails shards whose PUBLISH or SUBSCRIBE answers are overdue. */
 static void on_watchdog(uv_timer_t *t)
@@ -1038,16 +597,43 @@ static void on_watchdog(uv_timer_t *t)
     uint64_t now = now_ms(c), limit = c->b->cfg.redis_timeout_ms;
     for (uint32_t i = 0; i < c->nshards; i++) {
         shard_t *sh = &c->shards[i];
-        if (sh->state != SHARD_UP)
+        if (!redis_conn_ready(sh->rc))
             continue;
-        if (sh->count && now - sh->ring[sh->head].sent_ms > limit)
-            shard_fail(sh, "PUBLISH timed out");
+        if (sh->inflight.count && now - inflight_ring_at(&sh->inflight, 0)->sent_ms > limit)
+            redis_conn_fail(sh->rc, "PUBLISH timed out");
         else if (sh->subs_waiting && now - sh->subs_progress_ms > limit)
-            shard_fail(sh, "SUBSCRIBE timed out");
+            redis_conn_fail(sh->rc, "SUBSCRIBE timed out");
     }
 }
 
 /* --- lifecycle ------------------------------------------------------------ */
+
+/* Makes the shards' connections (not started): false when out of memory. */
+static bool shards_init(cluster_t *c, const cluster_addr_t *addrs)
+{
+    for (uint32_t i = 0; i < c->nshards; i++) {
+        shard_t *sh = &c->shards[i];
+        sh->c = c;
+        sh->idx = i;
+        sh->rc = redis_conn_new(c->b->loop, &addrs[i], c->b->cfg.redis_timeout_ms, rnd(c) | 1,
+                                &shard_events, sh);
+        if (!sh->rc)
+            return false;
+        sh->label = redis_conn_label(sh->rc);
+    }
+    return true;
+}
+
+static void start_watchdog(cluster_t *c)
+{
+    uint64_t period = c->b->cfg.redis_timeout_ms / 4;
+    period = period < WATCHDOG_MIN_MS   ? WATCHDOG_MIN_MS
+             : period > WATCHDOG_MAX_MS ? WATCHDOG_MAX_MS
+                                        : period;
+    uv_timer_init(c->b->loop, &c->watchdog);
+    c->watchdog.data = c;
+    uv_timer_start(&c->watchdog, on_watchdog, period, period);
+}
 
 cluster_t *cluster_new(broker_t *b)
 {
@@ -1055,14 +641,13 @@ cluster_t *cluster_new(broker_t *b)
     const char *labels[CLUSTER_MAX_SHARDS];
     const char *why;
     int n = cluster_parse_urls(b->cfg.redis_urls, addrs, CLUSTER_MAX_SHARDS, &why);
+    cluster_t *c = NULL;
     if (n <= 0 || !cluster_set_password(addrs, n, b->cfg.redis_password, &why)) {
         log_error("--redis: %s", why);
-        explicit_bzero(addrs, sizeof(addrs));
-        return NULL;
+        goto Exit;
     }
-    cluster_t *c = calloc(1, sizeof(*c));
-    if (!c)
-        return NULL;
+    if (!(c = calloc(1, sizeof(*c))))
+        goto Exit;
     c->b = b;
     c->nshards = (uint32_t)n;
     c->all = n == 64 ? UINT64_MAX : bit((uint32_t)n) - 1;
@@ -1073,34 +658,22 @@ cluster_t *cluster_new(broker_t *b)
     c->shards = calloc((size_t)n, sizeof(*c->shards));
     for (int i = 0; i < n; i++)
         labels[i] = addrs[i].label;
-    if (!c->buckets || !c->shards || !cluster_ring_init(&c->ring, labels, (uint32_t)n)) {
-        explicit_bzero(addrs, sizeof(addrs));
-        free(c->buckets);
-        free(c->shards);
-        free(c);
-        return NULL;
+    if (!c->buckets || !c->shards || !cluster_ring_init(&c->ring, labels, (uint32_t)n) ||
+        !shards_init(c, addrs)) {
+        cluster_free(c); /* nothing started: no handle to close */
+        c = NULL;
+        goto Exit;
     }
-    uint64_t period = b->cfg.redis_timeout_ms / 4;
-    period = period < WATCHDOG_MIN_MS   ? WATCHDOG_MIN_MS
-             : period > WATCHDOG_MAX_MS ? WATCHDOG_MAX_MS
-                                        : period;
-    uv_timer_init(b->loop, &c->watchdog);
-    c->watchdog.data = c;
-    uv_timer_start(&c->watchdog, on_watchdog, period, period);
+    start_watchdog(c);
     for (int i = 0; i < n; i++) {
-        shard_t *sh = &c->shards[i];
-        sh->c = c;
-        sh->idx = (uint32_t)i;
-        sh->addr = addrs[i];
-        uv_timer_init(b->loop, &sh->timer);
-        sh->timer.data = sh;
-        log_info("redis shard %d: %s (channels %s*%s%s)", i, sh->addr.label, b->cfg.redis_prefix,
-                 !sh->addr.pass_len  ? ""
-                 : sh->addr.user_len ? ", AUTH as user "
+        log_info("redis shard %d: %s (channels %s*%s%s)", i, addrs[i].label, b->cfg.redis_prefix,
+                 !addrs[i].pass_len  ? ""
+                 : addrs[i].user_len ? ", AUTH as user "
                                      : ", AUTH with a password",
-                 sh->addr.user_len ? sh->addr.user : "");
-        shard_connect(sh);
+                 addrs[i].user_len ? addrs[i].user : "");
+        redis_conn_start(c->shards[i].rc);
     }
+Exit:
     explicit_bzero(addrs, sizeof(addrs));
     return c;
 }
@@ -1113,15 +686,9 @@ void cluster_close(cluster_t *c)
     uv_close((uv_handle_t *)&c->watchdog, NULL);
     for (uint32_t i = 0; i < c->nshards; i++) {
         shard_t *sh = &c->shards[i];
-        sh->phase = PHASE_IDLE;
-        uv_close((uv_handle_t *)&sh->timer, NULL);
-        if (resolve_stop(sh, true))
-            log_info("redis %s: waiting for the resolver to finish with %s (it cannot be "
-                     "interrupted)",
-                     sh->addr.label, sh->addr.host);
-        if (sh->state != SHARD_DOWN)
-            shard_fail(sh, "stopping");
-        reap(sh);
+        redis_conn_close(sh->rc);  /* answers every PUBLISH in flight DROPPED */
+        while (sh->inflight.count) /* none left: hiredis ran every pending callback */
+            pending_finish(c->b, ring_pop(sh).r, GALE_ERR_UNAVAILABLE, unreachable);
     }
 }
 
@@ -1138,9 +705,9 @@ void cluster_free(cluster_t *c)
             free(it);
         }
     }
-    for (uint32_t i = 0; i < c->nshards; i++) {
-        free(c->shards[i].ring);
-        explicit_bzero(&c->shards[i].addr, sizeof(c->shards[i].addr));
+    for (uint32_t i = 0; c->shards && i < c->nshards; i++) {
+        inflight_ring_free(&c->shards[i].inflight);
+        redis_conn_free(c->shards[i].rc);
     }
     cluster_ring_free(&c->ring);
     free(c->buckets);
@@ -1154,7 +721,7 @@ void cluster_state(const cluster_t *c, uint32_t *shards, uint32_t *up)
     *shards = c ? c->nshards : 0;
     *up = 0;
     for (uint32_t i = 0; c && i < c->nshards; i++)
-        *up += c->shards[i].state == SHARD_UP;
+        *up += redis_conn_ready(c->shards[i].rc);
 }
 
 void cluster_render_metrics(const cluster_t *c, gale_buf_t *out)
@@ -1172,8 +739,8 @@ void cluster_render_metrics(const cluster_t *c, gale_buf_t *out)
             const shard_t *sh = &c->shards[i];
             char line[400];
             int n = snprintf(line, sizeof(line), "gale_redis_shard_%s{shard=\"%s\"} %d\n",
-                             k ? "auth_error" : "up", sh->addr.label,
-                             k ? sh->auth_error : sh->state == SHARD_UP);
+                             k ? "auth_error" : "up", sh->label,
+                             k ? sh->auth_error : redis_conn_ready(sh->rc));
             if (n > 0 && (size_t)n < sizeof(line))
                 gale_buf_append(out, line, (size_t)n);
         }

@@ -8,14 +8,15 @@
  * each local pattern on every shard, and unsubscribes when the last local
  * holder leaves (topics_subscribe's `first`, topics_unsubscribe's `last`).
  *
- * Per shard, hiredis drives two connections on the broker's loop: one in
- * subscribe mode, one for PUBLISH (never PING the subscribed one: hiredis
- * 0.14 misroutes the reply). A shard is up when both are connected and,
- * when its URL (or --redis-password) has credentials, both answered AUTH,
- * the first command on every connection; any error, a refused AUTH, a
- * connect or command timeout (--redis-timeout) takes both down, and
- * they are reconnected after a jittered exponential backoff (100 ms to 5 s),
- * every subscription being sent again.
+ * Per shard, one redis_conn_t (redis_conn.h) keeps the connection to its
+ * Redis: two hiredis contexts on the broker's loop, one in subscribe mode,
+ * one for PUBLISH (never PING the subscribed one: hiredis 0.14 misroutes the
+ * reply). A shard is up when both are connected and, when its URL (or
+ * --redis-password) has credentials, both answered AUTH, the first command
+ * on every connection; any error, a refused AUTH, a connect or command
+ * timeout (--redis-timeout) takes both down, and they are reconnected after
+ * a jittered exponential backoff (100 ms to 5 s), every subscription being
+ * sent again.
  *
  * Answers that wait for Redis are pending_t (pending.h), whoever waits: a
  * WebSocket request's reply (core.c) or a message of an HTTP publish

@@ -6,7 +6,8 @@
  * PUBLISHes awaiting Redis (cluster.c).
  *
  * RING_OF(name, T) declares the type name_t and its typed inline operations:
- * name_push, name_at (i-th oldest), name_shift (remove the oldest), name_free.
+ * name_reserve, name_push, name_at (i-th oldest), name_shift (remove the
+ * oldest), name_free.
  * The growth itself is one function, ring_grow, for every element type.
  * Zero-initialise a ring; it allocates on its first push.
  */
@@ -40,11 +41,17 @@ bool ring_grow(void **slots, uint32_t *head, uint32_t count, uint32_t *cap, size
         return &r->slot[(r->head + i) & (r->cap - 1)];                                             \
     }                                                                                              \
                                                                                                    \
-    /* Appends v; false (ring unchanged) when out of memory. */                                    \
+    /* Makes room for one more element; false when out of memory. */                               \
+    static inline bool name##_reserve(name##_t *r)                                                 \
+    {                                                                                              \
+        return r->count < r->cap ||                                                                \
+               ring_grow((void **)&r->slot, &r->head, r->count, &r->cap, sizeof(T));               \
+    }                                                                                              \
+                                                                                                   \
+    /* Appends v; false (ring unchanged) when out of memory (never after a _reserve). */           \
     static inline bool name##_push(name##_t *r, T v)                                               \
     {                                                                                              \
-        if (r->count == r->cap &&                                                                  \
-            !ring_grow((void **)&r->slot, &r->head, r->count, &r->cap, sizeof(T)))                 \
+        if (!name##_reserve(r))                                                                    \
             return false;                                                                          \
         r->slot[(r->head + r->count++) & (r->cap - 1)] = v;                                        \
         return true;                                                                               \
