@@ -4,8 +4,7 @@
 #include "gale_json.h"
 #include "http.h"
 #include "log.h"
-#include "pending.h"
-#include "router.h"
+#include "core.h"
 
 #include <inttypes.h>
 #include <libwebsockets.h>
@@ -19,13 +18,14 @@ typedef struct {
 } result_t;
 
 typedef struct api_req {
+    conn_t conn; /* the request as the core sees it (core.h): answers by message index */
     broker_t *b;
     struct lws *wsi; /* NULL once the connection closed */
     uint8_t *body;
     size_t len, cap;
     result_t *results;
     uint32_t n;       /* messages */
-    uint32_t pending; /* results still awaited from the cluster */
+    uint32_t pending; /* results still awaited from the core (the cluster's answers) */
     bool batch;
     bool submitting; /* api_body_done is still publishing */
     bool body_done;  /* the body was taken (lws reports its completion again while bytes that
@@ -40,6 +40,7 @@ static void req_free(api_req_t *r)
 {
     if (!r)
         return;
+    core_close(r->b, &r->conn); /* answers the cluster still holds are dropped when done */
     free(r->body);
     free(r->results);
     free(r);
@@ -135,6 +136,42 @@ int api_refuse(struct lws *wsi, unsigned status, const char *code, const char *w
     log_debug("POST " API_PUBLISH ": %u %s: %s", status, code, why);
     return respond(wsi, status, &o, true);
 }
+
+/* The request's writes wait for its last result. */
+static void settled(api_req_t *r)
+{
+    if (!r->pending && !r->submitting && r->wsi)
+        lws_callback_on_writable(r->wsi);
+}
+
+/* conn_ops_t.reply: the result of message r->id (the core answers every one, in order). */
+static void op_reply(broker_t *b, conn_t *c, const conn_reply_t *a)
+{
+    api_req_t *r = (api_req_t *)((char *)c - offsetof(api_req_t, conn));
+    if (a->id < r->n) {
+        r->results[a->id].err = (uint8_t)a->err;
+        r->results[a->id].why = a->why;
+    }
+    r->pending--;
+    settled(r);
+}
+
+/* conn_ops_t.close: the core could not hold an answer (out of memory): the rest fail. */
+static void op_close(broker_t *b, conn_t *c, uint16_t code)
+{
+    api_req_t *r = (api_req_t *)((char *)c - offsetof(api_req_t, conn));
+    core_close(b, c); /* no answer comes any more */
+    r->pending = 0;
+    settled(r);
+}
+
+/* conn_ops_t.deliver: a request holds no subscription, so nothing is ever delivered. */
+static bool op_deliver(broker_t *b, conn_t *c, frame_t *f)
+{
+    return false;
+}
+
+static const conn_ops_t api_ops = {.deliver = op_deliver, .reply = op_reply, .close = op_close};
 
 bool api_owns(struct lws *wsi, char *uri, size_t cap)
 {
@@ -239,6 +276,8 @@ int api_http(broker_t *b, struct lws *wsi, const char *uri)
     r->b = b;
     r->wsi = wsi;
     r->cap = (size_t)n;
+    core_open(b, &r->conn, &api_ops, GALE_ENC_JSON, NULL);
+    r->conn.unmetered = 1; /* the API key gives full rights: no token, no --pub-rate */
     c->req = r;
     if (expect == EXPECT_CONTINUE && write_continue(wsi) < 0)
         return -1; /* lws closes the connection; api_closed frees r */
@@ -302,41 +341,12 @@ static bool msg_member(const gale_json_member_t *m, void *arg)
     return true;
 }
 
-/* One message of a request waiting for the cluster (pending.h). */
-typedef struct {
-    pending_t p; /* first */
-    api_req_t *r;
-    uint32_t idx;
-} api_wait_t;
-
-/* pending_t.done: message idx of a request got its result from the cluster. */
-static void publish_done(broker_t *b, pending_t *p, gale_err_t e, const char *why)
-{
-    api_wait_t *w = (api_wait_t *)p;
-    api_req_t *r = w->r;
-    uint32_t idx = w->idx;
-    free(w);
-    if (idx < r->n) {
-        r->results[idx].err = (uint8_t)e;
-        r->results[idx].why = why;
-    }
-    if (--r->pending || r->submitting)
-        return;
-    if (r->wsi)
-        lws_callback_on_writable(r->wsi);
-    else
-        req_free(r);
-}
-
 /* Checks and publishes one message; the result is final unless deferred (pending++). */
 static void publish_one(api_req_t *r, uint32_t idx, const msg_fields_t *f)
 {
-    broker_t *b = r->b;
     result_t *res = &r->results[idx];
     char topic[GALE_TOPIC_MAX + 1];
     size_t tlen;
-    const char *why = "";
-    gale_err_t e;
     res->err = GALE_ERR_BAD_REQUEST;
     if (!f->topic || f->topic_kind != GALE_JSON_STRING) {
         res->why = "topic is missing or not a string";
@@ -356,30 +366,16 @@ static void publish_one(api_req_t *r, uint32_t idx, const msg_fields_t *f)
         res->why = "not a valid concrete topic";
         return;
     }
-    if (b->bus.ops) {
-        api_wait_t *w = calloc(1, sizeof(*w));
-        if (!w) {
-            res->err = GALE_ERR_INTERNAL;
-            res->why = "out of memory";
-            return;
-        }
-        w->p.done = publish_done;
-        w->r = r;
-        w->idx = idx;
-        r->pending++;
-        e = b->bus.ops->pub(b->bus.ctx, &w->p, topic, tlen, GALE_ENC_JSON, f->data, f->data_len,
-                            &why);
-        if (e == GALE_OK)
-            return; /* publish_done sets the result */
-        r->pending--;
-        free(w);
-    } else {
-        e = router_publish(b, topic, tlen, GALE_ENC_JSON, f->data, f->data_len);
-        if (e != GALE_OK)
-            why = router_convert_why(GALE_ENC_JSON);
-    }
-    res->err = (uint8_t)e;
-    res->why = why;
+    /* A `pub` like a WebSocket client's, answered (op_reply) with the message's index. */
+    gale_request_t req = {.op = GALE_OP_PUB,
+                          .has_id = true,
+                          .id = idx,
+                          .topic = topic,
+                          .topic_len = tlen,
+                          .data = f->data,
+                          .data_len = f->data_len};
+    r->pending++;
+    core_request(r->b, &r->conn, &req);
 }
 
 int api_body_done(broker_t *b, struct lws *wsi)
@@ -461,8 +457,7 @@ int api_body_done(broker_t *b, struct lws *wsi)
         }
     }
     r->submitting = false;
-    if (r->pending == 0)
-        lws_callback_on_writable(wsi);
+    settled(r);
     return 0;
 }
 
@@ -523,7 +518,5 @@ void api_closed(struct lws *wsi)
     if (!r)
         return;
     c->req = NULL;
-    r->wsi = NULL;
-    if (r->pending == 0)
-        req_free(r); /* else the last publish_done frees it */
+    req_free(r);
 }

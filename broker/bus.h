@@ -1,5 +1,5 @@
 /*
- * bus: how the core and the publish API reach the other brokers, as one
+ * bus: how the core reaches the other brokers, as one
  * small interface: cluster.c implements it over Redis (--redis); unit tests
  * put a fake one in its place. Without --redis there is none (b->bus.ops
  * NULL) and everything stays on this node.

@@ -18,9 +18,9 @@
  * a jittered exponential backoff (100 ms to 5 s), every subscription being
  * sent again.
  *
- * Answers that wait for Redis are pending_t (pending.h), whoever waits: a
- * WebSocket request's reply (core.c) or a message of an HTTP publish
- * (api.c). The cluster holds one until Redis answers, then finishes it.
+ * Answers that wait for Redis are pending_t (pending.h), whoever waits (the
+ * core's answers to WebSocket clients and to HTTP publishes). The cluster
+ * holds one until Redis answers, then finishes it.
  *
  * The behaviour clients see is described in README.md "Cluster".
  */

@@ -62,6 +62,7 @@ struct conn {
     uint32_t rl_ms;             /* broker_uptime_ms() (truncated) of its last refill */
     uint8_t enc;                /* gale_enc_t: the encoding of the frames deliver gets */
     uint8_t closing;            /* set by the transport: deliver nothing more */
+    uint8_t unmetered;          /* set by the transport: --pub-rate does not apply (the API) */
 };
 
 #endif

@@ -243,7 +243,8 @@ static void run(broker_t *b, conn_t *c, const gale_request_t *req, gale_err_t e,
     bool deferred = false;
     if (e == GALE_OK && c->grant)
         e = auth_check(c->grant, req, &why);
-    if (e == GALE_OK && req->op == GALE_OP_PUB && b->cfg.pub_rate && !pub_allowed(b, c)) {
+    if (e == GALE_OK && req->op == GALE_OP_PUB && b->cfg.pub_rate && !c->unmetered &&
+        !pub_allowed(b, c)) {
         e = GALE_ERR_LIMIT;
         why = "publish rate over --pub-rate";
     }

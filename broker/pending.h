@@ -1,10 +1,11 @@
 /*
  * pending: an answer that waits for the cluster bus (Redis), whoever asked.
  *
- * A WebSocket request's reply (core.c) and a message of an HTTP publish
- * (api.c) embed a pending_t; the cluster (cluster.c) holds it until Redis
- * answers and then finishes it, knowing nothing of who waits: done() does
- * the rest. This is the one completion mechanism of the broker.
+ * The core's answer to a request (core.c: a WebSocket client's, or one
+ * message of an HTTP publish, api.c being an adapter like session.c)
+ * embeds a pending_t; the cluster (cluster.c) holds it until Redis answers
+ * and then finishes it, knowing nothing of who waits: done() does the rest.
+ * This is the one completion mechanism of the broker.
  */
 #ifndef GALE_PENDING_H
 #define GALE_PENDING_H

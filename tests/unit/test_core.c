@@ -261,7 +261,14 @@ static void test_rate_limit(void **state)
     assert_int_equal(c->replies[1].err, GALE_OK);
     assert_int_equal(c->replies[2].err, GALE_ERR_LIMIT);
     assert_int_equal(f->b.m.messages_published, 2);
+    /* A transport may exempt a connection (the publish API's key holder). */
+    fake_conn_t *api = open_conn(f, GALE_ENC_JSON);
+    api->conn.unmetered = 1;
+    for (int i = 0; i < 3; i++)
+        send_json(f, api, "{\"op\":\"pub\",\"topic\":\"r.t\",\"data\":0,\"id\":1}");
+    assert_int_equal(api->replies[2].err, GALE_OK);
     fake_free(&f->b, c);
+    fake_free(&f->b, api);
 }
 
 static void test_cluster_answers_keep_request_order(void **state)
