@@ -51,6 +51,12 @@ gale_err_t metrics_render(const metrics_t *m, const metrics_gauges_t *g, gale_bu
            "Connections dropped after an unanswered keepalive ping.", m->keepalive_closes);
     metric(out, "gale_oversize_closes_total", "counter",
            "Connections closed with 1009 for a message over the size limit.", m->oversize_closes);
+    metric(out, "gale_invalid_utf8_closes_total", "counter",
+           "Connections closed with 1007 for a text message that is not UTF-8.",
+           m->invalid_utf8_closes);
+    metric(out, "gale_invalid_close_frames_total", "counter",
+           "Close frames from clients that break RFC 6455, answered with 1002.",
+           m->invalid_close_frames);
     metric(out, "gale_handshakes", "gauge",
            "Connections accepted whose first request head is not in yet.", g->handshakes);
     metric(out, "gale_handshake_timeouts_total", "counter",

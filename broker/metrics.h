@@ -19,6 +19,8 @@ typedef struct metrics {
     uint64_t slow_consumer_closes;            /* closes with 4001 */
     uint64_t keepalive_closes;                /* connections dropped after an unanswered ping */
     uint64_t oversize_closes;                 /* closes with 1009 */
+    uint64_t invalid_utf8_closes;             /* closes with 1007: text that is not UTF-8 */
+    uint64_t invalid_close_frames;            /* peers' close frames answered with 1002 */
     uint64_t handshake_timeouts;              /* dropped: request head not in within
                                                  --handshake-timeout */
     uint64_t http_refused;                    /* HTTP requests refused by http_filter */

@@ -147,6 +147,7 @@ static int handle(broker_t *b, session_t *s, const uint8_t *msg, size_t len, boo
         note_publisher(b, s, len);
     if (!code)
         return 0;
+    b->m.invalid_utf8_closes++;
     static const char why[] = "text message is not UTF-8";
     lws_close_reason(s->wsi, (enum lws_close_status)code, (unsigned char *)why, sizeof(why) - 1);
     return -1;
@@ -345,6 +346,7 @@ int session_peer_close(broker_t *b, session_t *s, const uint8_t *payload, size_t
     uint16_t code;
     const char *bad = gale_close_payload_check(payload, len, &code);
     if (bad) { /* 1002, with what was wrong as the reason (ASCII, < 123 bytes) */
+        b->m.invalid_close_frames++;
         log_info("conn %" PRIu64 ": invalid close frame (%s; %zu bytes, code %u): answering 1002",
                  s->conn.id, bad, len, (unsigned)code);
         len = 2 + strlen(bad);
