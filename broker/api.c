@@ -1,10 +1,10 @@
 #include "api.h"
 
 #include "auth.h"
+#include "core.h"
 #include "gale_json.h"
 #include "http.h"
 #include "log.h"
-#include "core.h"
 
 #include <inttypes.h>
 #include <libwebsockets.h>
@@ -156,7 +156,8 @@ static void op_reply(broker_t *b, conn_t *c, const conn_reply_t *a)
     settled(r);
 }
 
-/* conn_ops_t.close: the core could not hold an answer (out of memory): the rest fail. */
+/* conn_ops_t.close: the core could not hold an answer (out of memory): the unanswered
+ * messages keep their "outcome unknown" result, the rest are not published. */
 static void op_close(broker_t *b, conn_t *c, uint16_t code)
 {
     api_req_t *r = (api_req_t *)((char *)c - offsetof(api_req_t, conn));
@@ -366,7 +367,15 @@ static void publish_one(api_req_t *r, uint32_t idx, const msg_fields_t *f)
         res->why = "not a valid concrete topic";
         return;
     }
-    /* A `pub` like a WebSocket client's, answered (op_reply) with the message's index. */
+    /*
+     * A `pub` like a WebSocket client's, answered (op_reply) with the message's index. Until
+     * it is, its result says it was lost: what op_close leaves of a request the core gave up
+     * on (out of memory), after which nothing more is published.
+     */
+    res->err = GALE_ERR_INTERNAL;
+    res->why = "out of memory: the outcome is unknown";
+    if (r->conn.closing)
+        return;
     gale_request_t req = {.op = GALE_OP_PUB,
                           .has_id = true,
                           .id = idx,
