@@ -164,27 +164,20 @@ static gale_err_t do_sub(broker_t *b, conn_t *c, const gale_request_t *req, cons
     }
     if (!b->bus.ops)
         return GALE_OK;
-    bool added = r == TOPICS_ADDED;
+    bool added = r == TOPICS_ADDED, held = false;
     core_reply_t *q = defer(c, req);
-    gale_err_t e = q ? b->bus.ops->sub(b->bus.ctx, &q->p, req->topic, req->topic_len, why, deferred)
-                     : GALE_ERR_INTERNAL;
-    if (q && e == GALE_OK && *deferred) {
-        q->added = added;
-        return GALE_OK; /* reply_done answers */
+    if (!q) {
+        if (added)
+            undo_sub(b, c, req->topic, req->topic_len);
+        *why = "out of memory";
+        return GALE_ERR_INTERNAL;
     }
-    if (e != GALE_OK && added)
-        undo_sub(b, c, req->topic, req->topic_len);
-    if (q) { /* answered now: the entry goes, in order */
-        q->r.err = e;
-        q->r.why = e == GALE_OK ? "" : *why;
-        q->done = 1;
-        *deferred = true;
-        count_err(b, c, &q->r);
-        fifo_release(b, c);
-        return GALE_OK;
-    }
-    *why = "out of memory";
-    return GALE_ERR_INTERNAL;
+    q->added = added;
+    *deferred = true; /* the entry answers, in order; reply_done undoes a refused sub */
+    gale_err_t e = b->bus.ops->sub(b->bus.ctx, &q->p, req->topic, req->topic_len, why, &held);
+    if (!held)
+        pending_finish(b, &q->p, e, e == GALE_OK ? "" : *why);
+    return GALE_OK;
 }
 
 static void do_unsub(broker_t *b, conn_t *c, const gale_request_t *req)
