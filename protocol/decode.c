@@ -5,9 +5,14 @@
  */
 #include "internal.h"
 
-/* The four fields gale reads, wherever they appear among the members. */
-enum { F_OP, F_ID, F_TOPIC, F_DATA, F_COUNT };
-static const char *const FIELD_NAMES[F_COUNT] = {"op", "id", "topic", "data"};
+/* The fields gale reads, wherever they appear among the members. */
+enum { F_OP, F_ID, F_TOPIC, F_DATA, F_SINCE, F_LIMIT, F_MID, F_COUNT };
+static const char *const FIELD_NAMES[F_COUNT] = {"op",    "id",    "topic", "data",
+                                                 "since", "limit", "mid"};
+
+/* The members of `since`. */
+enum { S_EP, S_OFF, S_COUNT };
+static const char *const SINCE_NAMES[S_COUNT] = {"ep", "off"};
 
 /* Returns NULL on success, else the reason. */
 static const char *msgpack_fields(const uint8_t *buf, size_t len, gale__field_t *f)
@@ -21,6 +26,58 @@ static const char *msgpack_fields(const uint8_t *buf, size_t len, gale__field_t 
 }
 
 /* ---- common ---- */
+
+/*
+ * A string field into *out: its bytes, or a JSON string with escapes unescaped into
+ * dst[0..cap). Returns false when it does not fit (or a JSON escape is a lone surrogate).
+ */
+static bool take_str(const gale__field_t *f, char *dst, size_t cap, const char **out,
+                     size_t *out_len)
+{
+    if (!f->str_escaped) {
+        *out = (const char *)f->str;
+        *out_len = f->str_len;
+        return true;
+    }
+    if (f->str_len > 6 * cap)
+        return false; /* every escape yields at least one byte per 6 */
+    uint8_t tmp[6 * GALE_MID_MAX > 6 * GALE_EP_MAX ? 6 * GALE_MID_MAX : 6 * GALE_EP_MAX];
+    if (f->str_len > sizeof(tmp))
+        return false;
+    size_t n = gale__json_unescape(tmp, f->str, f->str_len, false);
+    if (n == SIZE_MAX || n > cap)
+        return false;
+    memcpy(dst, tmp, n);
+    *out = dst;
+    *out_len = n;
+    return true;
+}
+
+/* `since` of a sub: an object/map of a string ep and an integer off >= 0. */
+static const char *decode_since(gale_enc_t enc, const gale__field_t *f, gale_request_t *req)
+{
+    gale__field_t s[S_COUNT];
+    static const char bad[] = "since is not an object of a string ep and an integer off >= 0";
+    if (enc == GALE_ENC_JSON) {
+        if (f->val[0] != '{' ||
+            gale__fields_json(f->val, f->val_len, GALE_MAX_DEPTH, SINCE_NAMES, S_COUNT, s) <= 0)
+            return bad;
+    } else if (gale__fields_msgpack(f->val, f->val_len, SINCE_NAMES, S_COUNT, s, false)) {
+        return bad;
+    }
+    if (!s[S_EP].present || !s[S_EP].is_str || !s[S_OFF].present || !s[S_OFF].is_uint ||
+        s[S_EP].dup || s[S_OFF].dup)
+        return bad;
+    req->has_since = true;
+    req->since.off = s[S_OFF].u;
+    if (!take_str(&s[S_EP], req->_ep_buf, sizeof(req->_ep_buf), &req->since.ep,
+                  &req->since.ep_len)) {
+        /* Well-formed, but longer than any epoch: it names none. */
+        req->since.ep = NULL;
+        req->since.ep_len = GALE_EP_MAX + 1;
+    }
+    return NULL;
+}
 
 static bool str_is(const gale__field_t *f, const char *lit)
 {
@@ -85,6 +142,8 @@ gale_err_t gale_decode_request(gale_enc_t enc, const uint8_t *buf, size_t len, g
         req->op = GALE_OP_UNSUB;
     else if (str_is(op, "ping"))
         req->op = GALE_OP_PING;
+    else if (str_is(op, "hist"))
+        req->op = GALE_OP_HIST;
     else {
         *why = "unknown op";
         return GALE_ERR_UNKNOWN_OP;
@@ -118,20 +177,56 @@ gale_err_t gale_decode_request(gale_enc_t enc, const uint8_t *buf, size_t len, g
         req->topic_len = n;
     }
     bool wild = false;
-    bool ok = req->op == GALE_OP_PUB ? gale_topic_valid(req->topic, req->topic_len)
-                                     : gale_pattern_valid(req->topic, req->topic_len, &wild);
+    bool concrete = req->op == GALE_OP_PUB || req->op == GALE_OP_HIST;
+    bool ok = concrete ? gale_topic_valid(req->topic, req->topic_len)
+                       : gale_pattern_valid(req->topic, req->topic_len, &wild);
     if (!ok) {
-        *why = req->op == GALE_OP_PUB && gale_pattern_valid(req->topic, req->topic_len, NULL)
-                   ? "cannot publish to a pattern"
-                   : "invalid topic";
+        *why = !concrete || !gale_pattern_valid(req->topic, req->topic_len, NULL) ? "invalid topic"
+               : req->op == GALE_OP_PUB ? "cannot publish to a pattern"
+                                        : "history is kept per topic, not per pattern";
         return GALE_ERR_BAD_TOPIC;
     }
     req->is_pattern = wild;
-    if (req->op != GALE_OP_PUB)
+    switch (req->op) {
+    case GALE_OP_SUB:
+        if (!fs[F_SINCE].present)
+            return GALE_OK;
+        if (wild) {
+            *why = "since needs a topic, not a pattern";
+            return GALE_ERR_BAD_REQUEST;
+        }
+        if ((*why = decode_since(enc, &fs[F_SINCE], req)) != NULL)
+            return GALE_ERR_BAD_REQUEST;
         return GALE_OK;
+    case GALE_OP_HIST:
+        if (!fs[F_LIMIT].present)
+            return GALE_OK;
+        if (!fs[F_LIMIT].is_uint) {
+            *why = "limit is not an integer >= 0";
+            return GALE_ERR_BAD_REQUEST;
+        }
+        req->has_limit = true;
+        req->limit = fs[F_LIMIT].u;
+        return GALE_OK;
+    case GALE_OP_PUB:
+        break;
+    default:
+        return GALE_OK;
+    }
     if (!data->present) {
         *why = "data is missing";
         return GALE_ERR_BAD_REQUEST;
+    }
+    if (fs[F_MID].present) {
+        const gale__field_t *mid = &fs[F_MID];
+        if (!mid->is_str ||
+            !take_str(mid, req->_mid_buf, sizeof(req->_mid_buf), &req->mid, &req->mid_len) ||
+            req->mid_len == 0 || req->mid_len > GALE_MID_MAX) {
+            req->mid = NULL;
+            req->mid_len = 0;
+            *why = "mid is not a string of 1 to 64 bytes";
+            return GALE_ERR_BAD_REQUEST;
+        }
     }
     req->data = data->val;
     req->data_len = data->val_len;

@@ -1,14 +1,45 @@
 /*
- * gale_decode_reply: one broker-to-client frame (hello, msg, ack, pong, err),
- * JSON or MessagePack, into a gale_reply_t whose pointers reference the
- * frame. For clients: the broker is trusted to follow docs/PROTOCOL.md, but the
- * frame is still parsed strictly and bounded like any other input.
+ * gale_decode_reply: one broker-to-client frame (hello, msg, ack, pong, err,
+ * hist), JSON or MessagePack, into a gale_reply_t whose pointers reference the
+ * frame; gale_reply_hist_next walks the messages of a hist answer. For
+ * clients: the broker is trusted to follow docs/PROTOCOL.md, but the frame is
+ * still parsed strictly and bounded like any other input.
  */
 #include "internal.h"
 
-enum { R_OP, R_ID, R_TOPIC, R_DATA, R_BIN, R_CODE, R_MSG, R_V, R_MAX_MSG, R_COUNT };
-static const char *const REPLY_FIELDS[R_COUNT] = {"op",   "id",  "topic", "data",   "bin",
-                                                  "code", "msg", "v",     "max_msg"};
+#include "gale_json.h"
+
+enum {
+    R_OP,
+    R_ID,
+    R_TOPIC,
+    R_DATA,
+    R_BIN,
+    R_CODE,
+    R_MSG,
+    R_V,
+    R_MAX_MSG,
+    R_EP,
+    R_OFF,
+    R_RECOVERED,
+    R_DUP,
+    R_MSGS,
+    R_COUNT
+};
+static const char *const REPLY_FIELDS[R_COUNT] = {"op",   "id",        "topic", "data",    "bin",
+                                                  "code", "msg",       "v",     "max_msg", "ep",
+                                                  "off",  "recovered", "dup",   "msgs"};
+
+/* The members of one item of a hist answer's msgs. */
+enum { I_OFF, I_DATA, I_BIN, I_COUNT };
+static const char *const ITEM_FIELDS[I_COUNT] = {"off", "data", "bin"};
+
+/*
+ * Nesting accepted in a frame: a msg's data is one level below the top-level
+ * object, a hist item's data three (msgs array, item object); one more level
+ * is kept as margin, as before the hist answer existed.
+ */
+#define REPLY_DEPTH (GALE_MAX_DEPTH + 3)
 
 static bool str_is(const gale__field_t *f, const char *lit)
 {
@@ -78,6 +109,46 @@ static bool take_str(const gale__field_t *f, const char **out, size_t *out_len, 
     return raw == f->str_len;
 }
 
+/* A boolean field: 1 true, 0 false, -1 absent or not a boolean. */
+static int8_t take_bool(gale_enc_t enc, const gale__field_t *f)
+{
+    if (!f->present)
+        return -1;
+    if (enc == GALE_ENC_JSON) {
+        if (f->val_len == 4 && !memcmp(f->val, "true", 4))
+            return 1;
+        if (f->val_len == 5 && !memcmp(f->val, "false", 5))
+            return 0;
+        return -1;
+    }
+    return f->val[0] == 0xc3 ? 1 : f->val[0] == 0xc2 ? 0 : -1;
+}
+
+/* True if field f holds an array value. */
+static bool is_array(gale_enc_t enc, const gale__field_t *f)
+{
+    if (!f->present)
+        return false;
+    if (enc == GALE_ENC_JSON)
+        return f->val[0] == '[';
+    gale__mphead_t h;
+    return gale__mp_head(f->val, f->val_len, &h) && h.kind == GALE__MP_ARRAY;
+}
+
+/* The stream position fields "ep" and "off" of a msg, ack or hist. */
+static void take_pos(const gale__field_t *fs, gale_reply_t *r)
+{
+    const gale__field_t *ep = &fs[R_EP], *off = &fs[R_OFF];
+    if (ep->present && ep->is_str) {
+        r->has_ep = true;
+        take_str(ep, &r->ep, &r->ep_len, r->_ep_buf, sizeof(r->_ep_buf));
+    }
+    if (off->present && off->is_uint) {
+        r->has_off = true;
+        r->off = off->u;
+    }
+}
+
 gale_err_t gale_decode_reply(gale_enc_t enc, const uint8_t *buf, size_t len, gale_reply_t *r,
                              const char **why)
 {
@@ -87,18 +158,19 @@ gale_err_t gale_decode_reply(gale_enc_t enc, const uint8_t *buf, size_t len, gal
         why = &unused;
     memset(r, 0, sizeof(*r));
     memset(fs, 0, sizeof(fs));
+    r->recovered = -1;
     if (buf == NULL || len == 0) {
         *why = "empty message";
         return GALE_ERR_BAD_REQUEST;
     }
     if (enc == GALE_ENC_JSON) {
-        int res = gale__fields_json(buf, len, GALE_MAX_DEPTH + 1, REPLY_FIELDS, R_COUNT, fs);
+        int res = gale__fields_json(buf, len, REPLY_DEPTH, REPLY_FIELDS, R_COUNT, fs);
         if (res <= 0) {
             *why = res < 0 ? "message is not an object" : "malformed JSON";
             return GALE_ERR_BAD_REQUEST;
         }
     } else if (enc == GALE_ENC_MSGPACK) {
-        const char *e = gale__mp_scan(buf, len, GALE_MAX_DEPTH + 1, NULL, NULL)
+        const char *e = gale__mp_scan(buf, len, REPLY_DEPTH, NULL, NULL)
                             ? gale__fields_msgpack(buf, len, REPLY_FIELDS, R_COUNT, fs, false)
                             : "malformed MessagePack";
         if (e != NULL) {
@@ -140,13 +212,26 @@ gale_err_t gale_decode_reply(gale_enc_t enc, const uint8_t *buf, size_t len, gal
             *why = "msg without data";
             return GALE_ERR_BAD_REQUEST;
         }
+        take_pos(fs, r);
         r->op = GALE_REPLY_MSG;
     } else if (str_is(op, "ack")) {
         if (!r->has_id) {
             *why = "ack without a valid id";
             return GALE_ERR_BAD_REQUEST;
         }
+        take_pos(fs, r);
+        r->recovered = take_bool(enc, &fs[R_RECOVERED]);
+        r->dup = take_bool(enc, &fs[R_DUP]) == 1;
         r->op = GALE_REPLY_ACK;
+    } else if (str_is(op, "hist")) {
+        if (!is_array(enc, &fs[R_MSGS])) {
+            *why = "hist without a msgs array";
+            return GALE_ERR_BAD_REQUEST;
+        }
+        take_pos(fs, r);
+        r->msgs = fs[R_MSGS].val;
+        r->msgs_len = fs[R_MSGS].val_len;
+        r->op = GALE_REPLY_HIST;
     } else if (str_is(op, "pong")) {
         r->op = GALE_REPLY_PONG;
     } else if (str_is(op, "err")) {
@@ -177,4 +262,57 @@ gale_err_t gale_decode_reply(gale_enc_t enc, const uint8_t *buf, size_t len, gal
         r->op = GALE_REPLY_UNKNOWN; /* receivers ignore what they do not know */
     }
     return GALE_OK;
+}
+
+int gale_reply_hist_next(gale_enc_t enc, const gale_reply_t *r, size_t *pos, gale_hist_item_t *item)
+{
+    const uint8_t *el;
+    size_t el_len;
+    gale__field_t f[I_COUNT];
+    memset(item, 0, sizeof(*item));
+    if (r->msgs == NULL || *pos >= r->msgs_len)
+        return 0;
+    if (enc == GALE_ENC_JSON) {
+        if (!gale_json_array_next(r->msgs, r->msgs_len, pos, &el, &el_len))
+            return *pos >= r->msgs_len ? 0 : -1;
+        if (gale__fields_json(el, el_len, REPLY_DEPTH, ITEM_FIELDS, I_COUNT, f) <= 0)
+            return -1;
+    } else if (enc == GALE_ENC_MSGPACK) {
+        /* *pos is the offset of the next item in msgs (0: before the array header). */
+        size_t p = *pos;
+        if (p == 0) {
+            gale__mphead_t h;
+            if (!gale__mp_head(r->msgs, r->msgs_len, &h) || h.kind != GALE__MP_ARRAY)
+                return -1;
+            p = h.hdr;
+            if (p >= r->msgs_len) {
+                *pos = r->msgs_len;
+                return 0;
+            }
+        }
+        el = r->msgs + p;
+        el_len = gale__mp_skip(el, r->msgs_len - p);
+        if (el_len == 0 || el_len > r->msgs_len - p)
+            return -1;
+        *pos = p + el_len;
+        if (gale__fields_msgpack(el, el_len, ITEM_FIELDS, I_COUNT, f, false) != NULL)
+            return -1;
+    } else {
+        return -1;
+    }
+    if (!f[I_OFF].present || !f[I_OFF].is_uint)
+        return -1;
+    item->off = f[I_OFF].u;
+    if (f[I_DATA].present) {
+        item->data = f[I_DATA].val;
+        item->data_len = f[I_DATA].val_len;
+        item->bin = enc == GALE_ENC_MSGPACK && item->data[0] >= 0xc4 && item->data[0] <= 0xc6;
+    } else if (enc == GALE_ENC_JSON && f[I_BIN].present && f[I_BIN].is_str) {
+        item->data = f[I_BIN].val;
+        item->data_len = f[I_BIN].val_len;
+        item->bin = true;
+    } else {
+        return -1;
+    }
+    return 1;
 }

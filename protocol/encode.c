@@ -169,8 +169,32 @@ gale_err_t gale_convert_data(gale_buf_t *out, gale_enc_t to, gale_enc_t from, co
     return gale__encode_finish(out, start, err);
 }
 
-gale_err_t gale_encode_msg(gale_buf_t *out, gale_enc_t enc, const char *topic, size_t topic_len,
-                           gale_enc_t data_enc, const uint8_t *data, size_t data_len)
+/* The value of a data field: "data":D, or "bin":B64 for a top-level bin to JSON. */
+static bool json_bin(gale_enc_t enc, gale_enc_t data_enc, const uint8_t *data, size_t data_len)
+{
+    return enc == GALE_ENC_JSON && data_enc == GALE_ENC_MSGPACK && data != NULL && data_len > 0 &&
+           data[0] >= 0xc4 && data[0] <= 0xc6;
+}
+
+/* "ep":E,"off":N (in JSON each preceded by a comma). */
+static void put_pos(gale_buf_t *out, gale_enc_t enc, const gale_pos_t *pos)
+{
+    if (enc == GALE_ENC_JSON) {
+        jkey(out, "ep");
+        gale__json_put_str(out, (const uint8_t *)pos->ep, pos->ep_len);
+        jkey(out, "off");
+        gale__buf_put_u64(out, pos->off);
+    } else {
+        gale__mp_put_cstr(out, "ep");
+        gale__mp_put_str(out, pos->ep, pos->ep_len);
+        gale__mp_put_cstr(out, "off");
+        gale__mp_put_uint(out, pos->off);
+    }
+}
+
+gale_err_t gale_encode_msg_pos(gale_buf_t *out, gale_enc_t enc, const char *topic, size_t topic_len,
+                               const gale_pos_t *pos, gale_enc_t data_enc, const uint8_t *data,
+                               size_t data_len)
 {
     size_t start = out->len;
     if (!gale__valid_enc(enc) || !gale__valid_enc(data_enc))
@@ -178,22 +202,126 @@ gale_err_t gale_encode_msg(gale_buf_t *out, gale_enc_t enc, const char *topic, s
     if (topic == NULL)
         topic_len = 0, topic = "";
     if (enc == GALE_ENC_JSON) {
-        /* A top-level bin travels as "bin" (base64) instead of "data". */
-        bool bin = data_enc == GALE_ENC_MSGPACK && data != NULL && data_len > 0 &&
-                   data[0] >= 0xc4 && data[0] <= 0xc6;
         gale__buf_puts(out, "{\"op\":\"msg\",\"topic\":");
         gale__json_put_str(out, (const uint8_t *)topic, topic_len);
-        gale__buf_puts(out, bin ? ",\"bin\":" : ",\"data\":");
+        if (pos)
+            put_pos(out, enc, pos);
+        gale__buf_puts(out, json_bin(enc, data_enc, data, data_len) ? ",\"bin\":" : ",\"data\":");
     } else {
-        gale__buf_put(out, 0x83);
+        gale__buf_put(out, pos ? 0x85 : 0x83);
         gale__mp_put_cstr(out, "op");
         gale__mp_put_cstr(out, "msg");
         gale__mp_put_cstr(out, "topic");
         gale__mp_put_str(out, topic, topic_len);
+        if (pos)
+            put_pos(out, enc, pos);
         gale__mp_put_cstr(out, "data");
     }
     gale_err_t err = gale_convert_data(out, enc, data_enc, data, data_len);
     if (err == GALE_OK && enc == GALE_ENC_JSON)
         gale__buf_put(out, '}');
     return gale__encode_finish(out, start, err);
+}
+
+gale_err_t gale_encode_msg(gale_buf_t *out, gale_enc_t enc, const char *topic, size_t topic_len,
+                           gale_enc_t data_enc, const uint8_t *data, size_t data_len)
+{
+    return gale_encode_msg_pos(out, enc, topic, topic_len, NULL, data_enc, data, data_len);
+}
+
+gale_err_t gale_encode_ack_ext(gale_buf_t *out, gale_enc_t enc, uint64_t id,
+                               const gale_ack_ext_t *x)
+{
+    size_t start = out->len;
+    if (!gale__valid_enc(enc))
+        return GALE_ERR_INTERNAL;
+    size_t more = (x->recovered >= 0) + (x->pos ? 2 : x->has_off) + x->dup;
+    head(out, enc, "ack", true, id, more);
+    if (enc == GALE_ENC_JSON) {
+        if (x->recovered >= 0)
+            gale__buf_puts(out, x->recovered ? ",\"recovered\":true" : ",\"recovered\":false");
+        if (x->pos) {
+            put_pos(out, enc, x->pos);
+        } else if (x->has_off) {
+            jkey(out, "off");
+            gale__buf_put_u64(out, x->off);
+        }
+        if (x->dup)
+            gale__buf_puts(out, ",\"dup\":true");
+        gale__buf_put(out, '}');
+    } else {
+        if (x->recovered >= 0) {
+            gale__mp_put_cstr(out, "recovered");
+            gale__buf_put(out, x->recovered ? 0xc3 : 0xc2);
+        }
+        if (x->pos) {
+            put_pos(out, enc, x->pos);
+        } else if (x->has_off) {
+            gale__mp_put_cstr(out, "off");
+            gale__mp_put_uint(out, x->off);
+        }
+        if (x->dup) {
+            gale__mp_put_cstr(out, "dup");
+            gale__buf_put(out, 0xc3);
+        }
+    }
+    return gale__encode_finish(out, start, GALE_OK);
+}
+
+gale_err_t gale_encode_hist_begin(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id,
+                                  const gale_pos_t *pos, size_t count)
+{
+    size_t start = out->len;
+    if (!gale__valid_enc(enc))
+        return GALE_ERR_INTERNAL;
+    head(out, enc, "hist", has_id, id, (pos ? 2 : 1) + 1);
+    if (enc == GALE_ENC_JSON) {
+        if (pos)
+            put_pos(out, enc, pos);
+        else
+            gale__buf_puts(out, ",\"off\":0");
+        gale__buf_puts(out, ",\"msgs\":[");
+    } else {
+        if (pos) {
+            put_pos(out, enc, pos);
+        } else {
+            gale__mp_put_cstr(out, "off");
+            gale__mp_put_uint(out, 0);
+        }
+        gale__mp_put_cstr(out, "msgs");
+        gale__mp_put_array_hdr(out, count);
+    }
+    return gale__encode_finish(out, start, GALE_OK);
+}
+
+gale_err_t gale_encode_hist_item(gale_buf_t *out, gale_enc_t enc, bool first, uint64_t off,
+                                 gale_enc_t data_enc, const uint8_t *data, size_t data_len)
+{
+    size_t start = out->len;
+    if (!gale__valid_enc(enc) || !gale__valid_enc(data_enc))
+        return GALE_ERR_INTERNAL;
+    if (enc == GALE_ENC_JSON) {
+        gale__buf_puts(out, first ? "{\"off\":" : ",{\"off\":");
+        gale__buf_put_u64(out, off);
+        gale__buf_puts(out, json_bin(enc, data_enc, data, data_len) ? ",\"bin\":" : ",\"data\":");
+    } else {
+        gale__buf_put(out, 0x82);
+        gale__mp_put_cstr(out, "off");
+        gale__mp_put_uint(out, off);
+        gale__mp_put_cstr(out, "data");
+    }
+    gale_err_t err = gale_convert_data(out, enc, data_enc, data, data_len);
+    if (err == GALE_OK && enc == GALE_ENC_JSON)
+        gale__buf_put(out, '}');
+    return gale__encode_finish(out, start, err);
+}
+
+gale_err_t gale_encode_hist_end(gale_buf_t *out, gale_enc_t enc)
+{
+    size_t start = out->len;
+    if (!gale__valid_enc(enc))
+        return GALE_ERR_INTERNAL;
+    if (enc == GALE_ENC_JSON)
+        gale__buf_puts(out, "]}");
+    return gale__encode_finish(out, start, GALE_OK);
 }

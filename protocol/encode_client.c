@@ -1,5 +1,5 @@
 /*
- * Encoders of client requests (sub, unsub, pub, ping) in JSON and
+ * Encoders of client requests (sub, unsub, pub, ping, hist) in JSON and
  * MessagePack: what a client such as the `gale` CLI sends to a broker.
  * Same conventions as encode.c: canonical MessagePack, JSON without
  * whitespace, and nothing appended on failure.
@@ -54,6 +54,57 @@ gale_err_t gale_encode_sub(gale_buf_t *out, gale_enc_t enc, gale_op_t op, bool h
     return gale__encode_finish(out, start, GALE_OK);
 }
 
+gale_err_t gale_encode_sub_since(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id,
+                                 const char *topic, size_t len, const gale_pos_t *since)
+{
+    size_t start = out->len;
+    if (!gale__valid_enc(enc) || (since != NULL && since->ep == NULL && since->ep_len > 0))
+        return GALE_ERR_INTERNAL;
+    if (since == NULL)
+        return gale_encode_sub(out, enc, GALE_OP_SUB, has_id, id, topic, len);
+    if (topic == NULL)
+        topic = "", len = 0;
+    const char *ep = since->ep != NULL ? since->ep : "";
+    head(out, enc, "sub", has_id, id, topic, len, 1);
+    if (enc == GALE_ENC_JSON) {
+        gale__buf_puts(out, ",\"since\":{\"ep\":");
+        gale__json_put_str(out, (const uint8_t *)ep, since->ep_len);
+        gale__buf_puts(out, ",\"off\":");
+        gale__buf_put_u64(out, since->off);
+        gale__buf_puts(out, "}}");
+    } else {
+        gale__mp_put_cstr(out, "since");
+        gale__mp_put_map_hdr(out, 2);
+        gale__mp_put_cstr(out, "ep");
+        gale__mp_put_str(out, ep, since->ep_len);
+        gale__mp_put_cstr(out, "off");
+        gale__mp_put_uint(out, since->off);
+    }
+    return gale__encode_finish(out, start, GALE_OK);
+}
+
+gale_err_t gale_encode_hist(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id,
+                            const char *topic, size_t len, bool has_limit, uint64_t limit)
+{
+    size_t start = out->len;
+    if (!gale__valid_enc(enc))
+        return GALE_ERR_INTERNAL;
+    if (topic == NULL)
+        topic = "", len = 0;
+    head(out, enc, "hist", has_id, id, topic, len, has_limit);
+    if (enc == GALE_ENC_JSON) {
+        if (has_limit) {
+            gale__buf_puts(out, ",\"limit\":");
+            gale__buf_put_u64(out, limit);
+        }
+        gale__buf_put(out, '}');
+    } else if (has_limit) {
+        gale__mp_put_cstr(out, "limit");
+        gale__mp_put_uint(out, limit);
+    }
+    return gale__encode_finish(out, start, GALE_OK);
+}
+
 gale_err_t gale_encode_ping(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id)
 {
     size_t start = out->len;
@@ -65,17 +116,33 @@ gale_err_t gale_encode_ping(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64
     return gale__encode_finish(out, start, GALE_OK);
 }
 
-/* Opens a pub request up to and including the "data" key. */
-static void pub_head(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id, const char *topic,
-                     size_t topic_len)
+/* Opens a pub request up to and including the "data" key, with "mid" before it when
+ * mid_len > 0. */
+static void pub_head_mid(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id,
+                         const char *topic, size_t topic_len, const char *mid, size_t mid_len)
 {
     if (topic == NULL)
         topic = "", topic_len = 0;
-    head(out, enc, "pub", has_id, id, topic, topic_len, 1);
-    if (enc == GALE_ENC_JSON)
+    head(out, enc, "pub", has_id, id, topic, topic_len, 1 + (mid_len > 0));
+    if (enc == GALE_ENC_JSON) {
+        if (mid_len > 0) {
+            gale__buf_puts(out, ",\"mid\":");
+            gale__json_put_str(out, (const uint8_t *)mid, mid_len);
+        }
         gale__buf_puts(out, ",\"data\":");
-    else
+    } else {
+        if (mid_len > 0) {
+            gale__mp_put_cstr(out, "mid");
+            gale__mp_put_str(out, mid, mid_len);
+        }
         gale__mp_put_cstr(out, "data");
+    }
+}
+
+static void pub_head(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id, const char *topic,
+                     size_t topic_len)
+{
+    pub_head_mid(out, enc, has_id, id, topic, topic_len, NULL, 0);
 }
 
 gale_err_t gale_encode_pub(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id,
@@ -86,6 +153,22 @@ gale_err_t gale_encode_pub(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_
     if (!gale__valid_enc(enc) || !gale__valid_enc(data_enc))
         return GALE_ERR_INTERNAL;
     pub_head(out, enc, has_id, id, topic, topic_len);
+    gale_err_t err = gale_convert_data(out, enc, data_enc, data, data_len);
+    if (err == GALE_OK && enc == GALE_ENC_JSON)
+        gale__buf_put(out, '}');
+    return gale__encode_finish(out, start, err);
+}
+
+gale_err_t gale_encode_pub_mid(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id,
+                               const char *topic, size_t topic_len, const char *mid, size_t mid_len,
+                               gale_enc_t data_enc, const uint8_t *data, size_t data_len)
+{
+    size_t start = out->len;
+    if (mid == NULL)
+        mid_len = 0;
+    if (!gale__valid_enc(enc) || !gale__valid_enc(data_enc) || mid_len > GALE_MID_MAX)
+        return GALE_ERR_INTERNAL;
+    pub_head_mid(out, enc, has_id, id, topic, topic_len, mid, mid_len);
     gale_err_t err = gale_convert_data(out, enc, data_enc, data, data_len);
     if (err == GALE_OK && enc == GALE_ENC_JSON)
         gale__buf_put(out, '}');

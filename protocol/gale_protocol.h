@@ -40,7 +40,23 @@ typedef enum {
     GALE_OP_UNSUB,
     GALE_OP_PUB,
     GALE_OP_PING,
+    GALE_OP_HIST,
 } gale_op_t;
+
+/** Longest `mid` of a pub (docs/PROTOCOL.md "Idempotent publish"). */
+#define GALE_MID_MAX 64
+/** Longest `ep` a request may name: a longer one is well-formed but names no epoch. */
+#define GALE_EP_MAX 64
+
+/**
+ * A stream position (docs/PROTOCOL.md "Stream positions"): the epoch
+ * ep[0..ep_len) and the offset.
+ */
+typedef struct {
+    const char *ep;
+    size_t ep_len;
+    uint64_t off;
+} gale_pos_t;
 
 /** Error codes of the `err` message, in docs/PROTOCOL.md's order. GALE_OK is not an error. */
 typedef enum {
@@ -76,7 +92,16 @@ typedef struct {
     bool is_pattern;     /* topic has a `*` or `>` segment */
     const uint8_t *data; /* pub: the raw bytes of the `data` value, in the input encoding */
     size_t data_len;
+    bool has_since;   /* sub: `since` was given (then the topic is concrete) */
+    gale_pos_t since; /* sub: the position to resume after; since.ep_len > GALE_EP_MAX names
+                         no epoch (and since.ep is then NULL) */
+    bool has_limit;   /* hist: `limit` was given */
+    uint64_t limit;   /* hist: the limit (any integer >= 0) */
+    const char *mid;  /* pub: the `mid` (1..GALE_MID_MAX bytes), NULL when absent */
+    size_t mid_len;
     char _topic_buf[GALE_TOPIC_MAX]; /* private: an unescaped JSON topic */
+    char _ep_buf[GALE_EP_MAX];       /* private: an unescaped JSON `since.ep` */
+    char _mid_buf[GALE_MID_MAX];     /* private: an unescaped JSON `mid` */
 } gale_request_t;
 
 /**
@@ -183,6 +208,19 @@ gale_err_t gale_encode_hello(gale_buf_t *out, gale_enc_t enc, const char *node, 
                              uint64_t max_msg);
 /** {"op":"ack","id":id} */
 gale_err_t gale_encode_ack(gale_buf_t *out, gale_enc_t enc, uint64_t id);
+
+/** The optional fields of an `ack` (docs/PROTOCOL.md "Additions"). */
+typedef struct {
+    const gale_pos_t *pos; /* "ep" and "off"; NULL: neither */
+    bool has_off;          /* "off" alone (a dup on a topic whose epoch is not known here) */
+    uint64_t off;          /* with has_off */
+    int8_t recovered;      /* "recovered": -1 absent, 0 false, 1 true */
+    bool dup;              /* "dup": true */
+} gale_ack_ext_t;
+
+/** {"op":"ack","id":id} with the fields of x, in the order recovered, ep, off, dup. */
+gale_err_t gale_encode_ack_ext(gale_buf_t *out, gale_enc_t enc, uint64_t id,
+                               const gale_ack_ext_t *x);
 /** {"op":"pong"} or {"op":"pong","id":id} */
 gale_err_t gale_encode_pong(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id);
 /** {"op":"err","code":gale_err_name(code),"msg":msg} plus "id" when has_id. */
@@ -203,6 +241,25 @@ gale_err_t gale_encode_err(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_
  */
 gale_err_t gale_encode_msg(gale_buf_t *out, gale_enc_t enc, const char *topic, size_t topic_len,
                            gale_enc_t data_enc, const uint8_t *data, size_t data_len);
+
+/** gale_encode_msg with the message's stream position: "ep" and "off" after "topic". */
+gale_err_t gale_encode_msg_pos(gale_buf_t *out, gale_enc_t enc, const char *topic, size_t topic_len,
+                               const gale_pos_t *pos, gale_enc_t data_enc, const uint8_t *data,
+                               size_t data_len);
+
+/*
+ * The `hist` answer, {"op":"hist","id":id,"ep":E,"off":N,"msgs":[{"off":K,"data":D},...]},
+ * written in three steps: begin (pos NULL: no "ep" and "off" 0; count: the items that will
+ * follow), one item per message, oldest first, then end. An item whose data cannot be
+ * converted to enc (as gale_encode_msg) is left out and its call returns
+ * GALE_ERR_BAD_REQUEST; that happens only for JSON output, where no count is written, so
+ * the answer stays well-formed. Any other error leaves the answer unusable: drop it.
+ */
+gale_err_t gale_encode_hist_begin(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id,
+                                  const gale_pos_t *pos, size_t count);
+gale_err_t gale_encode_hist_item(gale_buf_t *out, gale_enc_t enc, bool first, uint64_t off,
+                                 gale_enc_t data_enc, const uint8_t *data, size_t data_len);
+gale_err_t gale_encode_hist_end(gale_buf_t *out, gale_enc_t enc);
 
 /**
  * Appends the value data[0..len) of encoding `from` converted to encoding
@@ -242,6 +299,12 @@ bool gale_json_valid(const uint8_t *buf, size_t len, unsigned max_depth);
  * when has_id. */
 gale_err_t gale_encode_sub(gale_buf_t *out, gale_enc_t enc, gale_op_t op, bool has_id, uint64_t id,
                            const char *pattern, size_t len);
+/** {"op":"sub","id":id,"topic":topic,"since":{"ep":since->ep,"off":since->off}} */
+gale_err_t gale_encode_sub_since(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id,
+                                 const char *topic, size_t len, const gale_pos_t *since);
+/** {"op":"hist","id":id,"topic":topic} plus "limit" when has_limit. */
+gale_err_t gale_encode_hist(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id,
+                            const char *topic, size_t len, bool has_limit, uint64_t limit);
 /** {"op":"ping"} or {"op":"ping","id":id} */
 gale_err_t gale_encode_ping(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id);
 /**
@@ -253,6 +316,13 @@ gale_err_t gale_encode_ping(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64
 gale_err_t gale_encode_pub(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id,
                            const char *topic, size_t topic_len, gale_enc_t data_enc,
                            const uint8_t *data, size_t data_len);
+/**
+ * gale_encode_pub with a "mid" of mid[0..mid_len) (NULL or 0: none; longer than
+ * GALE_MID_MAX: GALE_ERR_INTERNAL).
+ */
+gale_err_t gale_encode_pub_mid(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id,
+                               const char *topic, size_t topic_len, const char *mid, size_t mid_len,
+                               gale_enc_t data_enc, const uint8_t *data, size_t data_len);
 /** A pub whose data is the string s[0..n); ill-formed UTF-8 becomes U+FFFD in both encodings. */
 gale_err_t gale_encode_pub_str(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id,
                                const char *topic, size_t topic_len, const uint8_t *s, size_t n);
@@ -268,6 +338,7 @@ typedef enum {
     GALE_REPLY_ACK,
     GALE_REPLY_PONG,
     GALE_REPLY_ERR,
+    GALE_REPLY_HIST,
 } gale_reply_op_t;
 
 /**
@@ -293,9 +364,19 @@ typedef struct {
     size_t code_name_len;
     const char *msg; /* err: the human text ("" when absent) */
     size_t msg_len;
-    bool msg_truncated;              /* msg was unescaped into _msg_buf and cut to fit */
-    uint64_t v;                      /* hello: protocol version (0 when absent) */
-    uint64_t max_msg;                /* hello: largest message the broker accepts (0 when absent) */
+    bool msg_truncated; /* msg was unescaped into _msg_buf and cut to fit */
+    uint64_t v;         /* hello: protocol version (0 when absent) */
+    uint64_t max_msg;   /* hello: largest message the broker accepts (0 when absent) */
+    bool has_ep;        /* msg, ack, hist: a string "ep" was present */
+    const char *ep;     /* its bytes (cut to GALE_EP_MAX when escaped) */
+    size_t ep_len;
+    bool has_off; /* msg, ack, hist: an integer "off" >= 0 was present */
+    uint64_t off;
+    int8_t recovered;    /* ack: -1 absent, 0 false, 1 true */
+    bool dup;            /* ack: "dup" was true */
+    const uint8_t *msgs; /* hist: the "msgs" array value, for gale_reply_hist_next */
+    size_t msgs_len;
+    char _ep_buf[GALE_EP_MAX];       /* private */
     char _topic_buf[GALE_TOPIC_MAX]; /* private */
     char _code_buf[32];              /* private */
     char _msg_buf[512];              /* private */
@@ -305,11 +386,28 @@ typedef struct {
  * Decodes one broker message of encoding enc from buf[0..len). Returns
  * GALE_OK and fills *r, or GALE_ERR_BAD_REQUEST with *why set to a static
  * reason when the frame is not one well-formed object/map (nested at most
- * GALE_MAX_DEPTH + 1) with a string `op`, or a known op lacks a required
- * field (msg: string topic and data, or JSON bin; ack: id; err: string code).
+ * GALE_MAX_DEPTH + 3: a hist item's data is two levels deeper than a msg's)
+ * with a string `op`, or a known op lacks a required field (msg: string topic
+ * and data, or JSON bin; ack: id; err: string code; hist: msgs array).
  * Unknown ops and unknown fields are not errors.
  */
 gale_err_t gale_decode_reply(gale_enc_t enc, const uint8_t *buf, size_t len, gale_reply_t *r,
                              const char **why);
+
+/** One item of a `hist` answer's msgs: its offset and data, as gale_reply_t's msg fields. */
+typedef struct {
+    uint64_t off;
+    const uint8_t *data;
+    size_t data_len;
+    bool bin;
+} gale_hist_item_t;
+
+/**
+ * Iterates over r->msgs of a decoded `hist` answer (enc: the frame's encoding): *pos starts
+ * at 0. Returns 1 and fills *item, 0 at the end, -1 when an item is not an object/map with an
+ * integer off and data (or JSON bin).
+ */
+int gale_reply_hist_next(gale_enc_t enc, const gale_reply_t *r, size_t *pos,
+                         gale_hist_item_t *item);
 
 #endif

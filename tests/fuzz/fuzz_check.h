@@ -67,7 +67,7 @@ static inline bool has_container_key(const uint8_t *p, size_t n)
 static inline void check_request(gale_enc_t enc, const uint8_t *in, size_t len,
                                  const gale_request_t *r)
 {
-    CHECK(r->op >= GALE_OP_SUB && r->op <= GALE_OP_PING);
+    CHECK(r->op >= GALE_OP_SUB && r->op <= GALE_OP_HIST);
     if (r->has_id)
         CHECK(r->id <= GALE_ID_MAX);
     if (r->op == GALE_OP_PING) {
