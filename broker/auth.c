@@ -473,6 +473,10 @@ gale_err_t auth_check(const auth_grant_t *g, const gale_request_t *req, const ch
         *why = "the token does not allow subscribing to this pattern";
         return GALE_ERR_FORBIDDEN;
     }
+    if (req->op == GALE_OP_HIST && !auth_may_sub(g, req->topic, req->topic_len)) {
+        *why = "the token does not allow subscribing to this topic (needed to read its history)";
+        return GALE_ERR_FORBIDDEN;
+    }
     if (req->op == GALE_OP_PUB && !auth_may_pub(g, req->topic, req->topic_len)) {
         *why = "the token does not allow publishing to this topic";
         return GALE_ERR_FORBIDDEN;

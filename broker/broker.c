@@ -9,6 +9,8 @@
 #include "api.h"
 #include "auth.h"
 #include "cluster.h"
+#include "dedup.h"
+#include "history.h"
 #include "log.h"
 #include "server.h"
 #include "session.h"
@@ -50,6 +52,8 @@ static void on_sweep(uv_timer_t *t)
     session_flush_all(b);
     if (b->auth)
         auth_cache_sweep(b->auth); /* grants no connection holds any more */
+    history_sweep(b->history, broker_uptime_ms(b));
+    dedup_sweep(b->dedup, broker_uptime_ms(b));
 }
 
 static void on_handle_closed(uv_handle_t *h)
@@ -197,8 +201,11 @@ broker_t *broker_start(const gale_config_t *cfg, uv_loop_t *loop)
         return b;
     }
     memset(b->cfg.jwt_secret, 0, sizeof(b->cfg.jwt_secret)); /* auth_t holds the copy */
-    if (!b->scratch || !b->topics || !server_start(b) ||
-        (cfg->redis_urls[0] && !(b->cluster = cluster_new(b)))) {
+    if (cfg->nhistory)
+        b->history = history_new(cfg->history, cfg->nhistory, cfg->history_memory, b->instance);
+    b->dedup = dedup_new(cfg->dedup_window_s * 1000, cfg->dedup_max);
+    if (!b->scratch || !b->topics || (cfg->nhistory && !b->history) || !b->dedup ||
+        !server_start(b) || (cfg->redis_urls[0] && !(b->cluster = cluster_new(b)))) {
         b->stopping = true;
         finish(b);
         return b;
@@ -243,6 +250,18 @@ broker_t *broker_start(const gale_config_t *cfg, uv_loop_t *loop)
         strcmp(cfg->listen_host, "localhost") != 0 && strcmp(cfg->listen_host, "::1") != 0)
         log_warn("tokens and API keys travel in clear text without --tls-cert (fine behind a "
                  "TLS-terminating proxy)");
+    for (uint32_t i = 0; i < cfg->nhistory; i++) {
+        const gale_history_rule_t *r = &cfg->history[i];
+        if (r->ttl_ms)
+            log_info("history: %s keeps %" PRIu64 " messages per topic for %" PRIu64 " s",
+                     r->pattern, r->size, r->ttl_ms / 1000);
+        else
+            log_info("history: %s keeps %" PRIu64 " messages per topic", r->pattern, r->size);
+    }
+    if (cfg->nhistory)
+        log_info("history: at most %" PRIu64 " B in all, recovery replays up to %" PRIu64
+                 " messages, hist answers up to %" PRIu64,
+                 cfg->history_memory, cfg->recovery_max, cfg->hist_max_limit);
     warn_file_limit(b);
     return b;
 }
@@ -255,6 +274,8 @@ int broker_free(broker_t *b)
     cluster_close(b->cluster); /* no-op unless broker_start failed half-way */
     cluster_free(b->cluster);
     topics_free(b->topics);
+    history_free(b->history);
+    dedup_free(b->dedup);
     auth_free(b->auth);
     free(b->scratch);
     free(b->sessions);

@@ -28,6 +28,8 @@ typedef struct session session_t;
 struct server;
 typedef struct cluster cluster_t;
 typedef struct auth auth_t;
+typedef struct history history_t;
+typedef struct dedup dedup_t;
 
 /** Coalescing buffer: frames queued for one connection are sent in writes of up to this size. */
 #define BROKER_SCRATCH_SIZE (64 * 1024)
@@ -42,6 +44,8 @@ typedef struct broker {
     cluster_t *cluster; /* NULL: single node (no --redis) */
     bus_t bus;          /* the cluster as the core sees it (bus.h); ops NULL: single node */
     auth_t *auth;       /* NULL: no --jwt-secret, the broker is open */
+    history_t *history; /* --history (single node); NULL: none */
+    dedup_t *dedup;     /* the mids of recent publishes (single node) */
     bool tls;           /* --tls-cert: wss:// and https:// */
     metrics_t m;
     char node_id[64];

@@ -18,9 +18,10 @@ typedef enum {
     OPT_NAME,
     OPT_URLS,
     OPT_PREFIX,
-    OPT_STR,        /* a string field at off, max = its capacity */
-    OPT_SECRET,     /* the JWT secret */
-    OPT_SECRET_FILE /* the JWT secret, read from a file */
+    OPT_STR,         /* a string field at off, max = its capacity */
+    OPT_SECRET,      /* the JWT secret */
+    OPT_SECRET_FILE, /* the JWT secret, read from a file */
+    OPT_HISTORY      /* a --history rule (several in GALE_HISTORY) */
 } opt_kind_t;
 
 typedef struct {
@@ -109,6 +110,29 @@ static const opt_t options[] = {
      "no limit)"},
     {"--pub-burst", "GALE_PUB_BURST", OPT_UINT, 0, 1000000, offsetof(gale_config_t, pub_burst), "N",
      "publishes a connection may send at once under --pub-rate (default: --pub-rate)"},
+    {"--history", "GALE_HISTORY", OPT_HISTORY, 0, 0, 0, "PATTERN=SIZE[/TTL]",
+     "topics matching PATTERN keep their last SIZE messages (1 to 1000000), each for at most "
+     "TTL (30s, 10m, 2h, 1d; default: until displaced), for recovery and hist; repeatable, the "
+     "first match wins; the variable holds several separated by spaces (default: none)"},
+    {"--history-memory", "GALE_HISTORY_MEMORY", OPT_SIZE, 1u << 20, 1ull << 40,
+     offsetof(gale_config_t, history_memory), "BYTES",
+     "history held in the process in all, messages and their frames; beyond it the oldest "
+     "messages go first (default 64M)"},
+    {"--recovery-max", "GALE_RECOVERY_MAX", OPT_UINT, 1000, 1000000,
+     offsetof(gale_config_t, recovery_max), "N",
+     "messages one recovery (sub with since) may replay; more missed answer recovered false "
+     "(default 1000)"},
+    {"--hist-max-limit", "GALE_HIST_MAX_LIMIT", OPT_UINT, 1, 1000000,
+     offsetof(gale_config_t, hist_max_limit), "N",
+     "messages one hist answer may hold; a larger limit answers this many (default 1000)"},
+    {"--dedup-window", "GALE_DEDUP_WINDOW", OPT_UINT, 120, 86400,
+     offsetof(gale_config_t, dedup_window_s), "SECONDS",
+     "a pub's mid is remembered this long: the same mid on the same topic is not delivered "
+     "again (default 120)"},
+    {"--dedup-max", "GALE_DEDUP_MAX", OPT_UINT, 1000, 100000000, offsetof(gale_config_t, dedup_max),
+     "N",
+     "mids remembered at once; a pub with a new mid beyond it answers err limit (default "
+     "100000)"},
 };
 #define NOPTIONS (sizeof(options) / sizeof(options[0]))
 
@@ -132,6 +156,11 @@ void config_defaults(gale_config_t *c)
     strcpy(c->redis_prefix, "gale:");
     c->redis_timeout_ms = 2000;
     c->redis_max_pending = 8 * 1024 * 1024;
+    c->history_memory = 64 * 1024 * 1024;
+    c->recovery_max = 1000;
+    c->hist_max_limit = 1000;
+    c->dedup_window_s = 120;
+    c->dedup_max = 100000;
 }
 
 bool config_parse_size(const char *s, uint64_t *out)
@@ -186,6 +215,84 @@ static bool parse_uint(const char *s, uint64_t *out)
     return true;
 }
 
+bool config_parse_duration(const char *s, uint64_t *ms)
+{
+    if (!s || !(*s >= '0' && *s <= '9'))
+        return false;
+    errno = 0;
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    uint64_t unit = 1000;
+    if (errno)
+        return false;
+    switch (*end) {
+    case 's':
+        end++;
+        break;
+    case 'm':
+        unit = 60 * 1000, end++;
+        break;
+    case 'h':
+        unit = 3600 * 1000, end++;
+        break;
+    case 'd':
+        unit = 86400 * 1000, end++;
+        break;
+    }
+    if (*end || v == 0 || v > UINT64_MAX / unit)
+        return false;
+    *ms = (uint64_t)v * unit;
+    return true;
+}
+
+const char *config_parse_history(const char *s, size_t len, gale_history_rule_t *r)
+{
+    const char *eq = NULL;
+    for (size_t i = 0; i < len; i++)
+        if (s[i] == '=')
+            eq = s + i;
+    if (!eq)
+        return "not PATTERN=SIZE[/TTL]";
+    size_t plen = (size_t)(eq - s);
+    if (plen == 0 || plen >= sizeof(r->pattern) || !gale_pattern_valid(s, plen, NULL))
+        return "the PATTERN is not a valid topic pattern";
+    char num[64];
+    size_t rest = len - plen - 1;
+    if (rest == 0 || rest >= sizeof(num))
+        return "not PATTERN=SIZE[/TTL]";
+    memcpy(num, eq + 1, rest);
+    num[rest] = '\0';
+    char *slash = strchr(num, '/');
+    if (slash)
+        *slash++ = '\0';
+    uint64_t size;
+    if (!parse_uint(num, &size) || size < 1 || size > 1000000)
+        return "SIZE is not a number from 1 to 1000000";
+    uint64_t ttl = 0;
+    if (slash && !config_parse_duration(slash, &ttl))
+        return "TTL is not a duration such as 30s, 10m, 2h or 1d";
+    memcpy(r->pattern, s, plen);
+    r->pattern[plen] = '\0';
+    r->size = size;
+    r->ttl_ms = ttl;
+    return NULL;
+}
+
+/* Adds the rule s[0..len); false (reported on err) when it is invalid or one too many. */
+static bool add_history(gale_config_t *c, const char *src, const char *s, size_t len, FILE *err)
+{
+    const char *why = c->nhistory >= GALE_HISTORY_RULES_MAX
+                          ? "too many rules (at most 64)"
+                          : config_parse_history(s, len, &c->history[c->nhistory]);
+    if (why) {
+        fprintf(err, "gale-broker: %s: '%.*s': %s (e.g. 'chat.>=100/10m')\n", src, (int)len, s,
+                why);
+        return false;
+    }
+    c->nhistory++;
+    return true;
+}
+
 static bool parse_addr(const char *s, gale_config_t *c)
 {
     const char *colon = strrchr(s, ':');
@@ -205,6 +312,27 @@ static bool parse_addr(const char *s, gale_config_t *c)
     c->listen_host[hlen] = '\0';
     c->listen_port = (int)port;
     return true;
+}
+
+/* --history: the first flag replaces the variable's rules; GALE_HISTORY holds several. */
+static bool apply_history(gale_config_t *c, const char *src, const char *v, bool flag, FILE *err)
+{
+    if (flag && !c->history_from_flags) {
+        c->history_from_flags = true;
+        c->nhistory = 0;
+    }
+    if (flag)
+        return add_history(c, src, v, strlen(v), err);
+    for (const char *p = v;;) {
+        while (*p == ' ' || *p == '\t' || *p == '\n')
+            p++;
+        if (!*p)
+            return true;
+        size_t n = strcspn(p, " \t\n");
+        if (!add_history(c, src, p, n, err))
+            return false;
+        p += n;
+    }
 }
 
 /* Applies one option's value; on failure writes why to err. */
@@ -321,6 +449,8 @@ static bool apply(gale_config_t *c, const opt_t *o, const char *src, const char 
         c->jwt_secret_len = len;
         return true;
     }
+    case OPT_HISTORY:
+        return apply_history(c, src, v, src == o->flag, err);
     case OPT_SIZE:
     case OPT_UINT:
         if (!(o->kind == OPT_SIZE ? config_parse_size(v, &n) : parse_uint(v, &n)) || n < o->min ||

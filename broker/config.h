@@ -10,6 +10,16 @@
 #include <stdint.h>
 #include <stdio.h>
 
+/** Most --history rules. */
+#define GALE_HISTORY_RULES_MAX 64
+
+/** One --history PATTERN=SIZE[/TTL]. */
+typedef struct {
+    char pattern[256]; /* a valid pattern (NUL-terminated) */
+    uint64_t size;     /* messages kept per topic */
+    uint64_t ttl_ms;   /* 0: kept until displaced */
+} gale_history_rule_t;
+
 typedef struct {
     char listen_host[256]; /* --listen HOST:PORT, GALE_LISTEN */
     int listen_port;
@@ -37,6 +47,14 @@ typedef struct {
     char api_key[256];          /* --api-key for POST /api/publish; empty: endpoint disabled */
     uint64_t pub_rate;          /* --pub-rate, publishes per second per connection; 0 = off */
     uint64_t pub_burst;         /* --pub-burst, bucket size (0: same as pub_rate) */
+    gale_history_rule_t history[GALE_HISTORY_RULES_MAX]; /* --history, in the order given */
+    uint32_t nhistory;
+    bool history_from_flags; /* a --history flag replaced GALE_HISTORY's rules */
+    uint64_t history_memory; /* --history-memory, bytes of history held in the process */
+    uint64_t recovery_max;   /* --recovery-max, messages one recovery may replay */
+    uint64_t hist_max_limit; /* --hist-max-limit, messages one `hist` answer may hold */
+    uint64_t dedup_window_s; /* --dedup-window, seconds a `mid` is remembered */
+    uint64_t dedup_max;      /* --dedup-max, `mid`s remembered at once */
 } gale_config_t;
 
 /** Outcome of config_parse. */
@@ -61,5 +79,17 @@ config_result_t config_parse(gale_config_t *c, int argc, char **argv, char **env
  * trailing "iB" or "B" is accepted). Returns false on anything else or overflow.
  */
 bool config_parse_size(const char *s, uint64_t *out);
+
+/**
+ * Parses a duration: digits with a unit s, m, h or d (plain digits: seconds), into
+ * milliseconds. Returns false on anything else, zero, or overflow.
+ */
+bool config_parse_duration(const char *s, uint64_t *ms);
+
+/**
+ * Parses one PATTERN=SIZE[/TTL] (split at the last '='; SIZE 1..1000000) into *r. Returns
+ * NULL, or a static reason.
+ */
+const char *config_parse_history(const char *s, size_t len, gale_history_rule_t *r);
 
 #endif

@@ -24,13 +24,25 @@ struct auth_grant;
 /** The close code the core asks for when out of memory (RFC 6455 numbering). */
 #define CONN_CLOSE_INTERNAL 1011
 
-/** The answer to one request: `ack` (or `pong` for a ping) when err is GALE_OK, else `err`. */
+/**
+ * The answer to one request: when err is GALE_OK, `ack` (with the fields below), `pong` for a
+ * ping, or the prebuilt `hist` frame; else `err`.
+ */
 typedef struct conn_reply {
     gale_op_t op;
     bool has_id;
     uint64_t id;
     gale_err_t err;
-    const char *why; /* with err: a string with static storage */
+    const char *why;  /* with err: a string with static storage */
+    int8_t recovered; /* sub with since: 1 or 0; -1: not asked */
+    bool dup;         /* pub: a duplicate mid, not delivered again */
+    bool has_pos;     /* ep[0..ep_len) and off: the topic's position (sub), the message's (pub) */
+    bool has_off;     /* off alone: a duplicate's original offset */
+    uint8_t ep_len;
+    uint64_t off;
+    char ep[GALE_EP_MAX];
+    frame_t *frame; /* hist: the answer, built for the connection's encoding; whoever
+                       consumes the reply (reply(), or the core when it drops it) unrefs it */
 } conn_reply_t;
 
 typedef struct conn_ops {

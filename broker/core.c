@@ -1,6 +1,8 @@
 #include "core.h"
 
 #include "auth.h"
+#include "dedup.h"
+#include "history.h"
 #include "log.h"
 #include "pending.h"
 #include "ring.h"
@@ -29,7 +31,14 @@ struct core_reply {
 
 static bool silent(const conn_reply_t *r)
 {
-    return r->err == GALE_OK && r->op != GALE_OP_PING && !r->has_id;
+    return r->err == GALE_OK && r->op != GALE_OP_PING && r->op != GALE_OP_HIST && !r->has_id;
+}
+
+/* Frees an answer the connection will never get. */
+static void reply_drop(conn_reply_t *r)
+{
+    frame_unref(r->frame);
+    r->frame = NULL;
 }
 
 static void count_err(broker_t *b, const conn_t *c, const conn_reply_t *r)
@@ -83,6 +92,7 @@ static void answer(broker_t *b, conn_t *c, const conn_reply_t *r)
     core_reply_t *q = reply_new(0);
     if (!q || !fifo_push(c, q)) {
         free(q);
+        frame_unref(r->frame);
         out_of_memory(b, c);
         return;
     }
@@ -97,6 +107,8 @@ static void fifo_release(broker_t *b, conn_t *c)
         core_reply_t *head = reply_ring_shift(c->replies);
         if (!silent(&head->r))
             c->ops->reply(b, c, &head->r);
+        else
+            reply_drop(&head->r);
         free(head);
     }
 }
@@ -135,7 +147,7 @@ static core_reply_t *defer(conn_t *c, const gale_request_t *req)
     if (!q)
         return NULL;
     q->p.done = reply_done;
-    q->r = (conn_reply_t){.op = req->op, .has_id = req->has_id, .id = req->id};
+    q->r = (conn_reply_t){.op = req->op, .has_id = req->has_id, .id = req->id, .recovered = -1};
     q->plen = (uint8_t)plen;
     memcpy(q->pattern, req->topic, plen);
     if (!fifo_push(c, q)) {
@@ -145,8 +157,72 @@ static core_reply_t *defer(conn_t *c, const gale_request_t *req)
     return q;
 }
 
-static gale_err_t do_sub(broker_t *b, conn_t *c, const gale_request_t *req, const char **why,
-                         bool *deferred)
+/* The time of the history and the dedup table. */
+static uint64_t now_ms(const broker_t *b)
+{
+    return broker_uptime_ms(b);
+}
+
+static void reply_pos(conn_reply_t *r, gale_pos_t pos)
+{
+    r->has_pos = true;
+    r->ep_len = (uint8_t)pos.ep_len;
+    memcpy(r->ep, pos.ep, pos.ep_len);
+    r->off = pos.off;
+}
+
+/*
+ * Queues to c the messages of t after offset `after` (`n` of them, all held): false when
+ * they would take more than half of --queue-limit (replaying them would close c as a slow
+ * consumer), memory ran out, or c stopped taking frames.
+ */
+static bool replay(broker_t *b, conn_t *c, hist_topic_t *t, uint64_t after, uint64_t n)
+{
+    gale_enc_t enc = (gale_enc_t)c->enc;
+    uint64_t bytes = 0;
+    bool nomem = false;
+    for (uint64_t off = after + 1; off <= after + n && !nomem; off++) {
+        frame_t *f = history_frame(b->history, history_at(t, off), enc, &nomem);
+        bytes += f ? f->len : 0;
+    }
+    if (nomem || bytes > b->cfg.queue_limit / 2)
+        return false;
+    for (uint64_t off = after + 1; off <= after + n; off++) {
+        frame_t *f = history_frame(b->history, history_at(t, off), enc, &nomem);
+        if (f && !c->ops->deliver(b, c, f))
+            return false;
+        b->m.messages_replayed += f != NULL;
+    }
+    return true;
+}
+
+/*
+ * The history part of a sub of a topic: its position in the answer and, with since, the
+ * missed messages replayed (single node: nothing is published meanwhile).
+ */
+static void sub_history(broker_t *b, conn_t *c, const gale_request_t *req, conn_reply_t *r)
+{
+    const gale_history_rule_t *rule =
+        req->is_pattern ? NULL : history_rule(b->history, req->topic, req->topic_len);
+    if (req->has_since)
+        r->recovered = 0;
+    if (!rule)
+        return;
+    hist_topic_t *t = history_topic(b->history, rule, req->topic, req->topic_len, now_ms(b));
+    if (!t)
+        return; /* out of memory: no position to give */
+    uint64_t missed;
+    if (req->has_since && history_covers(t, &req->since, b->cfg.recovery_max, &missed) &&
+        replay(b, c, t, req->since.off, missed))
+        r->recovered = 1;
+    if (req->has_since)
+        b->m.recoveries[r->recovered]++;
+    reply_pos(r, history_pos(t));
+    history_enforce(b->history);
+}
+
+static gale_err_t do_sub(broker_t *b, conn_t *c, const gale_request_t *req, conn_reply_t *rep,
+                         const char **why, bool *deferred)
 {
     if (c->owner.nsubs >= b->cfg.max_subscriptions &&
         !topics_holds(b->topics, &c->owner, req->topic, req->topic_len)) {
@@ -162,8 +238,10 @@ static gale_err_t do_sub(broker_t *b, conn_t *c, const gale_request_t *req, cons
         *why = "out of memory";
         return GALE_ERR_INTERNAL;
     }
-    if (!b->bus.ops)
+    if (!b->bus.ops) {
+        sub_history(b, c, req, rep);
         return GALE_OK;
+    }
     bool added = r == TOPICS_ADDED, held = false;
     core_reply_t *q = defer(c, req);
     if (!q) {
@@ -189,16 +267,65 @@ static void do_unsub(broker_t *b, conn_t *c, const gale_request_t *req)
         b->bus.ops->release(req->topic, req->topic_len, b->bus.ctx);
 }
 
-static gale_err_t do_pub(broker_t *b, conn_t *c, const gale_request_t *req, const char **why,
-                         bool *deferred)
+/*
+ * A publish on this node alone: deduplicated by mid, stored at the next offset of a topic
+ * with history, delivered.
+ */
+static gale_err_t publish_here(broker_t *b, conn_t *c, const gale_request_t *req, conn_reply_t *rep,
+                               const char **why)
 {
     gale_enc_t enc = (gale_enc_t)c->enc;
-    if (!b->bus.ops) {
-        gale_err_t e = router_publish(b, req->topic, req->topic_len, enc, req->data, req->data_len);
-        if (e != GALE_OK)
-            *why = router_convert_why(enc);
-        return e;
+    uint64_t now = now_ms(b), off = 0;
+    if (req->mid) {
+        if (dedup_seen(b->dedup, req->topic, req->topic_len, req->mid, req->mid_len, now, &off)) {
+            rep->dup = true;
+            rep->has_off = off != 0;
+            rep->off = off;
+            b->m.publish_duplicates++;
+            return GALE_OK;
+        }
+        if (!dedup_room(b->dedup, now)) {
+            *why = "too many mids remembered (--dedup-max within --dedup-window)";
+            return GALE_ERR_LIMIT;
+        }
     }
+    const gale_history_rule_t *rule = history_rule(b->history, req->topic, req->topic_len);
+    gale_err_t e;
+    if (rule) {
+        hist_topic_t *t = history_topic(b->history, rule, req->topic, req->topic_len, now);
+        hist_msg_t *m =
+            t ? history_append(b->history, t, enc, req->data, req->data_len, now) : NULL;
+        if (!m) {
+            *why = "out of memory";
+            return GALE_ERR_INTERNAL;
+        }
+        gale_pos_t pos = history_pos(t);
+        frame_t *built[GALE_ENC_COUNT];
+        e = router_publish_at(b, req->topic, req->topic_len, &pos, enc, req->data, req->data_len,
+                              built);
+        history_keep_frames(b->history, m, built);
+        for (int i = 0; i < GALE_ENC_COUNT; i++)
+            frame_unref(built[i]);
+        reply_pos(rep, pos);
+        off = pos.off;
+        history_enforce(b->history);
+    } else {
+        e = router_publish(b, req->topic, req->topic_len, enc, req->data, req->data_len);
+    }
+    if (req->mid &&
+        !dedup_add(b->dedup, req->topic, req->topic_len, req->mid, req->mid_len, off, now))
+        log_warn("conn %" PRIu64 ": out of memory remembering a mid", c->id);
+    if (e != GALE_OK)
+        *why = router_convert_why(enc);
+    return e;
+}
+
+static gale_err_t do_pub(broker_t *b, conn_t *c, const gale_request_t *req, conn_reply_t *rep,
+                         const char **why, bool *deferred)
+{
+    gale_enc_t enc = (gale_enc_t)c->enc;
+    if (!b->bus.ops)
+        return publish_here(b, c, req, rep, why);
     core_reply_t *q = defer(c, req);
     if (!q) {
         *why = "out of memory";
@@ -209,6 +336,70 @@ static gale_err_t do_pub(broker_t *b, conn_t *c, const gale_request_t *req, cons
     *deferred = true;
     if (e != GALE_OK) /* nothing was delivered: the entry answers, in order */
         pending_finish(b, &q->p, e, *why);
+    return GALE_OK;
+}
+
+/*
+ * The `hist` answer for topic[0..len): its last `limit` messages held (at most
+ * --hist-max-limit, and as many of the newest as fit in half of --queue-limit), in
+ * encoding enc, appended to out.
+ */
+gale_err_t core_hist_answer(broker_t *b, const char *topic, size_t len, uint64_t limit,
+                            gale_enc_t enc, bool has_id, uint64_t id, gale_buf_t *out)
+{
+    const gale_history_rule_t *rule = history_rule(b->history, topic, len);
+    hist_topic_t *t = rule ? history_topic(b->history, rule, topic, len, now_ms(b)) : NULL;
+    if (rule && !t)
+        return GALE_ERR_INTERNAL;
+    if (limit > b->cfg.hist_max_limit)
+        limit = b->cfg.hist_max_limit;
+    gale_pos_t pos;
+    uint64_t n = 0, first = 0;
+    if (t) {
+        pos = history_pos(t);
+        uint64_t budget = b->cfg.queue_limit / 2, bytes = 0;
+        for (uint64_t off = pos.off; n < limit && off && history_at(t, off); off--, n++) {
+            bytes += history_at(t, off)->len + 32;
+            if (bytes > budget)
+                break;
+        }
+        first = pos.off - n + 1;
+    }
+    gale_err_t e = gale_encode_hist_begin(out, enc, has_id, id, t ? &pos : NULL, n);
+    bool none = true;
+    for (uint64_t i = 0; e == GALE_OK && i < n; i++) {
+        hist_msg_t *m = history_at(t, first + i);
+        gale_err_t ie =
+            gale_encode_hist_item(out, enc, none, m->off, (gale_enc_t)m->enc, m->data, m->len);
+        if (ie == GALE_OK)
+            none = false;
+        else if (ie != GALE_ERR_BAD_REQUEST) /* not convertible: left out */
+            e = ie;
+    }
+    if (e == GALE_OK)
+        e = gale_encode_hist_end(out, enc);
+    if (t)
+        history_enforce(b->history);
+    return e;
+}
+
+static gale_err_t do_hist(broker_t *b, conn_t *c, const gale_request_t *req, conn_reply_t *rep,
+                          const char **why)
+{
+    gale_enc_t enc = (gale_enc_t)c->enc;
+    gale_buf_t buf;
+    gale_buf_init(&buf, FRAME_HEADROOM);
+    gale_err_t e = core_hist_answer(b, req->topic, req->topic_len,
+                                    req->has_limit ? req->limit : CORE_HIST_LIMIT, enc, req->has_id,
+                                    req->id, &buf);
+    if (e == GALE_OK)
+        rep->frame = frame_finish(&buf, enc == GALE_ENC_JSON ? FRAME_TEXT : FRAME_BINARY);
+    else
+        gale_buf_free(&buf);
+    if (!rep->frame) {
+        *why = "out of memory";
+        return GALE_ERR_INTERNAL;
+    }
     return GALE_OK;
 }
 
@@ -234,6 +425,7 @@ static bool pub_allowed(broker_t *b, conn_t *c)
 static void run(broker_t *b, conn_t *c, const gale_request_t *req, gale_err_t e, const char *why)
 {
     bool deferred = false;
+    conn_reply_t r = {.op = req->op, .has_id = req->has_id, .id = req->id, .recovered = -1};
     if (e == GALE_OK && c->grant)
         e = auth_check(c->grant, req, &why);
     if (e == GALE_OK && req->op == GALE_OP_PUB && b->cfg.pub_rate && !c->unmetered &&
@@ -244,13 +436,16 @@ static void run(broker_t *b, conn_t *c, const gale_request_t *req, gale_err_t e,
     if (e == GALE_OK) {
         switch (req->op) {
         case GALE_OP_SUB:
-            e = do_sub(b, c, req, &why, &deferred);
+            e = do_sub(b, c, req, &r, &why, &deferred);
             break;
         case GALE_OP_UNSUB:
             do_unsub(b, c, req);
             break;
         case GALE_OP_PUB:
-            e = do_pub(b, c, req, &why, &deferred);
+            e = do_pub(b, c, req, &r, &why, &deferred);
+            break;
+        case GALE_OP_HIST:
+            e = do_hist(b, c, req, &r, &why);
             break;
         case GALE_OP_PING:
             break;
@@ -258,8 +453,13 @@ static void run(broker_t *b, conn_t *c, const gale_request_t *req, gale_err_t e,
     }
     if (deferred)
         return; /* in the FIFO: answered when the cluster finishes it */
-    conn_reply_t r = {.op = req->op, .has_id = req->has_id, .id = req->id, .err = e};
+    r.err = e;
     r.why = e == GALE_OK ? "" : why;
+    if (e != GALE_OK) {
+        reply_drop(&r);
+        r.recovered = -1;
+        r.has_pos = r.has_off = r.dup = false;
+    }
     answer(b, c, &r);
 }
 
@@ -317,6 +517,7 @@ void core_close(broker_t *b, conn_t *c)
         while (c->replies->count) {
             core_reply_t *q = reply_ring_shift(c->replies);
             q->c = NULL;
+            reply_drop(&q->r);
             if (q->done)
                 free(q);
         }

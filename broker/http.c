@@ -1,6 +1,8 @@
 #include "http.h"
 
 #include "cluster.h"
+#include "dedup.h"
+#include "history.h"
 #include "log.h"
 #include "session.h"
 
@@ -128,6 +130,19 @@ static void gauges(const broker_t *b, metrics_gauges_t *g)
     g->handshakes = b->nhandshakes;
     g->uptime_s = (double)broker_uptime_ms(b) / 1000.0;
     cluster_state(b->cluster, &g->redis_shards, &g->redis_up);
+    if (b->history) {
+        history_stats_t st;
+        history_stats(b->history, &st);
+        g->history = true;
+        g->history_bytes = st.bytes;
+        g->history_topics = st.topics;
+        g->history_messages = st.messages;
+        g->history_evicted = st.evicted;
+        g->history_expired = st.expired;
+        g->history_states_lost = st.states_lost;
+    }
+    uint64_t unused;
+    dedup_stats(b->dedup, &g->dedup_entries, &unused);
 }
 
 /* One complete answer, then the connection closes. */

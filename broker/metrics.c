@@ -70,6 +70,35 @@ gale_err_t metrics_render(const metrics_t *m, const metrics_gauges_t *g, gale_bu
     for (int c = GALE_ERR_BAD_REQUEST; c < GALE_ERR_COUNT; c++)
         appendf(out, "gale_protocol_errors_total{code=\"%s\"} %" PRIu64 "\n",
                 gale_err_name((gale_err_t)c), m->protocol_errors[c]);
+    appendf(out,
+            "# HELP gale_recoveries_total Subscriptions with since, by outcome.\n"
+            "# TYPE gale_recoveries_total counter\n"
+            "gale_recoveries_total{recovered=\"true\"} %" PRIu64 "\n"
+            "gale_recoveries_total{recovered=\"false\"} %" PRIu64 "\n",
+            m->recoveries[1], m->recoveries[0]);
+    metric(out, "gale_messages_replayed_total", "counter",
+           "Messages queued to recovering subscribers from history.", m->messages_replayed);
+    metric(out, "gale_publish_duplicates_total", "counter",
+           "Publishes not delivered again: their mid was seen within --dedup-window.",
+           m->publish_duplicates);
+    metric(out, "gale_dedup_entries", "gauge", "Mids remembered for --dedup-window.",
+           g->dedup_entries);
+    if (g->history) {
+        metric(out, "gale_history_bytes", "gauge",
+               "Bytes of history held (messages, their frames, topic states).", g->history_bytes);
+        metric(out, "gale_history_topics", "gauge", "Topics with a history state.",
+               g->history_topics);
+        metric(out, "gale_history_messages", "gauge", "Messages held in history.",
+               g->history_messages);
+        metric(out, "gale_history_evicted_total", "counter",
+               "Messages dropped from history to stay within --history-memory.",
+               g->history_evicted);
+        metric(out, "gale_history_expired_total", "counter",
+               "Messages dropped from history by their TTL.", g->history_expired);
+        metric(out, "gale_history_epochs_ended_total", "counter",
+               "Topic states dropped to stay within --history-memory (their epoch ended).",
+               g->history_states_lost);
+    }
     if (g->redis_shards) {
         metric(out, "gale_redis_shards", "gauge", "Redis shards configured (--redis).",
                g->redis_shards);

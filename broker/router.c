@@ -9,6 +9,7 @@ typedef struct route {
     broker_t *b;
     const char *topic;
     size_t topic_len;
+    const gale_pos_t *pos; /* NULL: a topic without history */
     gale_enc_t data_enc;
     const uint8_t *data;
     size_t data_len;
@@ -21,8 +22,8 @@ static gale_err_t build(route_t *r, gale_enc_t enc)
 {
     gale_buf_t buf;
     gale_buf_init(&buf, FRAME_HEADROOM);
-    gale_err_t e =
-        gale_encode_msg(&buf, enc, r->topic, r->topic_len, r->data_enc, r->data, r->data_len);
+    gale_err_t e = gale_encode_msg_pos(&buf, enc, r->topic, r->topic_len, r->pos, r->data_enc,
+                                       r->data, r->data_len);
     if (e != GALE_OK) {
         gale_buf_free(&buf);
         return e;
@@ -43,19 +44,24 @@ static void visit(topics_owner_t *owner, void *arg)
         r->delivered++;
 }
 
-gale_err_t router_deliver(broker_t *b, const char *topic, size_t topic_len, gale_enc_t data_enc,
-                          const uint8_t *data, size_t data_len)
+static gale_err_t route(broker_t *b, const char *topic, size_t topic_len, const gale_pos_t *pos,
+                        gale_enc_t data_enc, const uint8_t *data, size_t data_len,
+                        frame_t *built[GALE_ENC_COUNT])
 {
     route_t r = {.b = b,
                  .topic = topic,
                  .topic_len = topic_len,
+                 .pos = pos,
                  .data_enc = data_enc,
                  .data = data,
                  .data_len = data_len};
     gale_err_t err = GALE_OK;
     topics_match(b->topics, topic, topic_len, visit, &r);
     for (int e = 0; e < GALE_ENC_COUNT; e++) {
-        frame_unref(r.frames[e]);
+        if (built)
+            built[e] = r.frames[e];
+        else
+            frame_unref(r.frames[e]);
         if (r.failed[e] != GALE_OK)
             err = r.failed[e];
     }
@@ -63,11 +69,25 @@ gale_err_t router_deliver(broker_t *b, const char *topic, size_t topic_len, gale
     return err;
 }
 
+gale_err_t router_deliver(broker_t *b, const char *topic, size_t topic_len, gale_enc_t data_enc,
+                          const uint8_t *data, size_t data_len)
+{
+    return route(b, topic, topic_len, NULL, data_enc, data, data_len, NULL);
+}
+
 gale_err_t router_publish(broker_t *b, const char *topic, size_t topic_len, gale_enc_t data_enc,
                           const uint8_t *data, size_t data_len)
 {
     b->m.messages_published++;
-    return router_deliver(b, topic, topic_len, data_enc, data, data_len);
+    return route(b, topic, topic_len, NULL, data_enc, data, data_len, NULL);
+}
+
+gale_err_t router_publish_at(broker_t *b, const char *topic, size_t topic_len,
+                             const gale_pos_t *pos, gale_enc_t data_enc, const uint8_t *data,
+                             size_t data_len, frame_t *built[GALE_ENC_COUNT])
+{
+    b->m.messages_published++;
+    return route(b, topic, topic_len, pos, data_enc, data, data_len, built);
 }
 
 const char *router_convert_why(gale_enc_t publisher_enc)

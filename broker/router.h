@@ -8,6 +8,7 @@
 #define GALE_ROUTER_H
 
 #include "broker.h"
+#include "frame.h"
 
 /**
  * Routes topic/data (data in encoding data_enc, as decoded) to every local
@@ -18,6 +19,15 @@
  */
 gale_err_t router_publish(broker_t *b, const char *topic, size_t topic_len, gale_enc_t data_enc,
                           const uint8_t *data, size_t data_len);
+
+/**
+ * router_publish of a message of a topic with history, at stream position pos (its frames
+ * carry "ep" and "off"). built (may be NULL) receives a reference to each frame built (NULL
+ * for an encoding no subscriber uses), for the history to keep.
+ */
+gale_err_t router_publish_at(broker_t *b, const char *topic, size_t topic_len,
+                             const gale_pos_t *pos, gale_enc_t data_enc, const uint8_t *data,
+                             size_t data_len, frame_t *built[GALE_ENC_COUNT]);
 
 /**
  * Routes like router_publish a message that came from another broker (the

@@ -93,13 +93,25 @@ static void op_reply(broker_t *b, conn_t *c, const conn_reply_t *r)
     gale_enc_t enc = (gale_enc_t)c->enc;
     gale_buf_t buf;
     gale_err_t e;
+    if (r->frame) { /* hist: built by the core */
+        session_enqueue(b, session_of(c), r->frame);
+        frame_unref(r->frame);
+        return;
+    }
     gale_buf_init(&buf, FRAME_HEADROOM);
-    if (r->err != GALE_OK)
+    if (r->err != GALE_OK) {
         e = gale_encode_err(&buf, enc, r->has_id, r->id, r->err, r->why);
-    else if (r->op == GALE_OP_PING)
+    } else if (r->op == GALE_OP_PING) {
         e = gale_encode_pong(&buf, enc, r->has_id, r->id);
-    else
-        e = gale_encode_ack(&buf, enc, r->id);
+    } else {
+        gale_pos_t pos = {.ep = r->ep, .ep_len = r->ep_len, .off = r->off};
+        gale_ack_ext_t x = {.pos = r->has_pos ? &pos : NULL,
+                            .has_off = r->has_off,
+                            .off = r->off,
+                            .recovered = r->recovered,
+                            .dup = r->dup};
+        e = gale_encode_ack_ext(&buf, enc, r->id, &x);
+    }
     send_frame(b, session_of(c), finish_reply(&buf, e, enc));
 }
 
