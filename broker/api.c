@@ -14,7 +14,12 @@
 
 typedef struct {
     uint8_t err; /* gale_err_t */
+    bool dup;    /* a duplicate mid: not delivered again */
+    bool has_pos, has_off;
+    uint8_t ep_len;
+    uint64_t off;
     const char *why;
+    char ep[GALE_EP_MAX];
 } result_t;
 
 typedef struct api_req {
@@ -84,10 +89,29 @@ static void put_str(gale_buf_t *o, const char *s)
     gale_buf_append(o, "\"", 1);
 }
 
+/* A successful result: {"ok":true}, with the message's position on a topic with history. */
+static void put_ok(gale_buf_t *o, const result_t *res)
+{
+    gale_buf_append(o, "{\"ok\":true", 10);
+    if (res && res->dup)
+        gale_buf_append(o, ",\"dup\":true", 11);
+    if (res && res->has_pos) {
+        gale_buf_append(o, ",\"ep\":\"", 7);
+        gale_buf_append(o, res->ep, res->ep_len); /* hex digits and '-' */
+        gale_buf_append(o, "\"", 1);
+    }
+    if (res && (res->has_pos || res->has_off)) {
+        char n[32];
+        int k = snprintf(n, sizeof(n), ",\"off\":%" PRIu64, res->off);
+        gale_buf_append(o, n, (size_t)k);
+    }
+    gale_buf_append(o, "}", 1);
+}
+
 static void put_result(gale_buf_t *o, gale_err_t e, const char *code, const char *why)
 {
     if (e == GALE_OK && !code) {
-        gale_buf_append(o, "{\"ok\":true}", 11);
+        put_ok(o, NULL);
         return;
     }
     gale_buf_append(o, "{\"ok\":false,\"code\":", 19);
@@ -97,8 +121,12 @@ static void put_result(gale_buf_t *o, gale_err_t e, const char *code, const char
     gale_buf_append(o, "}", 1);
 }
 
-/* Writes one complete answer. close: the request body may be unread, end the connection. */
-static int respond(struct lws *wsi, unsigned status, gale_buf_t *body, bool close)
+/*
+ * Writes one complete answer. close: the request body may be unread, end the connection.
+ * allow: the method a 405 names.
+ */
+static int respond_allow(struct lws *wsi, unsigned status, gale_buf_t *body, bool close,
+                         const char *allow)
 {
     uint8_t hdr[LWS_PRE + 512], *start = hdr + LWS_PRE, *p = start, *end = hdr + sizeof(hdr) - 1;
     size_t len = gale_buf_payload_len(body);
@@ -114,8 +142,8 @@ static int respond(struct lws *wsi, unsigned status, gale_buf_t *body, bool clos
          lws_add_http_header_by_token(wsi, WSI_TOKEN_HTTP_WWW_AUTHENTICATE,
                                       (const unsigned char *)"Bearer", 6, &p, end)) ||
         (status == HTTP_STATUS_METHOD_NOT_ALLOWED &&
-         lws_add_http_header_by_token(wsi, WSI_TOKEN_HTTP_ALLOW, (const unsigned char *)"POST", 4,
-                                      &p, end)) ||
+         lws_add_http_header_by_token(wsi, WSI_TOKEN_HTTP_ALLOW, (const unsigned char *)allow,
+                                      (int)strlen(allow), &p, end)) ||
         (close && lws_add_http_header_by_token(wsi, WSI_TOKEN_CONNECTION,
                                                (const unsigned char *)"close", 5, &p, end)) ||
         lws_finalize_write_http_header(wsi, start, &p, end))
@@ -126,6 +154,11 @@ static int respond(struct lws *wsi, unsigned status, gale_buf_t *body, bool clos
 Exit:
     gale_buf_free(body);
     return rc;
+}
+
+static int respond(struct lws *wsi, unsigned status, gale_buf_t *body, bool close)
+{
+    return respond_allow(wsi, status, body, close, "POST");
 }
 
 int api_refuse(struct lws *wsi, unsigned status, const char *code, const char *why)
@@ -149,8 +182,15 @@ static void op_reply(broker_t *b, conn_t *c, const conn_reply_t *a)
 {
     api_req_t *r = (api_req_t *)((char *)c - offsetof(api_req_t, conn));
     if (a->id < r->n) {
-        r->results[a->id].err = (uint8_t)a->err;
-        r->results[a->id].why = a->why;
+        result_t *res = &r->results[a->id];
+        res->err = (uint8_t)a->err;
+        res->why = a->why;
+        res->dup = a->dup;
+        res->has_pos = a->has_pos;
+        res->has_off = a->has_off;
+        res->off = a->off;
+        res->ep_len = a->ep_len;
+        memcpy(res->ep, a->ep, a->ep_len);
     }
     r->pending--;
     settled(r);
@@ -222,6 +262,70 @@ static int write_continue(struct lws *wsi)
     return lws_write(wsi, buf + LWS_PRE, sizeof(line) - 1, LWS_WRITE_HTTP) < 0 ? -1 : 0;
 }
 
+/* The request holds Authorization: Bearer <--api-key>; counts and logs a refusal. */
+static bool key_ok(broker_t *b, struct lws *wsi)
+{
+    char auth[300];
+    int alen = lws_hdr_copy(wsi, auth, sizeof(auth), WSI_TOKEN_HTTP_AUTHORIZATION);
+    size_t klen = strlen(b->cfg.api_key);
+    bool ok = alen >= 7 && strncasecmp(auth, "Bearer ", 7) == 0 &&
+              auth_secret_equal(auth + 7, (size_t)alen - 7, b->cfg.api_key, klen);
+    explicit_bzero(auth, sizeof(auth));
+    if (!ok) {
+        b->m.connections_refused++;
+        log_info("%s: refused with 401 (missing or wrong API key)", API_MOUNT);
+    }
+    return ok;
+}
+
+/* The url-decoded value of query argument `name=` into buf; its length, -1 when absent. */
+static int query_arg(struct lws *wsi, const char *name, char *buf, size_t cap)
+{
+    const char *v = lws_get_urlarg_by_name(wsi, name, buf, (int)cap);
+    if (!v)
+        return -1;
+    size_t n = strlen(v);
+    memmove(buf, v, n + 1);
+    return (int)n;
+}
+
+/* GET /api/history?topic=T&limit=N: the `hist` answer a JSON WebSocket client gets. */
+static int history_get(broker_t *b, struct lws *wsi)
+{
+    char *u, topic[GALE_TOPIC_MAX + 16], limit[40];
+    int ulen;
+    if (lws_http_get_uri_and_method(wsi, &u, &ulen) != LWSHUMETH_GET) {
+        gale_buf_t o;
+        gale_buf_init(&o, LWS_PRE);
+        put_result(&o, GALE_ERR_BAD_REQUEST, "method_not_allowed", "read history with GET");
+        return respond_allow(wsi, HTTP_STATUS_METHOD_NOT_ALLOWED, &o, true, "GET");
+    }
+    if (!key_ok(b, wsi))
+        return api_refuse(wsi, HTTP_STATUS_UNAUTHORIZED, "unauthorized",
+                          "Authorization: Bearer <api key> required");
+    int tlen = query_arg(wsi, "topic=", topic, sizeof(topic));
+    if (tlen <= 0 || !gale_topic_valid(topic, (size_t)tlen))
+        return api_refuse(wsi, HTTP_STATUS_BAD_REQUEST, "bad_topic",
+                          "topic= must name a concrete topic (percent-encoded)");
+    uint64_t n = CORE_HIST_LIMIT;
+    int llen = query_arg(wsi, "limit=", limit, sizeof(limit));
+    if (llen >= 0) {
+        char *end;
+        n = strtoull(limit, &end, 10);
+        if (llen == 0 || *end || limit[0] < '0' || limit[0] > '9')
+            return api_refuse(wsi, HTTP_STATUS_BAD_REQUEST, "bad_request",
+                              "limit= must be an integer >= 0");
+    }
+    gale_buf_t o;
+    gale_buf_init(&o, LWS_PRE);
+    if (core_hist_answer(b, topic, (size_t)tlen, n, GALE_ENC_JSON, false, 0, &o) != GALE_OK) {
+        gale_buf_free(&o);
+        return api_refuse(wsi, HTTP_STATUS_INTERNAL_SERVER_ERROR, "internal", "out of memory");
+    }
+    log_debug("GET " API_HISTORY ": 200");
+    return respond(wsi, HTTP_STATUS_OK, &o, false);
+}
+
 /*
  * Every refusal here answers at once and closes the connection: the body is
  * never read, and a client that sent "Expect: 100-continue" gets the final
@@ -229,7 +333,7 @@ static int write_continue(struct lws *wsi)
  */
 int api_http(broker_t *b, struct lws *wsi, const char *uri)
 {
-    char auth[300], clen[32], *u;
+    char clen[32], *u;
     int ulen;
     http_conn_t *c = http_conn_of(wsi);
     if (!c || c->req)
@@ -237,6 +341,8 @@ int api_http(broker_t *b, struct lws *wsi, const char *uri)
     if (!b->cfg.api_key[0])
         return api_refuse(wsi, HTTP_STATUS_NOT_FOUND, "not_found",
                           "the publish API is disabled (start the broker with --api-key)");
+    if (strcmp(uri, API_HISTORY) == 0)
+        return history_get(b, wsi);
     if (strcmp(uri, API_PUBLISH) != 0)
         return api_refuse(wsi, HTTP_STATUS_NOT_FOUND, "not_found", "no such endpoint");
     if (lws_http_get_uri_and_method(wsi, &u, &ulen) != LWSHUMETH_POST)
@@ -246,15 +352,9 @@ int api_http(broker_t *b, struct lws *wsi, const char *uri)
     if (expect == EXPECT_OTHER)
         return api_refuse(wsi, HTTP_STATUS_EXPECTATION_FAILED, "expectation_failed",
                           "the only expectation supported is 100-continue");
-    int alen = lws_hdr_copy(wsi, auth, sizeof(auth), WSI_TOKEN_HTTP_AUTHORIZATION);
-    size_t klen = strlen(b->cfg.api_key);
-    if (alen < 7 || strncasecmp(auth, "Bearer ", 7) != 0 ||
-        !auth_secret_equal(auth + 7, (size_t)alen - 7, b->cfg.api_key, klen)) {
-        b->m.connections_refused++;
-        log_info("POST " API_PUBLISH ": refused with 401 (missing or wrong API key)");
+    if (!key_ok(b, wsi))
         return api_refuse(wsi, HTTP_STATUS_UNAUTHORIZED, "unauthorized",
                           "Authorization: Bearer <api key> required");
-    }
     if (lws_hdr_copy(wsi, clen, sizeof(clen), WSI_TOKEN_HTTP_CONTENT_LENGTH) <= 0)
         return api_refuse(wsi, HTTP_STATUS_LENGTH_REQUIRED, "bad_request",
                           "a Content-Length is required");
@@ -308,9 +408,9 @@ int api_body(broker_t *b, struct lws *wsi, const void *in, size_t len)
 
 /* The members of one message object. */
 typedef struct {
-    const uint8_t *topic, *data, *messages;
-    size_t topic_len, data_len, messages_len;
-    gale_json_kind_t topic_kind, messages_kind;
+    const uint8_t *topic, *data, *messages, *mid;
+    size_t topic_len, data_len, messages_len, mid_len;
+    gale_json_kind_t topic_kind, messages_kind, mid_kind;
     bool dup;
 } msg_fields_t;
 
@@ -326,6 +426,10 @@ static bool msg_member(const gale_json_member_t *m, void *arg)
     } else if (gale_json_key_is(m, "data")) {
         v = &f->data;
         vl = &f->data_len;
+    } else if (gale_json_key_is(m, "mid")) {
+        v = &f->mid;
+        vl = &f->mid_len;
+        f->mid_kind = m->kind;
     } else if (gale_json_key_is(m, "messages")) {
         v = &f->messages;
         vl = &f->messages_len;
@@ -367,6 +471,17 @@ static void publish_one(api_req_t *r, uint32_t idx, const msg_fields_t *f)
         res->why = "not a valid concrete topic";
         return;
     }
+    char mid[GALE_MID_MAX + 1];
+    size_t mlen = 0;
+    if (f->mid) {
+        mlen = f->mid_kind == GALE_JSON_STRING
+                   ? gale_json_string(f->mid, f->mid_len, mid, sizeof(mid))
+                   : SIZE_MAX;
+        if (mlen == 0 || mlen > GALE_MID_MAX) {
+            res->why = "mid is not a string of 1 to 64 bytes";
+            return;
+        }
+    }
     /*
      * A `pub` like a WebSocket client's, answered (op_reply) with the message's index. Until
      * it is, its result says it was lost: what op_close leaves of a request the core gave up
@@ -382,7 +497,9 @@ static void publish_one(api_req_t *r, uint32_t idx, const msg_fields_t *f)
                           .topic = topic,
                           .topic_len = tlen,
                           .data = f->data,
-                          .data_len = f->data_len};
+                          .data_len = f->data_len,
+                          .mid = f->mid ? mid : NULL,
+                          .mid_len = mlen};
     r->pending++;
     core_request(r->b, &r->conn, &req);
 }
@@ -485,7 +602,10 @@ int api_writeable(broker_t *b, struct lws *wsi)
     } else if (!r->batch) {
         gale_err_t e = (gale_err_t)r->results[0].err;
         status = status_of(e);
-        put_result(&o, e, NULL, r->results[0].why);
+        if (e == GALE_OK)
+            put_ok(&o, &r->results[0]);
+        else
+            put_result(&o, e, NULL, r->results[0].why);
     } else {
         bool all = true;
         for (uint32_t i = 0; i < r->n; i++)
@@ -496,7 +616,10 @@ int api_writeable(broker_t *b, struct lws *wsi)
         for (uint32_t i = 0; i < r->n; i++) {
             if (i)
                 gale_buf_append(&o, ",", 1);
-            put_result(&o, (gale_err_t)r->results[i].err, NULL, r->results[i].why);
+            if (r->results[i].err == GALE_OK)
+                put_ok(&o, &r->results[i]);
+            else
+                put_result(&o, (gale_err_t)r->results[i].err, NULL, r->results[i].why);
         }
         gale_buf_append(&o, "]}", 2);
     }

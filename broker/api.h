@@ -9,6 +9,13 @@
  *   {"messages": [{"topic": ..., "data": ...}, ...]}
  *   -> 200 {"ok":<all ok>,"results":[{"ok":true},{"ok":false,"code":...,"msg":...},...]}
  *
+ *   A message may carry "mid" (as a WebSocket pub does); on a topic with history the
+ *   result is {"ok":true,"ep":E,"off":N}, a duplicate's {"ok":true,"dup":true,"off":N}.
+ *
+ *   GET /api/history?topic=T&limit=N
+ *   -> 200 {"op":"hist","ep":E,"off":N,"msgs":[{"off":K,"data":D},...]}, the answer a
+ *      JSON WebSocket client gets to `hist`
+ *
  * A message goes the way of a WebSocket `pub`: local subscribers, and in a
  * cluster the Redis bus, whose acceptance the answer waits for. The request
  * lives on the heap (held by the connection's http_conn_t), so that replies
@@ -24,6 +31,7 @@ struct lws;
 /** The API's mount point and endpoint. */
 #define API_MOUNT "/api"
 #define API_PUBLISH "/api/publish"
+#define API_HISTORY "/api/history"
 
 /**
  * True when the request (any method) is for API_MOUNT: its path is "/api" or
