@@ -1,7 +1,8 @@
 /*
- * cli: what `gale pub` and `gale sub` share: exit codes, the common options
- * (--url, --encoding, --token, --cafile, --insecure, --timeout, -v), URL
- * parsing, error reporting, and turning received data into one line of JSON.
+ * cli: what `gale pub`, `gale sub` and `gale hist` share: exit codes, the
+ * common options (--url, --encoding, --token, --cafile, --insecure, --timeout,
+ * -v), URL parsing, error reporting, stream positions (EP:OFF), and turning a
+ * received message into one line of output (--format).
  *
  * The connection itself lives in cli_conn.h (libwebsockets client API), the
  * stdin line reader in cli_lines.h.
@@ -33,7 +34,7 @@ extern const char cli_common_help[];
 
 /** The options every connecting command takes. */
 typedef struct {
-    const char *cmd; /* "pub", "sub": prefixes messages ("gale pub: ...") */
+    const char *cmd; /* "pub", "sub", "hist": prefixes messages ("gale pub: ...") */
     const char *url; /* --url, else $GALE_URL, else CLI_DEFAULT_URL */
     gale_enc_t enc;
     bool enc_set;      /* --encoding was given */
@@ -116,6 +117,58 @@ void cli_json_str(gale_buf_t *out, const char *s, size_t n);
 
 /** Appends buf[0..len) (valid JSON) without whitespace outside strings. */
 void cli_json_compact(gale_buf_t *out, const uint8_t *buf, size_t len);
+
+/** A stream position (docs/PROTOCOL.md "Stream positions"), written EP:OFF on the command line. */
+typedef struct {
+    bool known;
+    char ep[GALE_EP_MAX + 1]; /* NUL-terminated */
+    size_t ep_len;
+    uint64_t off;
+} cli_pos_t;
+
+/**
+ * Parses EP:OFF (split at the last ':'; EP 1..GALE_EP_MAX bytes, OFF a whole
+ * number >= 0). false with *why set if arg is not one.
+ */
+bool cli_pos_parse(const char *arg, cli_pos_t *pos, const char **why);
+
+/** Sets *pos to ep[0..ep_len):off; false (pos unchanged) if ep is longer than GALE_EP_MAX. */
+bool cli_pos_set(cli_pos_t *pos, const char *ep, size_t ep_len, uint64_t off);
+
+/** Output formats of received messages (`--format`, sub and hist). */
+typedef enum { CLI_FMT_LINE, CLI_FMT_JSON, CLI_FMT_DATA } cli_format_t;
+
+/** Parses "line", "json" or "data"; false if arg is none of them. */
+bool cli_format_parse(const char *arg, cli_format_t *fmt);
+
+/** One received message to print: a `msg`, or an item of a `hist` answer. */
+typedef struct {
+    const char *topic;
+    size_t topic_len;
+    bool has_ep; /* the message's stream position, when it carried one */
+    const char *ep;
+    size_t ep_len;
+    bool has_off;
+    uint64_t off;
+    const uint8_t *data; /* in the connection's encoding; bin as in gale_reply_t */
+    size_t data_len;
+    bool bin;
+} cli_message_t;
+
+/**
+ * Replaces line's contents with m in format fmt, newline included:
+ *   line: TOPIC DATA
+ *   json: {"topic":T[,"ep":E][,"off":N],"data":D} ("bin":B64 for a top-level binary)
+ *   data: DATA
+ * DATA is compact JSON (binary: a base64 string). false if the data cannot be converted.
+ */
+bool cli_format_message(gale_buf_t *line, cli_format_t fmt, gale_enc_t enc, const cli_message_t *m);
+
+/**
+ * Writes line to stdout and flushes it. Returns 0; 1 when the reader went away (EPIPE:
+ * stop quietly, exit 0); -1 after printing another write error (exit CLI_EXIT_USAGE).
+ */
+int cli_write_line(const cli_common_t *c, const gale_buf_t *line);
 
 /** Appends a printable excerpt of s[0..n) (at most max bytes, control characters escaped). */
 void cli_excerpt(gale_buf_t *out, const uint8_t *s, size_t n, size_t max);

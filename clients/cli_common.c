@@ -1,6 +1,6 @@
 /*
- * cli_common: the options, errors, URL parsing and JSON output helpers that
- * `gale pub` and `gale sub` share (see cli.h).
+ * cli_common: the options, errors, URL parsing, positions and output helpers
+ * that `gale pub`, `gale sub` and `gale hist` share (see cli.h).
  */
 #include "cli.h"
 
@@ -13,8 +13,9 @@
 #include <time.h>
 
 const char cli_exit_codes_help[] =
-    "Exit status (pub, sub):\n"
-    "  0    success (pub: every message acknowledged; sub: --count reached or stopped cleanly)\n"
+    "Exit status (pub, sub, hist):\n"
+    "  0    success (pub: every message acknowledged; sub: --count reached or stopped cleanly;\n"
+    "       hist: the history printed)\n"
     "  1    the broker answered an error (its code and message are printed)\n"
     "  2    usage error: bad option or argument, invalid topic, invalid --json input\n"
     "  3    cannot connect (refused, unreachable, TLS or handshake refused) or connection lost\n"
@@ -342,4 +343,112 @@ double cli_now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ---- stream positions ---- */
+
+bool cli_pos_set(cli_pos_t *pos, const char *ep, size_t ep_len, uint64_t off)
+{
+    if (ep_len > GALE_EP_MAX)
+        return false;
+    memcpy(pos->ep, ep, ep_len);
+    pos->ep[ep_len] = '\0';
+    pos->ep_len = ep_len;
+    pos->off = off;
+    pos->known = true;
+    return true;
+}
+
+bool cli_pos_parse(const char *arg, cli_pos_t *pos, const char **why)
+{
+    const char *colon = strrchr(arg, ':');
+    if (colon == NULL) {
+        *why = "no ':' between EP and OFF";
+        return false;
+    }
+    size_t ep_len = (size_t)(colon - arg);
+    if (ep_len == 0) {
+        *why = "EP (the epoch) is empty";
+        return false;
+    }
+    const char *o = colon + 1;
+    if (*o == '\0' || strspn(o, "0123456789") != strlen(o)) {
+        *why = "OFF is not a whole number >= 0";
+        return false;
+    }
+    errno = 0;
+    unsigned long long off = strtoull(o, NULL, 10);
+    if (errno == ERANGE) {
+        *why = "OFF is too large";
+        return false;
+    }
+    if (!cli_pos_set(pos, arg, ep_len, off)) {
+        *why = "EP is longer than 64 bytes";
+        return false;
+    }
+    return true;
+}
+
+/* ---- printing messages ---- */
+
+bool cli_format_parse(const char *arg, cli_format_t *fmt)
+{
+    if (!strcmp(arg, "line"))
+        *fmt = CLI_FMT_LINE;
+    else if (!strcmp(arg, "json"))
+        *fmt = CLI_FMT_JSON;
+    else if (!strcmp(arg, "data"))
+        *fmt = CLI_FMT_DATA;
+    else
+        return false;
+    return true;
+}
+
+bool cli_format_message(gale_buf_t *b, cli_format_t fmt, gale_enc_t enc, const cli_message_t *m)
+{
+    b->len = 0;
+    switch (fmt) {
+    case CLI_FMT_LINE:
+        gale_buf_append(b, m->topic, m->topic_len);
+        gale_buf_append(b, " ", 1);
+        if (!cli_data_json(b, enc, m->data, m->data_len))
+            return false;
+        break;
+    case CLI_FMT_JSON:
+        gale_buf_append(b, "{\"topic\":", 9);
+        cli_json_str(b, m->topic, m->topic_len);
+        if (m->has_ep) {
+            gale_buf_append(b, ",\"ep\":", 6);
+            cli_json_str(b, m->ep, m->ep_len);
+        }
+        if (m->has_off) {
+            char num[32];
+            int n = snprintf(num, sizeof(num), ",\"off\":%llu", (unsigned long long)m->off);
+            gale_buf_append(b, num, (size_t)n);
+        }
+        if (m->bin)
+            gale_buf_append(b, ",\"bin\":", 7);
+        else
+            gale_buf_append(b, ",\"data\":", 8);
+        if (!cli_data_json(b, enc, m->data, m->data_len))
+            return false;
+        gale_buf_append(b, "}", 1);
+        break;
+    case CLI_FMT_DATA:
+        if (!cli_data_json(b, enc, m->data, m->data_len))
+            return false;
+        break;
+    }
+    gale_buf_append(b, "\n", 1);
+    return !b->oom;
+}
+
+int cli_write_line(const cli_common_t *c, const gale_buf_t *line)
+{
+    if (fwrite(line->data, 1, line->len, stdout) == line->len && fflush(stdout) == 0)
+        return 0;
+    if (errno == EPIPE)
+        return 1; /* the reader went away (gale sub | head -1): stop quietly */
+    cli_error(c, "cannot write to stdout: %s", strerror(errno));
+    return -1;
 }

@@ -5,6 +5,7 @@
  */
 #include "bench.h"
 #include "cli.h"
+#include "hist.h"
 #include "pub.h"
 #include "sub.h"
 
@@ -22,6 +23,7 @@ static const struct {
 } commands[] = {
     {"pub", pub_main, "publish DATA, stdin lines or a file to a topic"},
     {"sub", sub_main, "subscribe to patterns and print each message as a line"},
+    {"hist", hist_main, "print the messages a broker holds for a topic (history)"},
     {"bench", bench_main, "load generator: fan-out, topics, connections, handshake rate"},
 };
 

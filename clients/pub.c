@@ -7,6 +7,11 @@
  * its own (cli_lines) so the loop stays responsive. The first error (a
  * broker err, an invalid --json line) stops publishing: what was sent is
  * still waited for, then the connection is closed cleanly.
+ *
+ * --mid makes publishes idempotent (docs/PROTOCOL.md "Idempotent publish"):
+ * one message carries MID itself; when several may be sent (stdin lines,
+ * --repeat), message N carries MID-N, so the same input sent again is
+ * deduplicated message by message. An ack with "dup" is reported, not an error.
  */
 #include "cli.h"
 #include "cli_conn.h"
@@ -33,7 +38,9 @@ typedef struct {
     const char *file; /* --file PATH ("-": stdin) */
     bool json;
     long repeat;
-    double rate; /* messages per second; 0: as fast as acks allow */
+    double rate;       /* messages per second; 0: as fast as acks allow */
+    const char *mid;   /* --mid; NULL: none */
+    bool mid_numbered; /* message N carries MID-N */
     source_t src;
 
     cli_conn_t *conn;
@@ -41,6 +48,7 @@ typedef struct {
     uint8_t *file_bytes;
     size_t file_len;
     gale_buf_t frame;
+    gale_buf_t scratch; /* --mid: the message without its mid */
 
     /* the message being repeated */
     char *cur; /* SRC_LINES: the current line (owned) */
@@ -51,6 +59,7 @@ typedef struct {
 
     uint64_t next_id; /* ids sent so far: 1 .. next_id - 1 */
     uint64_t acked;
+    uint64_t dups; /* acks with "dup" */
     uint64_t inflight;
     uint64_t max_msg;
     double next_at; /* --rate: when the next message may go */
@@ -79,13 +88,22 @@ static void usage(FILE *f)
             "  --repeat N           publish each message N times (default 1)\n"
             "  --rate R             at most R messages per second (default: as fast as the\n"
             "                       broker acknowledges, %d unacknowledged at most)\n"
+            "  --mid MID            idempotent publish (MID: 1-64 bytes): a message whose MID\n"
+            "                       the broker has already seen on this topic (within its\n"
+            "                       dedup window) is not delivered again; its ack says so and\n"
+            "                       a line on stderr reports it (not an error). When several\n"
+            "                       messages may be sent (stdin lines, --repeat N), message N\n"
+            "                       carries MID-N (N = 1, 2, ... in the order sent), so the\n"
+            "                       same input published again is not delivered twice; MID-N\n"
+            "                       must fit in 64 bytes too\n"
             "\n"
             "%s\n%s\n"
             "Examples:\n"
             "  gale pub chat.room-1 'hello world'\n"
             "  gale pub --json sensors.t1 '{\"celsius\": 21.5}'\n"
             "  tail -f app.log | gale pub logs.app\n"
-            "  gale pub --file photo.jpg files.photos\n",
+            "  gale pub --file photo.jpg files.photos\n"
+            "  gale pub --json --mid order-1234 orders.new '{\"id\": 1234}'\n",
             WINDOW, cli_common_help, cli_exit_codes_help);
 }
 
@@ -170,26 +188,59 @@ static int next_message(pub_t *p)
     }
 }
 
-static gale_err_t encode_current(pub_t *p, uint64_t id)
+static gale_err_t encode_current(pub_t *p, gale_buf_t *out, uint64_t id)
 {
     size_t tl = strlen(p->topic);
     switch (p->src) {
     case SRC_FILE:
-        return gale_encode_pub_bin(&p->frame, true, id, p->topic, tl, p->file_bytes, p->file_len);
+        return gale_encode_pub_bin(out, true, id, p->topic, tl, p->file_bytes, p->file_len);
     case SRC_ARG:
         if (p->json)
-            return gale_encode_pub(&p->frame, p->o.enc, true, id, p->topic, tl, GALE_ENC_JSON,
+            return gale_encode_pub(out, p->o.enc, true, id, p->topic, tl, GALE_ENC_JSON,
                                    (const uint8_t *)p->data, strlen(p->data));
-        return gale_encode_pub_str(&p->frame, p->o.enc, true, id, p->topic, tl,
-                                   (const uint8_t *)p->data, strlen(p->data));
+        return gale_encode_pub_str(out, p->o.enc, true, id, p->topic, tl, (const uint8_t *)p->data,
+                                   strlen(p->data));
     case SRC_LINES:
         if (p->json)
-            return gale_encode_pub(&p->frame, p->o.enc, true, id, p->topic, tl, GALE_ENC_JSON,
+            return gale_encode_pub(out, p->o.enc, true, id, p->topic, tl, GALE_ENC_JSON,
                                    (const uint8_t *)p->cur, p->cur_len);
-        return gale_encode_pub_str(&p->frame, p->o.enc, true, id, p->topic, tl,
-                                   (const uint8_t *)p->cur, p->cur_len);
+        return gale_encode_pub_str(out, p->o.enc, true, id, p->topic, tl, (const uint8_t *)p->cur,
+                                   p->cur_len);
     }
     return GALE_ERR_INTERNAL;
+}
+
+/* The mid of message id into buf (room for GALE_MID_MAX + 1); its length, 0 if too long. */
+static size_t mid_of(const pub_t *p, uint64_t id, char *buf)
+{
+    int n = p->mid_numbered
+                ? snprintf(buf, GALE_MID_MAX + 1, "%s-%llu", p->mid, (unsigned long long)id)
+                : snprintf(buf, GALE_MID_MAX + 1, "%s", p->mid);
+    return n > 0 && n <= GALE_MID_MAX ? (size_t)n : 0;
+}
+
+/*
+ * Encodes message id into p->frame, with its mid under --mid: the message is encoded as
+ * without one, and its data, as the broker would read it, sent again with the mid.
+ */
+static gale_err_t encode_message(pub_t *p, uint64_t id)
+{
+    if (p->mid == NULL)
+        return encode_current(p, &p->frame, id);
+    char mid[GALE_MID_MAX + 1];
+    size_t mid_len = mid_of(p, id, mid);
+    if (mid_len == 0)
+        return GALE_ERR_LIMIT;
+    p->scratch.len = 0;
+    gale_err_t err = encode_current(p, &p->scratch, id);
+    if (err != GALE_OK)
+        return err;
+    gale_request_t req;
+    err = gale_decode_request(p->o.enc, p->scratch.data, p->scratch.len, &req, NULL);
+    if (err != GALE_OK)
+        return err;
+    return gale_encode_pub_mid(&p->frame, p->o.enc, true, id, p->topic, strlen(p->topic), mid,
+                               mid_len, p->o.enc, req.data, req.data_len);
 }
 
 static void rate_timer(lws_sorted_usec_list_t *sul);
@@ -217,7 +268,14 @@ static void pump(pub_t *p)
         }
         uint64_t id = p->next_id;
         p->frame.len = p->frame.headroom;
-        gale_err_t err = encode_current(p, id);
+        gale_err_t err = encode_message(p, id);
+        if (err == GALE_ERR_LIMIT) {
+            cli_error(&p->o,
+                      "cannot publish message %llu: its mid '%s-%llu' is longer than %d bytes",
+                      (unsigned long long)id, p->mid, (unsigned long long)id, GALE_MID_MAX);
+            stop_publishing(p, CLI_EXIT_USAGE);
+            return;
+        }
         if (err != GALE_OK) {
             cli_error(&p->o, "cannot encode message %llu%s", (unsigned long long)id,
                       err == GALE_ERR_BAD_REQUEST ? ": its data cannot be converted" : "");
@@ -268,6 +326,22 @@ static void on_open(void *arg, const gale_reply_t *hello)
     pump(p);
 }
 
+/* An ack with "dup": the broker had the message already and did not deliver it again. */
+static void report_dup(pub_t *p, const gale_reply_t *r)
+{
+    char mid[GALE_MID_MAX + 1] = "";
+    char off[48] = "";
+    p->dups++;
+    if (p->mid != NULL)
+        mid_of(p, r->id, mid);
+    if (r->has_off)
+        snprintf(off, sizeof(off), " at offset %llu", (unsigned long long)r->off);
+    cli_error(&p->o,
+              "message %llu is a duplicate (mid '%s'): the broker already had it%s and did not "
+              "deliver it again",
+              (unsigned long long)r->id, mid, off);
+}
+
 static void on_reply(void *arg, const gale_reply_t *r)
 {
     pub_t *p = arg;
@@ -275,6 +349,8 @@ static void on_reply(void *arg, const gale_reply_t *r)
     if (r->op == GALE_REPLY_ACK && ours) {
         p->acked++;
         p->inflight--;
+        if (r->dup)
+            report_dup(p, r);
     } else if (r->op == GALE_REPLY_ERR) {
         char id[48] = "";
         if (ours) {
@@ -336,7 +412,7 @@ static void lines_wake(void *arg)
 
 /* ---- command line ---- */
 
-enum { OPT_JSON = CLI_OPT_FIRST_OWN, OPT_FILE, OPT_REPEAT, OPT_RATE };
+enum { OPT_JSON = CLI_OPT_FIRST_OWN, OPT_FILE, OPT_REPEAT, OPT_RATE, OPT_MID };
 
 /* Parses options (GNU getopt_long: options may follow operands; "--" ends them). Returns 0,
  * -1 after --help, or an exit code. */
@@ -348,6 +424,7 @@ static int parse(pub_t *p, int argc, char **argv)
         {"file", required_argument, NULL, OPT_FILE},
         {"repeat", required_argument, NULL, OPT_REPEAT},
         {"rate", required_argument, NULL, OPT_RATE},
+        {"mid", required_argument, NULL, OPT_MID},
         {NULL, 0, NULL, 0},
     };
     int c;
@@ -378,6 +455,13 @@ static int parse(pub_t *p, int argc, char **argv)
             if (!cli_parse_double(optarg, &p->rate))
                 return cli_usage_error("pub", "invalid --rate '%s': messages per second > 0",
                                        optarg);
+            break;
+        case OPT_MID:
+            if (!*optarg || strlen(optarg) > GALE_MID_MAX ||
+                !gale_utf8_valid((const uint8_t *)optarg, strlen(optarg)))
+                return cli_usage_error("pub", "invalid --mid '%s': 1 to %d bytes of UTF-8", optarg,
+                                       GALE_MID_MAX);
+            p->mid = optarg;
             break;
         default:
             return cli_bad_option("pub", c, argv);
@@ -428,6 +512,21 @@ static int read_file(pub_t *p)
     if (fd != 0)
         close(fd);
     return rc;
+}
+
+/* --mid with several messages: MID-N for message N; the last N must fit when it is known. */
+static int check_mid(pub_t *p)
+{
+    if (p->mid == NULL)
+        return 0;
+    p->mid_numbered = p->src == SRC_LINES || p->repeat > 1;
+    char mid[GALE_MID_MAX + 1];
+    if (p->src != SRC_LINES && mid_of(p, (uint64_t)p->repeat, mid) == 0)
+        return cli_usage_error("pub",
+                               "--mid '%s' with --repeat %ld: message %ld would carry the mid "
+                               "'%s-%ld', longer than %d bytes",
+                               p->mid, p->repeat, p->repeat, p->mid, p->repeat, GALE_MID_MAX);
+    return 0;
 }
 
 static int check_args(pub_t *p, const char **ops, int nops)
@@ -486,10 +585,13 @@ int pub_main(int argc, char **argv)
     p.repeat = 1;
     p.next_id = 1;
     gale_buf_init(&p.frame, LWS_PRE);
+    gale_buf_init(&p.scratch, 0);
     int rc = parse(&p, argc, argv);
     if (rc != 0)
         return rc < 0 ? CLI_EXIT_OK : rc;
     rc = check_args(&p, (const char **)argv + optind, argc - optind);
+    if (rc == 0)
+        rc = check_mid(&p);
     if (rc != 0)
         goto out;
 
@@ -520,9 +622,12 @@ int pub_main(int argc, char **argv)
     rc = p.exit_code;
     if (rc == CLI_EXIT_OK && p.acked != p.next_id - 1)
         rc = CLI_EXIT_CONNECT; /* never report success for an unacknowledged message */
-    if (p.o.verbose && rc == CLI_EXIT_OK)
+    if (p.o.verbose && rc == CLI_EXIT_OK && p.dups == 0)
         fprintf(stderr, "* %llu message%s published and acknowledged\n",
                 (unsigned long long)p.acked, p.acked == 1 ? "" : "s");
+    else if (p.o.verbose && rc == CLI_EXIT_OK)
+        fprintf(stderr, "* %llu message%s acknowledged, %llu of them as duplicates\n",
+                (unsigned long long)p.acked, p.acked == 1 ? "" : "s", (unsigned long long)p.dups);
 out:
     lws_sul_cancel(&p.rate_sul);
     lws_sul_cancel(&p.timeout_sul);
@@ -531,5 +636,6 @@ out:
     free(p.cur);
     free(p.file_bytes);
     gale_buf_free(&p.frame);
+    gale_buf_free(&p.scratch);
     return rc;
 }

@@ -7,6 +7,12 @@
  * or a lost connection is retried with exponential backoff (0.25 s doubling
  * to 5 s, with jitter) and every pattern is subscribed again; what is
  * published while disconnected is missed (delivery is at most once).
+ *
+ * --since EP:OFF subscribes to one topic with recovery (docs/PROTOCOL.md
+ * "Recovery"): the broker first sends what was published after that
+ * position, then the ack says whether it could. The position of every
+ * message received is kept, so a --reconnect resumes after the last one, and
+ * it is reported on stderr when the command ends.
  */
 #include "cli.h"
 #include "cli_conn.h"
@@ -20,15 +26,18 @@
 #define BACKOFF_MIN 0.25
 #define BACKOFF_MAX 5.0
 
-typedef enum { FMT_LINE, FMT_JSON, FMT_DATA } format_t;
-
 typedef struct {
     cli_common_t o;
     char **patterns;
     int npatterns;
-    format_t format;
+    cli_format_t format;
     long count; /* 0: no limit */
     bool reconnect;
+    bool has_since;  /* --since: one topic, subscribed with `since` */
+    cli_pos_t pos;   /* --since: the position to resume after (then: of the last message) */
+    cli_pos_t asked; /* the position the last sub with since asked to resume after */
+    long replayed;   /* messages received between that sub and its ack */
+    bool pos_seen;   /* the broker named a position of the topic (msg or ack) */
 
     cli_conn_t *conn;
     gale_buf_t frame;
@@ -58,11 +67,24 @@ static void usage(FILE *f)
         "Options:\n"
         "  --format FMT         line (default): TOPIC DATA, data as compact JSON\n"
         "                       json: {\"topic\":...,\"data\":...} per line (for jq); a binary\n"
-        "                             message has \"bin\" (base64) instead of \"data\"\n"
+        "                             message has \"bin\" (base64) instead of \"data\"; a\n"
+        "                             message of a topic with history also has its\n"
+        "                             position, \"ep\" and \"off\", after \"topic\"\n"
         "                       data: the data only, as compact JSON\n"
         "  -n, --count N        exit 0 after N messages\n"
+        "  --since EP:OFF       recover what was missed: with exactly one TOPIC (no * or\n"
+        "                       >) that keeps history, first print the messages published\n"
+        "                       after position EP:OFF, then continue live. EP:OFF is the\n"
+        "                       \"ep\" and \"off\" of the last message received (--format\n"
+        "                       json), or comes from gale hist -v; OFF 0: every message of\n"
+        "                       epoch EP the broker still holds. One line on stderr says\n"
+        "                       whether the broker could (\"recovered N missed messages\"\n"
+        "                       or \"not recovered\") and the position; the last position\n"
+        "                       is printed on stderr at the end\n"
         "  --reconnect          when the connection fails or is lost, reconnect with\n"
-        "                       backoff (0.25 s to 5 s) and subscribe again\n"
+        "                       backoff (0.25 s to 5 s) and subscribe again (with\n"
+        "                       --since: after the last message received, so nothing is\n"
+        "                       missed while the broker still holds it)\n"
         "  --timeout SECONDS    stop after this long: exit 4 if --count was given and not\n"
         "                       reached (or never subscribed), else 0\n"
         "\n"
@@ -72,7 +94,8 @@ static void usage(FILE *f)
         "Examples:\n"
         "  gale sub 'chat.>'\n"
         "  gale sub --format json --count 1 sensors.t1 | jq .data.celsius\n"
-        "  gale sub --reconnect --url wss://broker.example/ws --token \"$T\" 'logs.*'\n",
+        "  gale sub --reconnect --url wss://broker.example/ws --token \"$T\" 'logs.*'\n"
+        "  gale sub --since 1f3a9c:41 --reconnect chat.lobby\n",
         cli_common_help, cli_exit_codes_help);
 }
 
@@ -110,54 +133,71 @@ static void timeout_timer(lws_sorted_usec_list_t *sul)
 
 /* ---- output ---- */
 
-static bool format_message(sub_t *s, const gale_reply_t *r)
-{
-    gale_buf_t *b = &s->line;
-    b->len = 0;
-    switch (s->format) {
-    case FMT_LINE:
-        gale_buf_append(b, r->topic, r->topic_len);
-        gale_buf_append(b, " ", 1);
-        if (!cli_data_json(b, s->o.enc, r->data, r->data_len))
-            return false;
-        break;
-    case FMT_JSON:
-        gale_buf_append(b, "{\"topic\":", 9);
-        cli_json_str(b, r->topic, r->topic_len);
-        if (r->bin)
-            gale_buf_append(b, ",\"bin\":", 7);
-        else
-            gale_buf_append(b, ",\"data\":", 8);
-        if (!cli_data_json(b, s->o.enc, r->data, r->data_len))
-            return false;
-        gale_buf_append(b, "}", 1);
-        break;
-    case FMT_DATA:
-        if (!cli_data_json(b, s->o.enc, r->data, r->data_len))
-            return false;
-        break;
-    }
-    gale_buf_append(b, "\n", 1);
-    return !b->oom;
-}
-
 static void print_message(sub_t *s, const gale_reply_t *r)
 {
-    if (!format_message(s, r)) {
+    cli_message_t m = {.topic = r->topic,
+                       .topic_len = r->topic_len,
+                       .has_ep = r->has_ep,
+                       .ep = r->ep,
+                       .ep_len = r->ep_len,
+                       .has_off = r->has_off,
+                       .off = r->off,
+                       .data = r->data,
+                       .data_len = r->data_len,
+                       .bin = r->bin};
+    if (!cli_format_message(&s->line, s->format, s->o.enc, &m)) {
         cli_error(&s->o, "cannot print a message on %.*s: its data is not convertible to JSON",
                   (int)r->topic_len, r->topic);
         return;
     }
-    if (fwrite(s->line.data, 1, s->line.len, stdout) != s->line.len || fflush(stdout) != 0) {
-        /* The reader went away (gale sub | head -1): stop quietly. */
-        if (errno != EPIPE)
-            cli_error(&s->o, "cannot write to stdout: %s", strerror(errno));
-        finish(s, errno == EPIPE ? CLI_EXIT_OK : CLI_EXIT_USAGE);
+    int w = cli_write_line(&s->o, &s->line);
+    if (w != 0) {
+        finish(s, w > 0 ? CLI_EXIT_OK : CLI_EXIT_USAGE);
         return;
     }
     s->received++;
     if (s->count > 0 && s->received >= s->count)
         finish(s, CLI_EXIT_OK);
+}
+
+/* ---- positions (--since) ---- */
+
+/* Keeps the position of a message of the --since topic. */
+static void track_message(sub_t *s, const gale_reply_t *r)
+{
+    if (!s->has_since)
+        return;
+    s->replayed++;
+    if (r->has_ep && r->has_off && cli_pos_set(&s->pos, r->ep, r->ep_len, r->off))
+        s->pos_seen = true;
+}
+
+/* Reports the outcome of a sub with since on stderr, in one line, and keeps its position. */
+static void report_recovery(sub_t *s, const gale_reply_t *r, bool again)
+{
+    const char *topic = s->patterns[0];
+    const char *pre = again ? "reconnected: " : "";
+    bool has_pos = r->has_ep && r->has_off && cli_pos_set(&s->pos, r->ep, r->ep_len, r->off);
+    s->pos_seen |= has_pos;
+    if (r->recovered == 1) {
+        cli_error(&s->o, "%srecovered %ld missed message%s of %s after %s:%llu; position %s:%llu",
+                  pre, s->replayed, s->replayed == 1 ? "" : "s", topic, s->asked.ep,
+                  (unsigned long long)s->asked.off, s->pos.ep, (unsigned long long)s->pos.off);
+    } else if (r->recovered == 0 && has_pos) {
+        cli_error(&s->o,
+                  "%snot recovered: the broker cannot replay %s after %s:%llu (another epoch, "
+                  "or messages no longer held); live from position %s:%llu",
+                  pre, topic, s->asked.ep, (unsigned long long)s->asked.off, s->pos.ep,
+                  (unsigned long long)s->pos.off);
+    } else if (r->recovered == 0) {
+        cli_error(&s->o, "%snot recovered: %s keeps no history on this broker; live from now", pre,
+                  topic);
+    } else {
+        cli_error(&s->o,
+                  "%sthe broker did not say whether it recovered %s (does it support since?); "
+                  "live from now",
+                  pre, topic);
+    }
 }
 
 /* ---- connection events ---- */
@@ -177,8 +217,19 @@ static void on_open(void *arg, const gale_reply_t *hello)
     s->acks_pending = s->npatterns;
     for (int i = 0; i < s->npatterns; i++) {
         s->frame.len = s->frame.headroom;
-        if (gale_encode_sub(&s->frame, s->o.enc, GALE_OP_SUB, true, s->next_id++, s->patterns[i],
-                            strlen(s->patterns[i])) != GALE_OK) {
+        gale_err_t err;
+        if (s->has_since) {
+            /* After the last message received, or the position given. */
+            s->asked = s->pos;
+            s->replayed = 0;
+            gale_pos_t since = {s->pos.ep, s->pos.ep_len, s->pos.off};
+            err = gale_encode_sub_since(&s->frame, s->o.enc, true, s->next_id++, s->patterns[i],
+                                        strlen(s->patterns[i]), &since);
+        } else {
+            err = gale_encode_sub(&s->frame, s->o.enc, GALE_OP_SUB, true, s->next_id++,
+                                  s->patterns[i], strlen(s->patterns[i]));
+        }
+        if (err != GALE_OK) {
             cli_error(&s->o, "out of memory");
             finish(s, CLI_EXIT_USAGE);
             return;
@@ -195,14 +246,17 @@ static void on_reply(void *arg, const gale_reply_t *r)
     bool ours = r->has_id && r->id >= s->first_id && r->id < s->first_id + (uint64_t)s->npatterns;
     switch (r->op) {
     case GALE_REPLY_MSG:
+        track_message(s, r);
         print_message(s, r);
         return;
     case GALE_REPLY_ACK:
         if (ours && s->acks_pending > 0 && --s->acks_pending == 0) {
+            if (s->has_since)
+                report_recovery(s, r, s->subscribed_once);
             if (s->o.verbose)
                 fprintf(stderr, "* subscribed to %d pattern%s\n", s->npatterns,
                         s->npatterns > 1 ? "s" : "");
-            else if (s->subscribed_once && s->reconnect)
+            else if (s->subscribed_once && s->reconnect && !s->has_since)
                 cli_error(&s->o, "reconnected and subscribed again");
             s->subscribed_once = true;
             s->backoff = 0;
@@ -253,7 +307,7 @@ static void on_wake(void *arg)
 
 /* ---- command line ---- */
 
-enum { OPT_FORMAT = CLI_OPT_FIRST_OWN, OPT_COUNT, OPT_RECONNECT };
+enum { OPT_FORMAT = CLI_OPT_FIRST_OWN, OPT_COUNT, OPT_RECONNECT, OPT_SINCE };
 
 static int parse(sub_t *s, int argc, char **argv)
 {
@@ -262,6 +316,7 @@ static int parse(sub_t *s, int argc, char **argv)
         {"format", required_argument, NULL, OPT_FORMAT},
         {"count", required_argument, NULL, 'n'},
         {"reconnect", no_argument, NULL, OPT_RECONNECT},
+        {"since", required_argument, NULL, OPT_SINCE},
         {NULL, 0, NULL, 0},
     };
     int c;
@@ -279,13 +334,7 @@ static int parse(sub_t *s, int argc, char **argv)
             usage(stdout);
             return -1;
         case OPT_FORMAT:
-            if (!strcmp(optarg, "line"))
-                s->format = FMT_LINE;
-            else if (!strcmp(optarg, "json"))
-                s->format = FMT_JSON;
-            else if (!strcmp(optarg, "data"))
-                s->format = FMT_DATA;
-            else
+            if (!cli_format_parse(optarg, &s->format))
                 return cli_usage_error("sub", "invalid --format '%s': use line, json or data",
                                        optarg);
             break;
@@ -296,6 +345,13 @@ static int parse(sub_t *s, int argc, char **argv)
         case OPT_RECONNECT:
             s->reconnect = true;
             break;
+        case OPT_SINCE: {
+            const char *why;
+            if (!cli_pos_parse(optarg, &s->pos, &why))
+                return cli_usage_error("sub", "invalid --since '%s': %s (use EP:OFF)", optarg, why);
+            s->has_since = true;
+            break;
+        }
         default:
             return cli_bad_option("sub", c, argv);
         }
@@ -325,6 +381,13 @@ int sub_main(int argc, char **argv)
                                    "without spaces; a segment may be * and the last one >",
                                    s.patterns[i]);
     }
+    if (s.has_since) {
+        if (s.npatterns != 1)
+            return cli_usage_error("sub", "--since takes exactly one TOPIC (got %d)", s.npatterns);
+        if (!gale_topic_valid(s.patterns[0], strlen(s.patterns[0])))
+            return cli_usage_error("sub", "--since needs a topic, not a pattern: '%s' has * or >",
+                                   s.patterns[0]);
+    }
     srand((unsigned)getpid() ^ (unsigned)(cli_now() * 1e6));
 
     static const cli_handler_t h = {on_open, on_reply, on_closed, on_wake};
@@ -339,6 +402,9 @@ int sub_main(int argc, char **argv)
         s.exit_code = CLI_EXIT_CONNECT;
     }
     rc = s.exit_code;
+    if (s.has_since && s.pos_seen)
+        cli_error(&s.o, "last position %s:%llu (resume with --since %s:%llu)", s.pos.ep,
+                  (unsigned long long)s.pos.off, s.pos.ep, (unsigned long long)s.pos.off);
     lws_sul_cancel(&s.reconnect_sul);
     lws_sul_cancel(&s.timeout_sul);
     cli_conn_free(s.conn);

@@ -1,13 +1,16 @@
-"""`gale pub` and `gale sub`, the command-line client, driven as a person or a script would,
-against the real broker: arguments, stdin lines, files, JSON and MessagePack, output
-formats, --count/--timeout, errors and their exit codes, --reconnect across a broker
-restart, signals, the token query parameter and wss://.
+"""`gale pub`, `gale sub` and `gale hist`, the command-line client, driven as a person or a
+script would, against the real broker: arguments, stdin lines, files, JSON and MessagePack,
+output formats, --count/--timeout, errors and their exit codes, --reconnect across a broker
+restart, signals, the token query parameter and wss://; history, recovery (sub --since),
+positions and idempotent publish (pub --mid) against a broker started with --history.
 
 The binary is $GALE_CLI (ctest sets it), else gale next to $GALE_BROKER, else build/gale.
 Every wait is bounded.
 """
 import asyncio
 import base64
+import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -689,3 +692,361 @@ def test_wss_cafile_insecure_and_verification_failure(broker, topic, subs, tls_c
         assert "--cafile" in p.stderr
     finally:
         proxy.close()
+
+
+# ---------------------------------------------------------------------------------------
+# history, recovery, idempotent publish: sub --since, hist, pub --mid, positions
+# (docs/PROTOCOL.md "Additions"; the broker keeps history with --history PATTERN=SIZE)
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args,needle", [
+    (["sub", "--since", "abc", "t"], "invalid --since 'abc': no ':' between EP and OFF"),
+    (["sub", "--since", ":3", "t"], "invalid --since ':3': EP (the epoch) is empty"),
+    (["sub", "--since", "e:", "t"], "invalid --since 'e:': OFF is not a whole number >= 0"),
+    (["sub", "--since", "e:x", "t"], "invalid --since 'e:x': OFF is not a whole number >= 0"),
+    (["sub", "--since", "e:-1", "t"], "invalid --since 'e:-1': OFF is not a whole number >= 0"),
+    (["sub", "--since", "e:+1", "t"], "OFF is not a whole number >= 0"),
+    (["sub", "--since", "e:18446744073709551616", "t"], "OFF is too large"),
+    (["sub", "--since", "e" * 65 + ":1", "t"], "EP is longer than 64 bytes"),
+    (["sub", "--since", "e:1", "a", "b"], "--since takes exactly one TOPIC (got 2)"),
+    (["sub", "--since", "e:1", "a.*"], "--since needs a topic, not a pattern: 'a.*'"),
+    (["sub", "--since", "e:1", "a.>"], "--since needs a topic, not a pattern: 'a.>'"),
+    (["sub", "--since"], "option '--since' needs a value"),
+    (["pub", "--mid", "", "t", "x"], "invalid --mid '': 1 to 64 bytes"),
+    (["pub", "--mid", "m" * 65, "t", "x"], "invalid --mid '%s': 1 to 64 bytes" % ("m" * 65)),
+    (["pub", "--mid", "m" * 62, "--repeat", "10", "t", "x"],
+     "message 10 would carry the mid '%s-10', longer than 64 bytes" % ("m" * 62)),
+    (["hist"], "missing TOPIC"),
+    (["hist", "a", "b"], "too many arguments"),
+    (["hist", "a.>"], "history is kept per topic, not per pattern"),
+    (["hist", "a..b"], "invalid topic 'a..b'"),
+    (["hist", "--limit", "-1", "t"], "invalid --limit '-1'"),
+    (["hist", "--limit", "x", "t"], "invalid --limit 'x'"),
+    (["hist", "--format", "yaml", "t"], "invalid --format 'yaml'"),
+    (["hist", "--bogus", "t"], "unknown option '--bogus'"),
+])
+def test_additions_usage_errors_exit_2(args, needle):
+    p = gale(*args[:1], "--url", "ws://127.0.0.1:1/ws", *args[1:])
+    assert p.returncode == USAGE, (p.returncode, p.stderr)
+    assert needle in p.stderr, p.stderr
+    assert "Try 'gale %s --help'." % args[0] in p.stderr
+    assert p.stdout == b""
+
+
+def test_help_lists_the_additions():
+    out = gale("--help").stdout.decode()
+    assert "hist" in out
+    p = gale("hist", "--help")
+    assert p.returncode == 0 and p.stdout.decode().startswith("usage: gale hist")
+    assert "--limit" in p.stdout.decode() and "Exit status" in p.stdout.decode()
+    assert "--since EP:OFF" in gale("sub", "--help").stdout.decode()
+    assert "--mid MID" in gale("pub", "--help").stdout.decode()
+
+
+def history_broker(make_broker, topic, size=100):
+    """A broker keeping SIZE messages of every topic under TOPIC.h (TOPIC.plain: none)."""
+    return make_broker(["--history", "%s.h.>=%d" % (topic, size)])
+
+
+def position(b, t):
+    """(ep, off) of topic t, as a plain WebSocket client's sub ack reports it."""
+    async def go():
+        c = await galetest.connect(b.url)
+        ack = await c.sub(t)
+        await c.close()
+        return ack
+    ack = galetest.run(go())
+    assert isinstance(ack.get("ep"), str) and ack["ep"], ack
+    return ack["ep"], ack["off"]
+
+
+def test_sub_since_recovers_missed_messages(make_broker, topic, subs):
+    b = history_broker(make_broker, topic)
+    t = topic + ".h.room"
+    p = pub(b, t, input=b"one\ntwo\nthree\n")   # nobody subscribed
+    assert p.returncode == 0, p.stderr
+    ep, off = position(b, t)
+    assert off == 3
+
+    s = subs(b, "--since", "%s:0" % ep, "--format", "json", t)
+    s.wait_subscribed()
+    got = [json.loads(l) for l in s.wait_lines(3)]
+    assert got == [{"topic": t, "ep": ep, "off": k + 1, "data": d}
+                   for k, d in enumerate(["one", "two", "three"])]
+    err = s.stderr()
+    assert "gale sub: recovered 3 missed messages of %s after %s:0; position %s:3" % (
+        t, ep, ep) in err, err
+    # The recovery line comes with the ack, before the subscription is reported.
+    assert err.index("recovered 3 missed") < err.index("* subscribed to")
+
+    assert pub(b, t, "four").returncode == 0   # then live
+    assert json.loads(s.wait_lines(4)[3]) == {"topic": t, "ep": ep, "off": 4, "data": "four"}
+    s.proc.send_signal(signal.SIGINT)
+    assert s.wait() == INTERRUPTED
+    assert "last position %s:4 (resume with --since %s:4)" % (ep, ep) in s.stderr()
+
+    # Resuming after offset 2: the two after it, nothing twice.
+    p = gale("sub", "--url", b.url, "--since", "%s:2" % ep, "--format", "data", "--timeout",
+             "1", t)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.decode().splitlines() == ['"three"', '"four"']
+    assert "recovered 2 missed messages of %s after %s:2; position %s:4" % (t, ep, ep) \
+        in p.stderr
+    # Nothing missed: recovered, none replayed.
+    p = gale("sub", "--url", b.url, "--since", "%s:4" % ep, "--timeout", "1", t)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == b""
+    assert "recovered 0 missed messages of %s after %s:4; position %s:4" % (t, ep, ep) \
+        in p.stderr
+
+
+@pytest.mark.needs_msgpack
+def test_sub_since_over_msgpack(make_broker, topic):
+    b = history_broker(make_broker, topic)
+    t = topic + ".h.mp"
+    assert pub(b, "--json", t, input=b'{"n": 1}\n[2]\n').returncode == 0
+    ep, _ = position(b, t)
+    p = gale("sub", "--url", b.url, "--encoding", "msgpack", "--since", "%s:1" % ep,
+             "--format", "json", "--timeout", "1", t)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == {"topic": t, "ep": ep, "off": 2, "data": [2]}
+    assert "recovered 1 missed message of" in p.stderr, p.stderr
+
+
+def test_sub_since_not_recovered(make_broker, topic, subs):
+    b = history_broker(make_broker, topic)
+    t = topic + ".h.x"
+    assert pub(b, "--repeat", "2", t, "old").returncode == 0
+    ep, _ = position(b, t)
+    # An epoch the broker never had: nothing replayed, live from the current position.
+    s = subs(b, "--since", "not-%s:1" % ep, "--format", "json", t)
+    s.wait_subscribed()
+    err = s.stderr()
+    assert ("gale sub: not recovered: the broker cannot replay %s after not-%s:1" % (t, ep)) \
+        in err, err
+    assert "live from position %s:2" % ep in err
+    assert pub(b, t, "new").returncode == 0
+    assert [json.loads(l) for l in s.wait_lines(1)] == [
+        {"topic": t, "ep": ep, "off": 3, "data": "new"}]
+    # An offset above the current one is not recovered either.
+    p = gale("sub", "--url", b.url, "--since", "%s:9" % ep, "--timeout", "1", t)
+    assert p.returncode == 0, p.stderr
+    assert "not recovered: the broker cannot replay %s after %s:9" % (t, ep) in p.stderr
+    # A topic without history: said so; live all the same.
+    plain = topic + ".plain"
+    s2 = subs(b, "--since", "%s:0" % ep, "--format", "json", plain)
+    s2.wait_subscribed()
+    assert "gale sub: not recovered: %s keeps no history on this broker" % plain in s2.stderr()
+    assert pub(b, plain, "p").returncode == 0
+    assert [json.loads(l) for l in s2.wait_lines(1)] == [{"topic": plain, "data": "p"}]
+    s2.proc.send_signal(signal.SIGINT)
+    assert s2.wait() == INTERRUPTED
+    assert "last position" not in s2.stderr()
+
+
+def test_sub_positions_in_json_format_only(make_broker, topic, subs):
+    b = history_broker(make_broker, topic)
+    hist_t, plain = topic + ".h.pos", topic + ".plain"
+    js = subs(b, "--count", "3", "--format", "json", topic + ".>")
+    line = subs(b, "--count", "3", topic + ".>")
+    data = subs(b, "--count", "3", "--format", "data", topic + ".>")
+    for s in (js, line, data):
+        s.wait_subscribed()
+    ep, _ = position(b, hist_t)
+    assert pub(b, "--json", hist_t, '{"a": 1}').returncode == 0
+    assert pub(b, plain, "no position").returncode == 0
+    assert pub(b, "--json", hist_t, "2").returncode == 0
+    for s in (js, line, data):
+        assert s.wait() == 0, s.stderr()
+    # Positions: a wildcard subscription gets them too; key order topic, ep, off, data.
+    assert js.lines() == [
+        '{"topic":"%s","ep":%s,"off":1,"data":{"a":1}}' % (hist_t, json.dumps(ep)),
+        '{"topic":"%s","data":"no position"}' % plain,
+        '{"topic":"%s","ep":%s,"off":2,"data":2}' % (hist_t, json.dumps(ep))]
+    assert line.lines() == ['%s {"a":1}' % hist_t, '%s "no position"' % plain, '%s 2' % hist_t]
+    assert data.lines() == ['{"a":1}', '"no position"', "2"]
+
+
+def test_hist_limit_and_formats(make_broker, topic, subs):
+    b = history_broker(make_broker, topic)
+    t = topic + ".h.log"
+    lines = b"".join(b'{"n": %d}\n' % i for i in range(1, 6))
+    assert pub(b, "--json", t, input=lines).returncode == 0
+    ep, off = position(b, t)
+    assert off == 5
+
+    p = gale("hist", "--url", b.url, t)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.decode().splitlines() == ['%s {"n":%d}' % (t, i) for i in range(1, 6)]
+    assert p.stderr == ""
+
+    p = gale("hist", "--url", b.url, "--limit", "2", "--format", "json", t)
+    assert p.returncode == 0, p.stderr
+    assert [json.loads(l) for l in p.stdout.decode().splitlines()] == [
+        {"topic": t, "ep": ep, "off": 4, "data": {"n": 4}},
+        {"topic": t, "ep": ep, "off": 5, "data": {"n": 5}}]
+
+    p = gale("hist", "--url", b.url, "--limit", "3", "--format", "data", "-v", t)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.decode().splitlines() == ['{"n":3}', '{"n":4}', '{"n":5}']
+    assert "* 3 messages of %s; position %s:5" % (t, ep) in p.stderr
+
+    p = gale("hist", "--url", b.url, "--limit", "0", "-v", t)
+    assert p.returncode == 0 and p.stdout == b"", p.stderr
+    assert "* 0 messages of %s; position %s:5" % (t, ep) in p.stderr
+
+    # hist, then sub --since its position: history and live without a gap.
+    s = subs(b, "--since", "%s:5" % ep, "--count", "1", "--format", "data", t)
+    s.wait_subscribed()
+    assert pub(b, "--json", t, "6").returncode == 0
+    assert s.wait() == 0
+    assert s.lines() == ["6"]
+
+
+@pytest.mark.needs_msgpack
+def test_hist_msgpack_and_binary(make_broker, topic, tmp_path):
+    b = history_broker(make_broker, topic)
+    t = topic + ".h.bin"
+    blob = bytes(range(256))
+    path = tmp_path / "blob"
+    path.write_bytes(blob)
+    assert pub(b, "--json", t, '{"s": "\\u00e9"}').returncode == 0
+    assert pub(b, "--file", str(path), t).returncode == 0
+    ep, _ = position(b, t)
+    outs = []
+    for enc in ("json", "msgpack"):
+        p = gale("hist", "--url", b.url, "--encoding", enc, "--format", "json", t)
+        assert p.returncode == 0, p.stderr
+        outs.append([json.loads(l) for l in p.stdout.decode().splitlines()])
+    for objs in outs:
+        assert objs[0] == {"topic": t, "ep": ep, "off": 1, "data": {"s": "\u00e9"}}
+        assert set(objs[1]) == {"topic", "ep", "off", "bin"} and objs[1]["off"] == 2
+        assert base64.b64decode(objs[1]["bin"]) == blob
+
+
+def test_hist_topic_without_history(make_broker, topic):
+    b = history_broker(make_broker, topic)
+    t = topic + ".plain"
+    assert pub(b, t, "gone").returncode == 0
+    p = gale("hist", "--url", b.url, "--format", "json", t)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == b""
+    assert "gale hist: %s keeps no history on this broker" % t in p.stderr
+
+
+def test_hist_errors(make_broker, topic):
+    # A server err: the token does not allow subscribing to the topic.
+    secret = "test-secret-for-gale-0123456789abcdef"
+    b = make_broker(["--history", "%s.h.>=10" % topic, "--jwt-secret", secret])
+    token = hs256_token({"sub": "cli", "exp": int(time.time()) + 300,
+                         "gale": {"sub": ["other.>"], "pub": [">"]}}, secret)
+    p = gale("hist", "--url", b.url, "--token", token, topic + ".h.x")
+    assert p.returncode == SERVER, p.stderr
+    assert "gale hist: server error forbidden:" in p.stderr
+    assert p.stdout == b""
+    # Nobody listening.
+    url = "ws://127.0.0.1:%d/ws" % galetest.free_port()
+    p = gale("hist", "--url", url, topic + ".h.x")
+    assert p.returncode == CONNECT, p.stderr
+    assert "cannot connect to %s: connection refused" % url in p.stderr
+
+
+def hs256_token(claims, secret):
+    def b64(raw):
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64(json.dumps(claims).encode())
+    sig = hmac.new(secret.encode(), ("%s.%s" % (head, body)).encode(), hashlib.sha256).digest()
+    return "%s.%s.%s" % (head, body, b64(sig))
+
+
+@pytest.mark.parametrize("kind", ["h", "plain"])
+def test_pub_mid_twice_is_delivered_once(make_broker, topic, subs, kind):
+    b = history_broker(make_broker, topic)
+    t = "%s.%s.orders" % (topic, kind) if kind == "h" else topic + ".plain"
+    s = subs(b, "--format", "json", t)
+    s.wait_subscribed()
+    p = pub(b, "--mid", "order-1", t, "once")
+    assert p.returncode == 0, p.stderr
+    assert "duplicate" not in p.stderr
+    p = pub(b, "--mid", "order-1", t, "once")
+    assert p.returncode == 0, p.stderr   # a duplicate is not an error
+    at = " at offset 1" if kind == "h" else ""
+    assert ("gale pub: message 1 is a duplicate (mid 'order-1'): the broker already had "
+            "it%s and did not deliver it again" % at) in p.stderr, p.stderr
+    p = pub(b, "-v", "--mid", "order-2", t, "next")
+    assert p.returncode == 0, p.stderr
+    assert '"mid":"order-2"' in p.stderr   # -v shows the frame
+    got = [json.loads(l) for l in s.wait_lines(2)]
+    assert [g["data"] for g in got] == ["once", "next"]
+    if kind == "h":
+        assert [g["off"] for g in got] == [1, 2]
+    else:
+        assert all("off" not in g for g in got)
+    assert len(s.lines()) == 2
+
+
+def test_pub_mid_numbers_stdin_lines(make_broker, topic, subs):
+    b = history_broker(make_broker, topic)
+    t = topic + ".h.batch"
+    s = subs(b, "--format", "data", t)
+    s.wait_subscribed()
+    assert pub(b, "--mid", "batch", t, input=b"a\n\nb\n").returncode == 0
+    # The same input again: every message a duplicate, by its number (blank lines skipped).
+    p = pub(b, "--mid", "batch", t, input=b"a\n\nb\n")
+    assert p.returncode == 0, p.stderr
+    assert "message 1 is a duplicate (mid 'batch-1')" in p.stderr, p.stderr
+    assert "message 2 is a duplicate (mid 'batch-2')" in p.stderr, p.stderr
+    # A longer run of the same input: only the new third message goes out.
+    p = pub(b, "-v", "--mid", "batch", t, input=b"a\nb\nc\n")
+    assert p.returncode == 0, p.stderr
+    assert "message 3 is a duplicate" not in p.stderr
+    assert "* 3 messages acknowledged, 2 of them as duplicates" in p.stderr
+    # --repeat numbers the repeats too.
+    assert pub(b, "--mid", "rep", "--repeat", "2", t, "r").returncode == 0
+    p = pub(b, "--mid", "rep", "--repeat", "3", t, "r")
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.count("is a duplicate") == 2
+    assert s.wait_lines(6) == ['"a"', '"b"', '"c"', '"r"', '"r"', '"r"']
+    assert len(s.lines()) == 6
+
+
+def test_pub_mid_too_long_for_a_numbered_line(make_broker, topic, subs):
+    b = history_broker(make_broker, topic)
+    t = topic + ".h.long"
+    mid = "m" * 62
+    lines = "".join("%d\n" % i for i in range(1, 12)).encode()
+    p = pub(b, "--mid", mid, t, input=lines)
+    # Messages 1-9 fit (m...m-9 is 64 bytes); message 10 does not: stop there, exit 2.
+    assert p.returncode == USAGE, p.stderr
+    assert "cannot publish message 10: its mid '%s-10' is longer than 64 bytes" % mid in p.stderr
+    p = gale("hist", "--url", b.url, "--format", "data", t)
+    assert p.stdout.decode().splitlines() == ['"%d"' % i for i in range(1, 10)]
+
+
+def test_sub_since_reconnect_resumes_after_the_last_message(make_broker, topic, subs):
+    b = history_broker(make_broker, topic)
+    port = b.port
+    t = topic + ".h.re"
+    assert pub(b, t, "first").returncode == 0
+    ep, _ = position(b, t)
+    s = subs(b, "--since", "%s:0" % ep, "--reconnect", "--format", "data", t)
+    s.wait_subscribed()
+    assert pub(b, t, "second").returncode == 0
+    assert s.wait_lines(2) == ['"first"', '"second"']
+    # A restarted broker begins a new epoch: the resubscription asks for what came after the
+    # last message received (ep:2), and is told it cannot be replayed.
+    assert b.stop() == 0
+    b.start(port=port)
+    s.wait_subscribed(times=2, timeout=15)
+    new_ep, new_off = position(b, t)
+    assert new_ep != ep
+    err = s.stderr()
+    assert ("gale sub: reconnected: not recovered: the broker cannot replay %s after %s:2"
+            % (t, ep)) in err, err
+    assert "live from position %s:%d" % (new_ep, new_off) in err
+    assert pub(b, t, "third").returncode == 0
+    assert s.wait_lines(3)[2] == '"third"'
+    s.proc.send_signal(signal.SIGINT)
+    assert s.wait() == INTERRUPTED
+    assert "last position %s:1 (resume with --since %s:1)" % (new_ep, new_ep) in s.stderr()
