@@ -201,11 +201,14 @@ broker_t *broker_start(const gale_config_t *cfg, uv_loop_t *loop)
         return b;
     }
     memset(b->cfg.jwt_secret, 0, sizeof(b->cfg.jwt_secret)); /* auth_t holds the copy */
-    if (cfg->nhistory)
+    bool local = !cfg->redis_urls[0]; /* in a cluster, history and mids live in Redis */
+    if (local && cfg->nhistory)
         b->history = history_new(cfg->history, cfg->nhistory, cfg->history_memory, b->instance);
-    b->dedup = dedup_new(cfg->dedup_window_s * 1000, cfg->dedup_max);
-    if (!b->scratch || !b->topics || (cfg->nhistory && !b->history) || !b->dedup ||
-        !server_start(b) || (cfg->redis_urls[0] && !(b->cluster = cluster_new(b)))) {
+    if (local)
+        b->dedup = dedup_new(cfg->dedup_window_s * 1000, cfg->dedup_max);
+    if (!b->scratch || !b->topics || (local && cfg->nhistory && !b->history) ||
+        (local && !b->dedup) || !server_start(b) ||
+        (cfg->redis_urls[0] && !(b->cluster = cluster_new(b)))) {
         b->stopping = true;
         finish(b);
         return b;

@@ -10,12 +10,27 @@
 #ifndef GALE_BUS_H
 #define GALE_BUS_H
 
+#include "config.h"
 #include "gale_protocol.h"
 #include "pending.h"
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+typedef struct conn conn_t;
+
+/** A publish on the bus. */
+typedef struct bus_pub {
+    const char *topic;
+    size_t topic_len;
+    gale_enc_t enc; /* of data */
+    const uint8_t *data;
+    size_t data_len;
+    const char *mid; /* NULL: none */
+    size_t mid_len;
+    const gale_history_rule_t *rule; /* the topic's --history; NULL: none */
+} bus_pub_t;
 
 typedef struct bus_ops {
     /** Makes the subscription to pattern p live on every broker (cluster_sub). */
@@ -24,8 +39,17 @@ typedef struct bus_ops {
     /** No local connection holds pattern p any more (cluster_release; a topics on_last). */
     void (*release)(const char *p, size_t len, void *bus);
     /** Delivers locally and to every broker; done follows Redis's answer (cluster_pub). */
-    gale_err_t (*pub)(void *bus, pending_t *done, const char *topic, size_t topic_len,
-                      gale_enc_t enc, const uint8_t *data, size_t data_len, const char **why);
+    gale_err_t (*pub)(void *bus, pending_t *done, const bus_pub_t *m, const char **why);
+    /** A sub of a topic with history: live, positioned, replayed to c (cluster_recover). */
+    gale_err_t (*recover)(void *bus, pending_t *done, conn_t *c, const char *topic, size_t len,
+                          const gale_history_rule_t *rule, const gale_pos_t *since,
+                          const char **why);
+    /** The hist answer of a topic with history, built for enc (cluster_hist). */
+    gale_err_t (*hist)(void *bus, pending_t *done, const char *topic, size_t len,
+                       const gale_history_rule_t *rule, uint64_t limit, gale_enc_t enc, bool has_id,
+                       uint64_t id, const char **why);
+    /** c closes: recoveries it waits for deliver nothing more to it (cluster_forget). */
+    void (*forget)(void *bus, conn_t *c);
 } bus_ops_t;
 
 typedef struct bus {

@@ -44,14 +44,17 @@
  */
 #include "cluster.h"
 
-#include "cluster_wire.h"
+#include "cluster_internal.h"
+#include "conn.h"
 #include "log.h"
-#include "redis_conn.h"
-#include "ring.h"
 #include "router.h"
 
+#include <inttypes.h>
+#include <openssl/sha.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define WATCHDOG_MIN_MS 20
 #define WATCHDOG_MAX_MS 250
@@ -60,29 +63,7 @@ static const char unreachable[] = "the cluster bus (Redis) is unreachable";
 
 typedef enum { KIND_CHANNEL = 0, KIND_PATTERN = 1 } kind_t;
 
-typedef struct {
-    pending_t *r;
-    uint64_t sent_ms;
-    size_t bytes;
-} inflight_t;
-
-RING_OF(inflight_ring, inflight_t)
-
-typedef struct shard {
-    cluster_t *c;
-    uint32_t idx;
-    redis_conn_t *rc;          /* up while it is READY */
-    const char *label;         /* rc's, in logs and metrics */
-    bool auth_error;           /* the last attempt failed on AUTH or -NOAUTH (metrics) */
-    inflight_ring_t inflight;  /* PUBLISHes awaiting their reply, oldest first */
-    size_t inflight_bytes;     /* bounded by --redis-max-pending */
-    uint64_t seq;              /* last sequence number published to this shard */
-    uint32_t subs_waiting;     /* SUBSCRIBE/PSUBSCRIBE replies outstanding */
-    uint64_t subs_progress_ms; /* when one was last sent (from none) or answered */
-    cluster_dedupe_t dedupe;   /* of the messages received from this shard */
-} shard_t;
-
-typedef struct interest {
+struct interest {
     struct interest *hnext;
     uint64_t hash;
     pending_t *waiters; /* subs waiting for confirmation (linked by wnext) */
@@ -93,22 +74,6 @@ typedef struct interest {
     uint8_t wanted; /* a local connection holds it */
     uint16_t name_len;
     char name[]; /* the Redis channel or glob, NUL-terminated */
-} interest_t;
-
-struct cluster {
-    broker_t *b;
-    shard_t *shards;
-    uint32_t nshards;
-    uint64_t all; /* mask of every shard */
-    cluster_ring_t ring;
-    interest_t **buckets; /* power-of-two count */
-    size_t nbuckets, ninterests;
-    uv_timer_t watchdog;
-    uint8_t *env; /* envelope encoding buffer */
-    size_t env_cap;
-    uint64_t rng; /* seeds each connection's backoff jitter */
-    size_t prefix_len;
-    bool closed;
 };
 
 /* --- helpers -------------------------------------------------------------- */
@@ -118,12 +83,24 @@ static uint64_t now_ms(const cluster_t *c)
     return uv_now(c->b->loop);
 }
 
+uint64_t cluster_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
 static uint64_t rnd(cluster_t *c)
 {
     c->rng ^= c->rng >> 12;
     c->rng ^= c->rng << 25;
     c->rng ^= c->rng >> 27;
     return c->rng * 0x2545f4914f6cdd1dULL;
+}
+
+uint64_t cluster_random(cluster_t *c)
+{
+    return rnd(c);
 }
 
 static uint64_t bit(uint32_t i)
@@ -347,7 +324,7 @@ static void interests_shard_down(shard_t *sh)
 
 /* --- publishing ----------------------------------------------------------- */
 
-/* The oldest PUBLISH in flight on sh, out of the ring. */
+/* The oldest command in flight on sh, out of the ring. */
 static inflight_t ring_pop(shard_t *sh)
 {
     inflight_t in = inflight_ring_shift(&sh->inflight);
@@ -355,23 +332,91 @@ static inflight_t ring_pop(shard_t *sh)
     return in;
 }
 
-/* Redis answered sh's oldest PUBLISH (redis_conn's cb.reply: in PUBLISH order). */
-static void on_pub_reply(void *owner, redis_conn_reply_t answer, const char *err, size_t err_len)
+shard_t *cluster_shard_of(cluster_t *c, const char *t, size_t len)
+{
+    return &c->shards[cluster_ring_shard(&c->ring, t, len)];
+}
+
+bool cluster_send(shard_t *sh, cmd_kind_t kind, void *ctx, size_t bytes, int argc,
+                  const char **argv, const size_t *lens)
+{
+    if (!redis_conn_ready(sh->rc) || !inflight_ring_reserve(&sh->inflight) ||
+        redis_conn_command_argv(sh->rc, argc, argv, lens) != 0)
+        return false;
+    (void)inflight_ring_push(
+        &sh->inflight, /* room reserved above */
+        (inflight_t){.ctx = ctx, .sent_ms = now_ms(sh->c), .bytes = bytes, .kind = (uint8_t)kind});
+    sh->inflight_bytes += bytes;
+    return true;
+}
+
+/* The publish script's answer {dup, ep, off} into the waiter's answer. */
+static bool script_pub_result(pending_t *r, const redis_value_t *v)
+{
+    const redis_value_t *dup = redis_value_at(v, 0), *ep = redis_value_at(v, 1),
+                        *off = redis_value_at(v, 2);
+    size_t ep_len = 0;
+    const char *eps = redis_value_str(ep, &ep_len);
+    if (redis_value_kind(dup) != REDIS_VALUE_INTEGER || !eps || ep_len > GALE_EP_MAX ||
+        redis_value_kind(off) != REDIS_VALUE_INTEGER || redis_value_int(off) < 0)
+        return false;
+    conn_reply_t *out = r->out;
+    if (!out)
+        return true;
+    uint64_t o = (uint64_t)redis_value_int(off);
+    if (redis_value_int(dup)) {
+        out->dup = true;
+        out->has_off = o != 0;
+        out->off = o;
+    } else if (ep_len) {
+        out->has_pos = true;
+        out->ep_len = (uint8_t)ep_len;
+        memcpy(out->ep, eps, ep_len);
+        out->off = o;
+    }
+    return true;
+}
+
+/* Redis answered sh's oldest command (redis_conn's cb.reply: in the order sent). */
+static void on_reply(void *owner, redis_conn_reply_t answer, const char *err, size_t err_len,
+                     const redis_value_t *value)
 {
     shard_t *sh = owner;
+    cluster_t *c = sh->c;
     if (sh->inflight.count == 0) {
-        log_error("redis %s: a PUBLISH reply with no PUBLISH pending", sh->label);
+        log_error("redis %s: a reply with no command pending", sh->label);
         return;
     }
     inflight_t in = ring_pop(sh);
-    if (answer == REDIS_CONN_REPLY_OK) {
-        pending_finish(sh->c->b, in.r, (gale_err_t)in.r->local_err, in.r->local_why);
+    if (answer == REDIS_CONN_REPLY_ERROR) {
+        log_warn("redis %s: command refused: %.*s", sh->label, (int)err_len, err);
+        if (err_len >= 8 && memcmp(err, "NOSCRIPT", 8) == 0)
+            redis_conn_fail(sh->rc, "a script is not loaded (NOSCRIPT): reconnecting to load it");
+    }
+    switch ((cmd_kind_t)in.kind) {
+    case CMD_LOAD:
+        if (answer == REDIS_CONN_REPLY_ERROR)
+            redis_conn_fail(sh->rc, "SCRIPT LOAD refused");
+        return;
+    case CMD_READ:
+        chist_read_reply(c, in.ctx, answer, value);
+        return;
+    case CMD_SCRIPT_PUB:
+        if (answer == REDIS_CONN_REPLY_OK && !script_pub_result(in.ctx, value)) {
+            log_error("redis %s: the publish script answered something unexpected", sh->label);
+            answer = REDIS_CONN_REPLY_ERROR;
+        }
+        /* fall through */
+    case CMD_PUBLISH: {
+        pending_t *r = in.ctx;
+        if (answer == REDIS_CONN_REPLY_OK)
+            pending_finish(c->b, r, (gale_err_t)r->local_err, r->local_why);
+        else
+            pending_finish(c->b, r, GALE_ERR_UNAVAILABLE,
+                           "the cluster bus (Redis) did not take the message");
         return;
     }
-    if (answer == REDIS_CONN_REPLY_ERROR)
-        log_warn("redis %s: PUBLISH refused: %.*s", sh->label, (int)err_len, err);
-    pending_finish(sh->c->b, in.r, GALE_ERR_UNAVAILABLE,
-                   "the cluster bus (Redis) did not take the message");
+    }
 }
 
 static bool env_reserve(cluster_t *c, size_t n)
@@ -386,13 +431,18 @@ static bool env_reserve(cluster_t *c, size_t n)
     return true;
 }
 
-gale_err_t cluster_pub(cluster_t *c, pending_t *r, const char *topic, size_t topic_len,
-                       gale_enc_t enc, const uint8_t *data, size_t data_len, const char **why)
+static size_t u64_text(char *out, uint64_t v)
+{
+    return (size_t)snprintf(out, 24, "%" PRIu64, v);
+}
+
+gale_err_t cluster_pub(cluster_t *c, pending_t *r, const bus_pub_t *m, const char **why)
 {
     broker_t *b = c->b;
-    shard_t *sh = &c->shards[cluster_ring_shard(&c->ring, topic, topic_len)];
+    shard_t *sh = cluster_shard_of(c, m->topic, m->topic_len);
     size_t node_len = strlen(b->node_id);
-    size_t size = cluster_envelope_size(node_len, topic_len, data_len);
+    size_t size = cluster_envelope_size(node_len, m->topic_len, m->data_len);
+    bool script = m->rule || m->mid;
     char channel[CLUSTER_PREFIX_MAX + GALE_TOPIC_MAX + 1];
     kind_t kind;
 
@@ -412,28 +462,66 @@ gale_err_t cluster_pub(cluster_t *c, pending_t *r, const char *topic, size_t top
                             .node_len = node_len,
                             .instance = b->instance,
                             .seq = sh->seq + 1,
-                            .topic = topic,
-                            .topic_len = topic_len,
-                            .enc = enc,
-                            .data = data,
-                            .data_len = data_len};
+                            .topic = m->topic,
+                            .topic_len = m->topic_len,
+                            .enc = m->enc,
+                            .data = m->data,
+                            .data_len = m->data_len,
+                            .tail = m->rule  ? 9
+                                    : m->mid ? 8
+                                             : 0};
     size_t n = cluster_envelope_encode(c->env, c->env_cap, &e);
-    size_t clen = redis_name(c, topic, topic_len, channel, &kind);
-    const char *argv[3] = {"PUBLISH", channel, (const char *)c->env};
-    size_t lens[3] = {7, clen, n};
-
-    /* Local subscribers now, in the publisher's order; then the bus. */
-    gale_err_t local = router_publish(b, topic, topic_len, enc, data, data_len);
-    r->local_err = (uint8_t)local;
-    r->local_why = local != GALE_OK ? router_convert_why(enc) : "";
-    if (n == 0 || redis_conn_command_argv(sh->rc, 3, argv, lens) != 0) {
+    size_t clen = redis_name(c, m->topic, m->topic_len, channel, &kind);
+    r->local_err = GALE_OK;
+    r->local_why = "";
+    if (n == 0) {
+        pending_finish(b, r, GALE_ERR_UNAVAILABLE, unreachable);
+        return GALE_OK;
+    }
+    bool sent;
+    if (!script) {
+        /* Local subscribers now, in the publisher's order; then the bus. */
+        const char *argv[3] = {"PUBLISH", channel, (const char *)c->env};
+        size_t lens[3] = {7, clen, n};
+        gale_err_t local = router_publish(b, m->topic, m->topic_len, m->enc, m->data, m->data_len);
+        r->local_err = (uint8_t)local;
+        r->local_why = local != GALE_OK ? router_convert_why(m->enc) : "";
+        sent = cluster_send(sh, CMD_PUBLISH, r, size, 3, argv, lens);
+    } else {
+        /* Every subscriber, this broker's too, gets it from Redis: after the script gave it
+         * its position, or found its mid a duplicate. */
+        char hkey[CLUSTER_KEY_MAX], skey[CLUSTER_KEY_MAX], mkey[CLUSTER_KEY_MAX];
+        char nums[4][24], ep[24];
+        const char *prefix = b->cfg.redis_prefix;
+        size_t hl = cluster_key(hkey, sizeof(hkey), prefix, c->prefix_len, 'h', m->topic,
+                                m->topic_len, NULL, 0);
+        size_t sl = cluster_key(skey, sizeof(skey), prefix, c->prefix_len, 's', m->topic,
+                                m->topic_len, NULL, 0);
+        size_t ml = m->mid ? cluster_key(mkey, sizeof(mkey), prefix, c->prefix_len, 'm', m->topic,
+                                         m->topic_len, m->mid, m->mid_len)
+                           : 0;
+        size_t el = (size_t)snprintf(ep, sizeof(ep), "%016" PRIx64, rnd(c));
+        const char *argv[] = {"EVALSHA", c->sha_pub,     "3",     hkey,    skey,    mkey,
+                              channel,   (char *)c->env, nums[0], nums[1], nums[2], ep};
+        size_t lens[] = {7,
+                         40,
+                         1,
+                         hl,
+                         sl,
+                         ml,
+                         clen,
+                         n,
+                         u64_text(nums[0], m->rule ? m->rule->size : 0),
+                         u64_text(nums[1], m->rule ? m->rule->ttl_ms : 0),
+                         u64_text(nums[2], b->cfg.dedup_window_s * 1000),
+                         el};
+        sent = cluster_send(sh, CMD_SCRIPT_PUB, r, size, 12, argv, lens);
+    }
+    if (!sent) {
         pending_finish(b, r, GALE_ERR_UNAVAILABLE, unreachable);
         return GALE_OK;
     }
     sh->seq++;
-    (void)inflight_ring_push(&sh->inflight, /* room reserved above */
-                             (inflight_t){.r = r, .sent_ms = now_ms(c), .bytes = size});
-    sh->inflight_bytes += size;
     b->m.redis_publishes++;
     return GALE_OK;
 }
@@ -504,13 +592,17 @@ static gale_err_t bus_sub(void *bus, pending_t *done, const char *p, size_t len,
     return cluster_sub(bus, done, p, len, why, deferred);
 }
 
-static gale_err_t bus_pub(void *bus, pending_t *done, const char *topic, size_t topic_len,
-                          gale_enc_t enc, const uint8_t *data, size_t data_len, const char **why)
+static gale_err_t bus_pub(void *bus, pending_t *done, const bus_pub_t *m, const char **why)
 {
-    return cluster_pub(bus, done, topic, topic_len, enc, data, data_len, why);
+    return cluster_pub(bus, done, m, why);
 }
 
-const bus_ops_t cluster_bus = {.sub = bus_sub, .release = cluster_release, .pub = bus_pub};
+const bus_ops_t cluster_bus = {.sub = bus_sub,
+                               .release = cluster_release,
+                               .pub = bus_pub,
+                               .recover = cluster_recover,
+                               .hist = cluster_hist,
+                               .forget = cluster_forget};
 
 /* --- receiving ------------------------------------------------------------ */
 
@@ -529,7 +621,7 @@ static void on_message(shard_t *sh, const redis_push_t *p)
         log_debug("redis %s: dropped an invalid message", sh->label);
         return;
     }
-    if (e.instance == b->instance) {
+    if (e.instance == b->instance && !e.tail) {
         b->m.redis_echoes++; /* delivered locally when published */
         return;
     }
@@ -544,7 +636,10 @@ static void on_message(shard_t *sh, const redis_push_t *p)
         b->m.redis_duplicates++;
         return;
     }
-    (void)router_deliver(b, e.topic, e.topic_len, e.enc, e.data, e.data_len);
+    if (e.tail == 9)
+        chist_message(c, &e, (const uint8_t *)p->data, p->data_len); /* gaps filled */
+    else
+        (void)router_deliver(b, e.topic, e.topic_len, e.enc, e.data, e.data_len);
 }
 
 /* What sh's subscribe context received (redis_conn's cb.push, only while READY). */
@@ -569,6 +664,14 @@ static void shard_ready(void *owner, bool again)
     if (again)
         c->b->m.redis_reconnects++;
     sh->auth_error = false;
+    /* First on the connection: what EVALSHA names (a restarted Redis has no script). */
+    static const char *const scripts[2] = {CLUSTER_SCRIPT_PUB, CLUSTER_SCRIPT_READ};
+    for (int k = 0; k < 2; k++) {
+        const char *argv[3] = {"SCRIPT", "LOAD", scripts[k]};
+        size_t lens[3] = {6, 4, strlen(scripts[k])};
+        if (!cluster_send(sh, CMD_LOAD, NULL, 0, 3, argv, lens))
+            redis_conn_fail(sh->rc, "could not queue SCRIPT LOAD");
+    }
     for (size_t i = 0; i < c->nbuckets && redis_conn_ready(sh->rc); i++)
         for (interest_t *it = c->buckets[i]; it && redis_conn_ready(sh->rc); it = it->hnext)
             if (it->wanted && (it->want & bit(sh->idx)))
@@ -585,10 +688,11 @@ static void shard_down(void *owner, redis_conn_err_t kind, const char *why, bool
         sh->auth_error = kind == REDIS_CONN_ERR_AUTH;
     }
     interests_shard_down(sh);
+    chist_shard_down(c, sh);
 }
 
 static const redis_conn_callbacks_t shard_events = {
-    .ready = shard_ready, .down = shard_down, .reply = on_pub_reply, .push = on_push};
+    .ready = shard_ready, .down = shard_down, .reply = on_reply, .push = on_push};
 
 /* Fails shards whose PUBLISH or SUBSCRIBE answers are overdue. */
 static void on_watchdog(uv_timer_t *t)
@@ -600,10 +704,11 @@ static void on_watchdog(uv_timer_t *t)
         if (!redis_conn_ready(sh->rc))
             continue;
         if (sh->inflight.count && now - inflight_ring_at(&sh->inflight, 0)->sent_ms > limit)
-            redis_conn_fail(sh->rc, "PUBLISH timed out");
+            redis_conn_fail(sh->rc, "a command (PUBLISH, script) timed out");
         else if (sh->subs_waiting && now - sh->subs_progress_ms > limit)
             redis_conn_fail(sh->rc, "SUBSCRIBE timed out");
     }
+    chist_sweep(c);
 }
 
 /* --- lifecycle ------------------------------------------------------------ */
@@ -635,6 +740,14 @@ static void start_watchdog(cluster_t *c)
     uv_timer_start(&c->watchdog, on_watchdog, period, period);
 }
 
+static void sha1_hex(const char *s, char out[41])
+{
+    unsigned char d[SHA_DIGEST_LENGTH];
+    SHA1((const unsigned char *)s, strlen(s), d);
+    for (int i = 0; i < SHA_DIGEST_LENGTH; i++)
+        snprintf(out + 2 * i, 3, "%02x", d[i]);
+}
+
 cluster_t *cluster_new(broker_t *b)
 {
     cluster_addr_t addrs[CLUSTER_MAX_SHARDS];
@@ -653,13 +766,15 @@ cluster_t *cluster_new(broker_t *b)
     c->all = n == 64 ? UINT64_MAX : bit((uint32_t)n) - 1;
     c->prefix_len = strlen(b->cfg.redis_prefix);
     c->rng = b->instance | 1;
+    sha1_hex(CLUSTER_SCRIPT_PUB, c->sha_pub);
+    sha1_hex(CLUSTER_SCRIPT_READ, c->sha_read);
     c->nbuckets = 64;
     c->buckets = calloc(c->nbuckets, sizeof(*c->buckets));
     c->shards = calloc((size_t)n, sizeof(*c->shards));
     for (int i = 0; i < n; i++)
         labels[i] = addrs[i].label;
     if (!c->buckets || !c->shards || !cluster_ring_init(&c->ring, labels, (uint32_t)n) ||
-        !shards_init(c, addrs)) {
+        !shards_init(c, addrs) || !chist_init(c)) {
         cluster_free(c); /* nothing started: no handle to close */
         c = NULL;
         goto Exit;
@@ -686,9 +801,9 @@ void cluster_close(cluster_t *c)
     uv_close((uv_handle_t *)&c->watchdog, NULL);
     for (uint32_t i = 0; i < c->nshards; i++) {
         shard_t *sh = &c->shards[i];
-        redis_conn_close(sh->rc);  /* answers every PUBLISH in flight DROPPED */
+        redis_conn_close(sh->rc);  /* answers every command in flight DROPPED */
         while (sh->inflight.count) /* none left: hiredis ran every pending callback */
-            pending_finish(c->b, ring_pop(sh).r, GALE_ERR_UNAVAILABLE, unreachable);
+            on_reply(sh, REDIS_CONN_REPLY_DROPPED, NULL, 0, NULL);
     }
 }
 
@@ -709,6 +824,7 @@ void cluster_free(cluster_t *c)
         inflight_ring_free(&c->shards[i].inflight);
         redis_conn_free(c->shards[i].rc);
     }
+    chist_free(c);
     cluster_ring_free(&c->ring);
     free(c->buckets);
     free(c->shards);

@@ -71,16 +71,41 @@ gale_err_t cluster_sub(cluster_t *c, pending_t *done, const char *p, size_t len,
 void cluster_release(const char *p, size_t len, void *arg);
 
 /**
- * Publishes topic/data (data in encoding enc): delivers to local subscribers
- * now and PUBLISHes the envelope to the topic's shard. Returns GALE_OK: done
- * is finished with Redis's answer (possibly before this returns), with the
- * local delivery's outcome when Redis took it; or an error with nothing
- * delivered and done untouched: GALE_ERR_UNAVAILABLE when the shard is down
- * or its pending-publish buffer (--redis-max-pending) is full,
- * GALE_ERR_INTERNAL when out of memory.
+ * Publishes m. Without history or mid: delivers to local subscribers now and PUBLISHes the
+ * envelope to the topic's shard. With either: runs the publish script on the shard
+ * (cluster_wire.h), and every subscriber, this broker's too, gets the message from Redis;
+ * done->out receives its position, or dup and the original's offset. Returns GALE_OK: done
+ * is finished with Redis's answer (possibly before this returns); or an error with nothing
+ * delivered and done untouched: GALE_ERR_UNAVAILABLE when the shard is down or its
+ * pending-command buffer (--redis-max-pending) is full, GALE_ERR_INTERNAL when out of
+ * memory.
  */
-gale_err_t cluster_pub(cluster_t *c, pending_t *done, const char *topic, size_t topic_len,
-                       gale_enc_t enc, const uint8_t *data, size_t data_len, const char **why);
+gale_err_t cluster_pub(cluster_t *c, pending_t *done, const bus_pub_t *m, const char **why);
+
+/**
+ * A sub of topic[0..len), which has history (rule), by connection k, already in the local
+ * index: makes the topic live here (cluster_sub), then reads its position (and with since,
+ * what k missed) from its shard, sharing one read among the recoveries of the topic that
+ * wait at the same time. Until then deliveries of the topic skip k and are held; k then
+ * gets the missed messages, done->out the position and `recovered`, and the held messages
+ * follow in offset order. Returns GALE_OK (done finished later, with an error if Redis
+ * fails first), or an error with done untouched.
+ */
+gale_err_t cluster_recover(void *c, pending_t *done, conn_t *k, const char *topic, size_t len,
+                           const gale_history_rule_t *rule, const gale_pos_t *since,
+                           const char **why);
+
+/**
+ * The hist answer for topic[0..len) (with history): its newest `limit` messages from the
+ * stream, oldest first, built for enc into done->out->frame. Returns GALE_OK (done finished
+ * later) or an error with done untouched.
+ */
+gale_err_t cluster_hist(void *c, pending_t *done, const char *topic, size_t len,
+                        const gale_history_rule_t *rule, uint64_t limit, gale_enc_t enc,
+                        bool has_id, uint64_t id, const char **why);
+
+/** Connection k closes: the recoveries it waits for forget it (conn.h waits). */
+void cluster_forget(void *c, conn_t *k);
 
 /** The cluster as the core's bus (bus.h): ctx is the cluster_t. */
 extern const bus_ops_t cluster_bus;

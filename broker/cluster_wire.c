@@ -8,8 +8,9 @@
 
 size_t cluster_envelope_size(size_t node_len, size_t topic_len, size_t data_len)
 {
-    /* array 1 + version 1 + str 2+node + uint 9 + uint 9 + str 2+topic + enc 1 + bin 5+data */
-    return 30 + node_len + topic_len + data_len;
+    /* array 1 + version 1 + str 2+node + uint 9 + uint 9 + str 2+topic + enc 1 + bin 5+data
+     * + true 1 */
+    return 31 + node_len + topic_len + data_len;
 }
 
 static uint8_t *put_uint(uint8_t *p, uint64_t v)
@@ -43,7 +44,7 @@ size_t cluster_envelope_encode(uint8_t *out, size_t cap, const cluster_envelope_
         cap < cluster_envelope_size(e->node_len, e->topic_len, e->data_len))
         return 0;
     uint8_t *p = out;
-    *p++ = 0x97;
+    *p++ = e->tail == 9 ? 0x99 : e->tail == 8 ? 0x98 : 0x97;
     *p++ = CLUSTER_ENVELOPE_VERSION;
     p = put_str(p, e->node, e->node_len);
     p = put_uint(p, e->instance);
@@ -54,7 +55,10 @@ size_t cluster_envelope_encode(uint8_t *out, size_t cap, const cluster_envelope_
     for (int i = 3; i >= 0; i--)
         *p++ = (uint8_t)(e->data_len >> (8 * i));
     memcpy(p, e->data, e->data_len);
-    return (size_t)(p - out) + e->data_len;
+    p += e->data_len;
+    if (e->tail == 8)
+        *p++ = 0xc3;
+    return (size_t)(p - out);
 }
 
 typedef struct {
@@ -130,12 +134,14 @@ bool cluster_envelope_decode(const uint8_t *buf, size_t len, size_t max_data, cl
     size_t n;
 
     memset(e, 0, sizeof(*e));
-    *why = "not an envelope (array of 7)";
+    *why = "not an envelope (array of 7, 8 or 9)";
     if (!buf || len < 1)
         return false;
     rd_t r = {buf, buf + len};
-    if (*r.p++ != 0x97)
+    uint8_t head = *r.p++;
+    if (head < 0x97 || head > 0x99)
         return false;
+    e->tail = head == 0x97 ? 0 : (uint8_t)(head & 0x0f);
     *why = "unknown envelope version";
     if (!rd_uint(&r, &v) || v != CLUSTER_ENVELOPE_VERSION)
         return false;
@@ -164,6 +170,19 @@ bool cluster_envelope_decode(const uint8_t *buf, size_t len, size_t max_data, cl
         return false;
     e->data = s;
     e->data_len = n;
+    *why = "bad delivery flag";
+    if (e->tail == 8 && (r.p == r.end || *r.p++ != 0xc3))
+        return false;
+    *why = "bad stream position";
+    if (e->tail == 9) {
+        const uint8_t *ep;
+        size_t ep_len;
+        if (!rd_bytes(&r, false, &ep, &ep_len) || ep_len == 0 || ep_len > GALE_EP_MAX ||
+            !rd_uint(&r, &e->off) || e->off == 0)
+            return false;
+        e->ep = (const char *)ep;
+        e->ep_len = ep_len;
+    }
     *why = "bytes after the envelope";
     if (r.p != r.end)
         return false;
@@ -177,6 +196,82 @@ bool cluster_envelope_decode(const uint8_t *buf, size_t len, size_t max_data, cl
         return false;
     *why = "";
     return true;
+}
+
+/* --- history in Redis ---------------------------------------------------- */
+
+const char CLUSTER_SCRIPT_PUB[] =
+    "local midk = KEYS[3]\n"
+    "if midk ~= '' then\n"
+    "  local o = redis.call('GET', midk)\n"
+    "  if o then return {1, '', tonumber(o)} end\n"
+    "end\n"
+    "local size = tonumber(ARGV[3])\n"
+    "local env, ep, off = ARGV[2], '', 0\n"
+    "if size > 0 then\n"
+    "  ep = redis.call('HGET', KEYS[1], 'ep')\n"
+    "  if not ep then\n"
+    "    ep = ARGV[6]\n"
+    "    redis.call('DEL', KEYS[2])\n"
+    "    redis.call('HSET', KEYS[1], 'ep', ep, 'off', 0)\n"
+    "  end\n"
+    "  off = redis.call('HINCRBY', KEYS[1], 'off', 1)\n"
+    "  local b, n = {}, off\n"
+    "  for i = 8, 1, -1 do b[i] = string.char(n % 256); n = math.floor(n / 256) end\n"
+    "  env = env .. string.char(0xd9, #ep) .. ep .. string.char(0xcf) .. table.concat(b)\n"
+    "  local t = redis.call('TIME')\n"
+    "  redis.call('XADD', KEYS[2], 'MAXLEN', '~', size, string.format('%d-0', off), 'e', env,\n"
+    "             't', string.format('%d', t[1] * 1000 + math.floor(t[2] / 1000)))\n"
+    "  local ttl = tonumber(ARGV[4])\n"
+    "  if ttl > 0 then\n"
+    "    redis.call('PEXPIRE', KEYS[1], ttl)\n"
+    "    redis.call('PEXPIRE', KEYS[2], ttl)\n"
+    "  end\n"
+    "end\n"
+    "redis.call('PUBLISH', ARGV[1], env)\n"
+    "if midk ~= '' then redis.call('SET', midk, off, 'PX', ARGV[5]) end\n"
+    "return {0, ep, off}\n";
+
+const char CLUSTER_SCRIPT_READ[] =
+    "local ep = redis.call('HGET', KEYS[1], 'ep')\n"
+    "local off = 0\n"
+    "if not ep then\n"
+    "  ep = ARGV[4]\n"
+    "  redis.call('DEL', KEYS[2])\n"
+    "  redis.call('HSET', KEYS[1], 'ep', ep, 'off', 0)\n"
+    "  local ttl = tonumber(ARGV[5])\n"
+    "  if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end\n"
+    "else\n"
+    "  off = tonumber(redis.call('HGET', KEYS[1], 'off'))\n"
+    "end\n"
+    "local n = tonumber(ARGV[2])\n"
+    "if ARGV[1] == 'range' then\n"
+    "  local lo = math.max(n, off - tonumber(ARGV[3]))\n"
+    "  if lo < off then\n"
+    "    return {ep, off, redis.call('XRANGE', KEYS[2], string.format('(%d-0', lo), '+',\n"
+    "                                'COUNT', off - lo)}\n"
+    "  end\n"
+    "elseif ARGV[1] == 'last' and n > 0 then\n"
+    "  return {ep, off, redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', n)}\n"
+    "end\n"
+    "return {ep, off, {}}\n";
+
+size_t cluster_key(char *out, size_t cap, const char *prefix, size_t prefix_len, char kind,
+                   const char *t, size_t len, const char *mid, size_t mid_len)
+{
+    size_t n = prefix_len + 2 + len + (kind == 'm' ? 1 + mid_len : 0);
+    if (n + 1 > cap)
+        return 0;
+    memcpy(out, prefix, prefix_len);
+    out[prefix_len] = kind;
+    out[prefix_len + 1] = ':';
+    memcpy(out + prefix_len + 2, t, len);
+    if (kind == 'm') {
+        out[prefix_len + 2 + len] = ' ';
+        memcpy(out + prefix_len + 3 + len, mid, mid_len);
+    }
+    out[n] = '\0';
+    return n;
 }
 
 /* --- Redis names ---------------------------------------------------------- */

@@ -32,7 +32,12 @@
 
 /**
  * One message on the cluster bus. Encoded as a MessagePack array of 7:
- * [version, node (str), instance (uint), seq (uint), topic (str), enc (0 or 1), data (bin)].
+ * [version, node (str), instance (uint), seq (uint), topic (str), enc (0 or 1), data (bin)],
+ * or of 8, [..., true]: a message the origin delivers to its own subscribers from Redis's
+ * copy too (its delivery waited for the publish script: a mid), or of 9, [..., ep (str),
+ * off (uint)]: a message of a topic with history at its stream position, which the publish
+ * script appends (the broker writes the array header and the first 7), delivered from
+ * Redis's copy everywhere, the origin included.
  * `instance` is a random 64-bit number drawn when the origin broker started:
  * (instance, seq) names a message; seq counts from 1 per (origin, shard).
  * Pointers point into the caller's buffer.
@@ -47,6 +52,11 @@ typedef struct {
     gale_enc_t enc; /* encoding of data */
     const uint8_t *data;
     size_t data_len;
+    uint8_t tail;   /* encode: 0 (array of 7), 8 (with true), 9 (header of 9, the script adds
+                       ep and off); decode: 0, 8 or 9 as received */
+    const char *ep; /* decode, tail 9: the position (ep at most GALE_EP_MAX bytes) */
+    size_t ep_len;
+    uint64_t off;
 } cluster_envelope_t;
 
 /** Upper bound of the encoded size of an envelope with these lengths. */
@@ -92,6 +102,44 @@ bool cluster_envelope_decode(const uint8_t *buf, size_t len, size_t max_data, cl
  */
 size_t cluster_glob(char *out, size_t cap, const char *prefix, size_t prefix_len, const char *p,
                     size_t len);
+
+/* --- history in Redis ---------------------------------------------------- */
+
+/*
+ * A topic with history has, on its shard, a hash PREFIX "h:" TOPIC (fields ep and off: its
+ * epoch and last offset) and a stream PREFIX "s:" TOPIC whose entry IDs are "OFF-0", each
+ * entry holding the message's envelope (tail 9) in field e and Redis's TIME in ms in t. A
+ * publish's mid is a key PREFIX "m:" TOPIC " " MID holding the offset it got (0 without
+ * history), expiring after the dedup window. Only the two scripts below write them.
+ */
+
+/**
+ * The publish script. KEYS: hash, stream, mid key ("" without mid). ARGV: channel,
+ * envelope (tail 9 when history: the script appends ep and off; else 0 or 8), SIZE (0: no
+ * history), TTL ms (0: none), dedup window ms, a new epoch in case the topic has none.
+ * Returns {dup (0/1), ep ("" without history), off}: a duplicate mid publishes nothing
+ * and returns the original's offset. Counter, stream, PUBLISH and mid are written in one
+ * atomic script, so live delivery and history never diverge.
+ */
+extern const char CLUSTER_SCRIPT_PUB[];
+
+/**
+ * The read script. KEYS: hash, stream. ARGV: mode, N, MAX, a new epoch, TTL ms. Gives the
+ * topic an epoch when it has none (what a subscriber's first position names). Returns
+ * {ep, off, entries}: mode "range", the XRANGE of the entries after offset
+ * max(N, off - MAX) up to off; mode "last", the XREVRANGE of the newest N entries.
+ */
+extern const char CLUSTER_SCRIPT_READ[];
+
+/** Longest key: prefix, "m:", a topic, a space, a mid. */
+#define CLUSTER_KEY_MAX (CLUSTER_PREFIX_MAX + 2 + GALE_TOPIC_MAX + 1 + GALE_MID_MAX + 1)
+
+/**
+ * Writes the key of `kind` ('h' hash, 's' stream, 'm' mid: then mid[0..mid_len) follows
+ * after a space) of topic t[0..len) under prefix; returns its length, 0 if it does not fit.
+ */
+size_t cluster_key(char *out, size_t cap, const char *prefix, size_t prefix_len, char kind,
+                   const char *t, size_t len, const char *mid, size_t mid_len);
 
 /* --- URLs ----------------------------------------------------------------- */
 

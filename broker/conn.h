@@ -62,6 +62,15 @@ typedef struct conn_ops {
     void (*close)(broker_t *b, conn_t *c, uint16_t code);
 } conn_ops_t;
 
+/**
+ * What a connection waits for in a cluster: the streams (cluster_history.c) whose recovery
+ * reads it joined. Deliveries of those topics skip it until the read answers (router.c).
+ */
+typedef struct conn_waits {
+    uint32_t n, cap;
+    const void **on;
+} conn_waits_t;
+
 /** The core's part of a connection: zeroed by the transport, filled by core_open. */
 struct conn {
     const conn_ops_t *ops;
@@ -69,6 +78,7 @@ struct conn {
     struct reply_ring *replies; /* answers held back behind one that waits for the cluster
                                    (core.c); NULL until the first is held */
     struct auth_grant *grant;   /* with --jwt-secret: the token's permissions (refcounted) */
+    conn_waits_t *waits;        /* cluster: recoveries in progress; NULL: none */
     uint64_t id;                /* in logs and in `hello` */
     uint32_t rl_tokens;         /* --pub-rate bucket, in thousandths of a publish */
     uint32_t rl_ms;             /* broker_uptime_ms() (truncated) of its last refill */
@@ -76,5 +86,14 @@ struct conn {
     uint8_t closing;            /* set by the transport: deliver nothing more */
     uint8_t unmetered;          /* set by the transport: --pub-rate does not apply (the API) */
 };
+
+/** Whether c waits for stream s. */
+static inline bool conn_waits_on(const conn_t *c, const void *s)
+{
+    for (uint32_t i = 0; c->waits && i < c->waits->n; i++)
+        if (c->waits->on[i] == s)
+            return true;
+    return false;
+}
 
 #endif

@@ -128,11 +128,17 @@ static void reply_done(broker_t *b, pending_t *p, gale_err_t e, const char *why)
     conn_t *c = q->c;
     q->done = 1;
     if (!c) { /* the connection closed meanwhile */
+        reply_drop(&q->r);
         free(q);
         return;
     }
     if (e != GALE_OK && q->added)
         undo_sub(b, c, q->pattern, q->plen);
+    if (e != GALE_OK) {
+        reply_drop(&q->r);
+        q->r.recovered = -1;
+        q->r.has_pos = q->r.has_off = q->r.dup = false;
+    }
     q->r.err = e;
     q->r.why = why;
     count_err(b, c, &q->r);
@@ -147,6 +153,7 @@ static core_reply_t *defer(conn_t *c, const gale_request_t *req)
     if (!q)
         return NULL;
     q->p.done = reply_done;
+    q->p.out = &q->r;
     q->r = (conn_reply_t){.op = req->op, .has_id = req->has_id, .id = req->id, .recovered = -1};
     q->plen = (uint8_t)plen;
     memcpy(q->pattern, req->topic, plen);
@@ -155,6 +162,12 @@ static core_reply_t *defer(conn_t *c, const gale_request_t *req)
         return NULL;
     }
     return q;
+}
+
+/* The --history rule of a concrete topic, or NULL. */
+static const gale_history_rule_t *rule_of(const broker_t *b, const char *topic, size_t len)
+{
+    return history_match(b->cfg.history, b->cfg.nhistory, topic, len);
 }
 
 /* The time of the history and the dedup table. */
@@ -252,6 +265,17 @@ static gale_err_t do_sub(broker_t *b, conn_t *c, const gale_request_t *req, conn
     }
     q->added = added;
     *deferred = true; /* the entry answers, in order; reply_done undoes a refused sub */
+    const gale_history_rule_t *rule =
+        req->is_pattern ? NULL : rule_of(b, req->topic, req->topic_len);
+    if (rule) {
+        gale_err_t e = b->bus.ops->recover(b->bus.ctx, &q->p, c, req->topic, req->topic_len, rule,
+                                           req->has_since ? &req->since : NULL, why);
+        if (e != GALE_OK)
+            pending_finish(b, &q->p, e, *why);
+        return GALE_OK;
+    }
+    if (req->has_since)
+        q->r.recovered = 0; /* a topic without history */
     gale_err_t e = b->bus.ops->sub(b->bus.ctx, &q->p, req->topic, req->topic_len, why, &held);
     if (!held)
         pending_finish(b, &q->p, e, e == GALE_OK ? "" : *why);
@@ -331,8 +355,15 @@ static gale_err_t do_pub(broker_t *b, conn_t *c, const gale_request_t *req, conn
         *why = "out of memory";
         return GALE_ERR_INTERNAL;
     }
-    gale_err_t e = b->bus.ops->pub(b->bus.ctx, &q->p, req->topic, req->topic_len, enc, req->data,
-                                   req->data_len, why);
+    bus_pub_t m = {.topic = req->topic,
+                   .topic_len = req->topic_len,
+                   .enc = enc,
+                   .data = req->data,
+                   .data_len = req->data_len,
+                   .mid = req->mid,
+                   .mid_len = req->mid_len,
+                   .rule = rule_of(b, req->topic, req->topic_len)};
+    gale_err_t e = b->bus.ops->pub(b->bus.ctx, &q->p, &m, why);
     *deferred = true;
     if (e != GALE_OK) /* nothing was delivered: the entry answers, in order */
         pending_finish(b, &q->p, e, *why);
@@ -384,9 +415,26 @@ gale_err_t core_hist_answer(broker_t *b, const char *topic, size_t len, uint64_t
 }
 
 static gale_err_t do_hist(broker_t *b, conn_t *c, const gale_request_t *req, conn_reply_t *rep,
-                          const char **why)
+                          const char **why, bool *deferred)
 {
     gale_enc_t enc = (gale_enc_t)c->enc;
+    const gale_history_rule_t *rule = rule_of(b, req->topic, req->topic_len);
+    if (b->bus.ops && rule) {
+        core_reply_t *q = defer(c, req);
+        if (!q) {
+            *why = "out of memory";
+            return GALE_ERR_INTERNAL;
+        }
+        *deferred = true;
+        uint64_t limit = req->has_limit ? req->limit : CORE_HIST_LIMIT;
+        if (limit > b->cfg.hist_max_limit)
+            limit = b->cfg.hist_max_limit;
+        gale_err_t e = b->bus.ops->hist(b->bus.ctx, &q->p, req->topic, req->topic_len, rule, limit,
+                                        enc, req->has_id, req->id, why);
+        if (e != GALE_OK)
+            pending_finish(b, &q->p, e, *why);
+        return GALE_OK;
+    }
     gale_buf_t buf;
     gale_buf_init(&buf, FRAME_HEADROOM);
     gale_err_t e = core_hist_answer(b, req->topic, req->topic_len,
@@ -445,7 +493,7 @@ static void run(broker_t *b, conn_t *c, const gale_request_t *req, gale_err_t e,
             e = do_pub(b, c, req, &r, &why, &deferred);
             break;
         case GALE_OP_HIST:
-            e = do_hist(b, c, req, &r, &why);
+            e = do_hist(b, c, req, &r, &why, &deferred);
             break;
         case GALE_OP_PING:
             break;
@@ -525,6 +573,8 @@ void core_close(broker_t *b, conn_t *c)
         free(c->replies);
         c->replies = NULL;
     }
+    if (c->waits && b->bus.ops)
+        b->bus.ops->forget(b->bus.ctx, c); /* recoveries in progress deliver nothing more */
     topics_unsubscribe_all(b->topics, &c->owner, b->bus.ops ? b->bus.ops->release : NULL,
                            b->bus.ctx);
     auth_grant_unref(c->grant);

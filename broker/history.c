@@ -211,14 +211,18 @@ void history_free(history_t *h)
     free(h);
 }
 
+const gale_history_rule_t *history_match(const gale_history_rule_t *rules, uint32_t n,
+                                         const char *topic, size_t len)
+{
+    for (uint32_t i = 0; i < n; i++)
+        if (gale_pattern_match(rules[i].pattern, strlen(rules[i].pattern), topic, len))
+            return &rules[i];
+    return NULL;
+}
+
 const gale_history_rule_t *history_rule(const history_t *h, const char *topic, size_t len)
 {
-    for (uint32_t i = 0; h && i < h->nrules; i++) {
-        const gale_history_rule_t *r = &h->rules[i];
-        if (gale_pattern_match(r->pattern, strlen(r->pattern), topic, len))
-            return r;
-    }
-    return NULL;
+    return h ? history_match(h->rules, h->nrules, topic, len) : NULL;
 }
 
 hist_topic_t *history_topic(history_t *h, const gale_history_rule_t *rule, const char *name,

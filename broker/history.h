@@ -61,6 +61,10 @@ void history_free(history_t *h);
 /** The first rule whose pattern matches the concrete topic, or NULL: no history. */
 const gale_history_rule_t *history_rule(const history_t *h, const char *topic, size_t len);
 
+/** The first of rules[0..n) whose pattern matches the concrete topic, or NULL. */
+const gale_history_rule_t *history_match(const gale_history_rule_t *rules, uint32_t n,
+                                         const char *topic, size_t len);
+
 /**
  * The state of topic t[0..len), which matches rule: found, or created with a new epoch
  * (NULL when out of memory). Its messages older than the rule's TTL are dropped first.

@@ -16,6 +16,7 @@
 
 typedef struct broker broker_t;
 typedef struct pending pending_t;
+struct conn_reply;
 
 struct pending {
     /**
@@ -23,9 +24,11 @@ struct pending {
      * with static storage). The waiter may free the pending_t here.
      */
     void (*done)(broker_t *b, pending_t *p, gale_err_t e, const char *why);
-    pending_t *wnext;      /* the cluster's list of subs waiting for one interest */
-    const char *local_why; /* pub: why the local delivery failed (cluster.c) */
-    uint8_t local_err;     /* pub: gale_err_t of the local delivery (cluster.c) */
+    pending_t *wnext;       /* the cluster's list of subs waiting for one interest */
+    struct conn_reply *out; /* where the cluster writes what the answer carries besides its
+                               outcome (positions, recovered, dup, a hist frame); NULL: none */
+    const char *local_why;  /* pub: why the local delivery failed (cluster.c) */
+    uint8_t local_err;      /* pub: gale_err_t of the local delivery (cluster.c) */
 };
 
 /** Finishes p: its waiter learns the outcome (and may free p). */

@@ -110,11 +110,58 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
     redis_conn_t *rc = privdata;
     const redisReply *r = reply;
     if (!r)
-        rc->cb.reply(rc->owner, REDIS_CONN_REPLY_DROPPED, NULL, 0);
+        rc->cb.reply(rc->owner, REDIS_CONN_REPLY_DROPPED, NULL, 0, NULL);
     else if (r->type == REDIS_REPLY_ERROR)
-        rc->cb.reply(rc->owner, REDIS_CONN_REPLY_ERROR, r->str, r->len);
+        rc->cb.reply(rc->owner, REDIS_CONN_REPLY_ERROR, r->str, r->len, NULL);
     else
-        rc->cb.reply(rc->owner, REDIS_CONN_REPLY_OK, NULL, 0);
+        rc->cb.reply(rc->owner, REDIS_CONN_REPLY_OK, NULL, 0, (const redis_value_t *)r);
+}
+
+/* --- reply values --------------------------------------------------------------------- */
+
+redis_value_kind_t redis_value_kind(const redis_value_t *v)
+{
+    const redisReply *r = (const redisReply *)v;
+    if (!r)
+        return REDIS_VALUE_OTHER;
+    switch (r->type) {
+    case REDIS_REPLY_STRING:
+        return REDIS_VALUE_STRING;
+    case REDIS_REPLY_INTEGER:
+        return REDIS_VALUE_INTEGER;
+    case REDIS_REPLY_ARRAY:
+        return REDIS_VALUE_ARRAY;
+    case REDIS_REPLY_NIL:
+        return REDIS_VALUE_NIL;
+    default:
+        return REDIS_VALUE_OTHER;
+    }
+}
+
+const char *redis_value_str(const redis_value_t *v, size_t *len)
+{
+    const redisReply *r = (const redisReply *)v;
+    if (redis_value_kind(v) != REDIS_VALUE_STRING)
+        return NULL;
+    *len = r->len;
+    return r->str;
+}
+
+long long redis_value_int(const redis_value_t *v)
+{
+    return redis_value_kind(v) == REDIS_VALUE_INTEGER ? ((const redisReply *)v)->integer : 0;
+}
+
+size_t redis_value_count(const redis_value_t *v)
+{
+    return redis_value_kind(v) == REDIS_VALUE_ARRAY ? ((const redisReply *)v)->elements : 0;
+}
+
+const redis_value_t *redis_value_at(const redis_value_t *v, size_t i)
+{
+    if (i >= redis_value_count(v))
+        return NULL;
+    return (const redis_value_t *)((const redisReply *)v)->element[i];
 }
 
 static void string_of(const redisReply *r, const char **s, size_t *len)

@@ -65,6 +65,28 @@ typedef enum {
     REDIS_CONN_REPLY_DROPPED, /* none: the context went down or was freed first */
 } redis_conn_reply_t;
 
+/** A reply's value, read through the redis_value_ functions (hiredis stays inside). */
+typedef struct redis_value redis_value_t;
+
+typedef enum {
+    REDIS_VALUE_OTHER,   /* status, error, or a kind the broker does not read */
+    REDIS_VALUE_STRING,  /* a bulk string */
+    REDIS_VALUE_INTEGER, /* an integer */
+    REDIS_VALUE_ARRAY,   /* an array (a Lua table) */
+    REDIS_VALUE_NIL,     /* nil (a Lua false or nil) */
+} redis_value_kind_t;
+
+/** The kind of v (NULL: OTHER). */
+redis_value_kind_t redis_value_kind(const redis_value_t *v);
+/** A STRING's bytes and length; NULL for any other kind. */
+const char *redis_value_str(const redis_value_t *v, size_t *len);
+/** An INTEGER's value; 0 for any other kind. */
+long long redis_value_int(const redis_value_t *v);
+/** An ARRAY's elements; 0 for any other kind. */
+size_t redis_value_count(const redis_value_t *v);
+/** Element i of an ARRAY; NULL out of range or for any other kind. */
+const redis_value_t *redis_value_at(const redis_value_t *v, size_t i);
+
 /** What the subscribe context received. */
 typedef enum {
     REDIS_PUSH_MESSAGE,     /* a message (of a SUBSCRIBE, or of a PSUBSCRIBE: pmessage) */
@@ -103,9 +125,11 @@ typedef struct {
     void (*down)(void *owner, redis_conn_err_t kind, const char *why, bool was_ready);
     /**
      * The answer to a command of redis_conn_command_argv, exactly once per command queued,
-     * in the order they were queued. err[0..err_len): Redis's error text (ERROR only).
+     * in the order they were queued. err[0..err_len): Redis's error text (ERROR only);
+     * value: the reply (OK only; valid during the call).
      */
-    void (*reply)(void *owner, redis_conn_reply_t answer, const char *err, size_t err_len);
+    void (*reply)(void *owner, redis_conn_reply_t answer, const char *err, size_t err_len,
+                  const redis_value_t *value);
     /** The subscribe context received p (pointers valid during the call) while READY. */
     void (*push)(void *owner, const redis_push_t *p);
 } redis_conn_callbacks_t;

@@ -10,6 +10,7 @@ typedef struct route {
     const char *topic;
     size_t topic_len;
     const gale_pos_t *pos; /* NULL: a topic without history */
+    const void *skip;      /* connections waiting for it get nothing (conn.h waits) */
     gale_enc_t data_enc;
     const uint8_t *data;
     size_t data_len;
@@ -36,7 +37,7 @@ static void visit(topics_owner_t *owner, void *arg)
 {
     route_t *r = arg;
     conn_t *c = (conn_t *)((char *)owner - offsetof(conn_t, owner));
-    if (c->closing || r->failed[c->enc])
+    if (c->closing || r->failed[c->enc] || (c->waits && r->skip && conn_waits_on(c, r->skip)))
         return;
     if (!r->frames[c->enc] && (r->failed[c->enc] = build(r, (gale_enc_t)c->enc)) != GALE_OK)
         return;
@@ -46,12 +47,13 @@ static void visit(topics_owner_t *owner, void *arg)
 
 static gale_err_t route(broker_t *b, const char *topic, size_t topic_len, const gale_pos_t *pos,
                         gale_enc_t data_enc, const uint8_t *data, size_t data_len,
-                        frame_t *built[GALE_ENC_COUNT])
+                        frame_t *built[GALE_ENC_COUNT], const void *skip)
 {
     route_t r = {.b = b,
                  .topic = topic,
                  .topic_len = topic_len,
                  .pos = pos,
+                 .skip = skip,
                  .data_enc = data_enc,
                  .data = data,
                  .data_len = data_len};
@@ -72,14 +74,14 @@ static gale_err_t route(broker_t *b, const char *topic, size_t topic_len, const 
 gale_err_t router_deliver(broker_t *b, const char *topic, size_t topic_len, gale_enc_t data_enc,
                           const uint8_t *data, size_t data_len)
 {
-    return route(b, topic, topic_len, NULL, data_enc, data, data_len, NULL);
+    return route(b, topic, topic_len, NULL, data_enc, data, data_len, NULL, NULL);
 }
 
 gale_err_t router_publish(broker_t *b, const char *topic, size_t topic_len, gale_enc_t data_enc,
                           const uint8_t *data, size_t data_len)
 {
     b->m.messages_published++;
-    return route(b, topic, topic_len, NULL, data_enc, data, data_len, NULL);
+    return route(b, topic, topic_len, NULL, data_enc, data, data_len, NULL, NULL);
 }
 
 gale_err_t router_publish_at(broker_t *b, const char *topic, size_t topic_len,
@@ -87,7 +89,14 @@ gale_err_t router_publish_at(broker_t *b, const char *topic, size_t topic_len,
                              size_t data_len, frame_t *built[GALE_ENC_COUNT])
 {
     b->m.messages_published++;
-    return route(b, topic, topic_len, pos, data_enc, data, data_len, built);
+    return route(b, topic, topic_len, pos, data_enc, data, data_len, built, NULL);
+}
+
+gale_err_t router_deliver_at(broker_t *b, const char *topic, size_t topic_len,
+                             const gale_pos_t *pos, gale_enc_t data_enc, const uint8_t *data,
+                             size_t data_len, const void *skip)
+{
+    return route(b, topic, topic_len, pos, data_enc, data, data_len, NULL, skip);
 }
 
 const char *router_convert_why(gale_enc_t publisher_enc)

@@ -37,6 +37,14 @@ gale_err_t router_publish_at(broker_t *b, const char *topic, size_t topic_len,
 gale_err_t router_deliver(broker_t *b, const char *topic, size_t topic_len, gale_enc_t data_enc,
                           const uint8_t *data, size_t data_len);
 
+/**
+ * router_deliver of a message at stream position pos (a topic with history, in a cluster),
+ * skipping the connections that wait for `skip` (conn.h waits; NULL: none).
+ */
+gale_err_t router_deliver_at(broker_t *b, const char *topic, size_t topic_len,
+                             const gale_pos_t *pos, gale_enc_t data_enc, const uint8_t *data,
+                             size_t data_len, const void *skip);
+
 /** The `err` text for router_publish's GALE_ERR_BAD_REQUEST, by the publisher's encoding. */
 const char *router_convert_why(gale_enc_t publisher_enc);
 

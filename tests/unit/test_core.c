@@ -106,10 +106,14 @@ static void bus_release(const char *p, size_t len, void *bus)
     snprintf(fb->released[fb->nreleased++], 64, "%.*s", (int)len, p);
 }
 
-static gale_err_t bus_pub(void *bus, pending_t *done, const char *topic, size_t topic_len,
-                          gale_enc_t enc, const uint8_t *data, size_t data_len, const char **why)
+static gale_err_t bus_pub(void *bus, pending_t *done, const bus_pub_t *m, const char **why)
 {
     fake_bus_t *fb = bus;
+    const char *topic = m->topic;
+    size_t topic_len = m->topic_len;
+    gale_enc_t enc = m->enc;
+    const uint8_t *data = m->data;
+    size_t data_len = m->data_len;
     if (fb->mode == BUS_DOWN) {
         *why = "bus down";
         return GALE_ERR_UNAVAILABLE; /* nothing delivered */

@@ -259,7 +259,8 @@ static void on_down(void *owner, redis_conn_err_t kind, const char *why, bool wa
     snprintf(o->why, sizeof(o->why), "%s", why);
 }
 
-static void on_reply(void *owner, redis_conn_reply_t answer, const char *err, size_t err_len)
+static void on_reply(void *owner, redis_conn_reply_t answer, const char *err, size_t err_len,
+                     const redis_value_t *value)
 {
     owner_t *o = owner;
     o->replies[answer]++;

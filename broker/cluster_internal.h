@@ -1,0 +1,108 @@
+/*
+ * cluster_internal: what cluster.c (the shards, interest, publishing) and
+ * cluster_history.c (streams of topics with history in Redis: positions,
+ * recovery reads, gap repair, hist) share. Not for the rest of the broker:
+ * cluster.h and bus.h are the interfaces.
+ */
+#ifndef GALE_CLUSTER_INTERNAL_H
+#define GALE_CLUSTER_INTERNAL_H
+
+#include "cluster.h"
+#include "cluster_wire.h"
+#include "redis_conn.h"
+#include "ring.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/** What a command in flight on a shard's command context is, for its reply. */
+typedef enum {
+    CMD_PUBLISH = 0, /* ctx: the pending_t of a publish without history or mid */
+    CMD_SCRIPT_PUB,  /* ctx: the pending_t of a publish through the publish script */
+    CMD_READ,        /* ctx: a read of cluster_history.c */
+    CMD_LOAD,        /* ctx: NULL; SCRIPT LOAD on a new connection */
+} cmd_kind_t;
+
+typedef struct {
+    void *ctx;
+    uint64_t sent_ms;
+    size_t bytes;
+    uint8_t kind; /* cmd_kind_t */
+} inflight_t;
+
+RING_OF(inflight_ring, inflight_t)
+
+typedef struct shard {
+    cluster_t *c;
+    uint32_t idx;
+    redis_conn_t *rc;          /* up while it is READY */
+    const char *label;         /* rc's, in logs and metrics */
+    bool auth_error;           /* the last attempt failed on AUTH or -NOAUTH (metrics) */
+    inflight_ring_t inflight;  /* commands awaiting their reply, oldest first */
+    size_t inflight_bytes;     /* bounded by --redis-max-pending */
+    uint64_t seq;              /* last sequence number published to this shard */
+    uint32_t subs_waiting;     /* SUBSCRIBE/PSUBSCRIBE replies outstanding */
+    uint64_t subs_progress_ms; /* when one was last sent (from none) or answered */
+    cluster_dedupe_t dedupe;   /* of the messages received from this shard */
+} shard_t;
+
+typedef struct interest interest_t;
+typedef struct chist chist_t;
+
+struct cluster {
+    broker_t *b;
+    shard_t *shards;
+    uint32_t nshards;
+    uint64_t all; /* mask of every shard */
+    cluster_ring_t ring;
+    interest_t **buckets; /* power-of-two count */
+    size_t nbuckets, ninterests;
+    uv_timer_t watchdog;
+    uint8_t *env; /* envelope encoding buffer */
+    size_t env_cap;
+    uint64_t rng; /* seeds each connection's backoff jitter */
+    size_t prefix_len;
+    bool closed;
+    chist_t *hist;     /* cluster_history.c's state */
+    char sha_pub[41];  /* SHA1 of CLUSTER_SCRIPT_PUB, hex */
+    char sha_read[41]; /* SHA1 of CLUSTER_SCRIPT_READ, hex */
+};
+
+/* --- cluster.c, for cluster_history.c ----------------------------------------------- */
+
+/** The shard of topic t[0..len). */
+shard_t *cluster_shard_of(cluster_t *c, const char *t, size_t len);
+
+/**
+ * Sends argv[0..argc) on sh's command context; its reply goes to the handler of `kind`
+ * with ctx. Returns false (nothing sent) when sh is down or out of memory.
+ */
+bool cluster_send(shard_t *sh, cmd_kind_t kind, void *ctx, size_t bytes, int argc,
+                  const char **argv, const size_t *lens);
+
+/** A random 64-bit number. */
+uint64_t cluster_random(cluster_t *c);
+
+/** Wall-clock milliseconds (the clock Redis's TIME is compared with). */
+uint64_t cluster_wall_ms(void);
+
+/* --- cluster_history.c, for cluster.c ----------------------------------------------- */
+
+/** Sets up the history part of c (false when out of memory). */
+bool chist_init(cluster_t *c);
+void chist_free(cluster_t *c);
+
+/** The reply to a CMD_READ (answer OK: value; else an error or DROPPED). */
+void chist_read_reply(cluster_t *c, void *ctx, redis_conn_reply_t answer,
+                      const redis_value_t *value);
+
+/** A message with a stream position from Redis (e: tail 9, decoded from raw[0..len)). */
+void chist_message(cluster_t *c, const cluster_envelope_t *e, const uint8_t *raw, size_t len);
+
+/** sh went down: what is known of the positions of its topics is stale. */
+void chist_shard_down(cluster_t *c, shard_t *sh);
+
+/** The 1 s sweep: forgets streams idle for a while. */
+void chist_sweep(cluster_t *c);
+
+#endif
