@@ -36,6 +36,8 @@ typedef struct api_req {
     bool body_done;  /* the body was taken (lws reports its completion again while bytes that
                         followed it wait in its buffer) */
     bool trailing;   /* bytes followed the body: answer, then close */
+    bool hist;       /* GET /api/history: the answer is `frame` */
+    frame_t *frame;  /* the hist answer (JSON) */
     bool answered;
     unsigned status; /* an answer decided before publishing (400 ...), else 0 */
     const char *code, *why;
@@ -46,6 +48,7 @@ static void req_free(api_req_t *r)
     if (!r)
         return;
     core_close(r->b, &r->conn); /* answers the cluster still holds are dropped when done */
+    frame_unref(r->frame);
     free(r->body);
     free(r->results);
     free(r);
@@ -181,6 +184,10 @@ static void settled(api_req_t *r)
 static void op_reply(broker_t *b, conn_t *c, const conn_reply_t *a)
 {
     api_req_t *r = (api_req_t *)((char *)c - offsetof(api_req_t, conn));
+    if (a->frame && !r->frame)
+        r->frame = a->frame; /* the hist answer: the reference is ours */
+    else
+        frame_unref(a->frame);
     if (a->id < r->n) {
         result_t *res = &r->results[a->id];
         res->err = (uint8_t)a->err;
@@ -294,6 +301,9 @@ static int history_get(broker_t *b, struct lws *wsi)
 {
     char *u, topic[GALE_TOPIC_MAX + 16], limit[40];
     int ulen;
+    http_conn_t *hc = http_conn_of(wsi);
+    if (!hc || hc->req)
+        return -1; /* never accepted through http_conn_accept, or a request in progress */
     if (lws_http_get_uri_and_method(wsi, &u, &ulen) != LWSHUMETH_GET) {
         gale_buf_t o;
         gale_buf_init(&o, LWS_PRE);
@@ -316,14 +326,34 @@ static int history_get(broker_t *b, struct lws *wsi)
             return api_refuse(wsi, HTTP_STATUS_BAD_REQUEST, "bad_request",
                               "limit= must be an integer >= 0");
     }
-    gale_buf_t o;
-    gale_buf_init(&o, LWS_PRE);
-    if (core_hist_answer(b, topic, (size_t)tlen, n, GALE_ENC_JSON, false, 0, &o) != GALE_OK) {
-        gale_buf_free(&o);
+    api_req_t *r = calloc(1, sizeof(*r));
+    if (r)
+        r->results = calloc(1, sizeof(*r->results));
+    if (!r || !r->results) {
+        req_free(r);
         return api_refuse(wsi, HTTP_STATUS_INTERNAL_SERVER_ERROR, "internal", "out of memory");
     }
-    log_debug("GET " API_HISTORY ": 200");
-    return respond(wsi, HTTP_STATUS_OK, &o, false);
+    r->b = b;
+    r->wsi = wsi;
+    r->hist = r->body_done = true; /* no body */
+    r->n = 1;
+    r->results[0] = (result_t){.err = GALE_ERR_INTERNAL, .why = "out of memory"};
+    core_open(b, &r->conn, &api_ops, GALE_ENC_JSON, NULL);
+    r->conn.unmetered = 1;
+    http_conn_of(wsi)->req = r;
+    /* The `hist` of a JSON WebSocket client: read from the stream when clustered. */
+    gale_request_t req = {.op = GALE_OP_HIST,
+                          .id = 0, /* no "id" in the answer; its result index */
+                          .topic = topic,
+                          .topic_len = (size_t)tlen,
+                          .has_limit = true,
+                          .limit = n};
+    r->pending++;
+    r->submitting = true;
+    core_request(b, &r->conn, &req);
+    r->submitting = false;
+    settled(r);
+    return 0; /* api_writeable answers */
 }
 
 /*
@@ -597,7 +627,17 @@ int api_writeable(broker_t *b, struct lws *wsi)
     gale_buf_t o;
     gale_buf_init(&o, LWS_PRE);
     unsigned status = r->status;
-    if (status) {
+    if (r->hist && r->results[0].err == GALE_OK && r->frame) {
+        size_t plen;
+        const uint8_t *p = frame_payload(r->frame, &plen);
+        status = HTTP_STATUS_OK;
+        gale_buf_append(&o, p, plen);
+    } else if (r->hist) {
+        gale_err_t e = (gale_err_t)r->results[0].err;
+        status = status_of(e);
+        put_result(&o, e == GALE_OK ? GALE_ERR_INTERNAL : e, NULL,
+                   e == GALE_OK ? "no answer" : r->results[0].why);
+    } else if (status) {
         put_result(&o, GALE_ERR_BAD_REQUEST, r->code, r->why);
     } else if (!r->batch) {
         gale_err_t e = (gale_err_t)r->results[0].err;
@@ -623,7 +663,10 @@ int api_writeable(broker_t *b, struct lws *wsi)
         }
         gale_buf_append(&o, "]}", 2);
     }
-    log_debug("POST " API_PUBLISH ": %u (%u message%s)", status, r->n, r->n == 1 ? "" : "s");
+    if (r->hist)
+        log_debug("GET " API_HISTORY ": %u", status);
+    else
+        log_debug("POST " API_PUBLISH ": %u (%u message%s)", status, r->n, r->n == 1 ? "" : "s");
     bool close = r->trailing;
     c->req = NULL;
     req_free(r);

@@ -375,8 +375,8 @@ static gale_err_t do_pub(broker_t *b, conn_t *c, const gale_request_t *req, conn
  * --hist-max-limit, and as many of the newest as fit in half of --queue-limit), in
  * encoding enc, appended to out.
  */
-gale_err_t core_hist_answer(broker_t *b, const char *topic, size_t len, uint64_t limit,
-                            gale_enc_t enc, bool has_id, uint64_t id, gale_buf_t *out)
+static gale_err_t hist_answer(broker_t *b, const char *topic, size_t len, uint64_t limit,
+                              gale_enc_t enc, bool has_id, uint64_t id, gale_buf_t *out)
 {
     const gale_history_rule_t *rule = history_rule(b->history, topic, len);
     hist_topic_t *t = rule ? history_topic(b->history, rule, topic, len, now_ms(b)) : NULL;
@@ -437,9 +437,9 @@ static gale_err_t do_hist(broker_t *b, conn_t *c, const gale_request_t *req, con
     }
     gale_buf_t buf;
     gale_buf_init(&buf, FRAME_HEADROOM);
-    gale_err_t e = core_hist_answer(b, req->topic, req->topic_len,
-                                    req->has_limit ? req->limit : CORE_HIST_LIMIT, enc, req->has_id,
-                                    req->id, &buf);
+    gale_err_t e =
+        hist_answer(b, req->topic, req->topic_len, req->has_limit ? req->limit : CORE_HIST_LIMIT,
+                    enc, req->has_id, req->id, &buf);
     if (e == GALE_OK)
         rep->frame = frame_finish(&buf, enc == GALE_ENC_JSON ? FRAME_TEXT : FRAME_BINARY);
     else

@@ -39,15 +39,6 @@ uint16_t core_message(broker_t *b, conn_t *c, const uint8_t *msg, size_t len, bo
 /** The `limit` of a `hist` that gives none (docs/PROTOCOL.md). */
 #define CORE_HIST_LIMIT 100
 
-/**
- * Appends to out the `hist` answer for topic[0..len) (concrete), with its last `limit`
- * messages (capped by --hist-max-limit, and to the newest that fit in half of
- * --queue-limit), oldest first, in encoding enc. A topic without history: no messages, no
- * epoch, offset 0. GALE_ERR_INTERNAL when out of memory (out is then unusable).
- */
-gale_err_t core_hist_answer(broker_t *b, const char *topic, size_t len, uint64_t limit,
-                            gale_enc_t enc, bool has_id, uint64_t id, gale_buf_t *out);
-
 /** One decoded request of c (an adapter's, or core_message's). */
 void core_request(broker_t *b, conn_t *c, const gale_request_t *req);
 

@@ -45,6 +45,15 @@ static inline const uint8_t *frame_bytes(const frame_t *f)
     return (const uint8_t *)f + f->off;
 }
 
+/** The frame's payload (after its header) and its length. */
+static inline const uint8_t *frame_payload(const frame_t *f, size_t *len)
+{
+    const uint8_t *p = frame_bytes(f);
+    size_t h = (p[1] & 0x7f) == 127 ? 10 : (p[1] & 0x7f) == 126 ? 4 : 2;
+    *len = f->len - h;
+    return p + h;
+}
+
 static inline frame_t *frame_ref(frame_t *f)
 {
     if (f->refs != FRAME_STATIC)
