@@ -51,13 +51,12 @@ static uint64_t frame_cost(const frame_t *f)
 
 static uint64_t msg_cost(const hist_msg_t *m)
 {
-    return sizeof(*m) + m->len + frame_cost(m->frames[0]) + frame_cost(m->frames[1]) +
-           sizeof(hist_msg_t *); /* its ring slot */
+    return sizeof(*m) + m->len + frame_cost(m->frames[0]) + frame_cost(m->frames[1]);
 }
 
 static uint64_t topic_cost(const hist_topic_t *t)
 {
-    return sizeof(*t) + t->len + sizeof(hist_topic_t *); /* its bucket share */
+    return sizeof(*t) + t->len; /* its ring and the buckets are counted apart */
 }
 
 /* --- lists ---------------------------------------------------------------- */
