@@ -676,6 +676,8 @@ static void shard_ready(void *owner, bool again)
         for (interest_t *it = c->buckets[i]; it && redis_conn_ready(sh->rc); it = it->hnext)
             if (it->wanted && (it->want & bit(sh->idx)))
                 send_sub(sh, it, true);
+    if (redis_conn_ready(sh->rc))
+        chist_shard_ready(c, sh);
 }
 
 /* sh's connection went down (already logged), or is closing with the cluster. */
@@ -688,7 +690,6 @@ static void shard_down(void *owner, redis_conn_err_t kind, const char *why, bool
         sh->auth_error = kind == REDIS_CONN_ERR_AUTH;
     }
     interests_shard_down(sh);
-    chist_shard_down(c, sh);
 }
 
 static const redis_conn_callbacks_t shard_events = {

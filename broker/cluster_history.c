@@ -232,13 +232,17 @@ void chist_sweep(cluster_t *c)
     }
 }
 
-void chist_shard_down(cluster_t *c, shard_t *sh)
+static void start_read(cluster_t *c, cstream_t *s, uint64_t from);
+
+void chist_shard_ready(cluster_t *c, shard_t *sh)
 {
+    /* Messages published while the shard was away were not seen: read what follows the
+     * last one delivered (a later message would reveal the gap too; this does not wait). */
     chist_t *h = c->hist;
     for (size_t i = 0; h && i < h->nbuckets; i++)
         for (cstream_t *s = h->buckets[i]; s; s = s->hnext)
-            if (s->sh == sh)
-                s->known = false; /* messages may be lost meanwhile: the next one says */
+            if (s->sh == sh && s->known && !s->read_inflight)
+                start_read(c, s, s->last);
 }
 
 /* --- waits of connections ------------------------------------------------- */
@@ -324,8 +328,6 @@ static void deliver_live(cluster_t *c, cstream_t *s, const cluster_envelope_t *e
     (void)router_deliver_at(B(c), e->topic, e->topic_len, &pos, e->enc, e->data, e->data_len, s);
     s->last = e->off;
 }
-
-static void start_read(cluster_t *c, cstream_t *s, uint64_t from);
 
 /* A live message of s (raw: its envelope bytes, e: decoded), in the order Redis sent it. */
 static void live(cluster_t *c, cstream_t *s, const cluster_envelope_t *e, const uint8_t *raw,
@@ -428,6 +430,33 @@ static void drain(cluster_t *c, cstream_t *s)
     }
 }
 
+/*
+ * The stream cannot be read (Redis is away): what is held goes out as it is, in order,
+ * its gaps unfilled (they are lost here), rather than waiting.
+ */
+static void give_up(cluster_t *c, cstream_t *s)
+{
+    held_t *list = s->held;
+    s->held = NULL;
+    s->held_tail = &s->held;
+    while (list) {
+        held_t *h = list;
+        list = h->next;
+        cluster_envelope_t e;
+        const char *why;
+        if (cluster_envelope_decode(h->env, h->len, CLUSTER_DATA_MAX, &e, &why) && e.tail == 9) {
+            bool same = s->known && e.ep_len == s->ep_len && !memcmp(e.ep, s->ep, e.ep_len);
+            if (!same || e.off > s->last) {
+                memcpy(s->ep, e.ep, e.ep_len);
+                s->ep_len = (uint8_t)e.ep_len;
+                s->known = true;
+                deliver_live(c, s, &e);
+            }
+        }
+        free(h);
+    }
+}
+
 static void start_read(cluster_t *c, cstream_t *s, uint64_t from)
 {
     if (s->read_inflight)
@@ -449,9 +478,8 @@ static void start_read(cluster_t *c, cstream_t *s, uint64_t from)
         s->read_inflight = false;
         joiner_t *list = s->reading;
         s->reading = NULL;
-        s->known = false;
         fail_joiners(c, list, "the cluster bus (Redis) is unreachable");
-        drain(c, s);
+        give_up(c, s);
     }
 }
 
@@ -575,9 +603,8 @@ static void stream_reply(cluster_t *c, cstream_t *s, redis_conn_reply_t answer,
             log_error("history %.*s: the read script answered something unexpected", s->len,
                       s->topic);
         free(ents);
-        s->known = false;
         fail_joiners(c, list, "the cluster bus (Redis) did not answer the read");
-        drain(c, s);
+        give_up(c, s);
         return;
     }
     uint64_t top = (uint64_t)topv;

@@ -99,8 +99,11 @@ void chist_read_reply(cluster_t *c, void *ctx, redis_conn_reply_t answer,
 /** A message with a stream position from Redis (e: tail 9, decoded from raw[0..len)). */
 void chist_message(cluster_t *c, const cluster_envelope_t *e, const uint8_t *raw, size_t len);
 
-/** sh went down: what is known of the positions of its topics is stale. */
-void chist_shard_down(cluster_t *c, shard_t *sh);
+/**
+ * sh is connected again: each topic of sh this broker follows reads what was published
+ * after the last message it delivered (gap repair across a reconnection).
+ */
+void chist_shard_ready(cluster_t *c, shard_t *sh);
 
 /** The 1 s sweep: forgets streams idle for a while. */
 void chist_sweep(cluster_t *c);
