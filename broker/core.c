@@ -217,19 +217,16 @@ static void sub_history(broker_t *b, conn_t *c, const gale_request_t *req, conn_
 {
     const gale_history_rule_t *rule =
         req->is_pattern ? NULL : history_rule(b->history, req->topic, req->topic_len);
-    if (req->has_since)
-        r->recovered = 0;
-    if (!rule)
-        return;
-    hist_topic_t *t = history_topic(b->history, rule, req->topic, req->topic_len, now_ms(b));
-    if (!t)
-        return; /* out of memory: no position to give */
+    hist_topic_t *t = rule ? history_topic(b->history, rule, req->topic, req->topic_len, now_ms(b))
+                           : NULL; /* NULL with a rule: out of memory, no position to give */
     uint64_t missed;
-    if (req->has_since && history_covers(t, &req->since, b->cfg.recovery_max, &missed) &&
-        replay(b, c, t, req->since.off, missed))
-        r->recovered = 1;
-    if (req->has_since)
+    if (req->has_since) {
+        r->recovered = t && history_covers(t, &req->since, b->cfg.recovery_max, &missed) &&
+                       replay(b, c, t, req->since.off, missed);
         b->m.recoveries[r->recovered]++;
+    }
+    if (!t)
+        return;
     reply_pos(r, history_pos(t));
     history_enforce(b->history);
 }
@@ -274,8 +271,10 @@ static gale_err_t do_sub(broker_t *b, conn_t *c, const gale_request_t *req, conn
             pending_finish(b, &q->p, e, *why);
         return GALE_OK;
     }
-    if (req->has_since)
+    if (req->has_since) {
         q->r.recovered = 0; /* a topic without history */
+        b->m.recoveries[0]++;
+    }
     gale_err_t e = b->bus.ops->sub(b->bus.ctx, &q->p, req->topic, req->topic_len, why, &held);
     if (!held)
         pending_finish(b, &q->p, e, e == GALE_OK ? "" : *why);
@@ -344,10 +343,32 @@ static gale_err_t publish_here(broker_t *b, conn_t *c, const gale_request_t *req
     return e;
 }
 
+/*
+ * Whether data of encoding enc converts to the other encoding. Only MessagePack can fail
+ * (docs/PROTOCOL-NOTES.md "Output budget"): a topic with history refuses such a message,
+ * since its JSON subscribers could not be given that offset, leaving them a gap.
+ */
+static bool convertible(gale_enc_t enc, const uint8_t *data, size_t len)
+{
+    if (enc != GALE_ENC_MSGPACK)
+        return true;
+    gale_buf_t tmp;
+    gale_buf_init(&tmp, 0);
+    gale_err_t e = gale_convert_data(&tmp, GALE_ENC_JSON, enc, data, len);
+    gale_buf_free(&tmp);
+    return e != GALE_ERR_BAD_REQUEST;
+}
+
 static gale_err_t do_pub(broker_t *b, conn_t *c, const gale_request_t *req, conn_reply_t *rep,
                          const char **why, bool *deferred)
 {
     gale_enc_t enc = (gale_enc_t)c->enc;
+    if (enc == GALE_ENC_MSGPACK && rule_of(b, req->topic, req->topic_len) &&
+        !convertible(enc, req->data, req->data_len)) {
+        *why = "data could not be converted for JSON subscribers; a topic with history "
+               "takes only data every subscriber can receive";
+        return GALE_ERR_BAD_REQUEST;
+    }
     if (!b->bus.ops)
         return publish_here(b, c, req, rep, why);
     core_reply_t *q = defer(c, req);
