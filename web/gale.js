@@ -6,26 +6,51 @@
 //   import { connect } from '/gale.js';
 //   const c = connect('ws://127.0.0.1:8080/ws', { token, encoding: 'json' });
 //   const off = await c.subscribe('chat.>', (data, topic) => console.log(topic, data));
-//   await c.publish('chat.lobby', { text: 'hi' });
+//   const ack = await c.publish('chat.lobby', { text: 'hi' }); // { ep, off, dup, mid } on a history topic
 //   await off();
 //   c.close();
 //
-// Protocol: gale v1 (one JSON object per text frame, or one MessagePack map per binary
-// frame). See docs/PROTOCOL-NOTES.md in the gale repository.
+// History and recovery (topics the broker keeps history for, `--history PATTERN=SIZE`):
+//
+//   // Resume after reconnects, and from a position saved earlier (e.g. in localStorage):
+//   const show = (data, topic, pos) => { render(data); localStorage.setItem('pos', JSON.stringify(pos)); };
+//   await c.subscribe('chat.lobby', show, { // pos: { ep, off }, {} on topics without history
+//     since: JSON.parse(localStorage.getItem('pos') || 'null') ?? undefined,
+//     onRecover({ recovered, ep, off }) { if (!recovered) reloadEverything(); },
+//   });
+//   c.position('chat.lobby'); // { ep, off } of the last message received, or null
+//   const { ep, off, messages } = await c.history('chat.lobby', { limit: 50 }); // [{ off, data }]
+//
+// - The client keeps the stream position ({ep, off}) of every subscribed concrete topic,
+//   from each msg carrying one and from the sub's ack. After a reconnect it subscribes
+//   again with `since`: the broker replays what was missed, then the subscription's
+//   onRecover (and the client's 'recover' event) says whether that worked. recovered:
+//   false (another epoch, messages gone, a pattern, a topic without history) means
+//   messages were missed for good: reload the state. A msg whose off is not above the
+//   last one seen of the same epoch is dropped as a duplicate.
+// - Every publish carries a `mid` (a random per-client prefix and a counter, or the
+//   caller's). A publish whose ack was lost with the connection is sent again, with the
+//   same mid, after the reconnect instead of failing: the broker delivers it once and
+//   answers dup: true. Likewise an unanswered history() is asked again.
+//
+// Protocol: gale v1 with its additions (one JSON object per text frame, or one
+// MessagePack map per binary frame). See docs/PROTOCOL.md and docs/PROTOCOL-NOTES.md in
+// the gale repository.
 
-export const VERSION = '0.1.0';
+export const VERSION = '0.2.0';
 
 const SUBPROTOCOLS = { json: 'gale.v1.json', msgpack: 'gale.v1.msgpack' };
 const MSGPACK_MODULE = '@msgpack/msgpack';
 
 const DEFAULTS = {
   encoding: 'json',
-  timeout: 10000, // ms: a request (sub, unsub, pub, ping) unanswered this long rejects
+  timeout: 10000, // ms: a request (sub, unsub, pub, hist, ping) unanswered this long rejects
   minDelay: 250, // ms: first reconnect delay (before jitter)
   maxDelay: 15000, // ms: cap of the exponential backoff
   jitter: 0.5, // each delay is scaled by a random factor in [1 - jitter, 1]
-  maxQueue: 1000, // publishes held while not connected; more reject with 'queue_full'
+  maxQueue: 1000, // publishes (and history calls) held while not connected; more: 'queue_full'
   heartbeat: 25000, // ms of silence after which a ping checks the connection; 0: off
+  idempotent: true, // publishes carry a generated mid (and are re-sent after a lost ack)
 };
 
 /** An error from the broker (`code` is its error code) or from the client itself
@@ -106,6 +131,31 @@ function utf8Length(s) {
   return n;
 }
 
+/** Whether a pattern names one concrete topic (no `*` or `>` segment). */
+function isConcrete(pattern) {
+  return !pattern.split('.').some((s) => s === '*' || s === '>');
+}
+
+function isPosition(p) {
+  return (
+    p !== null && typeof p === 'object' && typeof p.ep === 'string' && Number.isSafeInteger(p.off) && p.off >= 0
+  );
+}
+
+/** 16 random characters (96 bits) that start this client's mids. */
+function midPrefix() {
+  const bytes = new Uint8Array(12);
+  if (globalThis.crypto?.getRandomValues) globalThis.crypto.getRandomValues(bytes);
+  else for (let i = 0; i < bytes.length; i++) bytes[i] = Math.floor(Math.random() * 256);
+  return btoa(String.fromCharCode(...bytes)).replace(/\+/g, '-').replace(/\//g, '_');
+}
+
+/** A history item or msg's data: `bin` (base64, binary data to a JSON client) as bytes. */
+function dataOf(m) {
+  if (m.data === undefined && typeof m.bin === 'string') return base64ToBytes(m.bin);
+  return m.data;
+}
+
 async function loadCodec(opts) {
   if (opts.codec) return opts.codec;
   try {
@@ -141,9 +191,13 @@ export class GaleClient {
     this._listeners = new Map();
     this._ws = null;
     this._nextId = 1;
-    this._pending = new Map(); // id -> { resolve, reject, timer, req }
-    this._queue = []; // publishes waiting for a connection
-    this._subs = new Map(); // pattern -> { handlers: Set, live: bool, waiters: [] }
+    this._pending = new Map(); // id -> { resolve, reject, timer, req (as sent), item }
+    this._queue = []; // requests (publishes, history calls) waiting for a connection
+    // pattern -> { handlers: Set<{handler, onRecover}>, live, waiters: [], concrete,
+    //   pos: {ep, off} | null (concrete topics with history), wasLive, seen }
+    this._subs = new Map();
+    this._midPrefix = midPrefix();
+    this._midCount = 0;
     this._attempt = 0;
     this._retryTimer = null;
     this._heartbeatTimer = null;
@@ -168,7 +222,9 @@ export class GaleClient {
 
   /** Listens to an event: 'connecting' ({attempt, delay}), 'open' (hello),
    * 'disconnect' ({code, reason}), 'closed' ({code, reason}), 'state' (state, detail),
-   * 'error' (Error). Returns a function that removes the listener. */
+   * 'recover' ({topic, recovered, ep, off}: a subscription is back after a reconnect, or
+   * was made with `since`; see subscribe), 'error' (Error). Returns a function that
+   * removes the listener. */
   on(event, fn) {
     if (!this._listeners.has(event)) this._listeners.set(event, new Set());
     this._listeners.get(event).add(fn);
@@ -214,18 +270,45 @@ export class GaleClient {
 
   /** Subscribes to a pattern. Resolves on the broker's ack with a function that removes
    * this handler (and unsubscribes the pattern when it was the last one); rejects with a
-   * GaleError ('bad_topic', 'limit', 'timeout', 'closed', ...). */
-  subscribe(pattern, handler) {
+   * GaleError ('bad_topic', 'limit', 'timeout', 'closed', ...).
+   *
+   * handler(data, topic, {ep, off}): ep/off are the message's stream position (absent on
+   * topics without history).
+   *
+   * options.since ({ep, off}, concrete topics only): the position of the last message the
+   * application has (off 0: none of epoch ep), e.g. restored from storage; the broker
+   * replays what came after it before the ack. It counts when this call creates the
+   * subscription; a topic already subscribed keeps its own position.
+   * options.onRecover({topic, recovered, ep, off}): called after the ack of a
+   * subscription made with `since`, and each time the subscription is made again after
+   * a reconnect (after the replayed messages, before the promise resolves). recovered
+   * true: nothing was missed. false: messages were missed for good (another epoch,
+   * expired, a pattern, a topic without history): reload the state. ep/off: the
+   * position the broker reported (absent without history). */
+  subscribe(pattern, handler, options = {}) {
     if (typeof pattern !== 'string') return Promise.reject(new TypeError('gale: pattern must be a string'));
     if (typeof handler !== 'function') return Promise.reject(new TypeError('gale: handler must be a function'));
+    const { since, onRecover } = options ?? {};
+    if (onRecover !== undefined && typeof onRecover !== 'function') {
+      return Promise.reject(new TypeError('gale: onRecover must be a function'));
+    }
+    if (since !== undefined && since !== null) {
+      if (!isPosition(since)) {
+        return Promise.reject(new TypeError('gale: since must be { ep: string, off: integer >= 0 }'));
+      }
+      if (!isConcrete(pattern)) return Promise.reject(new TypeError('gale: since needs a concrete topic'));
+    }
     if (this.state === 'closed') return Promise.reject(new GaleError('closed', 'the client is closed'));
     let sub = this._subs.get(pattern);
     const fresh = !sub;
     if (fresh) {
-      sub = { handlers: new Set(), live: false, waiters: [] };
+      sub = { handlers: new Set(), live: false, waiters: [], concrete: isConcrete(pattern), pos: null };
+      sub.wasLive = false; // live on an earlier connection: the next sub is a recovery
+      sub.seen = false; // pos moved by a msg since the last sub went out
+      if (since) sub.pos = { ep: since.ep, off: since.off };
       this._subs.set(pattern, sub);
     }
-    const entry = { handler };
+    const entry = { handler, onRecover };
     sub.handlers.add(entry);
     const unsubscribe = () => this._unsubscribe(pattern, entry);
     if (sub.live) return Promise.resolve(unsubscribe);
@@ -241,30 +324,58 @@ export class GaleClient {
   }
 
   /** Publishes data (any JSON value; with msgpack anything the codec encodes) to a
-   * concrete topic. Resolves on the broker's ack; rejects with a GaleError. While the
-   * client is reconnecting, publishes wait in a bounded queue. */
-  publish(topic, data) {
+   * concrete topic. Resolves on the broker's ack: {op: 'ack', id, mid, and on a topic
+   * with history ep, off; dup: true when the broker had the mid already}; rejects with a
+   * GaleError. While the client is reconnecting, publishes wait in a bounded queue.
+   *
+   * options.mid: the publish's idempotency key (1 to 64 bytes of UTF-8); by default one
+   * is generated (unless the client option idempotent is false). A publish with a mid
+   * whose ack the connection took with it is sent again after the reconnect, with the
+   * same mid, rather than rejected. */
+  publish(topic, data, options = {}) {
     if (typeof topic !== 'string') return Promise.reject(new TypeError('gale: topic must be a string'));
+    let mid = options?.mid;
+    if (mid !== undefined) {
+      const n = typeof mid === 'string' ? utf8Length(mid) : 0;
+      if (n < 1 || n > 64) return Promise.reject(new TypeError('gale: mid must be a string of 1 to 64 bytes'));
+    } else if (this.options.idempotent !== false) {
+      mid = `${this._midPrefix}.${(this._midCount++).toString(36)}`;
+    }
     if (this.state === 'closed') return Promise.reject(new GaleError('closed', 'the client is closed'));
     if (data === undefined) data = null;
-    return new Promise((resolve, reject) => {
-      const item = { req: { op: 'pub', topic, data }, resolve, reject };
-      if (this.state === 'open') {
-        this._request(item);
-        return;
-      }
-      if (this._queue.length >= this.options.maxQueue) {
-        reject(new GaleError('queue_full', `${this._queue.length} publishes already wait for a connection`));
-        return;
-      }
-      // The timeout covers the time in the queue too: every promise settles in time.
-      item.timer = setTimeout(() => {
-        const i = this._queue.indexOf(item);
-        if (i >= 0) this._queue.splice(i, 1);
-        reject(new GaleError('timeout', `not connected within ${this.options.timeout} ms`));
-      }, this.options.timeout);
-      this._queue.push(item);
-    });
+    const req = { op: 'pub', topic, data };
+    if (mid !== undefined) req.mid = mid;
+    return this._enqueue(req, mid !== undefined).then((ack) => (mid !== undefined ? { ...ack, mid } : ack));
+  }
+
+  /** The messages the broker holds for a concrete topic with history, oldest first.
+   * Resolves with {ep, off, messages: [{off, data}]}: off is the stream's current top;
+   * binary data comes as a Uint8Array, as in a handler. A topic without history: ep
+   * undefined, off 0, no messages. options.limit: at most that many (the broker's
+   * default 100; it caps it). Waits for the connection like a publish; asked again after
+   * a reconnect when the connection is lost before the answer. */
+  history(topic, options = {}) {
+    if (typeof topic !== 'string') return Promise.reject(new TypeError('gale: topic must be a string'));
+    const limit = options?.limit;
+    if (limit !== undefined && !(Number.isSafeInteger(limit) && limit >= 0)) {
+      return Promise.reject(new TypeError('gale: limit must be an integer >= 0'));
+    }
+    if (this.state === 'closed') return Promise.reject(new GaleError('closed', 'the client is closed'));
+    const req = { op: 'hist', topic };
+    if (limit !== undefined) req.limit = limit;
+    return this._enqueue(req, true).then((m) => ({
+      ep: typeof m.ep === 'string' ? m.ep : undefined,
+      off: Number.isSafeInteger(m.off) ? m.off : 0,
+      messages: (Array.isArray(m.msgs) ? m.msgs : []).map((x) => ({ off: x.off, data: dataOf(x) })),
+    }));
+  }
+
+  /** The stream position {ep, off} of the last message received on a subscribed concrete
+   * topic (or the one its ack reported, or the `since` given), or null: not subscribed
+   * as such, or no history. Save it to resume later with subscribe(..., { since }). */
+  position(topic) {
+    const pos = this._subs.get(topic)?.pos;
+    return pos ? { ep: pos.ep, off: pos.off } : null;
   }
 
   /** Round trip to the broker; resolves with the time taken in ms. */
@@ -384,8 +495,13 @@ export class GaleClient {
     clearTimeout(this._heartbeatTimer);
     clearTimeout(this._connectTimer);
     const wasOpen = this.state === 'open';
-    this._failPending(new GaleError('disconnected', `connection lost (${info.code})`));
-    for (const sub of this._subs.values()) sub.live = false;
+    // Publishes with a mid and history calls go out again after the reconnect: the mid
+    // makes a second delivery impossible, a history call reads only.
+    this._failPending(new GaleError('disconnected', `connection lost (${info.code})`), true);
+    for (const sub of this._subs.values()) {
+      if (sub.live) sub.wasLive = true;
+      sub.live = false;
+    }
     if (wasOpen || this.hello) this._emit('disconnect', info);
     if (info.code === 1008) {
       // Policy: the token is invalid or expired, or the origin is not allowed.
@@ -404,12 +520,46 @@ export class GaleClient {
     this._retryTimer = setTimeout(() => this._open(), delay);
   }
 
-  _failPending(err) {
+  /** Rejects every request waiting for an answer with err; with requeue, those that may
+   * be sent again (item.retry) wait for the next connection instead, ahead of the queue. */
+  _failPending(err, requeue = false) {
+    const again = [];
     for (const [id, p] of this._pending) {
       clearTimeout(p.timer);
       this._pending.delete(id);
-      p.reject(err);
+      if (requeue && p.item?.retry) again.push(p.item);
+      else p.reject(err);
     }
+    for (const item of again) this._hold(item);
+    if (again.length) this._queue.unshift(...this._queue.splice(-again.length));
+  }
+
+  /** Sends a request now when open, else queues it (bounded) until the connection is. */
+  _enqueue(req, retry) {
+    return new Promise((resolve, reject) => {
+      const item = { req, resolve, reject, retry };
+      if (this.state === 'open') {
+        this._request(item);
+        return;
+      }
+      if (this._queue.length >= this.options.maxQueue) {
+        reject(new GaleError('queue_full', `${this._queue.length} requests already wait for a connection`));
+        return;
+      }
+      this._hold(item);
+    });
+  }
+
+  /** Puts item at the end of the queue. The timeout covers the time in the queue too:
+   * every promise settles in time. */
+  _hold(item) {
+    clearTimeout(item.timer);
+    item.timer = setTimeout(() => {
+      const i = this._queue.indexOf(item);
+      if (i >= 0) this._queue.splice(i, 1);
+      item.reject(new GaleError('timeout', `not connected within ${this.options.timeout} ms`, item.req));
+    }, this.options.timeout);
+    this._queue.push(item);
   }
 
   _encode(msg) {
@@ -438,6 +588,10 @@ export class GaleClient {
     try {
       this._send(req);
     } catch (e) {
+      if (item.retry && e.code === 'disconnected' && this.state !== 'closed') {
+        this._hold(item); // the socket is closing: after the reconnect, then
+        return;
+      }
       item.reject(e instanceof GaleError ? e : new GaleError('bad_request', e.message));
       return;
     }
@@ -445,17 +599,25 @@ export class GaleClient {
       this._pending.delete(id);
       item.reject(new GaleError('timeout', `no answer to ${req.op} within ${this.options.timeout} ms`, req));
     }, this.options.timeout);
-    this._pending.set(id, { ...item, req, timer });
+    this._pending.set(id, { resolve: item.resolve, reject: item.reject, item, req, timer });
   }
 
+  /** Sends the sub of a pattern: with `since` when its position is known. Settles the
+   * waiting subscribe calls on the answer and reports a recovery. */
   _sendSub(pattern) {
+    const sub = this._subs.get(pattern);
+    const req = { op: 'sub', topic: pattern };
+    if (sub.concrete && sub.pos) req.since = { ep: sub.pos.ep, off: sub.pos.off };
+    const report = req.since !== undefined || sub.wasLive;
+    sub.seen = false;
     return new Promise((resolve) => {
       this._request({
-        req: { op: 'sub', topic: pattern },
-        resolve: () => {
-          const sub = this._subs.get(pattern);
-          if (sub) {
+        req,
+        resolve: (ack) => {
+          if (this._subs.get(pattern) === sub) {
+            if (sub.concrete) this._ackPosition(sub, ack);
             sub.live = true;
+            if (report) this._recovered(pattern, sub, ack);
             for (const w of sub.waiters.splice(0)) {
               clearTimeout(w.timer);
               w.resolve();
@@ -464,8 +626,7 @@ export class GaleClient {
           resolve();
         },
         reject: (err) => {
-          const sub = this._subs.get(pattern);
-          if (sub && err.code !== 'disconnected') {
+          if (this._subs.get(pattern) === sub && err.code !== 'disconnected') {
             // The broker refused the pattern: nobody gets it.
             this._subs.delete(pattern);
             for (const w of sub.waiters.splice(0)) {
@@ -478,6 +639,35 @@ export class GaleClient {
         },
       });
     });
+  }
+
+  /** The position a sub's ack reports: the one to resume from, unless the messages
+   * received meanwhile are further on. */
+  _ackPosition(sub, ack) {
+    if (typeof ack.ep !== 'string' || !Number.isSafeInteger(ack.off)) {
+      sub.pos = null; // a topic without history (or a broker without it)
+      return;
+    }
+    const pos = sub.pos;
+    const ahead = pos && pos.ep === ack.ep && pos.off > ack.off;
+    // recovered false resets the position (the one sent may be past the broker's top),
+    // except to go back behind messages of this epoch delivered since the sub went out.
+    if (!ahead || (ack.recovered === false && !sub.seen)) sub.pos = { ep: ack.ep, off: ack.off };
+  }
+
+  _recovered(pattern, sub, ack) {
+    const info = { topic: pattern, recovered: ack.recovered === true };
+    if (typeof ack.ep === 'string') info.ep = ack.ep;
+    if (Number.isSafeInteger(ack.off) && typeof ack.ep === 'string') info.off = ack.off;
+    for (const { onRecover } of [...sub.handlers]) {
+      if (!onRecover) continue;
+      try {
+        onRecover({ ...info });
+      } catch (e) {
+        this._emit('error', e);
+      }
+    }
+    this._emit('recover', { ...info });
   }
 
   _dropWaiter(pattern, waiter) {
@@ -530,6 +720,7 @@ export class GaleClient {
         this._deliver(m);
         break;
       case 'ack':
+      case 'hist':
       case 'pong': {
         const p = this._pending.get(m.id);
         if (p) {
@@ -602,13 +793,26 @@ export class GaleClient {
   }
 
   _deliver(m) {
-    let data = m.data;
-    if (data === undefined && typeof m.bin === 'string') data = base64ToBytes(m.bin);
+    const data = dataOf(m);
+    const info = {};
+    if (typeof m.ep === 'string' && Number.isSafeInteger(m.off)) {
+      info.ep = m.ep;
+      info.off = m.off;
+      // The position of a subscribed concrete topic moves on; a message not past it (same
+      // epoch) is one the client has already had: dropped.
+      const exact = this._subs.get(m.topic);
+      if (exact) {
+        const pos = exact.pos;
+        if (pos && pos.ep === m.ep && m.off <= pos.off) return;
+        exact.pos = { ep: m.ep, off: m.off };
+        exact.seen = true;
+      }
+    }
     for (const [pattern, sub] of this._subs) {
       if (!matchPattern(pattern, m.topic)) continue;
       for (const { handler } of sub.handlers) {
         try {
-          handler(data, m.topic);
+          handler(data, m.topic, { ...info });
         } catch (e) {
           this._emit('error', e);
         }

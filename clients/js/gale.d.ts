@@ -46,12 +46,17 @@ export interface GaleOptions {
   maxDelay?: number;
   /** Each delay is scaled by a random factor in [1 - jitter, 1]. Default 0.5. */
   jitter?: number;
-  /** Publishes held while not connected; more reject with 'queue_full'. Default 1000. */
+  /** Publishes (and history calls) held while not connected; more reject with
+   * 'queue_full'. Default 1000. */
   maxQueue?: number;
   /** ms of silence after which a ping checks the connection; 0 turns it off. Default 25000. */
   heartbeat?: number;
   /** A WebSocket implementation, where there is no global one. */
   WebSocket?: unknown;
+  /** Every publish carries a generated `mid` (a random per-client prefix and a counter),
+   * so that one whose ack the connection took with it is sent again after the reconnect
+   * and delivered once. false: only publishes given a mid carry one. Default true. */
+  idempotent?: boolean;
 }
 
 /** The broker's greeting. */
@@ -63,9 +68,82 @@ export interface GaleHello {
   max_msg: number;
 }
 
+/** A stream position of a topic with history: its epoch and the offset of a message in
+ * it (1 for the epoch's first message; 0: none yet). */
+export interface GalePosition {
+  ep: string;
+  off: number;
+}
+
+/** The broker's answer to a publish. */
 export interface GaleAck {
   op: 'ack';
   id: number;
+  /** The publish's mid (generated, or the one given); absent with idempotent: false. */
+  mid?: string;
+  /** On a topic with history: the stream position the message got. */
+  ep?: string;
+  off?: number;
+  /** true: the broker had this mid for this topic already and did not deliver it again
+   * (off is then the original's). */
+  dup?: boolean;
+}
+
+export interface GalePublishOptions {
+  /** Idempotency key: 1 to 64 bytes of UTF-8, scoped to the topic, remembered by the broker
+   * for its dedup window (at least 2 minutes). Default: a generated one. */
+  mid?: string;
+}
+
+/** What a handler learns about a message besides its data: its stream position, on a
+ * topic with history (empty otherwise). */
+export interface GaleMessageInfo {
+  ep?: string;
+  off?: number;
+}
+
+/** A subscription is back after a reconnect, or was made with `since`. */
+export interface GaleRecovery {
+  /** The pattern or topic, as subscribed. */
+  topic: string;
+  /** true: every missed message has been replayed (to the handlers, before this call).
+   * false: messages were missed for good (another epoch, expired or displaced, a pattern,
+   * a topic without history): reload the state. */
+  recovered: boolean;
+  /** The position the broker reported (absent on topics without history): the last
+   * message replayed, or the stream's current top. */
+  ep?: string;
+  off?: number;
+}
+
+export interface GaleSubscribeOptions {
+  /** Resume from this position (concrete topics only): the last message the application
+   * has, e.g. saved from position() or a handler's info. The broker replays what came
+   * after it before the ack. Counts when this call creates the subscription. */
+  since?: GalePosition;
+  /** Called after the ack of a subscription made with `since`, and each time the
+   * subscription is made again after a reconnect; before subscribe() resolves. */
+  onRecover?: (recovery: GaleRecovery) => void;
+}
+
+export interface GaleHistoryOptions {
+  /** At most this many of the latest messages (the broker's default: 100; it caps it). */
+  limit?: number;
+}
+
+export interface GaleHistoryMessage<T = any> {
+  off: number;
+  /** Binary data as a Uint8Array, as handlers get it. */
+  data: T;
+}
+
+export interface GaleHistory<T = any> {
+  /** The stream's epoch; undefined on a topic without history. */
+  ep?: string;
+  /** The stream's current top (0 without history). */
+  off: number;
+  /** Oldest first. */
+  messages: GaleHistoryMessage<T>[];
 }
 
 export interface GaleConnectingInfo {
@@ -82,7 +160,7 @@ export interface GaleCloseInfo {
   reason: string;
 }
 
-export type GaleHandler<T = any> = (data: T, topic: string) => void;
+export type GaleHandler<T = any> = (data: T, topic: string, info: GaleMessageInfo) => void;
 
 /** Removes a handler; unsubscribes the pattern on the broker when it was the last one. */
 export type GaleUnsubscribe = () => Promise<void>;
@@ -93,15 +171,26 @@ export interface GaleEvents {
   disconnect: (info: GaleCloseInfo) => void;
   closed: (info: GaleCloseInfo) => void;
   state: (state: GaleState, detail: GaleConnectingInfo | GaleHello | GaleCloseInfo) => void;
+  /** For every subscription, as its onRecover (see GaleSubscribeOptions). */
+  recover: (recovery: GaleRecovery) => void;
   error: (error: Error) => void;
+}
+
+/** A request as sent to the broker. */
+export interface GaleRequest {
+  op: string;
+  id?: number;
+  topic?: string;
+  mid?: string;
+  [field: string]: unknown;
 }
 
 export declare class GaleError extends Error {
   constructor(code: GaleErrorCode, message?: string, request?: object);
   readonly name: 'GaleError';
   readonly code: GaleErrorCode;
-  /** The request the error answers, when there is one. */
-  request?: object;
+  /** The request the error answers, when there is one (a publish's carries its mid). */
+  request?: GaleRequest;
 }
 
 export declare class GaleClient {
@@ -112,9 +201,19 @@ export declare class GaleClient {
   /** The current connection's hello, or null. */
   readonly hello: GaleHello | null;
   /** Resolves on the broker's ack with a function that unsubscribes this handler. */
-  subscribe<T = any>(pattern: string, handler: GaleHandler<T>): Promise<GaleUnsubscribe>;
-  /** Resolves on the broker's ack; rejects with a GaleError carrying the error code. */
-  publish(topic: string, data: unknown): Promise<GaleAck>;
+  subscribe<T = any>(
+    pattern: string,
+    handler: GaleHandler<T>,
+    options?: GaleSubscribeOptions,
+  ): Promise<GaleUnsubscribe>;
+  /** Resolves on the broker's ack; rejects with a GaleError carrying the error code (a
+   * rejected publish's `request.mid` lets the application retry it idempotently). */
+  publish(topic: string, data: unknown, options?: GalePublishOptions): Promise<GaleAck>;
+  /** The messages the broker holds for a topic with history, oldest first. */
+  history<T = any>(topic: string, options?: GaleHistoryOptions): Promise<GaleHistory<T>>;
+  /** The position of the last message received on a subscribed concrete topic with
+   * history (or its sub's ack, or the `since` given), or null. */
+  position(topic: string): GalePosition | null;
   /** Round trip time in ms. */
   ping(): Promise<number>;
   /** Patterns subscribed or being subscribed. */

@@ -1,7 +1,7 @@
 // Starts and stops a real gale-broker for the tests: on 127.0.0.1, on a port picked
 // here, with the source tree's web/ as its web root. The binary comes from $GALE_BROKER
 // (ctest sets it), else the first build tree found.
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -17,6 +17,18 @@ export function brokerPath() {
     if (existsSync(p)) return p;
   }
   throw new Error('set GALE_BROKER to the gale-broker binary');
+}
+
+/** Whether the broker's --help mentions flag (e.g. '--history'), or null without a broker. */
+export function brokerHas(flag) {
+  let bin;
+  try {
+    bin = brokerPath();
+  } catch {
+    return null;
+  }
+  const r = spawnSync(bin, ['--help'], { encoding: 'utf8', timeout: 10000 });
+  return `${r.stdout}${r.stderr}`.includes(flag);
 }
 
 /** A TCP port that was free a moment ago on 127.0.0.1. */
@@ -131,4 +143,71 @@ export class Broker {
 export async function startBroker(extraArgs = []) {
   const b = new Broker(await freePort(), extraArgs);
   return b.start();
+}
+
+/** A TCP proxy in front of a broker whose connections a test can cut (the client sees
+ * 1006, the broker a vanished peer), refuse, or make deaf (what the broker sends is
+ * swallowed: acks get lost). */
+export class TcpProxy {
+  constructor(targetPort) {
+    this.targetPort = targetPort;
+    this.pairs = new Set();
+    this.refusing = false;
+    this.deaf = false;
+    this.connections = 0;
+  }
+
+  get wsUrl() {
+    return `ws://127.0.0.1:${this.port}/ws`;
+  }
+
+  start() {
+    this.server = net.createServer((down) => this._accept(down));
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(0, '127.0.0.1', () => {
+        this.port = this.server.address().port;
+        resolve(this);
+      });
+    });
+  }
+
+  _accept(down) {
+    if (this.refusing) {
+      down.destroy();
+      return;
+    }
+    this.connections++;
+    const up = net.connect(this.targetPort, '127.0.0.1');
+    const pair = { down, up };
+    this.pairs.add(pair);
+    const end = () => {
+      this.pairs.delete(pair);
+      down.destroy();
+      up.destroy();
+    };
+    down.on('data', (d) => up.write(d));
+    up.on('data', (d) => {
+      if (!this.deaf) down.write(d);
+    });
+    for (const s of [down, up]) {
+      s.on('error', end);
+      s.on('close', end);
+    }
+  }
+
+  /** Cuts every connection through the proxy. */
+  cut() {
+    for (const { down, up } of [...this.pairs]) {
+      down.destroy();
+      up.destroy();
+    }
+    this.pairs.clear();
+  }
+
+  stop() {
+    this.cut();
+    if (!this.server.listening) return Promise.resolve();
+    return new Promise((resolve) => this.server.close(() => resolve()));
+  }
 }

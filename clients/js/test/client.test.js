@@ -1,17 +1,28 @@
 // gale.js against a real gale-broker. Run: node --experimental-websocket --test test/
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
+import { after, afterEach, before, describe, test } from 'node:test';
 import { copyFileSync, mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import * as msgpack from '@msgpack/msgpack';
-import { Broker, SOURCE_DIR, WEB_ROOT, sleep, startBroker, waitFor, freePort } from './broker.js';
+import { Broker, SOURCE_DIR, TcpProxy, WEB_ROOT, brokerHas, sleep, startBroker, waitFor, freePort } from './broker.js';
+import { FakeBroker } from './fake-broker.js';
 import { GaleError, backoffDelay, connect, matchPattern } from '../../../web/gale.js';
 
 const T = { timeout: 30000 };
 
+// What the newer tests open: closeAll (their afterEach) closes or stops it, so that a
+// failed test does not leave a client reconnecting (or a proxy, a broker) forever.
+const openThings = new Set();
+function closeAll() {
+  const all = [...openThings];
+  openThings.clear();
+  return Promise.all(all.map((x) => (x.stop ? x.stop() : x.close())));
+}
+
 /** A client whose every event is recorded in c.events. */
 function client(url, opts = {}) {
   const c = connect(url, { minDelay: 50, maxDelay: 400, ...opts });
+  openThings.add(c);
   c.events = [];
   for (const ev of ['connecting', 'open', 'disconnect', 'closed']) c.on(ev, (d) => c.events.push(ev));
   c.errors = [];
@@ -24,8 +35,14 @@ const opened = (c) => (c.state === 'open' ? Promise.resolve(c.hello) : new Promi
 /** Collects what a subscription receives. */
 function inbox() {
   const got = [];
-  const fn = (data, topic) => got.push({ topic, data });
+  const info = [];
+  const fn = (data, topic, meta) => {
+    got.push({ topic, data });
+    info.push(meta);
+  };
   fn.got = got;
+  fn.info = info; // the third argument of each call: { ep, off } or {}
+  fn.data = () => got.map((m) => m.data);
   fn.wait = (n, ms = 5000) => waitFor(() => got.length >= n, ms, `${n} message(s)`);
   return fn;
 }
@@ -315,6 +332,732 @@ describe('reconnecting', () => {
     await assert.rejects(c.publish('q.a', 1), { code: 'timeout' });
     assert.ok(c.events.filter((e) => e === 'connecting').length >= 2, 'it kept retrying');
     await c.close();
+  });
+});
+
+// ---- history, recovery, idempotent publish: against the fake broker -----------------
+
+/** A client of a FakeBroker: quick reconnects, no heartbeat. */
+function fakeClient(broker, opts = {}) {
+  return client('ws://fake.invalid/ws', {
+    WebSocket: broker.WebSocket,
+    minDelay: 5,
+    maxDelay: 20,
+    jitter: 0,
+    heartbeat: 0,
+    ...opts,
+  });
+}
+
+/** A TcpProxy in front of the broker on port, closed by closeAll. */
+async function proxyTo(port) {
+  const proxy = await new TcpProxy(port).start();
+  openThings.add(proxy);
+  return proxy;
+}
+
+/** Drops c's connection while nothing can connect, runs fn (e.g. publishes by others), then
+ * lets the client back. */
+async function whileAway(broker, c, fn = async () => {}) {
+  broker.down = true;
+  broker.dropAll();
+  await waitFor(() => c.state === 'connecting', 5000, 'the client to notice');
+  await fn();
+  broker.down = false;
+}
+
+const ENCODINGS = [
+  ['json', {}],
+  ['msgpack', { encoding: 'msgpack', codec: msgpack }],
+];
+
+describe('history and recovery (fake broker)', () => {
+  afterEach(closeAll);
+  for (const [enc, encOpts] of ENCODINGS) {
+    test(`${enc}: positions come from the sub's ack and from every msg; handlers get {ep, off}`, T, async () => {
+      const broker = new FakeBroker({ history: { 'h.>': 100 } });
+      broker.publish('h.a', 'before');
+      const c = fakeClient(broker, encOpts);
+      const box = inbox();
+      await c.subscribe('h.a', box);
+      assert.deepEqual(c.position('h.a'), { ep: 'e1', off: 1 }, 'from the ack');
+      broker.publish('h.a', 'one');
+      await box.wait(1);
+      assert.deepEqual(box.info, [{ ep: 'e1', off: 2 }]);
+      assert.deepEqual(c.position('h.a'), { ep: 'e1', off: 2 });
+      // Positions are kept for subscribed concrete topics only; no history: no position.
+      const wild = inbox();
+      await c.subscribe('h.*', wild);
+      const plain = inbox();
+      await c.subscribe('plain', plain);
+      broker.publish('h.b', 'b');
+      broker.publish('plain', 'p');
+      await wild.wait(1);
+      await plain.wait(1);
+      assert.deepEqual(wild.info[0], { ep: 'e2', off: 1 });
+      assert.deepEqual(plain.info[0], {});
+      assert.equal(c.position('h.b'), null);
+      assert.equal(c.position('h.*'), null);
+      assert.equal(c.position('plain'), null);
+      assert.equal(c.position('nothing'), null);
+      await c.close();
+    });
+
+    test(`${enc}: after a lost connection it subscribes again with since; onRecover says recovered`, T, async () => {
+      const broker = new FakeBroker({ history: { 'h.>': 100 } });
+      const c = fakeClient(broker, encOpts);
+      const log = [];
+      const box = inbox();
+      const handler = (data, topic, meta) => {
+        box(data, topic, meta);
+        log.push(`msg ${data}`);
+      };
+      const recoveries = [];
+      const events = [];
+      c.on('recover', (r) => events.push(r));
+      await c.subscribe('h.a', handler, {
+        onRecover(r) {
+          recoveries.push(r);
+          log.push('recover');
+        },
+      });
+      assert.equal(broker.requests('sub', 'h.a')[0].since, undefined, 'a fresh subscribe has no since');
+      broker.publish('h.a', 1);
+      broker.publish('h.a', 2);
+      await box.wait(2);
+      assert.deepEqual(recoveries, [], 'no recovery on the first subscribe');
+      await whileAway(broker, c, async () => {
+        broker.publish('h.a', 3);
+        broker.publish('h.a', 4);
+      });
+      await waitFor(() => recoveries.length === 1 && c.state === 'open', 5000, 'the recovery');
+      const subs = broker.requests('sub', 'h.a');
+      assert.equal(subs.length, 2);
+      assert.deepEqual(subs[1].since, { ep: 'e1', off: 2 });
+      assert.deepEqual(recoveries, [{ topic: 'h.a', recovered: true, ep: 'e1', off: 4 }]);
+      assert.deepEqual(events, recoveries, "the client's 'recover' event");
+      assert.deepEqual(log, ['msg 1', 'msg 2', 'msg 3', 'msg 4', 'recover'], 'replayed, then reported');
+      assert.deepEqual(box.info.map((i) => i.off), [1, 2, 3, 4]);
+      assert.deepEqual(c.position('h.a'), { ep: 'e1', off: 4 });
+      // Live again: and the next loss resumes from the new position.
+      broker.publish('h.a', 5);
+      await box.wait(5);
+      await whileAway(broker, c);
+      await waitFor(() => recoveries.length === 2, 5000, 'the second recovery');
+      assert.deepEqual(broker.requests('sub', 'h.a')[2].since, { ep: 'e1', off: 5 });
+      assert.deepEqual(recoveries[1], { topic: 'h.a', recovered: true, ep: 'e1', off: 5 });
+      assert.deepEqual(box.data(), [1, 2, 3, 4, 5]);
+      await c.close();
+    });
+  }
+
+  test('recovered false after a broker restart (new epoch): the position moves to the new one', T, async () => {
+    const broker = new FakeBroker({ history: { 'h.>': 100 } });
+    const c = fakeClient(broker);
+    const box = inbox();
+    const recoveries = [];
+    await c.subscribe('h.a', box, { onRecover: (r) => recoveries.push(r) });
+    broker.publish('h.a', 1);
+    broker.publish('h.a', 2);
+    broker.publish('h.a', 3);
+    await box.wait(3);
+    broker.restart(); // e1 is gone; the stream starts again as e2, empty
+    await waitFor(() => recoveries.length === 1, 5000, 'the recovery report');
+    assert.deepEqual(broker.requests('sub', 'h.a')[1].since, { ep: 'e1', off: 3 });
+    assert.deepEqual(recoveries, [{ topic: 'h.a', recovered: false, ep: 'e2', off: 0 }]);
+    assert.deepEqual(c.position('h.a'), { ep: 'e2', off: 0 });
+    // Offsets of the new epoch start at 1 again: they are not taken for duplicates.
+    broker.publish('h.a', 'new 1');
+    await box.wait(4);
+    assert.deepEqual(box.info[3], { ep: 'e2', off: 1 });
+    await c.close();
+  });
+
+  test('recovered false when the missed messages are no longer held: nothing is replayed', T, async () => {
+    const broker = new FakeBroker({ history: { 'h.>': 3 } });
+    const c = fakeClient(broker);
+    const box = inbox();
+    const recoveries = [];
+    await c.subscribe('h.a', box, { onRecover: (r) => recoveries.push(r) });
+    broker.publish('h.a', 1);
+    await box.wait(1);
+    await whileAway(broker, c, async () => {
+      for (let i = 2; i <= 6; i++) broker.publish('h.a', i); // 2 and 3 fall out of the 3 kept
+    });
+    await waitFor(() => recoveries.length === 1, 5000, 'the recovery report');
+    assert.deepEqual(recoveries, [{ topic: 'h.a', recovered: false, ep: 'e1', off: 6 }]);
+    await c.ping();
+    assert.deepEqual(box.data(), [1]);
+    assert.deepEqual(c.position('h.a'), { ep: 'e1', off: 6 });
+    broker.publish('h.a', 7);
+    await box.wait(2);
+    assert.deepEqual(box.data(), [1, 7]);
+    await c.close();
+  });
+
+  test('patterns and topics without history: after a reconnect recovered is false, no since is sent', T, async () => {
+    const broker = new FakeBroker({ history: { 'h.>': 100 } });
+    const c = fakeClient(broker);
+    const recoveries = [];
+    await c.subscribe('h.*', () => {}, { onRecover: (r) => recoveries.push(r) });
+    await c.subscribe('plain.x', () => {}, { onRecover: (r) => recoveries.push(r) });
+    await c.subscribe('quiet', () => {}); // no onRecover: only the event
+    const events = [];
+    c.on('recover', (r) => events.push(r));
+    await whileAway(broker, c);
+    await waitFor(() => recoveries.length === 2 && events.length === 3, 5000, 'the recovery reports');
+    for (const t of ['h.*', 'plain.x', 'quiet']) {
+      const subs = broker.requests('sub', t);
+      assert.equal(subs.length, 2, t);
+      assert.equal(subs[1].since, undefined, t);
+    }
+    assert.deepEqual(recoveries.sort((a, b) => a.topic.localeCompare(b.topic)), [
+      { topic: 'h.*', recovered: false },
+      { topic: 'plain.x', recovered: false },
+    ]);
+    assert.deepEqual(events.map((e) => e.topic).sort(), ['h.*', 'plain.x', 'quiet']);
+    await c.close();
+  });
+
+  for (const [enc, encOpts] of ENCODINGS) {
+    test(`${enc}: subscribe with an initial since replays what came after it before resolving`, T, async () => {
+      const broker = new FakeBroker({ history: { 'h.>': 100 } });
+      for (let i = 1; i <= 5; i++) broker.publish('h.a', i);
+      const c = fakeClient(broker, encOpts);
+      const box = inbox();
+      const recoveries = [];
+      const off = await c.subscribe('h.a', box, {
+        since: { ep: 'e1', off: 2 },
+        onRecover: (r) => recoveries.push({ ...r, delivered: box.got.length }),
+      });
+      assert.equal(typeof off, 'function');
+      assert.deepEqual(broker.requests('sub', 'h.a')[0].since, { ep: 'e1', off: 2 });
+      assert.deepEqual(recoveries, [{ topic: 'h.a', recovered: true, ep: 'e1', off: 5, delivered: 3 }]);
+      assert.deepEqual(box.data(), [3, 4, 5]);
+      assert.deepEqual(c.position('h.a'), { ep: 'e1', off: 5 });
+      // A second handler on the same topic shares its subscription: its since is ignored.
+      const second = inbox();
+      await c.subscribe('h.a', second, { since: { ep: 'e1', off: 0 } });
+      assert.equal(broker.requests('sub', 'h.a').length, 1);
+      assert.equal(second.got.length, 0);
+      // A position of another epoch cannot be resumed.
+      const stale = inbox();
+      const r2 = [];
+      await c.subscribe('h.b', stale, { since: { ep: 'gone', off: 7 }, onRecover: (r) => r2.push(r) });
+      assert.deepEqual(r2, [{ topic: 'h.b', recovered: false, ep: 'e2', off: 0 }]);
+      assert.deepEqual(c.position('h.b'), { ep: 'e2', off: 0 });
+      await c.close();
+    });
+  }
+
+  test('a since past the top of its epoch: recovered false, and the position goes back to the top', T, async () => {
+    const broker = new FakeBroker({ history: { 'h.>': 100 } });
+    for (let i = 1; i <= 3; i++) broker.publish('h.a', i);
+    const c = fakeClient(broker);
+    const box = inbox();
+    const recoveries = [];
+    await c.subscribe('h.a', box, { since: { ep: 'e1', off: 10 }, onRecover: (r) => recoveries.push(r) });
+    assert.deepEqual(recoveries, [{ topic: 'h.a', recovered: false, ep: 'e1', off: 3 }]);
+    assert.deepEqual(c.position('h.a'), { ep: 'e1', off: 3 });
+    broker.publish('h.a', 4); // off 4: below the 10 given, but a new message
+    await box.wait(1);
+    assert.deepEqual(box.data(), [4]);
+    await c.close();
+  });
+
+  test('a msg that overtakes the ack of its sub keeps the position ahead of the ack', T, async () => {
+    const broker = new FakeBroker({ history: { 'h.>': 100 } });
+    broker.publish('h.a', 1);
+    // The broker registers the sub, reads the top (1), a publish slips in (2), then the ack.
+    broker.onRequest = (conn, msg) => {
+      if (msg.op !== 'sub') return undefined;
+      conn.subs.add(msg.topic);
+      const s = broker.stream(msg.topic);
+      const ack = { op: 'ack', id: msg.id, ep: s.ep, off: s.off };
+      if (msg.since) ack.recovered = false; // e.g. its window passed
+      broker.publish(msg.topic, `racer ${s.off + 1}`);
+      conn.send(ack);
+      return 'ignore';
+    };
+    const c = fakeClient(broker);
+    const box = inbox();
+    const recoveries = [];
+    await c.subscribe('h.a', box, { onRecover: (r) => recoveries.push(r) });
+    assert.deepEqual(box.data(), ['racer 2']);
+    assert.deepEqual(c.position('h.a'), { ep: 'e1', off: 2 }, 'not back to the ack at 1');
+    // recovered false, yet messages of this epoch delivered since the sub are kept too.
+    await whileAway(broker, c);
+    await waitFor(() => recoveries.length === 1, 5000, 'the recovery report');
+    assert.deepEqual(broker.requests('sub', 'h.a')[1].since, { ep: 'e1', off: 2 });
+    assert.deepEqual(recoveries, [{ topic: 'h.a', recovered: false, ep: 'e1', off: 2 }]);
+    assert.deepEqual(c.position('h.a'), { ep: 'e1', off: 3 });
+    // Resumed from 3: nothing missed, nothing twice.
+    broker.onRequest = null;
+    await whileAway(broker, c);
+    await waitFor(() => recoveries.length === 2, 5000, 'the second recovery');
+    assert.deepEqual(broker.requests('sub', 'h.a')[2].since, { ep: 'e1', off: 3 });
+    assert.deepEqual(recoveries[1], { topic: 'h.a', recovered: true, ep: 'e1', off: 3 });
+    assert.deepEqual(box.data(), ['racer 2', 'racer 3']);
+    await c.close();
+  });
+
+  test('since and onRecover are checked before anything is sent', T, async () => {
+    const broker = new FakeBroker({ history: { 'h.>': 100 } });
+    const c = fakeClient(broker);
+    await opened(c);
+    await assert.rejects(c.subscribe('h.*', () => {}, { since: { ep: 'e1', off: 0 } }), TypeError);
+    await assert.rejects(c.subscribe('h.>', () => {}, { since: { ep: 'e1', off: 0 } }), TypeError);
+    for (const since of [{ ep: 1, off: 0 }, { ep: 'e1' }, { ep: 'e1', off: -1 }, { ep: 'e1', off: 1.5 }, 'e1:3']) {
+      await assert.rejects(c.subscribe('h.a', () => {}, { since }), TypeError, JSON.stringify(since));
+    }
+    await assert.rejects(c.subscribe('h.a', () => {}, { onRecover: 'yes' }), TypeError);
+    assert.equal(broker.requests('sub').length, 0);
+    assert.deepEqual(c.patterns(), []);
+    await c.close();
+  });
+
+  test('a msg not past the last offset seen of its epoch is dropped as a duplicate', T, async () => {
+    const broker = new FakeBroker({ history: { 'h.>': 100 } });
+    const c = fakeClient(broker);
+    const box = inbox();
+    const wild = inbox(); // a pattern matching the same topic: the duplicate is dropped for it too
+    await c.subscribe('h.a', box);
+    await c.subscribe('h.>', wild);
+    broker.publish('h.a', 1);
+    broker.publish('h.a', 2);
+    await box.wait(2);
+    const conn = [...broker.conns][0];
+    conn.send({ op: 'msg', topic: 'h.a', ep: 'e1', off: 2, data: 'dup of 2' });
+    conn.send({ op: 'msg', topic: 'h.a', ep: 'e1', off: 1, data: 'dup of 1' });
+    conn.send({ op: 'msg', topic: 'h.a', ep: 'e1', off: 3, data: 3 });
+    conn.send({ op: 'msg', topic: 'h.a', ep: 'e1', off: 3, data: 'dup of 3' });
+    conn.send({ op: 'msg', topic: 'h.a', ep: 'e9', off: 1, data: 'another epoch' });
+    conn.send({ op: 'msg', topic: 'h.a', data: 'no position' });
+    await box.wait(5);
+    await c.ping();
+    assert.deepEqual(box.data(), [1, 2, 3, 'another epoch', 'no position']);
+    assert.deepEqual(wild.data(), box.data());
+    assert.deepEqual(c.position('h.a'), { ep: 'e9', off: 1 });
+    await c.close();
+    // A faulty replay that resends messages the client has: they are dropped.
+    const broker2 = new FakeBroker({ history: { 'h.>': 100 } });
+    broker2.replayOverlap = 3;
+    const c2 = fakeClient(broker2);
+    const box2 = inbox();
+    await c2.subscribe('h.a', box2);
+    for (let i = 1; i <= 4; i++) broker2.publish('h.a', i);
+    await box2.wait(4);
+    await whileAway(broker2, c2, async () => broker2.publish('h.a', 5));
+    await box2.wait(5);
+    await waitFor(() => c2.state === 'open', 5000, 'the reconnect');
+    await c2.ping();
+    assert.ok(broker2.sent.filter((s) => s.msg.op === 'msg').length >= 8, 'the fake did resend old ones');
+    assert.deepEqual(box2.data(), [1, 2, 3, 4, 5]);
+    await c2.close();
+  });
+
+  test('an exception in onRecover goes to the error event', T, async () => {
+    const broker = new FakeBroker({ history: { 'h.>': 100 } });
+    const c = fakeClient(broker);
+    const box = inbox();
+    await c.subscribe('h.a', box, {
+      since: { ep: 'e1', off: 0 },
+      onRecover() {
+        throw new Error('onRecover bug');
+      },
+    });
+    assert.equal(c.errors.length, 1);
+    assert.match(c.errors[0].message, /onRecover bug/);
+    await c.close();
+  });
+});
+
+describe('idempotent publish and history (fake broker)', () => {
+  afterEach(closeAll);
+  for (const [enc, encOpts] of ENCODINGS) {
+    test(`${enc}: publishes carry a unique mid; the ack's ep, off, dup and mid resolve the promise`, T, async () => {
+      const broker = new FakeBroker({ history: { 'h.>': 100 } });
+      const c = fakeClient(broker, encOpts);
+      const box = inbox();
+      await c.subscribe('h.>', box);
+      const a1 = await c.publish('h.a', 1);
+      const a2 = await c.publish('h.a', 2);
+      const a3 = await c.publish('plain', 3);
+      const pubs = broker.requests('pub');
+      assert.equal(pubs.length, 3);
+      const mids = pubs.map((p) => p.mid);
+      assert.equal(new Set(mids).size, 3, `distinct mids: ${mids}`);
+      for (const m of mids) assert.ok(typeof m === 'string' && m.length >= 1 && m.length <= 64, m);
+      const prefix = (m) => m.slice(0, m.lastIndexOf('.'));
+      assert.ok(mids.every((m) => prefix(m) === prefix(mids[0])), 'one prefix per client');
+      assert.ok(prefix(mids[0]).length >= 16, 'a random prefix');
+      assert.deepEqual({ ...a1, id: 0 }, { op: 'ack', id: 0, ep: 'e1', off: 1, mid: mids[0] });
+      assert.deepEqual({ ...a2, id: 0 }, { op: 'ack', id: 0, ep: 'e1', off: 2, mid: mids[1] });
+      assert.deepEqual({ ...a3, id: 0 }, { op: 'ack', id: 0, mid: mids[2] }, 'no ep/off without history');
+      // Another client draws another prefix.
+      const c2 = fakeClient(broker, encOpts);
+      await c2.publish('h.b', 0);
+      assert.notEqual(prefix(broker.requests('pub').at(-1).mid), prefix(mids[0]));
+      // The caller's own mid: a second publish with it is a duplicate, not delivered again.
+      const d1 = await c.publish('h.a', 'order', { mid: 'order-42' });
+      const d2 = await c.publish('h.a', 'order again', { mid: 'order-42' });
+      assert.equal(d1.mid, 'order-42');
+      assert.equal(d1.dup, undefined);
+      assert.equal(d2.dup, true);
+      assert.equal(d2.off, d1.off, "a duplicate's off is the original's");
+      await box.wait(4);
+      await c.ping();
+      assert.deepEqual(box.data(), [1, 2, 0, 'order']);
+      assert.deepEqual(broker.requests('pub').slice(-2).map((p) => p.mid), ['order-42', 'order-42']);
+      await Promise.all([c.close(), c2.close()]);
+    });
+  }
+
+  test('a mid must be a string of 1 to 64 bytes; idempotent: false sends none', T, async () => {
+    const broker = new FakeBroker();
+    const c = fakeClient(broker);
+    await opened(c);
+    for (const mid of ['', 'x'.repeat(65), 'é'.repeat(33), 42, null]) {
+      await assert.rejects(c.publish('t', 1, { mid }), TypeError, JSON.stringify(mid));
+    }
+    assert.equal(broker.requests('pub').length, 0);
+    await c.publish('t', 1, { mid: 'é'.repeat(32) }); // 64 bytes
+    assert.equal(broker.requests('pub')[0].mid, 'é'.repeat(32));
+    const plain = fakeClient(broker, { idempotent: false });
+    const ack = await plain.publish('t', 2);
+    assert.equal(ack.mid, undefined);
+    assert.ok(!('mid' in broker.requests('pub')[1]));
+    await plain.publish('t', 3, { mid: 'explicit' }); // an explicit one still goes
+    assert.equal(broker.requests('pub')[2].mid, 'explicit');
+    await Promise.all([c.close(), plain.close()]);
+  });
+
+  for (const [enc, encOpts] of ENCODINGS) {
+    test(`${enc}: a publish whose ack was lost goes again with its mid after the reconnect, once`, T, async () => {
+      const broker = new FakeBroker({ history: { 'h.>': 100 } });
+      const sub = fakeClient(broker);
+      const box = inbox();
+      await sub.subscribe('h.a', box);
+      const pub = fakeClient(broker, encOpts);
+      await opened(pub);
+      let lost = 0;
+      broker.onRequest = (conn, msg) => {
+        if (msg.op === 'pub' && msg.data === 'lost' && lost++ === 0) {
+          broker.down = true; // stay away long enough to queue another publish
+          return 'lose-ack'; // delivered, then the connection drops before the ack
+        }
+        return undefined;
+      };
+      const p1 = pub.publish('h.a', 'lost');
+      p1.catch(() => {}); // awaited below: a rejection fails the test, not the process
+      await waitFor(() => pub.state === 'connecting', 5000, 'the lost connection');
+      const p2 = pub.publish('h.a', 'queued');
+      broker.down = false;
+      const [ack1, ack2] = await Promise.all([p1, p2]);
+      const pubs = broker.requests('pub');
+      assert.deepEqual(pubs.map((p) => p.data), ['lost', 'lost', 'queued'], 'the lost one first, then the queue');
+      assert.equal(pubs[1].mid, pubs[0].mid, 'sent again with the same mid');
+      assert.notEqual(pubs[1].id, pubs[0].id);
+      assert.equal(ack1.dup, true);
+      assert.equal(ack1.mid, pubs[0].mid);
+      assert.equal(ack1.off, 1);
+      assert.equal(ack2.dup, undefined);
+      assert.equal(ack2.off, 2);
+      await box.wait(2);
+      await sub.ping();
+      assert.deepEqual(box.data(), ['lost', 'queued'], 'exactly once');
+      assert.ok(pub.events.includes('disconnect'));
+      assert.deepEqual(pub.errors, []);
+      await Promise.all([sub.close(), pub.close()]);
+    });
+  }
+
+  test('a publish in flight when the connection drops goes again ahead of those sent while closing', T, async () => {
+    const broker = new FakeBroker();
+    const c = fakeClient(broker);
+    await opened(c);
+    broker.dropDelay = 40; // the socket stays CLOSING for 40 ms
+    let late;
+    broker.onRequest = (conn, msg) => {
+      if (msg.op !== 'pub' || msg.data !== 'A' || late) return undefined;
+      // Published while the socket is closing, before the client knows: it waits too.
+      setTimeout(() => {
+        late = c.publish('t', 'B');
+      }, 5);
+      return 'lose-ack';
+    };
+    const a = c.publish('t', 'A');
+    a.catch(() => {}); // awaited below
+    await waitFor(() => late, 5000, 'the publish while closing');
+    assert.equal(c.state, 'open', 'the close event has not come yet');
+    const [ackA, ackB] = await Promise.all([a, late]);
+    assert.deepEqual(broker.requests('pub').map((p) => p.data), ['A', 'A', 'B']);
+    assert.equal(ackA.dup, true);
+    assert.equal(ackB.dup, undefined);
+    await c.close();
+  });
+
+  test('without a mid, a publish in flight when the connection drops rejects with disconnected', T, async () => {
+    const broker = new FakeBroker();
+    const c = fakeClient(broker, { idempotent: false });
+    await opened(c);
+    broker.onRequest = (conn, msg) => (msg.op === 'pub' ? 'lose-ack' : undefined);
+    await assert.rejects(c.publish('t', 1), { code: 'disconnected' });
+    broker.onRequest = null;
+    await waitFor(() => c.state === 'open', 5000, 'the reconnect');
+    assert.equal(broker.requests('pub').length, 1, 'not sent again');
+    await c.close();
+  });
+
+  test('a resent publish still waiting when the timeout passes rejects with its mid in err.request', T, async () => {
+    const broker = new FakeBroker({ history: { 'h.>': 100 } });
+    const c = fakeClient(broker, { timeout: 300 });
+    await opened(c);
+    broker.onRequest = (conn, msg) => {
+      if (msg.op !== 'pub') return undefined;
+      broker.down = true;
+      return 'lose-ack';
+    };
+    const err = await c.publish('h.a', 'maybe').then(
+      () => assert.fail('resolved'),
+      (e) => e,
+    );
+    assert.equal(err.code, 'timeout');
+    const mid = broker.requests('pub')[0].mid;
+    assert.equal(err.request.mid, mid);
+    // The application retries with that mid once the broker is back: no second delivery.
+    broker.onRequest = null;
+    broker.down = false;
+    const ack = await c.publish('h.a', 'maybe', { mid: err.request.mid });
+    assert.equal(ack.dup, true);
+    assert.equal(broker.streams.get('h.a').off, 1);
+    await c.close();
+  });
+
+  for (const [enc, encOpts] of ENCODINGS) {
+    test(`${enc}: history() resolves with {ep, off, messages} oldest first, binary as Uint8Array`, T, async () => {
+      const broker = new FakeBroker({ history: { 'h.>': 100 } });
+      const m = fakeClient(broker, { encoding: 'msgpack', codec: msgpack });
+      await m.publish('h.a', { n: 1 });
+      await m.publish('h.a', 'two');
+      await m.publish('h.a', new Uint8Array([0, 1, 255]));
+      const c = fakeClient(broker, encOpts);
+      const h = await c.history('h.a', { limit: 2 });
+      assert.deepEqual(h, {
+        ep: 'e1',
+        off: 3,
+        messages: [
+          { off: 2, data: 'two' },
+          { off: 3, data: new Uint8Array([0, 1, 255]) },
+        ],
+      });
+      assert.ok(h.messages[1].data instanceof Uint8Array);
+      const hist = broker.requests('hist').at(-1);
+      assert.deepEqual(hist, { op: 'hist', topic: 'h.a', limit: 2, id: hist.id });
+      const all = await c.history('h.a');
+      assert.ok(!('limit' in broker.requests('hist').at(-1)), 'no limit: the broker default');
+      assert.deepEqual(all.messages.map((x) => x.off), [1, 2, 3]);
+      assert.deepEqual(all.messages[0].data, { n: 1 });
+      assert.deepEqual(await c.history('h.a', { limit: 0 }), { ep: 'e1', off: 3, messages: [] });
+      assert.deepEqual(await c.history('plain'), { ep: undefined, off: 0, messages: [] });
+      await assert.rejects(c.history('h.*'), { code: 'bad_topic' });
+      for (const limit of [-1, 1.5, '2']) await assert.rejects(c.history('h.a', { limit }), TypeError);
+      await Promise.all([m.close(), c.close()]);
+    });
+  }
+
+  test('history() waits for the connection and is asked again when the answer is lost', T, async () => {
+    const broker = new FakeBroker({ history: { 'h.>': 100 } });
+    broker.publish('h.a', 'x');
+    broker.down = true;
+    const c = fakeClient(broker);
+    const early = c.history('h.a'); // not connected yet: queued
+    await sleep(30);
+    let lost = 0;
+    broker.onRequest = (conn, msg) => (msg.op === 'hist' && lost++ === 0 ? 'lose-ack' : undefined);
+    broker.down = false;
+    const h = await early;
+    assert.deepEqual(h.messages, [{ off: 1, data: 'x' }]);
+    assert.equal(broker.requests('hist').length, 2, 'asked again after the reconnect');
+    assert.ok(c.events.includes('disconnect'));
+    await c.close();
+    await assert.rejects(c.history('h.a'), { code: 'closed' });
+  });
+});
+
+// ---- history, recovery, idempotent publish: against a real broker with --history -----
+
+const HAS_HISTORY = brokerHas('--history');
+const HISTORY_ARGS = ['--history', 'hist.>=100'];
+
+describe('history and recovery against a broker (--history)', {
+  skip: HAS_HISTORY === false && 'this gale-broker has no --history flag',
+}, () => {
+  let broker;
+  before(async () => {
+    broker = await startBroker(HISTORY_ARGS);
+  });
+  after(() => broker?.stop());
+  afterEach(closeAll);
+
+  test('acks and msgs carry ep/off; a repeated mid is acked as dup and delivered once', T, async () => {
+    const j = client(broker.wsUrl);
+    const m = client(broker.wsUrl, { encoding: 'msgpack', codec: msgpack });
+    const jbox = inbox();
+    const mbox = inbox();
+    await j.subscribe('hist.r1', jbox);
+    await m.subscribe('hist.r1', mbox);
+    const start = j.position('hist.r1');
+    assert.equal(typeof start.ep, 'string');
+    assert.equal(start.off, 0, 'an empty stream');
+    assert.deepEqual(m.position('hist.r1'), start);
+    const a1 = await j.publish('hist.r1', { n: 1 });
+    const a2 = await m.publish('hist.r1', new Uint8Array([1, 2, 3]));
+    assert.equal(a1.ep, start.ep);
+    assert.equal(a1.off, 1);
+    assert.equal(typeof a1.mid, 'string');
+    assert.equal(a2.ep, start.ep);
+    assert.equal(a2.off, 2);
+    await jbox.wait(2);
+    await mbox.wait(2);
+    assert.deepEqual(jbox.info, [{ ep: start.ep, off: 1 }, { ep: start.ep, off: 2 }]);
+    assert.deepEqual(mbox.info, jbox.info);
+    assert.deepEqual(jbox.got[1].data, new Uint8Array([1, 2, 3]));
+    assert.deepEqual(j.position('hist.r1'), { ep: start.ep, off: 2 });
+    const d1 = await j.publish('hist.r1', 'once', { mid: 'r1-once' });
+    const d2 = await m.publish('hist.r1', 'once', { mid: 'r1-once' });
+    assert.equal(d1.off, 3);
+    assert.ok(!d1.dup);
+    assert.equal(d2.dup, true);
+    await jbox.wait(3);
+    await j.publish('hist.r1', 'after');
+    await jbox.wait(4);
+    assert.deepEqual(jbox.data().slice(2), ['once', 'after']);
+    const plain = await j.publish('nohist.r1', 1);
+    assert.equal(plain.ep, undefined);
+    await Promise.all([j.close(), m.close()]);
+  });
+
+  test('history() in JSON and MessagePack; topics without history; patterns', T, async () => {
+    const j = client(broker.wsUrl);
+    const m = client(broker.wsUrl, { encoding: 'msgpack', codec: msgpack });
+    await opened(j);
+    await j.publish('hist.r2', { n: 1 });
+    await m.publish('hist.r2', new Uint8Array([0, 255]));
+    await j.publish('hist.r2', 'three');
+    for (const c of [j, m]) {
+      const h = await c.history('hist.r2');
+      assert.equal(typeof h.ep, 'string');
+      assert.equal(h.off, 3);
+      assert.deepEqual(h.messages, [
+        { off: 1, data: { n: 1 } },
+        { off: 2, data: new Uint8Array([0, 255]) },
+        { off: 3, data: 'three' },
+      ], c.encoding);
+      const last = await c.history('hist.r2', { limit: 1 });
+      assert.deepEqual(last.messages, [{ off: 3, data: 'three' }]);
+      assert.deepEqual(await c.history('nohist.r2'), { ep: undefined, off: 0, messages: [] });
+      await assert.rejects(c.history('hist.*'), { code: 'bad_topic' });
+    }
+    await Promise.all([j.close(), m.close()]);
+  });
+
+  test('subscribe with an initial since replays the rest; another epoch is not recovered', T, async () => {
+    const p = client(broker.wsUrl);
+    await opened(p);
+    let ep;
+    for (let i = 1; i <= 4; i++) ({ ep } = await p.publish('hist.r6', i));
+    const c = client(broker.wsUrl);
+    const box = inbox();
+    const recoveries = [];
+    await c.subscribe('hist.r6', box, { since: { ep, off: 1 }, onRecover: (r) => recoveries.push(r) });
+    assert.deepEqual(recoveries, [{ topic: 'hist.r6', recovered: true, ep, off: 4 }]);
+    assert.deepEqual(box.data(), [2, 3, 4]);
+    const box2 = inbox();
+    const since = { ep: 'no-such-epoch', off: 3 };
+    await c.subscribe('hist.r6b', box2, { since, onRecover: (r) => recoveries.push(r) });
+    assert.equal(recoveries[1].recovered, false);
+    assert.equal(box2.got.length, 0);
+    await Promise.all([p.close(), c.close()]);
+  });
+
+  for (const [enc, encOpts] of ENCODINGS) {
+    test(`${enc}: a cut connection resubscribes with since and gets what it missed, once`, T, async () => {
+      const topic = `hist.r3.${enc}`;
+      const proxy = await proxyTo(broker.port);
+      const c = client(proxy.wsUrl, { heartbeat: 0, ...encOpts });
+      const p = client(broker.wsUrl);
+      const box = inbox();
+      const recoveries = [];
+      await c.subscribe(topic, box, { onRecover: (r) => recoveries.push(r) });
+      await opened(p);
+      const { ep } = await p.publish(topic, 1);
+      await p.publish(topic, 2);
+      await box.wait(2);
+      proxy.refusing = true;
+      proxy.cut();
+      await waitFor(() => c.state === 'connecting', 5000, 'the client to notice');
+      await p.publish(topic, 3);
+      await p.publish(topic, 4);
+      proxy.refusing = false;
+      await waitFor(() => recoveries.length === 1, 10000, 'the recovery');
+      assert.deepEqual(recoveries, [{ topic, recovered: true, ep, off: 4 }]);
+      await p.publish(topic, 5);
+      await box.wait(5);
+      await c.ping();
+      assert.deepEqual(box.data(), [1, 2, 3, 4, 5]);
+      assert.deepEqual(box.info.map((i) => i.off), [1, 2, 3, 4, 5]);
+      await Promise.all([c.close(), p.close()]);
+      await proxy.stop();
+    });
+  }
+
+  test('a publish whose ack is lost with the connection is sent again and delivered once', T, async () => {
+    const proxy = await proxyTo(broker.port);
+    const pub = client(proxy.wsUrl, { heartbeat: 0 });
+    const sub = client(broker.wsUrl);
+    const box = inbox();
+    await sub.subscribe('hist.r4', box);
+    await opened(pub);
+    proxy.deaf = true; // the broker's answers no longer reach pub
+    const pending = pub.publish('hist.r4', 'once');
+    pending.catch(() => {}); // awaited below
+    await box.wait(1); // the broker has it
+    proxy.cut();
+    proxy.deaf = false;
+    const ack = await pending;
+    assert.equal(ack.dup, true, JSON.stringify(ack));
+    assert.equal(ack.off, 1);
+    assert.ok(proxy.connections >= 2, 'it reconnected');
+    await pub.publish('hist.r4', 'next');
+    await box.wait(2);
+    await sub.ping();
+    assert.deepEqual(box.data(), ['once', 'next']);
+    await Promise.all([pub.close(), sub.close()]);
+    await proxy.stop();
+  });
+
+  test('after a broker restart (a new epoch) onRecover reports recovered false', T, async () => {
+    const b = new Broker(await freePort(), HISTORY_ARGS);
+    openThings.add(b);
+    await b.start();
+    const c = client(b.wsUrl);
+    const box = inbox();
+    const recoveries = [];
+    await c.subscribe('hist.r5', box, { onRecover: (r) => recoveries.push(r) });
+    const { ep } = await c.publish('hist.r5', 1);
+    await box.wait(1);
+    await b.stop();
+    await b.start();
+    await waitFor(() => recoveries.length === 1, 10000, 'the recovery report');
+    assert.equal(recoveries[0].recovered, false);
+    assert.notEqual(recoveries[0].ep, ep);
+    assert.deepEqual(c.position('hist.r5'), { ep: recoveries[0].ep, off: recoveries[0].off });
+    await c.publish('hist.r5', 2);
+    await box.wait(2);
+    assert.deepEqual(box.data(), [1, 2]);
+    await c.close();
+    await b.stop();
   });
 });
 
