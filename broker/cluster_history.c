@@ -351,7 +351,6 @@ static void live(cluster_t *c, cstream_t *s, const cluster_envelope_t *e, const 
         return;
     }
     if (e->off > s->last + 1) {
-        B(c)->m.history_gaps++;
         hold(s, raw, len);
         start_read(c, s, s->last);
         return;
@@ -618,9 +617,11 @@ static void stream_reply(cluster_t *c, cstream_t *s, redis_conn_reply_t answer,
     /* Live subscribers: what they missed (a gap) from the stream. */
     bool same = s->known && ep_len == s->ep_len && memcmp(ep, s->ep, ep_len) == 0;
     if (same) {
+        uint64_t before = s->last;
         for (size_t i = 0; i < n; i++)
             if (ents[i].e.off > s->last && ents[i].e.off <= top)
                 deliver_live(c, s, &ents[i].e);
+        b->m.history_gaps += s->last != before;
     }
     memcpy(s->ep, ep, ep_len);
     s->ep_len = (uint8_t)ep_len;

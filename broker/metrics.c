@@ -82,7 +82,8 @@ gale_err_t metrics_render(const metrics_t *m, const metrics_gauges_t *g, gale_bu
            "Publishes not delivered again: their mid was seen within --dedup-window.",
            m->publish_duplicates);
     metric(out, "gale_history_gaps_total", "counter",
-           "Jumps in a topic's live offsets (cluster) filled from its Redis stream.",
+           "Times a topic's live subscribers had missed messages (a jump in offsets, a "
+           "reconnection) and got them from its Redis stream (cluster).",
            m->history_gaps);
     metric(out, "gale_dedup_entries", "gauge", "Mids remembered for --dedup-window.",
            g->dedup_entries);

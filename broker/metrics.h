@@ -28,7 +28,7 @@ typedef struct metrics {
     uint64_t recoveries[2];          /* subs with since: [0] not recovered, [1] recovered */
     uint64_t messages_replayed;      /* msg frames queued by recoveries */
     uint64_t publish_duplicates;     /* pubs not delivered again: a mid seen before */
-    uint64_t history_gaps;           /* cluster: jumps in live offsets, filled from the stream */
+    uint64_t history_gaps;           /* cluster: missed live messages read from the stream */
     uint64_t redis_publishes;        /* PUBLISH commands sent (--redis) */
     uint64_t redis_received;         /* messages received from Redis */
     uint64_t redis_duplicates;       /* ... dropped as copies already delivered */
