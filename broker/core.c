@@ -450,6 +450,8 @@ static gale_err_t do_hist(broker_t *b, conn_t *c, const gale_request_t *req, con
         uint64_t limit = req->has_limit ? req->limit : CORE_HIST_LIMIT;
         if (limit > b->cfg.hist_max_limit)
             limit = b->cfg.hist_max_limit;
+        if (limit > rule->size) /* the stream's MAXLEN ~ may keep a few more */
+            limit = rule->size;
         gale_err_t e = b->bus.ops->hist(b->bus.ctx, &q->p, req->topic, req->topic_len, rule, limit,
                                         enc, req->has_id, req->id, why);
         if (e != GALE_OK)

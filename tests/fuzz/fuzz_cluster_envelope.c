@@ -6,14 +6,18 @@
  * check, the duplicate filter, and the `msg` frames router_deliver builds for
  * subscribers of each encoding. Checked, beyond "no crash":
  *
- *   - the verdict agrees with an independent model of the documented shape,
- *     read with the protocol module's MessagePack header reader, and the two
- *     find the same fields;
+ *   - the verdict agrees with an independent model of the documented shape
+ *     (an array of 7; of 8 ending in true; of 9 ending in ep, a str of
+ *     1..GALE_EP_MAX bytes, and off, a uint >= 1), read with the protocol
+ *     module's MessagePack header reader, and the two find the same fields
+ *     (the tail, ep and off included);
  *   - decoding is deterministic: a copy at another address gives the same
  *     verdict, reason and field offsets;
  *   - a failure has a non-empty reason; a success has reason "", and every
- *     field is in bounds: node, topic and data lie inside the input in that
- *     order, data ends the input, the headers between them take 9..52 bytes,
+ *     field is in bounds: node, topic and data (and ep) lie inside the input
+ *     in that order, data ends the input (tail 0), or is followed by the true
+ *     alone (tail 8) or by ep and off alone (tail 9), the headers between
+ *     them take 9..52 bytes (10..53, 11..66),
  *     each field is valid (node printable, topic concrete, ids non-zero,
  *     encoding known, data well-formed and nested at most GALE_MAX_DEPTH - 1
  *     like a pub's) and the whole input is one MessagePack object;
@@ -22,21 +26,26 @@
  *   - round trip: cluster_envelope_encode of the decoded fields fits
  *     cluster_envelope_size, is refused (within bounds) with less room, decodes to
  *     the same fields, and encodes again to the same bytes (the encoding is
- *     canonical); its truncations and a trailing byte are refused;
+ *     canonical); with tail 9 it writes the header of 9 and the first 7 only,
+ *     refused as such, and decodes once ep and off are appended as the publish
+ *     script does (0xd9 LEN EP 0xcf OFF); its truncations and a trailing byte
+ *     are refused;
  *   - the channel the broker compares against has room for the topic, and
  *     the duplicate filter takes (instance, seq) once, drops the copy, and
  *     takes the next seq;
  *   - delivery: the data converts to a `msg` frame in both encodings (only
  *     the documented output budget of container map keys may refuse
  *     MessagePack -> JSON), and each frame decodes as a client reads it
- *     (gale_decode_reply) to the same topic, same-encoding data unchanged.
+ *     (gale_decode_reply) to the same topic, same-encoding data unchanged,
+ *     and with tail 9 (router_deliver_at) to the same ep and off.
  *     (This found MessagePack data with an ext at the 64th level: accepted,
  *     then silently not delivered to JSON subscribers.)
  *
- * The envelope ends exactly where its data does, so a byte-level mutation
- * that changes the data's length breaks the bin header before it and gets
- * no further than the length check. Half of the mutations therefore work on
- * the data alone and rewrite its header for the new length (see
+ * The envelope ends where its data does (or its short tail after it), so a
+ * byte-level mutation that changes the data's length breaks the bin header
+ * before it and gets no further than the length check. Half of the mutations
+ * therefore work on the data alone and rewrite its header for the new length,
+ * keeping the tail after it, and now and then replace the tail (see
  * LLVMFuzzerCustomMutator), which takes the data deep into the validation.
  */
 #include "fuzz_check.h"
@@ -70,7 +79,10 @@ static bool same_fields(const cluster_envelope_t *a, const cluster_envelope_t *b
     return a->node_len == b->node_len && memcmp(a->node, b->node, a->node_len) == 0 &&
            a->instance == b->instance && a->seq == b->seq && a->topic_len == b->topic_len &&
            memcmp(a->topic, b->topic, a->topic_len) == 0 && a->enc == b->enc &&
-           a->data_len == b->data_len && memcmp(a->data, b->data, a->data_len) == 0;
+           a->data_len == b->data_len && memcmp(a->data, b->data, a->data_len) == 0 &&
+           a->tail == b->tail && a->off == b->off && a->ep_len == b->ep_len &&
+           (a->ep == NULL) == (b->ep == NULL) &&
+           (a->ep_len == 0 || memcmp(a->ep, b->ep, a->ep_len) == 0);
 }
 
 /* Same fields at the same offsets of two buffers. */
@@ -79,7 +91,11 @@ static bool same_offsets(const cluster_envelope_t *a, const uint8_t *abuf,
 {
     return (const uint8_t *)a->node - abuf == (const uint8_t *)b->node - bbuf &&
            (const uint8_t *)a->topic - abuf == (const uint8_t *)b->topic - bbuf &&
-           a->data - abuf == b->data - bbuf && same_fields(a, b);
+           a->data - abuf == b->data - bbuf &&
+           (a->ep == NULL ? b->ep == NULL
+                          : b->ep != NULL &&
+                                (const uint8_t *)a->ep - abuf == (const uint8_t *)b->ep - bbuf) &&
+           same_fields(a, b);
 }
 
 /* --- the model: the header's contract, read with gale__mp_head --------------- */
@@ -113,7 +129,10 @@ static bool m_bytes(const uint8_t *buf, size_t len, size_t *pos, gale__mpkind_t 
     return true;
 }
 
-/* [1, node, instance, seq, topic, enc, data] as a fixarray, nothing after it. */
+/*
+ * [1, node, instance, seq, topic, enc, data] as a fixarray, or [..., true] (8), or
+ * [..., ep, off] (9), nothing after it.
+ */
 static bool model(const uint8_t *buf, size_t len, cluster_envelope_t *e)
 {
     size_t pos = 0;
@@ -122,9 +141,10 @@ static bool model(const uint8_t *buf, size_t len, cluster_envelope_t *e)
     gale__mphead_t h;
 
     memset(e, 0, sizeof(*e));
-    if (len == 0 || buf[0] != 0x97 || !m_head(buf, len, &pos, &h) || h.kind != GALE__MP_ARRAY ||
-        h.n != 7)
+    if (len == 0 || (buf[0] & 0xf0) != 0x90 || !m_head(buf, len, &pos, &h) ||
+        h.kind != GALE__MP_ARRAY || h.n < 7 || h.n > 9)
         return false;
+    e->tail = h.n == 7 ? 0 : (uint8_t)h.n;
     if (!m_uint(buf, len, &pos, &version) || version != CLUSTER_ENVELOPE_VERSION)
         return false;
     if (!m_bytes(buf, len, &pos, GALE__MP_STR, &node, &e->node_len) || e->node_len == 0 ||
@@ -142,7 +162,20 @@ static bool model(const uint8_t *buf, size_t len, cluster_envelope_t *e)
     if (!m_uint(buf, len, &pos, &enc) || enc >= GALE_ENC_COUNT)
         return false;
     if (!m_bytes(buf, len, &pos, GALE__MP_BIN, &d, &e->data_len) || e->data_len == 0 ||
-        e->data_len > CLUSTER_DATA_MAX || pos != len)
+        e->data_len > CLUSTER_DATA_MAX)
+        return false;
+    if (e->tail == 8) {
+        gale__mphead_t t;
+        if (!m_head(buf, len, &pos, &t) || t.kind != GALE__MP_BOOL || t.u != 1)
+            return false;
+    } else if (e->tail == 9) {
+        const uint8_t *ep;
+        if (!m_bytes(buf, len, &pos, GALE__MP_STR, &ep, &e->ep_len) || e->ep_len == 0 ||
+            e->ep_len > GALE_EP_MAX || !m_uint(buf, len, &pos, &e->off) || e->off == 0)
+            return false;
+        e->ep = (const char *)ep;
+    }
+    if (pos != len)
         return false;
     e->node = (const char *)node;
     e->topic = (const char *)topic;
@@ -161,9 +194,28 @@ static void check_fields(const cluster_envelope_t *e, const uint8_t *buf, size_t
     size_t d = offset_in(e->data, e->data_len, buf, len);
     CHECK(node != SIZE_MAX && topic != SIZE_MAX && d != SIZE_MAX);
     CHECK(node + e->node_len <= topic && topic + e->topic_len <= d);
-    CHECK(d + e->data_len == len);
+    CHECK(buf[0] == (e->tail == 0 ? 0x97 : e->tail == 8 ? 0x98 : 0x99));
     size_t headers = len - e->node_len - e->topic_len - e->data_len;
-    CHECK(headers >= 9 && headers <= 52); /* 1+1+1+1+1+1+1+2 .. 1+9+5+9+9+5+9+5 */
+    if (e->tail == 0) {
+        CHECK(e->ep == NULL && e->ep_len == 0 && e->off == 0);
+        CHECK(d + e->data_len == len);
+        CHECK(headers >= 9 && headers <= 52); /* 1+1+1+1+1+1+1+2 .. 1+9+5+9+9+5+9+5 */
+    } else if (e->tail == 8) {
+        CHECK(e->ep == NULL && e->ep_len == 0 && e->off == 0);
+        CHECK(d + e->data_len == len - 1 && buf[len - 1] == 0xc3);
+        CHECK(headers >= 10 && headers <= 53);
+    } else {
+        CHECK(e->tail == 9);
+        size_t ep = offset_in(e->ep, e->ep_len, buf, len);
+        CHECK(ep != SIZE_MAX && e->ep_len >= 1 && e->ep_len <= GALE_EP_MAX && e->off >= 1);
+        size_t ep_hdr = ep - (d + e->data_len), off_len = len - (ep + e->ep_len);
+        CHECK(d + e->data_len < ep && (ep_hdr == 1 || ep_hdr == 2 || ep_hdr == 3 || ep_hdr == 5));
+        gale__mphead_t h;
+        CHECK(off_len >= 1 && off_len <= 9 && gale__mp_head(buf + ep + e->ep_len, off_len, &h) &&
+              h.kind == GALE__MP_UINT && h.hdr == off_len && h.u == e->off);
+        headers -= e->ep_len;
+        CHECK(headers >= 11 && headers <= 66); /* ... + 1+1 .. + 5+9 */
+    }
     CHECK(e->node_len >= 1 && e->node_len <= CLUSTER_NODE_MAX);
     for (size_t i = 0; i < e->node_len; i++)
         CHECK(e->node[i] > ' ' && e->node[i] < 0x7f);
@@ -178,26 +230,51 @@ static void check_fields(const cluster_envelope_t *e, const uint8_t *buf, size_t
     CHECK(gale_msgpack_prescan(buf, len, 2)); /* the envelope is one MessagePack array */
 }
 
+/* Appends ep and off to a tail-9 envelope as the publish script does: str8, uint64. */
+static size_t put_position(uint8_t *out, size_t n, const cluster_envelope_t *e)
+{
+    out[n++] = 0xd9;
+    out[n++] = (uint8_t)e->ep_len;
+    memcpy(out + n, e->ep, e->ep_len);
+    n += e->ep_len;
+    out[n++] = 0xcf;
+    for (int i = 7; i >= 0; i--)
+        out[n++] = (uint8_t)(e->off >> (8 * i));
+    return n;
+}
+
 /* Re-encodes e, and decodes and encodes the result again. */
 static void check_round_trip(const cluster_envelope_t *e)
 {
     cluster_envelope_t back, again;
     const char *why;
-    size_t cap = cluster_envelope_size(e->node_len, e->topic_len, e->data_len);
+    size_t size = cluster_envelope_size(e->node_len, e->topic_len, e->data_len);
+    size_t extra = e->tail == 9 ? 2 + e->ep_len + 9 : 0; /* what the script appends */
+    size_t cap = size + extra;
     uint8_t *out = malloc(cap + 1);
     CHECK(out);
-    size_t n = cluster_envelope_encode(out, cap, e);
-    CHECK(n > 0 && n <= cap);
-    uint8_t *small = malloc(n - 1); /* exactly n - 1 bytes: ASan sees any write past them */
-    CHECK(small && cluster_envelope_encode(small, n - 1, e) == 0);
+    size_t enc_n = cluster_envelope_encode(out, size, e);
+    CHECK(enc_n > 0 && enc_n <= size);
+    uint8_t *small = malloc(enc_n - 1); /* exactly n - 1 bytes: ASan sees any write past them */
+    CHECK(small && cluster_envelope_encode(small, enc_n - 1, e) == 0);
     free(small);
+    CHECK(out[0] == (e->tail == 0 ? 0x97 : e->tail == 8 ? 0x98 : 0x99));
+    if (e->tail == 8)
+        CHECK(out[enc_n - 1] == 0xc3);
+    size_t n = enc_n;
+    if (e->tail == 9) {
+        /* The broker's part alone is not an envelope; with the script's part it is. */
+        CHECK(!decode(out, enc_n, &again, &why) && strcmp(why, "bad stream position") == 0);
+        n = put_position(out, enc_n, e);
+        CHECK(n == enc_n + extra);
+    }
 
     CHECK(decode(out, n, &back, &why) && why && *why == '\0');
     check_fields(&back, out, n);
     CHECK(same_fields(e, &back));
     uint8_t *out2 = malloc(cap);
     CHECK(out2);
-    CHECK(cluster_envelope_encode(out2, cap, &back) == n && memcmp(out, out2, n) == 0);
+    CHECK(cluster_envelope_encode(out2, cap, &back) == enc_n && memcmp(out, out2, enc_n) == 0);
     free(out2);
 
     /* Truncations (empty, in the data header, before and in the data) and a trailing byte. */
@@ -230,14 +307,29 @@ static bool json_ws(uint8_t c)
     return c == ' ' || c == '\t' || c == '\n' || c == '\r';
 }
 
-/* The frames router_deliver builds for subscribers of each encoding. */
+static bool utf8_valid(const char *s, size_t n)
+{
+    const uint8_t *p = (const uint8_t *)s;
+    for (size_t i = 0; i < n;) {
+        uint32_t cp;
+        i += gale__utf8_next(p + i, n - i, &cp);
+        if (cp == GALE__UTF8_BAD)
+            return false;
+    }
+    return true;
+}
+
+/* The frames router_deliver (router_deliver_at with tail 9) builds for subscribers of each
+ * encoding. */
 static void check_delivery(const cluster_envelope_t *e)
 {
     for (int to = 0; to < GALE_ENC_COUNT; to++) {
         gale_buf_t out;
         gale_buf_init(&out, 32);
-        gale_err_t err = gale_encode_msg(&out, (gale_enc_t)to, e->topic, e->topic_len, e->enc,
-                                         e->data, e->data_len);
+        gale_pos_t pos = {.ep = e->ep, .ep_len = e->ep_len, .off = e->off};
+        gale_err_t err =
+            gale_encode_msg_pos(&out, (gale_enc_t)to, e->topic, e->topic_len,
+                                e->tail == 9 ? &pos : NULL, e->enc, e->data, e->data_len);
         if (err == GALE_ERR_BAD_REQUEST && e->enc == GALE_ENC_MSGPACK && to == GALE_ENC_JSON) {
             CHECK(has_container_key(e->data, e->data_len)); /* over the output budget */
             CHECK(out.len == out.headroom);
@@ -251,6 +343,14 @@ static void check_delivery(const cluster_envelope_t *e)
                                 &r, &why) == GALE_OK);
         CHECK(r.op == GALE_REPLY_MSG && !r.has_id);
         CHECK(r.topic_len == e->topic_len && memcmp(r.topic, e->topic, e->topic_len) == 0);
+        if (e->tail == 9) {
+            CHECK(r.has_ep && r.has_off && r.off == e->off);
+            /* JSON carries ep as text: the same bytes when they are UTF-8 (else U+FFFD). */
+            if (to == GALE_ENC_MSGPACK || utf8_valid(e->ep, e->ep_len))
+                CHECK(r.ep_len == e->ep_len && memcmp(r.ep, e->ep, e->ep_len) == 0);
+        } else {
+            CHECK(!r.has_ep && !r.has_off);
+        }
         if (to == (int)e->enc) {
             const uint8_t *p = e->data, *end = e->data + e->data_len;
             if (e->enc == GALE_ENC_JSON) {
@@ -314,7 +414,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 static bool find_data(const uint8_t *p, size_t n, size_t *at)
 {
     size_t pos = 1;
-    if (n == 0 || p[0] != 0x97)
+    if (n == 0 || p[0] < 0x97 || p[0] > 0x99)
         return false;
     for (int field = 0; field < 6; field++) {
         gale__mphead_t h;
@@ -332,17 +432,71 @@ static bool find_data(const uint8_t *p, size_t n, size_t *at)
     return pos < n && p[pos] >= 0xc4 && p[pos] <= 0xc6;
 }
 
-/* Mutates the data of an envelope and fixes its bin header; else the whole input. */
+/*
+ * The tail an envelope ends with, chosen by v: nothing (array of 7), true (8), or a
+ * position (9) whose ep and off are now and then out of bounds. Returns its length
+ * (at most 2 + GALE_EP_MAX + 1 + 9) and sets *head to the array header.
+ */
+static size_t make_tail(uint8_t *t, unsigned v, uint8_t *head)
+{
+    switch (v % 3) {
+    case 0:
+        *head = 0x97;
+        return 0;
+    case 1:
+        *head = 0x98;
+        t[0] = 0xc3;
+        return 1;
+    default: {
+        *head = 0x99;
+        v /= 3;
+        size_t ep_len = v % 8 == 0 ? (v / 8) % (GALE_EP_MAX + 2) : 16, n = 0;
+        if (ep_len < 32 && (v & 0x100)) {
+            t[n++] = (uint8_t)(0xa0 | ep_len);
+        } else {
+            t[n++] = 0xd9;
+            t[n++] = (uint8_t)ep_len;
+        }
+        for (size_t i = 0; i < ep_len; i++)
+            t[n++] = "0123456789abcdef"[(v + i) % 16];
+        uint64_t off = (v >> 9) % 4 == 0 ? 0 : (v >> 11);
+        if (off < 128 && (v & 0x200)) {
+            t[n++] = (uint8_t)off;
+        } else {
+            t[n++] = 0xcf;
+            for (int i = 7; i >= 0; i--)
+                t[n++] = (uint8_t)(off >> (8 * i));
+        }
+        return n;
+    }
+    }
+}
+
+/*
+ * Mutates the data of an envelope and fixes its bin header, keeping what follows the data
+ * of an array of 8 or 9 (its tail), or now and then replacing the tail; else the whole input.
+ */
 size_t LLVMFuzzerCustomMutator(uint8_t *data, size_t size, size_t max_size, unsigned int seed)
 {
     size_t at;
     gale__mphead_t h;
-    if ((seed & 1) || !find_data(data, size, &at) || max_size < at + 6 ||
-        !gale__mp_head(data + at, size - at, &h))
+    if ((seed & 1) || !find_data(data, size, &at) || !gale__mp_head(data + at, size - at, &h))
         return LLVMFuzzerMutate(data, size, max_size);
-    size_t start = at + h.hdr, len = size - start, room = max_size - at - 5;
+    size_t start = at + h.hdr, len = size - start;
+    if (start > size)
+        return LLVMFuzzerMutate(data, size, max_size);
     if (h.n < len)
-        len = (size_t)h.n; /* drop whatever follows the data */
+        len = (size_t)h.n;
+    /* The tail: what follows the data (nothing for an array of 7), or a new one. */
+    uint8_t tail[2 + GALE_EP_MAX + 1 + 9 + 64], head = data[0];
+    size_t tail_len = head == 0x97 ? 0 : size - start - len;
+    if ((seed >> 3) % 8 == 0 || tail_len > sizeof(tail))
+        tail_len = make_tail(tail, seed >> 6, &head);
+    else
+        memcpy(tail, data + start + len, tail_len);
+    if (max_size < at + 6 + tail_len)
+        return LLVMFuzzerMutate(data, size, max_size);
+    size_t room = max_size - at - 5 - tail_len;
     if (len > room)
         len = room;
     uint8_t *tmp = malloc(room);
@@ -354,6 +508,7 @@ size_t LLVMFuzzerCustomMutator(uint8_t *data, size_t size, size_t max_size, unsi
     len = LLVMFuzzerMutate(tmp, len, room);
     /* Header width: the smallest, or bin16/bin32 now and then (all are accepted). */
     unsigned wide = (seed >> 1) % 4;
+    data[0] = head;
     uint8_t *o = data + at;
     if (len < 256 && wide < 2) {
         *o++ = 0xc4;
@@ -369,5 +524,7 @@ size_t LLVMFuzzerCustomMutator(uint8_t *data, size_t size, size_t max_size, unsi
     }
     memcpy(o, tmp, len);
     free(tmp);
-    return (size_t)(o - data) + len;
+    o += len;
+    memcpy(o, tail, tail_len);
+    return (size_t)(o - data) + tail_len;
 }

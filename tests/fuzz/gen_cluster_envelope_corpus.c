@@ -1,11 +1,13 @@
 /*
  * Writes the seed corpus of fuzz_cluster_envelope into the directory given:
  * valid envelopes made by cluster_envelope_encode (both encodings, field
- * lengths at the MessagePack size boundaries, deep and odd data), accepted
+ * lengths at the MessagePack size boundaries, deep and odd data; tails 0, 8
+ * and 9, the last with ep and off appended as the publish script does), accepted
  * non-canonical spellings (wider ints, str8/16/32 and bin8/16 headers), and
  * hostile ones (truncations, huge array/map/str/bin/ext counts, lengths past
  * the input, deep nesting, wrong types, negative ints, ext values, invalid
- * fields, trailing bytes). Each seed's expected verdict is checked against
+ * fields, trailing bytes, a tail that does not match the array's size or
+ * an ep or off out of bounds). Each seed's expected verdict is checked against
  * the decoder, so the file also says what the decoder must do with it.
  *
  *   cmake --build BUILD --target gen_cluster_envelope_corpus
@@ -81,6 +83,51 @@ static void emit_bytes(const char *name, const bytes_t *x, bool accept)
 }
 
 /* --- valid envelopes from the encoder --------------------------------------- */
+
+/* Encodes e; with tail 9, appends ep and off as the publish script does (str8, uint64). */
+static size_t encode_as_published(uint8_t *out, size_t cap, const cluster_envelope_t *e)
+{
+    size_t n = cluster_envelope_encode(out, cap, e);
+    if (n == 0 || e->tail != 9)
+        return n;
+    if (n + 2 + e->ep_len + 9 > cap)
+        return 0;
+    out[n++] = 0xd9;
+    out[n++] = (uint8_t)e->ep_len;
+    memcpy(out + n, e->ep, e->ep_len);
+    n += e->ep_len;
+    out[n++] = 0xcf;
+    for (int i = 7; i >= 0; i--)
+        out[n++] = (uint8_t)(e->off >> (8 * i));
+    return n;
+}
+
+static void valid_tail(const char *name, const char *node, size_t node_len, uint64_t inst,
+                       uint64_t seq, const char *topic, size_t topic_len, gale_enc_t enc,
+                       const void *data, size_t data_len, uint8_t tail, const char *ep,
+                       uint64_t off)
+{
+    cluster_envelope_t e = {.node = node,
+                            .node_len = node_len,
+                            .instance = inst,
+                            .seq = seq,
+                            .topic = topic,
+                            .topic_len = topic_len,
+                            .enc = enc,
+                            .data = data,
+                            .data_len = data_len,
+                            .tail = tail,
+                            .ep = ep,
+                            .ep_len = ep ? strlen(ep) : 0,
+                            .off = off};
+    static uint8_t out[SEED_MAX];
+    size_t n = encode_as_published(out, sizeof(out), &e);
+    if (n == 0) {
+        fprintf(stderr, "%s: the encoder refused it\n", name);
+        exit(1);
+    }
+    emit(name, out, n, true);
+}
 
 static void valid(const char *name, const char *node, size_t node_len, uint64_t inst, uint64_t seq,
                   const char *topic, size_t topic_len, gale_enc_t enc, const void *data,
@@ -178,11 +225,35 @@ static void valid_seeds(void)
     put_be(&d, 300, 2);
     put_rep(&d, 0xee, 300);
     valid("valid-mp-bin16", "n", 1, 1, 1, "t", 1, GALE_ENC_MSGPACK, d.b, d.n);
+
+    /* Tail 8 (a mid: delivered from Redis's copy), tail 9 (a topic with history: the
+     * broker's part, then the script's ep and off). */
+    static const char js[] = "{\"text\":\"hi\"}", mp[] = "\x82\xa1k\x01\xa1j\xc4\x01\x00";
+    valid_tail("valid-tail8-json", "node-1", 6, 0x1122334455667788ULL, 42, "chat.room-1", 11,
+               GALE_ENC_JSON, js, sizeof(js) - 1, 8, NULL, 0);
+    valid_tail("valid-tail8-mp", "node-1", 6, 0x1122334455667788ULL, 42, "chat.room-1", 11,
+               GALE_ENC_MSGPACK, mp, sizeof(mp) - 1, 8, NULL, 0);
+    valid_tail("valid-tail9-json", "node-1", 6, 0x1122334455667788ULL, 42, "chat.room-1", 11,
+               GALE_ENC_JSON, js, sizeof(js) - 1, 9, "0123456789abcdef", 1);
+    valid_tail("valid-tail9-mp", "node-1", 6, 0x1122334455667788ULL, 42, "chat.room-1", 11,
+               GALE_ENC_MSGPACK, mp, sizeof(mp) - 1, 9, "fedcba9876543210", 1000000);
+    valid_tail("valid-tail9-off-max", "n", 1, UINT64_MAX, UINT64_MAX, "t", 1, GALE_ENC_JSON, "1", 1,
+               9, "e", UINT64_MAX);
+    memset(s, 'e', sizeof(s));
+    s[GALE_EP_MAX] = '\0';
+    valid_tail("valid-tail9-ep-64", "n", 1, 1, 1, "t", 1, GALE_ENC_JSON, "1", 1, 9, s, 7);
+    d.n = 0;
+    put_rep(&d, 0x91, 63);
+    put_u8(&d, 0x2a);
+    valid_tail("valid-tail9-mp-depth-63", "n", 1, 1, 1, "t", 1, GALE_ENC_MSGPACK, d.b, d.n, 9,
+               "0000000000000001", 2);
+    valid_tail("valid-tail8-mp-depth-63", "n", 1, 1, 1, "t", 1, GALE_ENC_MSGPACK, d.b, d.n, 8, NULL,
+               0);
 }
 
 /* --- hand-made envelopes: one field replaced at a time ---------------------- */
 
-enum { P_HEAD, P_VER, P_NODE, P_INST, P_SEQ, P_TOPIC, P_ENC, P_DATA, P_COUNT };
+enum { P_HEAD, P_VER, P_NODE, P_INST, P_SEQ, P_TOPIC, P_ENC, P_DATA, P_TAIL, P_COUNT };
 
 typedef struct {
     const char *p[P_COUNT];
@@ -207,6 +278,7 @@ static parts_t base(void)
              "a.b.c")},             /* topic */
         {LIT("\x00")},              /* enc: JSON */
         {LIT("\xc4\x07{\"a\":1}")}, /* data: bin8 */
+        {LIT("")},                  /* tail: none (array of 7) */
     };
     for (int i = 0; i < P_COUNT; i++) {
         x.p[i] = def[i].s;
@@ -259,6 +331,9 @@ static void hand_seeds(void)
     REJECT("head-array32", P_HEAD, "\xdd\x00\x00\x00\x07");
     REJECT("head-array-6", P_HEAD, "\x96");
     REJECT("head-array-8", P_HEAD, "\x98");
+    REJECT("head-array-9", P_HEAD, "\x99"); /* the broker's part alone, no ep and off */
+    REJECT("head-array-10", P_HEAD, "\x9a");
+    REJECT("head-array-15", P_HEAD, "\x9f");
     REJECT("head-map-7", P_HEAD, "\x87");
     REJECT("head-array32-huge", P_HEAD, "\xdd\xff\xff\xff\xff");
     REJECT("head-map32-huge", P_HEAD, "\xdf\xff\xff\xff\xff");
@@ -458,6 +533,143 @@ static void hand_seeds(void)
         "1",
         4);
     emit_bytes("topic-256", &b, false);
+
+    /* Tails: 8 ends in true, 9 in ep (a str of 1..GALE_EP_MAX bytes) and off (a uint >= 1). */
+#define TAIL(name, head, tail, accept)                                                             \
+    do {                                                                                           \
+        x = base();                                                                                \
+        x.p[P_HEAD] = head;                                                                        \
+        x.p[P_TAIL] = tail;                                                                        \
+        x.n[P_TAIL] = sizeof(tail) - 1;                                                            \
+        emit_parts(name, &x, accept);                                                              \
+    } while (0)
+    TAIL("tail8-true", "\x98", "\xc3", true);
+    TAIL("tail8-false", "\x98", "\xc2", false);
+    TAIL("tail8-nil", "\x98", "\xc0", false);
+    TAIL("tail8-one", "\x98", "\x01", false);
+    TAIL("tail8-missing", "\x98", "", false);
+    TAIL("tail8-true-true", "\x98", "\xc3\xc3", false);
+    TAIL("tail8-under-head-7", "\x97", "\xc3", false);
+    TAIL("tail8-under-head-9", "\x99", "\xc3", false);
+    TAIL("tail9-fixstr-fixint", "\x99",
+         "\xa2"
+         "ep\x01",
+         true);
+    TAIL("tail9-str8-uint64", "\x99",
+         "\xd9\x10"
+         "0123456789abcdef\xcf\x00\x00\x00\x00\x00\x00\x00\x07",
+         true);
+    TAIL("tail9-str16-uint8", "\x99",
+         "\xda\x00\x02"
+         "ep\xcc\xff",
+         true);
+    TAIL("tail9-str32-uint16", "\x99",
+         "\xdb\x00\x00\x00\x02"
+         "ep\xcd\x01\x00",
+         true);
+    TAIL("tail9-uint32", "\x99",
+         "\xa2"
+         "ep\xce\x00\x01\x00\x00",
+         true);
+    TAIL("tail9-ep-empty", "\x99", "\xa0\x01", false);
+    TAIL("tail9-ep-str8-empty", "\x99", "\xd9\x00\x01", false);
+    TAIL("tail9-ep-bin", "\x99",
+         "\xc4\x02"
+         "ep\x01",
+         false);
+    TAIL("tail9-ep-int", "\x99", "\x07\x01", false);
+    TAIL("tail9-ep-nil", "\x99", "\xc0\x01", false);
+    TAIL("tail9-ep-true", "\x99", "\xc3", false);
+    TAIL("tail9-ep-past-end", "\x99",
+         "\xd9\x40"
+         "ep\x01",
+         false);
+    TAIL("tail9-ep-str32-4g", "\x99",
+         "\xdb\xff\xff\xff\xff"
+         "ep\x01",
+         false);
+    TAIL("tail9-off-0", "\x99",
+         "\xa2"
+         "ep\x00",
+         false);
+    TAIL("tail9-off-uint64-0", "\x99",
+         "\xa2"
+         "ep\xcf\x00\x00\x00\x00\x00\x00\x00\x00",
+         false);
+    TAIL("tail9-off-negative", "\x99",
+         "\xa2"
+         "ep\xff",
+         false);
+    TAIL("tail9-off-int64", "\x99",
+         "\xa2"
+         "ep\xd3\x00\x00\x00\x00\x00\x00\x00\x05",
+         false);
+    TAIL("tail9-off-float", "\x99",
+         "\xa2"
+         "ep\xcb\x3f\xf0\x00\x00\x00\x00\x00\x00",
+         false);
+    TAIL("tail9-off-str", "\x99",
+         "\xa2"
+         "ep\xa1"
+         "1",
+         false);
+    TAIL("tail9-off-missing", "\x99",
+         "\xa2"
+         "ep",
+         false);
+    TAIL("tail9-off-truncated", "\x99",
+         "\xa2"
+         "ep\xcf\x00\x00",
+         false);
+    TAIL("tail9-missing", "\x99", "", false);
+    TAIL("tail9-bytes-after", "\x99",
+         "\xa2"
+         "ep\x01\xc0",
+         false);
+    TAIL("tail9-true-after", "\x99",
+         "\xa2"
+         "ep\x01\xc3",
+         false);
+    TAIL("tail9-under-head-6", "\x96",
+         "\xa2"
+         "ep\x01",
+         false);
+    TAIL("tail9-under-head-7", "\x97",
+         "\xa2"
+         "ep\x01",
+         false);
+    TAIL("tail9-under-head-8", "\x98",
+         "\xa2"
+         "ep\x01",
+         false);
+    TAIL("tail9-under-head-10", "\x9a",
+         "\xa2"
+         "ep\x01",
+         false);
+    TAIL("tail9-under-array16", "\xdc\x00\x09",
+         "\xa2"
+         "ep\x01",
+         false);
+    b.n = 0;
+    x = base();
+    x.p[P_HEAD] = "\x99";
+    for (int i = 0; i < P_TAIL; i++)
+        put(&b, x.p[i], x.n[i]);
+    size_t at = b.n;
+    for (int len = GALE_EP_MAX; len <= GALE_EP_MAX + 1; len++) {
+        b.n = at;
+        put_u8(&b, 0xd9);
+        put_u8(&b, (uint8_t)len);
+        put_rep(&b, 'e', (size_t)len);
+        put_u8(&b, 0x01);
+        emit_bytes(len == GALE_EP_MAX ? "tail9-ep-64" : "tail9-ep-65", &b, len == GALE_EP_MAX);
+    }
+    b.n = at;
+    put_u8(&b, 0xda);
+    put_be(&b, GALE_EP_MAX + 1, 2);
+    put_rep(&b, 'e', GALE_EP_MAX + 1);
+    put_u8(&b, 0x01);
+    emit_bytes("tail9-ep-65-str16", &b, false);
 
     /* Trailing bytes, truncations, nothing at all. */
     b.n = 0;

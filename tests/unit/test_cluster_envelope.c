@@ -275,6 +275,419 @@ static void test_data_depth_as_a_pub(void **state)
     assert_string_equal(why, "data not well-formed in its encoding");
 }
 
+/* --- tails: 8 (a final true) and 9 (ep and off appended by the publish script) --- */
+
+static cluster_envelope_t sample(uint8_t tail)
+{
+    cluster_envelope_t e = {.node = "node-1",
+                            .node_len = 6,
+                            .instance = 0x1122334455667788ULL,
+                            .seq = 300,
+                            .topic = "chat.room-1",
+                            .topic_len = 11,
+                            .enc = GALE_ENC_JSON,
+                            .data = (const uint8_t *)"{\"a\":[1,2]}",
+                            .data_len = 11,
+                            .tail = tail};
+    return e;
+}
+
+static void assert_sample_fields(const cluster_envelope_t *e)
+{
+    assert_int_equal(e->node_len, 6);
+    assert_memory_equal(e->node, "node-1", 6);
+    assert_int_equal(e->instance, 0x1122334455667788ULL);
+    assert_int_equal(e->seq, 300);
+    assert_int_equal(e->topic_len, 11);
+    assert_memory_equal(e->topic, "chat.room-1", 11);
+    assert_int_equal(e->enc, GALE_ENC_JSON);
+    assert_int_equal(e->data_len, 11);
+    assert_memory_equal(e->data, "{\"a\":[1,2]}", 11);
+}
+
+static void test_tail_0_decodes_without_position(void **state)
+{
+    uint8_t buf[256];
+    cluster_envelope_t in = sample(0), e;
+    const char *why;
+    (void)state;
+    size_t n = cluster_envelope_encode(buf, sizeof(buf), &in);
+    assert_true(n > 0);
+    assert_int_equal(buf[0], 0x97);
+    assert_true(cluster_envelope_decode(buf, n, 1024, &e, &why));
+    assert_string_equal(why, "");
+    assert_int_equal(e.tail, 0);
+    assert_null(e.ep);
+    assert_int_equal(e.ep_len, 0);
+    assert_int_equal(e.off, 0);
+    assert_sample_fields(&e);
+}
+
+static void test_tail_8_round_trip(void **state)
+{
+    uint8_t b0[256], b8[256], again[256];
+    cluster_envelope_t in0 = sample(0), in8 = sample(8), e;
+    const char *why;
+    (void)state;
+    size_t n0 = cluster_envelope_encode(b0, sizeof(b0), &in0);
+    size_t n8 = cluster_envelope_encode(b8, sizeof(b8), &in8);
+    assert_true(n0 > 0);
+    /* The same bytes but the header, and one `true` more. */
+    assert_int_equal(n8, n0 + 1);
+    assert_true(n8 <= cluster_envelope_size(6, 11, 11));
+    assert_int_equal(b8[0], 0x98);
+    assert_memory_equal(b8 + 1, b0 + 1, n0 - 1);
+    assert_int_equal(b8[n8 - 1], 0xc3);
+    assert_true(cluster_envelope_decode(b8, n8, 1024, &e, &why));
+    assert_string_equal(why, "");
+    assert_int_equal(e.tail, 8);
+    assert_null(e.ep);
+    assert_int_equal(e.off, 0);
+    assert_sample_fields(&e);
+    /* Encodes again to the same bytes. */
+    assert_int_equal(cluster_envelope_encode(again, sizeof(again), &e), n8);
+    assert_memory_equal(again, b8, n8);
+    /* Exactly the size bound fits; one byte less does not. */
+    size_t cap = cluster_envelope_size(6, 11, 11);
+    assert_int_equal(cluster_envelope_encode(again, cap, &in8), n8);
+    assert_int_equal(cluster_envelope_encode(again, cap - 1, &in8), 0);
+    /* Every truncation fails (the last one: the true missing). */
+    for (size_t k = 0; k < n8; k++)
+        assert_false(cluster_envelope_decode(b8, k, 1024, &e, &why));
+    assert_string_equal(why, "bad delivery flag");
+}
+
+/* The envelope the publish script stores and publishes: tail 9 from the encoder, then ep
+ * (str8 when str8, else fixstr) and off (uint64 when wide, else a positive fixint). */
+static size_t with_position(uint8_t *buf, size_t cap, const char *ep, size_t ep_len, bool str8,
+                            uint64_t off, bool wide)
+{
+    cluster_envelope_t in = sample(9);
+    size_t n = cluster_envelope_encode(buf, cap, &in);
+    assert_true(n > 0 && n + 2 + ep_len + 9 <= cap);
+    if (str8) {
+        buf[n++] = 0xd9;
+        buf[n++] = (uint8_t)ep_len;
+    } else {
+        assert_true(ep_len < 32);
+        buf[n++] = (uint8_t)(0xa0 | ep_len);
+    }
+    memcpy(buf + n, ep, ep_len);
+    n += ep_len;
+    if (wide) {
+        buf[n++] = 0xcf;
+        for (int i = 7; i >= 0; i--)
+            buf[n++] = (uint8_t)(off >> (8 * i));
+    } else {
+        assert_true(off < 128);
+        buf[n++] = (uint8_t)off;
+    }
+    return n;
+}
+
+static void test_tail_9_encode_and_decode(void **state)
+{
+    uint8_t b0[256], b9[256], buf[512];
+    cluster_envelope_t in0 = sample(0), in9 = sample(9), e;
+    const char *why;
+    (void)state;
+    /* The encoder writes the header of 9 and the first 7 elements only. */
+    size_t n0 = cluster_envelope_encode(b0, sizeof(b0), &in0);
+    size_t n9 = cluster_envelope_encode(b9, sizeof(b9), &in9);
+    assert_true(n0 > 0);
+    assert_int_equal(n9, n0);
+    assert_int_equal(b9[0], 0x99);
+    assert_memory_equal(b9 + 1, b0 + 1, n0 - 1);
+    /* As it stands (no ep and off yet) it is not an envelope. */
+    assert_false(cluster_envelope_decode(b9, n9, 1024, &e, &why));
+    assert_string_equal(why, "bad stream position");
+
+    /* str8 ep, uint64 off, as the script writes them. */
+    size_t n =
+        with_position(buf, sizeof(buf), "0123456789abcdef", 16, true, 0x0102030405060708ULL, true);
+    assert_int_equal(n, n9 + 2 + 16 + 9);
+    assert_true(cluster_envelope_decode(buf, n, 1024, &e, &why));
+    assert_string_equal(why, "");
+    assert_int_equal(e.tail, 9);
+    assert_sample_fields(&e);
+    assert_int_equal(e.ep_len, 16);
+    assert_ptr_equal(e.ep, (const char *)buf + n9 + 2);
+    assert_memory_equal(e.ep, "0123456789abcdef", 16);
+    assert_int_equal(e.off, 0x0102030405060708ULL);
+    /* Re-encoding the decoded fields gives the stored bytes up to the position. */
+    assert_int_equal(cluster_envelope_encode(b0, sizeof(b0), &e), n9);
+    assert_memory_equal(b0, buf, n9);
+    /* Every truncation fails, inside the position too. */
+    for (size_t k = 0; k < n; k++)
+        assert_false(cluster_envelope_decode(buf, k, 1024, &e, &why));
+
+    /* fixstr ep, positive fixint off. */
+    n = with_position(buf, sizeof(buf), "ep-7", 4, false, 1, false);
+    assert_int_equal(n, n9 + 1 + 4 + 1);
+    assert_true(cluster_envelope_decode(buf, n, 1024, &e, &why));
+    assert_int_equal(e.tail, 9);
+    assert_int_equal(e.ep_len, 4);
+    assert_memory_equal(e.ep, "ep-7", 4);
+    assert_int_equal(e.off, 1);
+    n = with_position(buf, sizeof(buf), "e", 1, false, 127, false);
+    assert_true(cluster_envelope_decode(buf, n, 1024, &e, &why));
+    assert_int_equal(e.ep_len, 1);
+    assert_int_equal(e.off, 127);
+
+    /* The bounds: an ep of GALE_EP_MAX bytes, the largest off. */
+    char ep[GALE_EP_MAX + 1];
+    memset(ep, 'x', sizeof(ep));
+    n = with_position(buf, sizeof(buf), ep, GALE_EP_MAX, true, UINT64_MAX, true);
+    assert_true(cluster_envelope_decode(buf, n, 1024, &e, &why));
+    assert_int_equal(e.ep_len, GALE_EP_MAX);
+    assert_int_equal(e.off, UINT64_MAX);
+}
+
+static void test_tail_8_rejected(void **state)
+{
+    uint8_t buf[256];
+    cluster_envelope_t in = sample(0), e;
+    const char *why;
+    (void)state;
+    size_t n = cluster_envelope_encode(buf, sizeof(buf), &in);
+    assert_true(n > 0);
+    buf[0] = 0x98; /* array of 8 without its final true */
+    assert_false(cluster_envelope_decode(buf, n, 1024, &e, &why));
+    assert_string_equal(why, "bad delivery flag");
+    buf[n] = 0xc2; /* false */
+    assert_false(cluster_envelope_decode(buf, n + 1, 1024, &e, &why));
+    assert_string_equal(why, "bad delivery flag");
+    buf[n] = 0xc0; /* nil */
+    assert_false(cluster_envelope_decode(buf, n + 1, 1024, &e, &why));
+    buf[n] = 0x01; /* 1 */
+    assert_false(cluster_envelope_decode(buf, n + 1, 1024, &e, &why));
+    buf[n] = 0xc3; /* true: accepted */
+    assert_true(cluster_envelope_decode(buf, n + 1, 1024, &e, &why));
+    assert_int_equal(e.tail, 8);
+    buf[n + 1] = 0xc3; /* a second true */
+    assert_false(cluster_envelope_decode(buf, n + 2, 1024, &e, &why));
+    assert_string_equal(why, "bytes after the envelope");
+    buf[n + 1] = 0xc0; /* nil after it */
+    assert_false(cluster_envelope_decode(buf, n + 2, 1024, &e, &why));
+    assert_string_equal(why, "bytes after the envelope");
+    /* Arrays of 6 and 10 around it. */
+    buf[0] = 0x96;
+    assert_false(cluster_envelope_decode(buf, n + 1, 1024, &e, &why));
+    assert_string_equal(why, "not an envelope (array of 7, 8 or 9)");
+    buf[0] = 0x9a;
+    assert_false(cluster_envelope_decode(buf, n + 1, 1024, &e, &why));
+    assert_string_equal(why, "not an envelope (array of 7, 8 or 9)");
+    /* An array of 7 followed by a true: bytes after. */
+    buf[0] = 0x97;
+    assert_false(cluster_envelope_decode(buf, n + 1, 1024, &e, &why));
+    assert_string_equal(why, "bytes after the envelope");
+}
+
+/* Decodes the tail-9 envelope of the sample with tail[0..len) after its 7 elements. */
+static bool dec9(const char *tail, size_t len, const char **why)
+{
+    uint8_t buf[512];
+    cluster_envelope_t in = sample(9), e;
+    size_t n = cluster_envelope_encode(buf, sizeof(buf), &in);
+    assert_true(n > 0 && n + len <= sizeof(buf));
+    memcpy(buf + n, tail, len);
+    return cluster_envelope_decode(buf, n + len, 1024, &e, why);
+}
+
+#define DEC9(lit, why) dec9(lit, sizeof(lit) - 1, why)
+
+static void test_tail_9_rejected(void **state)
+{
+    const char *why;
+    (void)state;
+    /* The reference: accepted. */
+    assert_true(DEC9("\xa2"
+                     "ep\x05",
+                     &why));
+    assert_true(DEC9("\xd9\x02"
+                     "ep\xcf\x00\x00\x00\x00\x00\x00\x00\x05",
+                     &why));
+    /* ep empty (fixstr and str8). */
+    assert_false(DEC9("\xa0\x05", &why));
+    assert_string_equal(why, "bad stream position");
+    assert_false(DEC9("\xd9\x00\x05", &why));
+    assert_string_equal(why, "bad stream position");
+    /* ep not a string: bin, uint, nil, true, an array. */
+    assert_false(DEC9("\xc4\x02"
+                      "ep\x05",
+                      &why));
+    assert_string_equal(why, "bad stream position");
+    assert_false(DEC9("\x07\x05", &why));
+    assert_false(DEC9("\xc0\x05", &why));
+    assert_false(DEC9("\xc3\x05", &why));
+    assert_false(DEC9("\x91\xa1"
+                      "e\x05",
+                      &why));
+    /* off 0, as a fixint and as a uint64; off negative, a float, a string. */
+    assert_false(DEC9("\xa2"
+                      "ep\x00",
+                      &why));
+    assert_string_equal(why, "bad stream position");
+    assert_false(DEC9("\xa2"
+                      "ep\xcf\x00\x00\x00\x00\x00\x00\x00\x00",
+                      &why));
+    assert_string_equal(why, "bad stream position");
+    assert_false(DEC9("\xa2"
+                      "ep\xff",
+                      &why));
+    assert_false(DEC9("\xa2"
+                      "ep\xd3\x00\x00\x00\x00\x00\x00\x00\x05",
+                      &why));
+    assert_false(DEC9("\xa2"
+                      "ep\xcb\x3f\xf0\x00\x00\x00\x00\x00\x00",
+                      &why));
+    assert_false(DEC9("\xa2"
+                      "ep\xa1"
+                      "5",
+                      &why));
+    /* off missing, or cut. */
+    assert_false(DEC9("\xa2"
+                      "ep",
+                      &why));
+    assert_string_equal(why, "bad stream position");
+    assert_false(DEC9("\xa2"
+                      "ep\xcf\x00\x00\x00",
+                      &why));
+    /* ep and off both missing; ep past the end. */
+    assert_false(DEC9("", &why));
+    assert_string_equal(why, "bad stream position");
+    assert_false(DEC9("\xd9\x10"
+                      "ep\x05",
+                      &why));
+    /* A true where the position belongs (the tail of 8). */
+    assert_false(DEC9("\xc3", &why));
+    /* Bytes after the position. */
+    assert_false(DEC9("\xa2"
+                      "ep\x05\xc0",
+                      &why));
+    assert_string_equal(why, "bytes after the envelope");
+    assert_false(DEC9("\xa2"
+                      "ep\x05\xc3",
+                      &why));
+    assert_string_equal(why, "bytes after the envelope");
+    assert_false(DEC9("\xa2"
+                      "ep\x05\x05",
+                      &why));
+    assert_string_equal(why, "bytes after the envelope");
+
+    /* ep of 65 bytes (one over GALE_EP_MAX), as str8 and str16; 64 is accepted. */
+    char t[80];
+    memset(t, 'x', sizeof(t));
+    t[0] = (char)0xd9;
+    t[1] = GALE_EP_MAX + 1;
+    t[2 + GALE_EP_MAX + 1] = 0x05;
+    assert_false(dec9(t, 2 + GALE_EP_MAX + 1 + 1, &why));
+    assert_string_equal(why, "bad stream position");
+    t[1] = GALE_EP_MAX;
+    t[2 + GALE_EP_MAX] = 0x05;
+    assert_true(dec9(t, 2 + GALE_EP_MAX + 1, &why));
+    memset(t, 'x', sizeof(t));
+    t[0] = (char)0xda;
+    t[1] = 0;
+    t[2] = GALE_EP_MAX + 1;
+    t[3 + GALE_EP_MAX + 1] = 0x05;
+    assert_false(dec9(t, 3 + GALE_EP_MAX + 1 + 1, &why));
+    assert_string_equal(why, "bad stream position");
+}
+
+static void test_tail_9_header_variants_rejected(void **state)
+{
+    uint8_t buf[512];
+    cluster_envelope_t e;
+    const char *why;
+    (void)state;
+    size_t n = with_position(buf, sizeof(buf), "0123456789abcdef", 16, true, 42, true);
+    assert_true(cluster_envelope_decode(buf, n, 1024, &e, &why));
+    /* The same elements under other array headers. */
+    static const uint8_t heads[] = {0x96, 0x9a, 0x97, 0x98, 0x90, 0x9f};
+    for (size_t i = 0; i < sizeof(heads); i++) {
+        buf[0] = heads[i];
+        assert_false(cluster_envelope_decode(buf, n, 1024, &e, &why));
+    }
+    buf[0] = 0x96;
+    assert_false(cluster_envelope_decode(buf, n, 1024, &e, &why));
+    assert_string_equal(why, "not an envelope (array of 7, 8 or 9)");
+    buf[0] = 0x9a;
+    assert_false(cluster_envelope_decode(buf, n, 1024, &e, &why));
+    assert_string_equal(why, "not an envelope (array of 7, 8 or 9)");
+    buf[0] = 0x97; /* 7 elements, then the position: bytes after */
+    assert_false(cluster_envelope_decode(buf, n, 1024, &e, &why));
+    assert_string_equal(why, "bytes after the envelope");
+    buf[0] = 0x98; /* 7 elements, then a str where the true belongs */
+    assert_false(cluster_envelope_decode(buf, n, 1024, &e, &why));
+    assert_string_equal(why, "bad delivery flag");
+    /* array16 of 9. */
+    uint8_t wide[520];
+    wide[0] = 0xdc;
+    wide[1] = 0x00;
+    wide[2] = 0x09;
+    memcpy(wide + 3, buf + 1, n - 1);
+    assert_false(cluster_envelope_decode(wide, n + 2, 1024, &e, &why));
+    buf[0] = 0x99;
+    assert_true(cluster_envelope_decode(buf, n, 1024, &e, &why));
+}
+
+/* --- Redis key names ------------------------------------------------------ */
+
+static void test_cluster_key(void **state)
+{
+    char out[CLUSTER_KEY_MAX];
+    (void)state;
+    assert_int_equal(cluster_key(out, sizeof(out), "gale:", 5, 'h', "a.b", 3, NULL, 0), 10);
+    assert_string_equal(out, "gale:h:a.b");
+    assert_int_equal(cluster_key(out, sizeof(out), "gale:", 5, 's', "a.b", 3, NULL, 0), 10);
+    assert_string_equal(out, "gale:s:a.b");
+    /* The mid after a space (a topic has none), kept byte for byte. */
+    assert_int_equal(cluster_key(out, sizeof(out), "gale:", 5, 'm', "a.b", 3, "id 1", 4), 15);
+    assert_string_equal(out, "gale:m:a.b id 1");
+    /* A mid is ignored for 'h' and 's'. */
+    assert_int_equal(cluster_key(out, sizeof(out), "gale:", 5, 'h', "a.b", 3, "id", 2), 10);
+    assert_string_equal(out, "gale:h:a.b");
+    /* No prefix. */
+    assert_int_equal(cluster_key(out, sizeof(out), "", 0, 's', "t", 1, NULL, 0), 3);
+    assert_string_equal(out, "s:t");
+    /* Binary-safe mid: a NUL inside is kept (the length tells). */
+    assert_int_equal(cluster_key(out, sizeof(out), "p", 1, 'm', "t", 1, "a\0b", 3), 8);
+    assert_memory_equal(out, "pm:t a\0b", 9);
+
+    /* cap: the key and its NUL; one byte less gives 0 and writes nothing. */
+    char small[16];
+    memset(small, '#', sizeof(small));
+    assert_int_equal(cluster_key(small, 10, "gale:", 5, 'h', "a.b", 3, NULL, 0), 0);
+    for (size_t i = 0; i < sizeof(small); i++)
+        assert_int_equal(small[i], '#');
+    assert_int_equal(cluster_key(small, 11, "gale:", 5, 'h', "a.b", 3, NULL, 0), 10);
+    assert_string_equal(small, "gale:h:a.b");
+    memset(small, '#', sizeof(small));
+    assert_int_equal(cluster_key(small, 15, "gale:", 5, 'm', "a.b", 3, "id 1", 4), 0);
+    for (size_t i = 0; i < sizeof(small); i++)
+        assert_int_equal(small[i], '#');
+    assert_int_equal(cluster_key(small, 16, "gale:", 5, 'm', "a.b", 3, "id 1", 4), 15);
+    assert_string_equal(small, "gale:m:a.b id 1");
+    assert_int_equal(cluster_key(small, 0, "", 0, 'h', "t", 1, NULL, 0), 0);
+
+    /* The longest key fits CLUSTER_KEY_MAX exactly. */
+    char prefix[CLUSTER_PREFIX_MAX], topic[GALE_TOPIC_MAX], mid[GALE_MID_MAX];
+    memset(prefix, 'p', sizeof(prefix));
+    memset(topic, 't', sizeof(topic));
+    memset(mid, 'm', sizeof(mid));
+    size_t n = cluster_key(out, sizeof(out), prefix, sizeof(prefix), 'm', topic, sizeof(topic), mid,
+                           sizeof(mid));
+    assert_int_equal(n, CLUSTER_KEY_MAX - 1);
+    assert_int_equal(out[n], '\0');
+    assert_int_equal(out[CLUSTER_PREFIX_MAX], 'm');
+    assert_int_equal(out[CLUSTER_PREFIX_MAX + 1], ':');
+    assert_int_equal(out[CLUSTER_PREFIX_MAX + 2 + GALE_TOPIC_MAX], ' ');
+    assert_int_equal(cluster_key(out, sizeof(out) - 1, prefix, sizeof(prefix), 'm', topic,
+                                 sizeof(topic), mid, sizeof(mid)),
+                     0);
+}
+
 static uint64_t rng = 88172645463325252ULL;
 static uint64_t next(void)
 {
@@ -311,6 +724,53 @@ static void test_random_mutations(void **state)
     }
 }
 
+/* The same with envelopes of tails 8 and 9: whatever passes has a tail matching its header,
+ * and a position only with tail 9, within the input, after the data. */
+static void test_random_mutations_tails(void **state)
+{
+    uint8_t good[3][256], buf[256];
+    size_t len[3];
+    cluster_envelope_t e, in0 = sample(0), in8 = sample(8);
+    const char *why;
+    (void)state;
+    len[0] = cluster_envelope_encode(good[0], sizeof(good[0]), &in0);
+    len[1] = cluster_envelope_encode(good[1], sizeof(good[1]), &in8);
+    len[2] = with_position(good[2], sizeof(good[2]), "0123456789abcdef", 16, true, 300, true);
+    int accepted[3] = {0, 0, 0};
+    for (int i = 0; i < 300000; i++) {
+        int w = i % 3;
+        size_t n = len[w];
+        memcpy(buf, good[w], n);
+        int flips = 1 + (int)(next() % 3);
+        for (int k = 0; k < flips; k++)
+            buf[next() % n] = (uint8_t)next();
+        size_t l = next() % 8 == 0 ? next() % (n + 1) : n;
+        if (!cluster_envelope_decode(buf, l, 1024, &e, &why))
+            continue;
+        accepted[w]++;
+        assert_true(e.node >= (char *)buf && e.node + e.node_len <= (char *)buf + l);
+        assert_true(e.topic + e.topic_len <= (char *)buf + l);
+        assert_true(e.data + e.data_len <= buf + l);
+        assert_true(gale_topic_valid(e.topic, e.topic_len));
+        assert_true(e.instance != 0 && e.seq != 0);
+        assert_int_equal(e.tail, buf[0] == 0x97 ? 0 : buf[0] == 0x98 ? 8 : 9);
+        assert_true(buf[0] >= 0x97 && buf[0] <= 0x99);
+        if (e.tail == 9) {
+            assert_true(e.ep >= (const char *)e.data + e.data_len &&
+                        e.ep + e.ep_len <= (const char *)buf + l);
+            assert_true(e.ep_len >= 1 && e.ep_len <= GALE_EP_MAX);
+            assert_true(e.off >= 1);
+        } else {
+            assert_null(e.ep);
+            assert_int_equal(e.ep_len, 0);
+            assert_int_equal(e.off, 0);
+            assert_int_equal(buf[l - 1] == 0xc3 && e.data + e.data_len == buf + l - 1, e.tail == 8);
+        }
+    }
+    /* Mutations that keep an envelope (in its data, ep, off) happen for each kind. */
+    assert_true(accepted[0] > 0 && accepted[1] > 0 && accepted[2] > 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -321,6 +781,14 @@ int main(void)
         cmocka_unit_test(test_data_bounds_and_depth),
         cmocka_unit_test(test_data_depth_as_a_pub),
         cmocka_unit_test(test_random_mutations),
+        cmocka_unit_test(test_tail_0_decodes_without_position),
+        cmocka_unit_test(test_tail_8_round_trip),
+        cmocka_unit_test(test_tail_9_encode_and_decode),
+        cmocka_unit_test(test_tail_8_rejected),
+        cmocka_unit_test(test_tail_9_rejected),
+        cmocka_unit_test(test_tail_9_header_variants_rejected),
+        cmocka_unit_test(test_random_mutations_tails),
+        cmocka_unit_test(test_cluster_key),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
