@@ -247,28 +247,28 @@ void chist_shard_ready(cluster_t *c, shard_t *sh)
 
 /* --- waits of connections ------------------------------------------------- */
 
-static bool waits_add(conn_t *k, const void *s)
+static bool waits_add(conn_t *k, const void *s, void *j)
 {
     conn_waits_t *w = k->waits;
     if (!w && !(w = k->waits = calloc(1, sizeof(*w))))
         return false;
     if (w->n == w->cap) {
         uint32_t cap = w->cap ? w->cap * 2 : 4;
-        const void **on = realloc(w->on, cap * sizeof(*on));
+        conn_wait_t *on = realloc(w->on, cap * sizeof(*on));
         if (!on)
             return false;
         w->on = on;
         w->cap = cap;
     }
-    w->on[w->n++] = s;
+    w->on[w->n++] = (conn_wait_t){.stream = s, .joiner = j};
     return true;
 }
 
-static void waits_remove(conn_t *k, const void *s)
+static void waits_remove(conn_t *k, const void *j)
 {
     conn_waits_t *w = k ? k->waits : NULL;
     for (uint32_t i = 0; w && i < w->n; i++) {
-        if (w->on[i] == s) {
+        if (w->on[i].joiner == j) {
             w->on[i] = w->on[--w->n];
             break;
         }
@@ -280,28 +280,19 @@ static void waits_remove(conn_t *k, const void *s)
     }
 }
 
-static void forget_in(joiner_t *j, const conn_t *k)
-{
-    for (; j; j = j->next)
-        if (j->conn == k)
-            j->conn = NULL;
-}
-
 void cluster_forget(void *bus, conn_t *k)
 {
-    cluster_t *c = bus;
     conn_waits_t *w = k->waits;
-    for (uint32_t i = 0; w && i < w->n; i++) {
-        cstream_t *s = (cstream_t *)w->on[i];
-        forget_in(s->waiting, k);
-        forget_in(s->reading, k);
-    }
+    (void)bus;
+    /* Whatever its joiners wait for (the topic's confirmation, a read), they deliver
+     * nothing to k from now on; they finish as usual. */
+    for (uint32_t i = 0; w && i < w->n; i++)
+        ((joiner_t *)w->on[i].joiner)->conn = NULL;
     if (w) {
         free(w->on);
         free(w);
         k->waits = NULL;
     }
-    (void)c;
 }
 
 /* --- delivering ----------------------------------------------------------- */
@@ -398,7 +389,7 @@ static bool send_read(cluster_t *c, shard_t *sh, void *ctx, const char *topic, s
 
 static void finish_joiner(cluster_t *c, joiner_t *j, gale_err_t e, const char *why)
 {
-    waits_remove(j->conn, j->s);
+    waits_remove(j->conn, j);
     pending_finish(B(c), j->done, e, why);
     free(j);
 }
@@ -782,7 +773,7 @@ gale_err_t cluster_recover(void *bus, pending_t *done, conn_t *k, const char *to
     cluster_t *c = bus;
     cstream_t *s = cstream_get(c, topic, len);
     joiner_t *j = s ? calloc(1, sizeof(*j)) : NULL;
-    if (!j || !waits_add(k, s)) {
+    if (!j || !waits_add(k, s, j)) {
         free(j);
         *why = "out of memory";
         return GALE_ERR_INTERNAL;
@@ -803,7 +794,7 @@ gale_err_t cluster_recover(void *bus, pending_t *done, conn_t *k, const char *to
     bool deferred = false;
     gale_err_t e = cluster_sub(c, &j->confirm, topic, len, why, &deferred);
     if (e != GALE_OK) {
-        waits_remove(k, s);
+        waits_remove(k, j);
         free(j);
         return e;
     }

@@ -64,11 +64,17 @@ typedef struct conn_ops {
 
 /**
  * What a connection waits for in a cluster: the streams (cluster_history.c) whose recovery
- * reads it joined. Deliveries of those topics skip it until the read answers (router.c).
+ * reads it joined, each with its joiner. Deliveries of those topics skip it until the read
+ * answers (router.c).
  */
+typedef struct conn_wait {
+    const void *stream;
+    void *joiner;
+} conn_wait_t;
+
 typedef struct conn_waits {
     uint32_t n, cap;
-    const void **on;
+    conn_wait_t *on;
 } conn_waits_t;
 
 /** The core's part of a connection: zeroed by the transport, filled by core_open. */
@@ -91,7 +97,7 @@ struct conn {
 static inline bool conn_waits_on(const conn_t *c, const void *s)
 {
     for (uint32_t i = 0; c->waits && i < c->waits->n; i++)
-        if (c->waits->on[i] == s)
+        if (c->waits->on[i].stream == s)
             return true;
     return false;
 }
