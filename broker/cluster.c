@@ -351,7 +351,7 @@ bool cluster_send(shard_t *sh, cmd_kind_t kind, void *ctx, size_t bytes, int arg
 }
 
 /* The publish script's answer {dup, ep, off} into the waiter's answer. */
-static bool script_pub_result(pending_t *r, const redis_value_t *v)
+static bool script_pub_result(cluster_t *c, pending_t *r, const redis_value_t *v)
 {
     const redis_value_t *dup = redis_value_at(v, 0), *ep = redis_value_at(v, 1),
                         *off = redis_value_at(v, 2);
@@ -360,6 +360,8 @@ static bool script_pub_result(pending_t *r, const redis_value_t *v)
     if (redis_value_kind(dup) != REDIS_VALUE_INTEGER || !eps || ep_len > GALE_EP_MAX ||
         redis_value_kind(off) != REDIS_VALUE_INTEGER || redis_value_int(off) < 0)
         return false;
+    if (redis_value_int(dup))
+        c->b->m.publish_duplicates++;
     conn_reply_t *out = r->out;
     if (!out)
         return true;
@@ -402,7 +404,7 @@ static void on_reply(void *owner, redis_conn_reply_t answer, const char *err, si
         chist_read_reply(c, in.ctx, answer, value);
         return;
     case CMD_SCRIPT_PUB:
-        if (answer == REDIS_CONN_REPLY_OK && !script_pub_result(in.ctx, value)) {
+        if (answer == REDIS_CONN_REPLY_OK && !script_pub_result(c, in.ctx, value)) {
             log_error("redis %s: the publish script answered something unexpected", sh->label);
             answer = REDIS_CONN_REPLY_ERROR;
         }
