@@ -569,6 +569,19 @@ Nomem:
     return GALE_ERR_INTERNAL;
 }
 
+bool cluster_when_live(cluster_t *c, const char *topic, size_t len, pending_t *p)
+{
+    char name[CLUSTER_NAME_MAX];
+    kind_t kind;
+    size_t n = redis_name(c, topic, len, name, &kind);
+    interest_t *it = n ? interest_find(c, kind, name, n) : NULL;
+    if (!it || !it->wanted || confirmed(it))
+        return false;
+    p->wnext = it->waiters;
+    it->waiters = p;
+    return true;
+}
+
 void cluster_release(const char *p, size_t len, void *arg)
 {
     cluster_t *c = arg;

@@ -78,8 +78,12 @@ struct cstream {
     held_t *held, **held_tail;         /* live messages held while a read is in flight */
     uint64_t last;                     /* the last offset delivered live (when known) */
     uint64_t used_ms;
+    pending_t live; /* the catch-up after a reconnection waits for the
+                       topic's SUBSCRIBE (cluster_when_live) */
     bool known;
     bool read_inflight;
+    bool repair;     /* the read in flight fills a gap of live subscribers */
+    bool confirming; /* live is held by the cluster */
     uint8_t ep_len;
     char ep[GALE_EP_MAX];
     uint8_t len;
@@ -207,7 +211,7 @@ static cstream_t *cstream_get(cluster_t *c, const char *t, size_t len)
 
 static bool cstream_busy(const cstream_t *s)
 {
-    return s->read_inflight || s->waiting || s->reading || s->held;
+    return s->read_inflight || s->waiting || s->reading || s->held || s->confirming;
 }
 
 void chist_sweep(cluster_t *c)
@@ -234,15 +238,38 @@ void chist_sweep(cluster_t *c)
 
 static void start_read(cluster_t *c, cstream_t *s, uint64_t from);
 
+/* The topic is live again (its SUBSCRIBE confirmed): read what was missed meanwhile. */
+static void catch_up(broker_t *b, pending_t *p, gale_err_t e, const char *why)
+{
+    cstream_t *s = (cstream_t *)((char *)p - offsetof(cstream_t, live));
+    s->confirming = false;
+    if (e == GALE_OK && s->known && !s->read_inflight) {
+        s->repair = true;
+        start_read(b->cluster, s, s->last);
+    }
+}
+
 void chist_shard_ready(cluster_t *c, shard_t *sh)
 {
-    /* Messages published while the shard was away were not seen: read what follows the
-     * last one delivered (a later message would reveal the gap too; this does not wait). */
+    /*
+     * Messages published while the shard was away were not seen: once the topic's
+     * SUBSCRIBE is confirmed again (so nothing published after the read can be missed),
+     * read what follows the last one delivered. A later message would reveal the gap too;
+     * this does not wait for one.
+     */
     chist_t *h = c->hist;
-    for (size_t i = 0; h && i < h->nbuckets; i++)
-        for (cstream_t *s = h->buckets[i]; s; s = s->hnext)
-            if (s->sh == sh && s->known && !s->read_inflight)
-                start_read(c, s, s->last);
+    for (size_t i = 0; h && i < h->nbuckets; i++) {
+        for (cstream_t *s = h->buckets[i]; s; s = s->hnext) {
+            if (s->sh != sh || !s->known || s->read_inflight || s->confirming)
+                continue;
+            s->live.done = catch_up;
+            s->live.out = NULL;
+            if (cluster_when_live(c, s->topic, s->len, &s->live))
+                s->confirming = true;
+            else
+                catch_up(c->b, &s->live, GALE_OK, "");
+        }
+    }
 }
 
 /* --- waits of connections ------------------------------------------------- */
@@ -343,6 +370,7 @@ static void live(cluster_t *c, cstream_t *s, const cluster_envelope_t *e, const 
     }
     if (e->off > s->last + 1) {
         hold(s, raw, len);
+        s->repair = true;
         start_read(c, s, s->last);
         return;
     }
@@ -466,6 +494,7 @@ static void start_read(cluster_t *c, cstream_t *s, uint64_t from)
     if (!send_read(c, s->sh, s, s->topic, s->len, "range", from, max,
                    s->rule ? s->rule->ttl_ms : 0)) {
         s->read_inflight = false;
+        s->repair = false;
         joiner_t *list = s->reading;
         s->reading = NULL;
         fail_joiners(c, list, "the cluster bus (Redis) is unreachable");
@@ -579,8 +608,10 @@ static void stream_reply(cluster_t *c, cstream_t *s, redis_conn_reply_t answer,
     const redis_value_t *arr = redis_value_at(v, 2);
     long long topv = redis_value_int(redis_value_at(v, 1));
     entry_t *ents = NULL;
+    bool repair = s->repair;
     s->reading = NULL;
     s->read_inflight = false;
+    s->repair = false;
     if (ep && ep_len && ep_len <= GALE_EP_MAX && topv >= 0 &&
         (ents = calloc(redis_value_count(arr) + 1, sizeof(*ents))) &&
         !read_entries(arr, ents, &n, ep, ep_len)) {
@@ -612,7 +643,7 @@ static void stream_reply(cluster_t *c, cstream_t *s, redis_conn_reply_t answer,
         for (size_t i = 0; i < n; i++)
             if (ents[i].e.off > s->last && ents[i].e.off <= top)
                 deliver_live(c, s, &ents[i].e);
-        b->m.history_gaps += s->last != before;
+        b->m.history_gaps += repair && s->last != before;
     }
     memcpy(s->ep, ep, ep_len);
     s->ep_len = (uint8_t)ep_len;

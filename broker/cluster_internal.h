@@ -80,6 +80,13 @@ shard_t *cluster_shard_of(cluster_t *c, const char *t, size_t len);
 bool cluster_send(shard_t *sh, cmd_kind_t kind, void *ctx, size_t bytes, int argc,
                   const char **argv, const size_t *lens);
 
+/**
+ * When a local connection holds topic t[0..len) and Redis has not confirmed its SUBSCRIBE
+ * on the current connection yet: p is finished once it has (or with an error if the shard
+ * goes down first) and true is returned. Otherwise false, p untouched.
+ */
+bool cluster_when_live(cluster_t *c, const char *t, size_t len, pending_t *p);
+
 /** A random 64-bit number. */
 uint64_t cluster_random(cluster_t *c);
 
