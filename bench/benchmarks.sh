@@ -15,7 +15,11 @@
 #   4. connect: handshakes (connect, upgrade, hello, close) per second;
 #   5. topics, one subscriber per topic: CPU per delivery against the number of topics, and
 #      with idle topics preloaded (`gale sub` connections with 1000 topics each; for
-#      nats-server one NATS client) so that the broker holds 100,000 topics.
+#      nats-server one NATS client) so that the broker holds 100,000 topics;
+#   6. recover (gale-broker only, with --history 'bench.>=1000': the peers keep no history):
+#      10K subscribers disconnect, 100 messages are published, all reconnect with since:
+#      recovered, lost, duplicated, time until the last is caught up. History on/off costs
+#      and the cluster case are bench/history.py's (docs/bench/history.md, included).
 # Raw JSON lines (server, measurement, parameters, exact command, result) go to
 # $BUILD/benchmarks.jsonl, server logs to $BUILD/benchmarks-SERVER.log; bench/plot.py then
 # writes the PNGs and docs/BENCHMARKS.md (it includes docs/bench/optimisations.md verbatim).
@@ -31,7 +35,8 @@
 #   DURATION           seconds of publishing per fanout/topics run, of connect (10; QUICK 2)
 #   HOLD               seconds conns holds its connections (5; QUICK 2)
 #   FANOUT_SUBS, CONNS_LIST, LATENCY_POINTS ("SUBS:RATE ..."), CONNECT_CONC, TOPICS_LIST,
-#   IDLE_TOPICS        the measurement points (see the defaults below; an empty list skips
+#   IDLE_TOPICS, RECOVER_POINTS ("SUBS:MSGS ...")
+#                      the measurement points (see the defaults below; an empty list skips
 #                      that measurement, e.g. LATENCY_POINTS= )
 #   GALE_MAX_SUBS, NODE_MAX_SUBS, TORNADO_MAX_SUBS, NATS_MAX_SUBS: the most subscribers a
 #                      server gets in fanout/latency/topics (19000, 10000, 5000, 19000)
@@ -61,6 +66,7 @@ if [ "$QUICK" = 1 ]; then
   CONNECT_CONC=${CONNECT_CONC-16}
   TOPICS_LIST=${TOPICS_LIST-100 1000}
   IDLE_TOPICS=${IDLE_TOPICS:-9000}
+  RECOVER_POINTS=${RECOVER_POINTS-1000:100}
   SETUP_TIMEOUT=${SETUP_TIMEOUT:-60}
   DRAIN=${DRAIN:-10}
 else
@@ -72,6 +78,7 @@ else
   CONNECT_CONC=${CONNECT_CONC-16 64}
   TOPICS_LIST=${TOPICS_LIST-1000 10000}
   IDLE_TOPICS=${IDLE_TOPICS:-90000} # next to the largest TOPICS_LIST point: 100,000 topics
+  RECOVER_POINTS=${RECOVER_POINTS-10000:100}
   SETUP_TIMEOUT=${SETUP_TIMEOUT:-120}
   DRAIN=${DRAIN:-20}
 fi
@@ -169,6 +176,7 @@ version_of() { # a command's first line of output, or "-"
 }
 
 # --- servers ------------------------------------------------------------------------------
+GALE_FLAGS=() # extra gale-broker flags of the current measurement (recover: --history)
 SERVER_PID=
 SERVER_CMD=
 PORT=
@@ -203,7 +211,12 @@ start_server() { # NAME
   case "$1" in
     gale)
       SERVER_CMD="gale-broker --listen 127.0.0.1:$PORT --log-level warn --keepalive 0"
-      "$BUILD/gale-broker" --listen "127.0.0.1:$PORT" --log-level warn --keepalive 0 >>"$log" 2>&1 &
+      local f
+      for f in ${GALE_FLAGS[@]+"${GALE_FLAGS[@]}"}; do # quoted as a shell would need
+        if [[ $f =~ ^[A-Za-z0-9_.,:/=@+-]+$ ]]; then SERVER_CMD+=" $f"; else SERVER_CMD+=" '$f'"; fi
+      done
+      "$BUILD/gale-broker" --listen "127.0.0.1:$PORT" --log-level warn --keepalive 0 \
+        ${GALE_FLAGS[@]+"${GALE_FLAGS[@]}"} >>"$log" 2>&1 &
       ;;
     node)
       SERVER_CMD="NODE_PATH=/usr/share/nodejs node node_ws_broker.js --port $PORT"
@@ -435,7 +448,8 @@ record type=meta date="$(date -Is)" quick:="$([ "$QUICK" = 1 ] && echo true || e
   nats_server="$nats_v" servers="${servers[*]}" skipped="$(printf '%s; ' "${skipped[@]}")" \
   caps="$caps_desc" duration:="$DURATION" hold:="$HOLD" drain:="$DRAIN" procs_at:="$PROCS_AT" \
   fanout_subs="$FANOUT_SUBS" conns_list="$CONNS_LIST" latency_points="$LATENCY_POINTS" \
-  connect_conc="$CONNECT_CONC" topics_list="$TOPICS_LIST" idle_topics:="$IDLE_TOPICS"
+  connect_conc="$CONNECT_CONC" topics_list="$TOPICS_LIST" idle_topics:="$IDLE_TOPICS" \
+  recover_points="$RECOVER_POINTS"
 
 common=(--setup-timeout "$SETUP_TIMEOUT" --drain "$DRAIN")
 run_limit=$((SETUP_TIMEOUT + DURATION + 2 * DRAIN + 60))
@@ -520,6 +534,19 @@ if [ "$IDLE_TOPICS" -gt 0 ] && [ "$largest" -gt 0 ]; then
   done
 fi
 
+# 6. Reconnect storm with recovery, gale-broker only (the peers keep no history): each
+# subscriber resumes from its position with since after MSGS messages it missed.
+for pt in $RECOVER_POINTS; do
+  n=${pt%%:*} m=${pt##*:}
+  [[ " ${servers[*]} " == *" gale "* ]] || break
+  params="{\"subs\":$n,\"msgs\":$m,\"procs\":1}"
+  fits gale "$n" subs recover "$params" || continue
+  GALE_FLAGS=(--history 'bench.>=1000')
+  measure gale recover "$params" $((2 * SETUP_TIMEOUT + 60)) -- recover --subs "$n" --msgs "$m" \
+    --procs 1 --setup-timeout "$SETUP_TIMEOUT"
+  GALE_FLAGS=()
+done
+
 record type=end date="$(date -Is)" load_end="$(cut -d' ' -f1-3 /proc/loadavg)" \
   elapsed_s:=$(($(date +%s) - T_START))
 
@@ -530,7 +557,8 @@ if [ ! -f "$DOCS/bench/optimisations.md" ]; then
     >"$DOCS/bench/optimisations.md"
 fi
 cp "$JSONL" "$DOCS/bench/benchmarks.jsonl" # the raw data, kept beside the report
-plot_args=("$JSONL" --markdown "$DOCS/BENCHMARKS.md" --optimisations "$DOCS/bench/optimisations.md")
+plot_args=("$JSONL" --markdown "$DOCS/BENCHMARKS.md" --optimisations "$DOCS/bench/optimisations.md"
+  --history "$DOCS/bench/history.md")
 if [ "$HAVE_PLOT" = 1 ]; then plot_args+=(--png-dir "$DOCS/bench"); fi
 $PY "$ROOT/bench/plot.py" "${plot_args[@]}"
 log "== wrote $DOCS/BENCHMARKS.md$([ "$HAVE_PLOT" = 1 ] && echo " and $DOCS/bench/*.png") in $(($(date +%s) - T_START)) s; raw JSON: $JSONL"

@@ -2,14 +2,17 @@
 """bench/plot.py: plots and the markdown report from bench/benchmarks.sh's raw JSON lines.
 
     bench/plot.py build-bench/benchmarks.jsonl --png-dir docs/bench \\
-        --markdown docs/BENCHMARKS.md --optimisations docs/bench/optimisations.md
+        --markdown docs/BENCHMARKS.md --optimisations docs/bench/optimisations.md \\
+        --history docs/bench/history.md
 
 Reads the records benchmarks.sh appends (type meta, run, skip, end; a run holds the server,
 the measurement, its parameters, the exact `gale bench` command and gale bench's --json
 report), draws PNGs with matplotlib (Agg backend, no display, no network) and writes the
 markdown: machine and versions, one table per measurement with the command of every row,
-the plots, the targets with met / not met computed from the data, and the optimisation log
-included verbatim. Without --png-dir (or without matplotlib) it writes the tables alone.
+the plots, the targets with met / not met computed from the data, the history and recovery
+section written by bench/history.py and the optimisation log, both included verbatim.
+Without --png-dir it writes the tables alone; without matplotlib it keeps the PNGs already
+in --png-dir.
 """
 import argparse
 import json
@@ -482,7 +485,7 @@ def targets(runs):
 
 
 # ---- markdown ------------------------------------------------------------------------------
-def markdown(meta, end, runs, skips, made, png_rel, optimisations):
+def markdown(meta, end, runs, skips, made, png_rel, optimisations, history=""):
     md = []
     add = md.append
     quick = bool(meta.get("quick"))
@@ -493,8 +496,10 @@ def markdown(meta, end, runs, skips, made, png_rel, optimisations):
         + (f" in {elapsed / 60:.0f} min" if elapsed else "") + ". Do not edit by hand: run "
         "`bench/benchmarks.sh` again (about as long again), or "
         "`bench/plot.py docs/bench/benchmarks.jsonl --png-dir docs/bench --markdown docs/BENCHMARKS.md "
-        "--optimisations docs/bench/optimisations.md` to redraw from the raw JSON. The "
-        "optimisation log is hand-written in `docs/bench/optimisations.md`.\n")
+        "--optimisations docs/bench/optimisations.md --history docs/bench/history.md` to redraw "
+        "from the raw JSON. The optimisation log is hand-written in "
+        "`docs/bench/optimisations.md`; the history section is written by `bench/history.py` "
+        "(`docs/bench/history.md`).\n")
     if quick:
         add("> **QUICK run** (`QUICK=1`): small counts and 2-second measurements to check the "
             "script and the format. None of these figures is representative.\n")
@@ -694,6 +699,33 @@ def markdown(meta, end, runs, skips, made, png_rel, optimisations):
               [kr[1] for kr in rows]))
     add("")
 
+    recover = of(runs, "recover")
+    if recover:
+        add("## 6. Reconnect storm with recovery\n")
+        add("`recover` (gale-broker only: the peers keep no history): S subscribers of "
+            "`bench.recover` (the broker started with `--history 'bench.>=1000'`) subscribe and "
+            "keep the position of their ack, all disconnect, M messages are published, all "
+            "reconnect with `since` {ep, off}: how many were recovered, messages lost and "
+            "duplicated, and the time from the start of the reconnect to the last ack (every "
+            "subscriber caught up). Section \"History and recovery\" has the cluster case.\n")
+        rows = []
+        for r in recover:
+            x, b, p = res(r) or {}, broker(r), r["params"]
+            a = x.get("ack_ms") or {}
+            rows.append(((p["subs"], p["msgs"]), [
+                f"{p['subs']:,}", f"{p['msgs']:,}", f"{n(x.get('recovered'))} / {p['subs']:,}",
+                n(x.get("lost")), n(x.get("duplicates")),
+                sig(x["reconnect_s"]) if "reconnect_s" in x else "-",
+                f"{sig(a.get('p50'))} / {sig(a.get('p99'))}" if a else "-",
+                sig(b.get("cpu_us_per_client")), status(r), cmd(r)]))
+        rows.sort(key=lambda kr: kr[0])
+        add(table(["subscribers", "messages missed", "recovered", "lost", "duplicated",
+                   "reconnect → last ack s", "ack ms p50 / p99", "broker CPU µs / client",
+                   "status", "command"], [kr[1] for kr in rows]))
+        add("")
+
+    if history:
+        add(history.rstrip() + "\n")
     if optimisations:
         add(optimisations.rstrip() + "\n")
     add("## Raw data\n")
@@ -702,7 +734,8 @@ def markdown(meta, end, runs, skips, made, png_rel, optimisations):
         "commands of the server and of gale bench, exit status, load average before the run, "
         "and gale bench's `--json` report. `bench/plot.py docs/bench/benchmarks.jsonl "
         "--png-dir docs/bench --markdown docs/BENCHMARKS.md --optimisations "
-        "docs/bench/optimisations.md` redraws everything from it.")
+        "docs/bench/optimisations.md --history docs/bench/history.md` redraws everything from "
+        "it; the history section's runs are in [`bench/history.jsonl`](bench/history.jsonl).")
     return "\n".join(md) + "\n"
 
 
@@ -728,25 +761,33 @@ def main():
     ap.add_argument("--png-dir", help="write the PNGs here")
     ap.add_argument("--markdown", help="write the report here")
     ap.add_argument("--optimisations", help="markdown file included verbatim")
+    ap.add_argument("--history", help="markdown file included verbatim (bench/history.py)")
     a = ap.parse_args()
     meta, end, runs, skips = load(a.jsonl)
-    made = {}
+    made = drawn = {}
     if a.png_dir:
         try:
-            made = plots(runs, a.png_dir, meta)
+            made = drawn = plots(runs, a.png_dir, meta)
         except ImportError as e:
-            print(f"plot.py: no plots ({e}); install python3-matplotlib", file=sys.stderr)
+            print(f"plot.py: no plots ({e}); install python3-matplotlib; the PNGs already in "
+                  f"{a.png_dir} are kept", file=sys.stderr)
+            if os.path.isdir(a.png_dir):
+                made = {f: os.path.join(a.png_dir, f) for f in os.listdir(a.png_dir)
+                        if f.endswith(".png")}
     if a.markdown:
-        opt = ""
+        opt = hist = ""
         if a.optimisations and os.path.exists(a.optimisations):
             with open(a.optimisations) as f:
                 opt = f.read()
+        if a.history and os.path.exists(a.history):
+            with open(a.history) as f:
+                hist = f.read()
         rel = os.path.relpath(a.png_dir, os.path.dirname(os.path.abspath(a.markdown))) \
             if a.png_dir else "bench"
         with open(a.markdown, "w") as f:
-            f.write(markdown(meta, end, runs, skips, made, rel, opt))
-    for name in sorted(made):
-        print(made[name])
+            f.write(markdown(meta, end, runs, skips, made, rel, opt, hist))
+    for name in sorted(drawn):
+        print(drawn[name])
 
 
 if __name__ == "__main__":

@@ -54,6 +54,10 @@ static void usage(FILE *f)
           "            (hold many topics in a broker while another bench measures it)\n"
           "  connect   open, upgrade, wait for hello and close connections for --duration\n"
           "            with --concurrency at once: handshakes per second\n"
+          "  recover   --subs subscribers of " RECOVER_TOPIC " (the broker needs a --history\n"
+          "            rule for it) subscribe, all disconnect, --msgs are published, all\n"
+          "            reconnect with since {ep, off}: recovered, lost, duplicated, time until\n"
+          "            the last one is caught up (its ack)\n"
           "\n"
           "Common options:\n"
           "  --url ws://HOST:PORT/PATH   broker endpoint (default ws://127.0.0.1:8080/ws)\n"
@@ -83,6 +87,12 @@ static void usage(FILE *f)
           "  --drain SECS    wait for in-flight deliveries after the last ack (5)\n"
           "  --mask zero|random  client mask key of publish frames (zero: XOR with 0, legal)\n"
           "conns:   --conns N (1000)  --hold SECS (2)  --subscribe  --topics-per-conn K (1)\n"
+          "recover: --subs N (10000)  --msgs M (100; at most the broker's --recovery-max)\n"
+          "         --size BYTES (100)  --window N (64)  --pub-url (the publisher's broker)\n"
+          "         --reconnect-url ws://..  where subscribers come back (default: --url)\n"
+          "         --redis-cli [HOST:]PORT  Redis's INFO commandstats before and after the\n"
+          "                    reconnect: the commands it cost (evalsha: history reads)\n"
+          "         --setup-timeout bounds the subscription and the reconnect each\n"
           "connect: --duration SECS (3)\n"
           "\n"
           "Exit status: 0 complete without loss or error, 1 losses or errors, 2 usage,\n"
@@ -168,6 +178,9 @@ enum {
     O_SRC,
     O_MASK,
     O_PROTO,
+    O_MSGS,
+    O_RECONNECT_URL,
+    O_REDIS_CLI,
     O_HELP
 };
 
@@ -197,10 +210,13 @@ static int parse_opts(opts_t *o, int argc, char **argv)
                                        {"mask", 1, 0, O_MASK},
                                        {"pub-url", 1, 0, O_PUB_URL},
                                        {"proto", 1, 0, O_PROTO},
+                                       {"msgs", 1, 0, O_MSGS},
+                                       {"reconnect-url", 1, 0, O_RECONNECT_URL},
+                                       {"redis-cli", 1, 0, O_REDIS_CLI},
                                        {"help", 0, 0, O_HELP},
                                        {0, 0, 0, 0}};
     const char *url = "ws://127.0.0.1:8080/ws";
-    double v, subs = -1, topics = -1, conc = -1, duration = -1, messages = -1;
+    double v = 0, subs = -1, topics = -1, conc = -1, duration = -1, messages = -1;
     o->pubs = 1;
     o->conns = 1000;
     o->procs = 1;
@@ -245,6 +261,15 @@ static int parse_opts(opts_t *o, int argc, char **argv)
             break;
         case O_MESSAGES:
             rc = num(optarg, 1, 1e12, &messages, "--messages");
+            break;
+        case O_MSGS:
+            rc = num(optarg, 1, 1e6, &messages, "--msgs");
+            break;
+        case O_RECONNECT_URL:
+            o->reconnect_url = optarg;
+            break;
+        case O_REDIS_CLI:
+            o->redis = optarg;
             break;
         case O_DURATION:
             rc = num(optarg, 0.001, 86400, &duration, "--duration");
@@ -319,6 +344,15 @@ static int parse_opts(opts_t *o, int argc, char **argv)
         return -1;
     }
     bool pubsub = o->sc == SC_FANOUT || o->sc == SC_TOPICS;
+    bool recover = o->sc == SC_RECOVER;
+    if (!recover && (o->reconnect_url || o->redis))
+        return bad("--reconnect-url and --redis-cli apply to the recover scenario only%s", "");
+    if (recover && o->nats)
+        return bad("recover needs gale v1's history (sub with since), not --proto nats%s", "");
+    if (recover && (duration > 0 || o->pubs != 1 || o->rate > 0))
+        return bad("recover publishes --msgs messages from one publisher as fast as acks allow "
+                   "(no --duration, --pubs, --rate)%s",
+                   "");
     o->topics = o->sc == SC_TOPICS ? (topics > 0 ? (uint32_t)topics : 100) : 1;
     if (topics > 0 && o->sc != SC_TOPICS)
         return bad("--topics applies to the topics scenario only%s", "");
@@ -328,11 +362,16 @@ static int parse_opts(opts_t *o, int argc, char **argv)
         o->subscribe = true; /* it says what to subscribe to */
     if (!o->topics_per_conn)
         o->topics_per_conn = 1;
-    o->subs = subs >= 0 ? (uint32_t)subs : o->sc == SC_TOPICS ? 1000 : 100;
+    o->subs = subs >= 0 ? (uint32_t)subs : recover ? 10000 : o->sc == SC_TOPICS ? 1000 : 100;
+    if (recover && o->subs == 0)
+        return bad("recover needs --subs of at least 1%s", "");
     o->concurrency = conc > 0 ? (uint32_t)conc : o->sc == SC_CONNECT ? 16 : 256;
     if (pubsub) {
         o->duration = duration > 0 ? duration : 0;
         o->messages = messages > 0 ? (uint64_t)messages : duration > 0 ? 0 : 1000;
+    } else if (recover) {
+        o->duration = 0;
+        o->messages = messages > 0 ? (uint64_t)messages : 100;
     } else {
         o->duration = duration > 0 ? duration : 3;
     }
@@ -342,6 +381,9 @@ static int parse_opts(opts_t *o, int argc, char **argv)
     if (parse_url(&o->target, url) < 0)
         return -1;
     o->pub_target = o->target;
+    o->reconnect_target = o->target;
+    if (o->reconnect_url && parse_url(&o->reconnect_target, o->reconnect_url) < 0)
+        return -1;
     return o->pub_url ? parse_url(&o->pub_target, o->pub_url) : 0;
 }
 
@@ -351,6 +393,8 @@ void bench_topic(const opts_t *o, uint32_t i, char *out, size_t cap)
         snprintf(out, cap, "bench.topic.%0*u", TOPIC_IDX_DIGITS, i % o->topics);
     else if (o->sc == SC_CONNS)
         snprintf(out, cap, "bench.conn.%u", i);
+    else if (o->sc == SC_RECOVER)
+        snprintf(out, cap, "%s", RECOVER_TOPIC);
     else
         snprintf(out, cap, "bench.fanout");
 }
@@ -365,7 +409,7 @@ typedef struct {
     pid_t pid;
     int fd;
     bws_watch_t watch;
-    bool ready, final, gone;
+    bool ready, final, gone, closed;
     report_t rep;
 } wctl_t;
 
@@ -389,6 +433,10 @@ struct coord {
     const char *phase;
     report_t sum; /* workers' reports added up */
     bool tty;
+    /* recover: the stream positions in the publisher's acks */
+    uint64_t off_first, off_top;
+    bool have_pos;
+    char ep[BENCH_EP_MAX];
 };
 
 static void coord_error(coord_t *k, const char *fmt, const char *a, const char *b)
@@ -416,6 +464,8 @@ static void on_worker(bws_watch_t *watch, uint32_t events)
         w->ready = true;
     if (r.type == R_FINAL)
         w->final = true;
+    if (r.type == R_CLOSED)
+        w->closed = true;
 }
 
 static int spawn_workers(coord_t *k)
@@ -471,6 +521,11 @@ static void sum_reports(coord_t *k)
         s->broker_errors += r->broker_errors;
         s->lost_conns += r->lost_conns;
         s->cycles += r->cycles;
+        s->closed += r->closed;
+        s->reconnected += r->reconnected;
+        s->recovered += r->recovered;
+        s->not_recovered += r->not_recovered;
+        s->early += r->early;
         if (r->t_start && r->t_start < s->t_start)
             s->t_start = r->t_start;
         if (r->t_ready > s->t_ready)
@@ -541,6 +596,14 @@ static bool all_workers(coord_t *k, bool final)
     return true;
 }
 
+static bool all_closed(coord_t *k)
+{
+    for (uint32_t i = 0; i < k->o->procs; i++)
+        if (!k->w[i].gone && !k->w[i].closed)
+            return false;
+    return true;
+}
+
 static void tell_workers(coord_t *k, const cmd_t *cmd, size_t len)
 {
     for (uint32_t i = 0; i < k->o->procs; i++)
@@ -597,6 +660,17 @@ static void pub_event(pub_t *pb, const gmsg_t *m)
         pb->hello = true;
     } else if (m->op == GM_ACK && m->has_id && m->id >= BENCH_SEQ_BASE) {
         pb->acked++;
+        coord_t *k = the_coord;
+        if (k->o->sc == SC_RECOVER && m->has_off && m->has_ep) {
+            if (!k->have_pos || m->off < k->off_first)
+                k->off_first = m->off;
+            if (!k->have_pos || m->off > k->off_top)
+                k->off_top = m->off;
+            if (k->have_pos && strcmp(k->ep, m->ep) != 0)
+                coord_error(k, "publish acks of two epochs: %s and %s", k->ep, m->ep);
+            snprintf(k->ep, sizeof(k->ep), "%s", m->ep);
+            k->have_pos = true;
+        }
     } else if (m->op == GM_ERR) {
         pb->errors++;
         coord_error(the_coord, "a publish was answered err %s: %s", m->code, m->text);
@@ -625,8 +699,11 @@ static void pub_on_message(bws_conn_t *c, bool binary, const uint8_t *p, size_t 
         return;
     }
     gmsg_t m;
-    if (gmsg_parse(&m, binary, p, n) == 0)
-        pub_event(pb, &m);
+    if (gmsg_parse(&m, binary, p, n) < 0)
+        return;
+    if (the_coord->o->sc == SC_RECOVER)
+        gmsg_parse_pos(&m, binary, p, n);
+    pub_event(pb, &m);
 }
 
 static void publish_one(coord_t *k, pub_t *p)
@@ -1010,6 +1087,245 @@ static int run_pubsub(coord_t *k)
     return report_pubsub(k, t0, t_end, &b);
 }
 
+/* --- recover ------------------------------------------------------------------------------ */
+
+#define REDIS_MAX_CMDS 256
+
+/* INFO commandstats of --redis-cli, or n = -1 with the reason in err. */
+typedef struct {
+    int n;
+    char err[160];
+    redis_stat_t st[REDIS_MAX_CMDS];
+} redis_sample_t;
+
+static void redis_sample(const opts_t *o, redis_sample_t *r)
+{
+    r->n = -1;
+    r->err[0] = 0;
+    if (o->redis)
+        r->n = redis_commandstats(o->redis, r->st, REDIS_MAX_CMDS, r->err, sizeof(r->err));
+}
+
+/* Prints the commands whose calls grew from @a to @b (our own INFO left out) as JSON
+ * members or text; returns the total. */
+static uint64_t redis_delta(const redis_sample_t *a, const redis_sample_t *b, bool json)
+{
+    uint64_t total = 0;
+    bool first = true;
+    for (int i = 0; i < b->n; i++) {
+        uint64_t d = b->st[i].calls - redis_calls(a->st, a->n, b->st[i].name);
+        if (!d || strcmp(b->st[i].name, "info") == 0)
+            continue;
+        total += d;
+        if (json)
+            printf("%s\"%s\":%llu", first ? "" : ",", b->st[i].name, (unsigned long long)d);
+        else
+            printf("%s%s %llu", first ? "" : ", ", b->st[i].name, (unsigned long long)d);
+        first = false;
+    }
+    if (first && !json)
+        printf("none");
+    return total;
+}
+
+static int report_recover(coord_t *k, uint64_t t_pub0, uint64_t t_pub1, uint64_t t0,
+                          const broker_sample_t *b, const redis_sample_t *ra,
+                          const redis_sample_t *rb)
+{
+    const opts_t *o = k->o;
+    const report_t *s = &k->sum;
+    const pub_t *p = &k->pubs[0];
+    uint64_t lost = s->expected > s->received ? s->expected - s->received : 0;
+    uint64_t extra = s->received > s->expected ? s->received - s->expected : 0;
+    double pub_s = (double)(t_pub1 - t_pub0) / 1e9;
+    double rec_s = s->t_ready > t0 ? (double)(s->t_ready - t0) / 1e9 : 0;
+    bool redis_ok = o->redis && ra->n >= 0 && rb->n >= 0;
+    if (o->redis && !redis_ok)
+        coord_error(k, "--redis-cli: %s%s", ra->n < 0 ? ra->err : rb->err, "");
+    bool failed = s->recovered != o->subs || s->not_recovered || lost || extra || s->duplicates ||
+                  s->out_of_order || s->foreign || s->conns_failed || s->lost_conns ||
+                  s->broker_errors || p->errors || p->acked != p->sent || !k->have_pos ||
+                  first_error(k)[0];
+    const hist_t *h = &s->hist;
+    if (o->json) {
+        printf("{\"scenario\":\"%s\",", o->name);
+        json_str("url", o->url, true);
+        json_str("pub_url", o->pub_url ? o->pub_url : o->url, true);
+        json_str("reconnect_url", o->reconnect_url ? o->reconnect_url : o->url, true);
+        printf("\"proto\":\"gale\",\"encoding\":\"%s\",\"topic\":\"%s\",\"subs\":%u,"
+               "\"msgs\":%llu,\"size\":%zu,\"procs\":%u,\"window\":%u,\"concurrency\":%u,",
+               o->msgpack ? "msgpack" : "json", RECOVER_TOPIC, o->subs,
+               (unsigned long long)o->messages, o->size, o->procs, o->window, o->concurrency);
+        printf("\"connections\":{\"subscribed\":%llu,\"closed\":%llu,\"reconnected\":%llu,"
+               "\"failed\":%llu,\"lost\":%llu},",
+               (unsigned long long)(s->conns_ok), (unsigned long long)s->closed,
+               (unsigned long long)s->reconnected, (unsigned long long)s->conns_failed,
+               (unsigned long long)s->lost_conns);
+        printf("\"published\":%llu,\"acked\":%llu,\"pub_errors\":%llu,",
+               (unsigned long long)p->sent, (unsigned long long)p->acked,
+               (unsigned long long)p->errors);
+        json_str("ep", k->ep, true);
+        printf("\"off_first\":%llu,\"off_top\":%llu,", (unsigned long long)k->off_first,
+               (unsigned long long)k->off_top);
+        printf("\"recovered\":%llu,\"not_recovered\":%llu,\"expected\":%llu,\"received\":%llu,"
+               "\"lost\":%llu,\"extra\":%llu,\"duplicates\":%llu,\"gaps\":%llu,\"foreign\":%llu,"
+               "\"broker_errors\":%llu,\"before_reconnect\":%llu,",
+               (unsigned long long)s->recovered, (unsigned long long)s->not_recovered,
+               (unsigned long long)s->expected, (unsigned long long)s->received,
+               (unsigned long long)lost, (unsigned long long)extra,
+               (unsigned long long)s->duplicates, (unsigned long long)s->out_of_order,
+               (unsigned long long)s->foreign, (unsigned long long)s->broker_errors,
+               (unsigned long long)s->early);
+        printf("\"publish_s\":%.3f,\"reconnect_s\":%.3f,", pub_s, rec_s);
+        printf("\"ack_ms\":{\"p50\":%.2f,\"p90\":%.2f,\"p99\":%.2f,\"max\":%.2f}",
+               us(hist_percentile(h, 50)) / 1e3, us(hist_percentile(h, 90)) / 1e3,
+               us(hist_percentile(h, 99)) / 1e3, us(h->max) / 1e3);
+        if (redis_ok) {
+            printf(",\"redis\":{");
+            json_str("server", o->redis, true);
+            printf("\"evalsha\":%llu,\"commands\":{",
+                   (unsigned long long)(redis_calls(rb->st, rb->n, "evalsha") -
+                                        redis_calls(ra->st, ra->n, "evalsha")));
+            uint64_t total = redis_delta(ra, rb, true);
+            printf("},\"total\":%llu}", (unsigned long long)total);
+        }
+        report_broker_json(o, b, s->reconnected, "cpu_us_per_client");
+        printf(",\"ok\":%s,", failed ? "false" : "true");
+        json_str("error", first_error(k), false);
+        printf("}\n");
+        return failed ? EXIT_FAILED : EXIT_OK;
+    }
+    printf("gale bench recover: %s (%s), %u subscribers of %s, %llu messages of %zu bytes while "
+           "they are away, %u worker process%s\n",
+           o->url, wire(o), o->subs, RECOVER_TOPIC, (unsigned long long)o->messages, o->size,
+           o->procs, o->procs == 1 ? "" : "es");
+    if (o->pub_url || o->reconnect_url)
+        printf("                published on %s, reconnected to %s\n",
+               o->pub_url ? o->pub_url : o->url, o->reconnect_url ? o->reconnect_url : o->url);
+    printf("connections     %llu subscribed, %llu closed, %llu reconnected and answered, %llu "
+           "failed, %llu lost\n",
+           (unsigned long long)s->conns_ok, (unsigned long long)s->closed,
+           (unsigned long long)s->reconnected, (unsigned long long)s->conns_failed,
+           (unsigned long long)s->lost_conns);
+    printf("published       %llu (%llu acked, %llu errors) in %.3f s: epoch %s, off %llu to %llu\n",
+           (unsigned long long)p->sent, (unsigned long long)p->acked, (unsigned long long)p->errors,
+           pub_s, k->ep[0] ? k->ep : "?", (unsigned long long)k->off_first,
+           (unsigned long long)k->off_top);
+    printf("recovered       %llu of %u (%llu answered recovered false)\n",
+           (unsigned long long)s->recovered, o->subs, (unsigned long long)s->not_recovered);
+    printf("messages        expected %llu, received %llu, lost %llu",
+           (unsigned long long)s->expected, (unsigned long long)s->received,
+           (unsigned long long)lost);
+    if (extra)
+        printf(", EXTRA %llu", (unsigned long long)extra);
+    printf(", duplicated %llu, gaps %llu", (unsigned long long)s->duplicates,
+           (unsigned long long)s->out_of_order);
+    if (s->foreign)
+        printf(", unrecognised %llu", (unsigned long long)s->foreign);
+    printf("\ncaught up       %.3f s from the start of the reconnect to the last ack\n", rec_s);
+    printf("ack (ms)        p50 %.1f  p90 %.1f  p99 %.1f  max %.1f (from the start)\n",
+           us(hist_percentile(h, 50)) / 1e3, us(hist_percentile(h, 90)) / 1e3,
+           us(hist_percentile(h, 99)) / 1e3, us(h->max) / 1e3);
+    if (redis_ok) {
+        printf("redis           %s during the reconnect: evalsha %llu (", o->redis,
+               (unsigned long long)(redis_calls(rb->st, rb->n, "evalsha") -
+                                    redis_calls(ra->st, ra->n, "evalsha")));
+        uint64_t total = redis_delta(ra, rb, false);
+        printf("; %llu commands in all)\n", (unsigned long long)total);
+    }
+    report_broker_text(o, b, s->reconnected, "recovered client");
+    if (s->broker_errors)
+        printf("broker errors   %llu err replies\n", (unsigned long long)s->broker_errors);
+    if (failed)
+        printf("result          FAILED%s%s\n", first_error(k)[0] ? ": " : "", first_error(k));
+    else
+        printf("result          OK\n");
+    return failed ? EXIT_FAILED : EXIT_OK;
+}
+
+/*
+ * recover: subscribe everyone (keeping their positions), disconnect everyone, publish
+ * --msgs, then reconnect everyone with since and time it until the last ack.
+ */
+static int run_recover(coord_t *k)
+{
+    const opts_t *o = k->o;
+    broker_sample_t b = {0};
+    static redis_sample_t ra, rb;
+    k->phase = "subscribing";
+    if (spawn_workers(k) < 0)
+        return EXIT_FAILED;
+    if (!(k->loop = bws_loop_new(&o->pub_target, &(bws_handlers_t){.on_message = pub_on_message,
+                                                                   .on_close = pub_on_close}))) {
+        perror("gale bench: epoll");
+        return EXIT_FAILED;
+    }
+    for (uint32_t i = 0; i < o->procs; i++) {
+        k->w[i].watch = (bws_watch_t){.fd = k->w[i].fd, .cb = on_worker, .user = &k->w[i]};
+        bws_watch_add(k->loop, &k->w[i].watch);
+    }
+    if (open_publishers(k) < 0) {
+        fprintf(stderr, "gale bench: out of memory\n");
+        return EXIT_FAILED;
+    }
+    uint64_t deadline = now_ns() + (uint64_t)(o->setup_timeout * 1e9) + GRACE_NS;
+    while (!(all_workers(k, false) && pubs_ready(k)) && now_ns() < deadline)
+        if (!pump(k, 20))
+            break;
+    sum_reports(k);
+    bool pub_ok = k->pubs[0].hello && !k->pubs[0].lost;
+    if (k->sum.conns_ok < o->subs || !pub_ok || !all_workers(k, false)) {
+        progress(k, true);
+        char n[64];
+        snprintf(n, sizeof(n), "%llu of %u", (unsigned long long)k->sum.conns_ok, o->subs);
+        fprintf(stderr, "gale bench: could not subscribe every subscriber to %s (%s): %s\n", o->url,
+                pub_ok ? n : "no publisher",
+                first_error(k)[0] ? first_error(k) : "set-up timed out");
+        tell_workers(k, &(cmd_t){.type = C_STOP}, offsetof(cmd_t, sent));
+        collect(k, now_ns() + GRACE_NS);
+        return k->sum.conns_ok == 0 || !pub_ok ? EXIT_NOCONNECT : EXIT_FAILED;
+    }
+    k->phase = "disconnecting";
+    tell_workers(k, &(cmd_t){.type = C_DISCONNECT}, offsetof(cmd_t, sent));
+    deadline = now_ns() + 5000000000ull + GRACE_NS;
+    while (!all_closed(k) && now_ns() < deadline)
+        if (!pump(k, 20))
+            break;
+    if (!all_closed(k))
+        coord_error(k, "the subscribers did not all disconnect in time%s%s", "", "");
+    uint64_t t_pub0 = publish(k), t_pub1 = now_ns();
+    if (!k->have_pos)
+        coord_error(k,
+                    "the publish acks carry no stream position: the broker keeps no history for "
+                    "%s (start it with --history '%s=1000')",
+                    RECOVER_TOPIC, RECOVER_TOPIC);
+    if (k->error[0] || interrupted) {
+        tell_workers(k, &(cmd_t){.type = C_STOP}, offsetof(cmd_t, sent));
+        collect(k, now_ns() + GRACE_NS);
+        progress(k, true);
+        fprintf(stderr, "gale bench: %s\n", k->error[0] ? k->error : "interrupted");
+        return EXIT_FAILED;
+    }
+    redis_sample(o, &ra);
+    sample(o, &b, false);
+    cmd_t *cmd = calloc(1, sizeof(*cmd));
+    if (!cmd)
+        return EXIT_FAILED;
+    cmd->type = C_RECONNECT;
+    cmd->top = k->off_top;
+    snprintf(cmd->ep, sizeof(cmd->ep), "%s", k->ep);
+    k->phase = "reconnecting";
+    uint64_t t0 = cmd->t0 = now_ns();
+    tell_workers(k, cmd, offsetof(cmd_t, sent));
+    free(cmd);
+    interrupted = 0; /* an interrupt while reconnecting still collects the reports */
+    collect(k, t0 + (uint64_t)(o->setup_timeout * 1e9) + GRACE_NS);
+    sample(o, &b, true); /* the last ack, or the deadline */
+    redis_sample(o, &rb);
+    progress(k, true);
+    return report_recover(k, t_pub0, t_pub1, t0, &b, &ra, &rb);
+}
+
 static int run_conns(coord_t *k)
 {
     const opts_t *o = k->o;
@@ -1131,7 +1447,9 @@ int bench_main(int argc, char **argv)
         const char *name;
         scenario_t sc;
     } scenarios[] = {
-        {"fanout", SC_FANOUT}, {"topics", SC_TOPICS}, {"conns", SC_CONNS}, {"connect", SC_CONNECT}};
+        {"fanout", SC_FANOUT},   {"topics", SC_TOPICS},   {"conns", SC_CONNS},
+        {"connect", SC_CONNECT}, {"recover", SC_RECOVER},
+    };
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? EXIT_USAGE : EXIT_OK;
@@ -1167,7 +1485,9 @@ int bench_main(int argc, char **argv)
     sigaction(SIGTERM, &sa, NULL);
     coord_t k = {.o = &o, .tty = isatty(2), .phase = "starting"};
     the_coord = &k;
-    int rc = o.sc == SC_FANOUT || o.sc == SC_TOPICS ? run_pubsub(&k) : run_conns(&k);
+    int rc = o.sc == SC_FANOUT || o.sc == SC_TOPICS ? run_pubsub(&k)
+             : o.sc == SC_RECOVER                   ? run_recover(&k)
+                                                    : run_conns(&k);
     close_publishers(&k);
     reap_workers(&k);
     bws_loop_free(k.loop);

@@ -14,6 +14,7 @@
 #define GALE_BENCH_H
 
 #include "bench_hist.h"
+#include "bench_msg.h"
 #include "bench_ws.h"
 
 #include <stdbool.h>
@@ -26,16 +27,22 @@
 /** `gale bench` entry point: @argv[0] is "bench". Returns the exit status. */
 int bench_main(int argc, char **argv);
 
-typedef enum { SC_FANOUT, SC_TOPICS, SC_CONNS, SC_CONNECT } scenario_t;
+typedef enum { SC_FANOUT, SC_TOPICS, SC_CONNS, SC_CONNECT, SC_RECOVER } scenario_t;
+
+/** The recover scenario's topic: the broker needs a --history rule matching it. */
+#define RECOVER_TOPIC "bench.recover"
 
 typedef struct {
     scenario_t sc;
     const char *name;
     const char *url;
     bws_target_t target;
-    const char *pub_url;     /* --pub-url: publishers' broker (a cluster node); NULL: url */
-    bws_target_t pub_target; /* the publishers' target: target unless --pub-url */
-    bool nats;               /* --proto nats: the NATS client protocol (bench_nats.h) */
+    const char *pub_url;           /* --pub-url: publishers' broker (a cluster node); NULL: url */
+    bws_target_t pub_target;       /* the publishers' target: target unless --pub-url */
+    const char *reconnect_url;     /* recover --reconnect-url: where subscribers come back */
+    bws_target_t reconnect_target; /* target unless --reconnect-url */
+    const char *redis;             /* recover --redis-cli [HOST:]PORT: INFO commandstats */
+    bool nats;                     /* --proto nats: the NATS client protocol (bench_nats.h) */
     bool msgpack;
     bool random_mask;
     uint32_t subs, pubs, topics, conns, procs, window, concurrency;
@@ -49,7 +56,8 @@ typedef struct {
     uint64_t clock_base; /* bench timestamps are ns since this CLOCK_MONOTONIC instant */
 } opts_t;
 
-enum { R_READY = 1, R_PROGRESS, R_FINAL };
+/* R_CLOSED: recover, every subscriber disconnected (after C_DISCONNECT). */
+enum { R_READY = 1, R_PROGRESS, R_FINAL, R_CLOSED };
 
 /** Worker to parent. PROGRESS and READY are sent without the histogram. */
 typedef struct {
@@ -58,20 +66,32 @@ typedef struct {
     uint64_t received, expected, out_of_order, foreign, duplicates;
     uint64_t broker_errors, lost_conns; /* err replies; connections lost after setup */
     uint64_t cycles;                    /* connect scenario: completed open/close cycles */
+    /* recover: subscribers closed after C_DISCONNECT; reconnected and answered (ack),
+     * recovered true / false; msgs before the reconnect (another publisher) */
+    uint64_t closed, reconnected, recovered, not_recovered, early;
     uint64_t t_start, t_ready, t_last_recv;
     int32_t last_close_code;
     char error[200]; /* the first error met, for the report */
-    hist_t hist;     /* fanout/topics: delivery latency; connect: handshake time (ns) */
+    /* fanout/topics: delivery latency; connect: handshake time; recover: time from the
+     * start of the reconnect to each subscriber's ack (ns) */
+    hist_t hist;
 } report_t;
 
 #define REPORT_SHORT offsetof(report_t, hist)
 
-enum { C_DRAIN = 1, C_STOP };
+enum { C_DRAIN = 1, C_STOP, C_DISCONNECT, C_RECONNECT };
 
-/** Parent to worker. DRAIN: wait until every delivery of sent[] arrived, or the deadline. */
+/**
+ * Parent to worker. DRAIN: wait until every delivery of sent[] arrived, or the deadline.
+ * recover: DISCONNECT: close every subscriber (R_CLOSED when done); RECONNECT: at t0,
+ * reconnect them all and subscribe with since {ep, their last off}; the stream's top is
+ * off `top` of epoch `ep` (R_FINAL when every one is answered, or at the deadline).
+ */
 typedef struct {
     uint32_t type, npubs;
     uint64_t deadline;
+    uint64_t t0, top;
+    char ep[BENCH_EP_MAX];
     uint64_t sent[MAX_PUBS]; /* messages each publisher sent */
 } cmd_t;
 

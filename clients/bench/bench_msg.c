@@ -86,6 +86,30 @@ size_t msg_encode_op(uint8_t *dst, size_t cap, bool msgpack, const char *op, con
     return (size_t)(o - dst);
 }
 
+size_t msg_encode_sub_since(uint8_t *dst, size_t cap, bool msgpack, const char *topic, uint64_t id,
+                            const char *ep, uint64_t off)
+{
+    if (strlen(topic) > 255 || strlen(ep) >= BENCH_EP_MAX || cap < 400 + strlen(topic))
+        return 0;
+    if (!msgpack) {
+        int n = snprintf((char *)dst, cap,
+                         "{\"op\":\"sub\",\"topic\":\"%s\",\"id\":%llu,\"since\":{\"ep\":\"%s\","
+                         "\"off\":%llu}}",
+                         topic, (unsigned long long)id, ep, (unsigned long long)off);
+        return n > 0 && (size_t)n < cap ? (size_t)n : 0;
+    }
+    uint8_t *o = dst;
+    *o++ = 0x84;
+    o = mp_cstr(mp_cstr(o, "op"), "sub");
+    o = mp_cstr(mp_cstr(o, "topic"), topic);
+    o = mp_u64(mp_cstr(o, "id"), id);
+    o = mp_cstr(o, "since");
+    *o++ = 0x82;
+    o = mp_cstr(mp_cstr(o, "ep"), ep);
+    o = mp_u64(mp_cstr(o, "off"), off);
+    return (size_t)(o - dst);
+}
+
 /* --- Publish templates ---------------------------------------------------------------- */
 
 static void put_dec(uint8_t *at, uint64_t v, int width)
@@ -263,7 +287,13 @@ static const uint8_t *skip_ws(const uint8_t *p, const uint8_t *end)
 static const uint8_t *json_value(const uint8_t *p, size_t n, const char *key)
 {
     char pat[16];
-    int k = snprintf(pat, sizeof(pat), "\"%s\"", key);
+    size_t k = strlen(key);
+    if (k + 2 > sizeof(pat))
+        return NULL;
+    pat[0] = '"';
+    memcpy(pat + 1, key, k);
+    pat[k + 1] = '"';
+    k += 2; /* not snprintf: this runs several times per received message */
     const uint8_t *end = p + n, *at = p;
     while ((at = memmem(at, (size_t)(end - at), pat, (size_t)k)) != NULL) {
         const uint8_t *v = skip_ws(at + k, end);
@@ -555,7 +585,16 @@ static int parse_msgpack(gmsg_t *m, const uint8_t *p, size_t n)
             mpr_copy_str(&r, m->code, sizeof(m->code));
         else if (key_is(k, kn, "msg"))
             mpr_copy_str(&r, m->text, sizeof(m->text));
-        else
+        else if (key_is(k, kn, "ep")) {
+            mpr_copy_str(&r, m->ep, sizeof(m->ep)); /* not a str: skipped, left empty */
+            m->has_ep = m->ep[0] != 0;
+        } else if (key_is(k, kn, "off")) {
+            if (!(m->has_off = mpr_uint(&r, &m->off)))
+                mpr_skip(&r, 0);
+        } else if (key_is(k, kn, "recovered") && r.p < r.end && (*r.p == 0xc2 || *r.p == 0xc3)) {
+            m->has_recovered = true;
+            m->recovered = *r.p++ == 0xc3;
+        } else
             mpr_skip(&r, 0);
     }
     if (r.bad || !op[0])
@@ -613,6 +652,21 @@ static int parse_json(gmsg_t *m, const uint8_t *p, size_t n)
         json_str(p, n, "msg", m->text, sizeof(m->text));
     }
     return 0;
+}
+
+void gmsg_parse_pos(gmsg_t *m, bool binary, const uint8_t *p, size_t n)
+{
+    if (binary)
+        return; /* read by parse_msgpack() */
+    m->has_ep = json_str(p, n, "ep", m->ep, sizeof(m->ep));
+    m->has_off = json_uint(p, n, "off", &m->off);
+    if (m->op != GM_ACK)
+        return;
+    const uint8_t *v = json_value(p, n, "recovered"), *end = p + n;
+    if (v && end - v >= 4 && !memcmp(v, "true", 4))
+        m->has_recovered = m->recovered = true;
+    else if (v && end - v >= 5 && !memcmp(v, "false", 5))
+        m->has_recovered = true;
 }
 
 int gmsg_parse(gmsg_t *m, bool binary, const uint8_t *p, size_t n)

@@ -40,6 +40,17 @@ size_t ws_frame(uint8_t *dst, int opcode, const void *payload, size_t n, uint32_
 size_t msg_encode_op(uint8_t *dst, size_t cap, bool msgpack, const char *op, const char *topic,
                      uint64_t id);
 
+/** The longest stream epoch (`ep`) the load generator keeps; a longer one is cut. */
+#define BENCH_EP_MAX 64
+
+/**
+ * Encodes {"op":"sub","topic":TOPIC,"id":ID,"since":{"ep":EP,"off":OFF}} as JSON or
+ * MessagePack into @dst (@cap bytes); @ep is written as it is (JSON: it must need no
+ * escaping, as the broker's epochs do not). Returns the length, 0 if it does not fit.
+ */
+size_t msg_encode_sub_since(uint8_t *dst, size_t cap, bool msgpack, const char *topic, uint64_t id,
+                            const char *ep, uint64_t off);
+
 /**
  * Writes the bench data object of publisher @pub as JSON into @dst (@cap bytes), padded to
  * about @size bytes, with marker values in place of the sequence number and time for
@@ -91,6 +102,10 @@ typedef struct {
     uint64_t p, s, t;
     char code[32]; /* err: code and human text, truncated, for messages */
     char text[96];
+    /* stream position (msg, ack): MessagePack always; JSON only after gmsg_parse_pos() */
+    bool has_ep, has_off, has_recovered, recovered;
+    uint64_t off;
+    char ep[BENCH_EP_MAX];
 } gmsg_t;
 
 /**
@@ -98,6 +113,13 @@ typedef struct {
  * else JSON). Returns 0, or -1 if it is not a readable gale message.
  */
 int gmsg_parse(gmsg_t *m, bool binary, const uint8_t *p, size_t n);
+
+/**
+ * Adds the stream position of a message gmsg_parse() read from the same bytes: `ep`, `off`
+ * and (an ack) `recovered`. JSON is searched again (only callers that need the position pay
+ * for it); MessagePack was read already.
+ */
+void gmsg_parse_pos(gmsg_t *m, bool binary, const uint8_t *p, size_t n);
 
 /**
  * Reads p, s, t from a JSON bench data object @p[0..n) into @m (offsets removed) and sets

@@ -10,6 +10,11 @@
  * close; the histogram holds the time from connect() to `hello`.
  * --proto nats: the same with NATS events (bench_nats.h): INFO is the hello, answered with
  * CONNECT (and SUB + PING, whose PONG is the ack, where the scenario subscribes).
+ * recover: set up like fanout on RECOVER_TOPIC, keeping the position (ep, off) of each ack
+ * (and of any msg after it); on DISCONNECT close every connection (close handshake, R_CLOSED);
+ * on RECONNECT connect them again, subscribe with since {ep, off}, check every replayed msg
+ * against the last off of its connection (the next one: received; at or below: duplicate;
+ * beyond: a gap) and time each ack from the parent's t0; R_FINAL when all are answered.
  */
 #include "bench.h"
 #include "bench_msg.h"
@@ -26,7 +31,7 @@
 #define CLOSE_TIMEOUT_NS 5000000000ull
 #define PROGRESS_NS 250000000ull
 
-enum { CS_IDLE = 0, CS_SETUP, CS_READY, CS_DONE };
+enum { CS_IDLE = 0, CS_SETUP, CS_READY, CS_DONE, CS_CLOSING };
 
 typedef struct worker worker_t;
 
@@ -37,7 +42,8 @@ typedef struct {
     bool ok; /* setup completed (stays true if the connection is lost later) */
     uint64_t t0;
     bws_conn_t *c;
-    nats_rx_t rx; /* --proto nats: the stream of the current connection */
+    nats_rx_t rx;        /* --proto nats: the stream of the current connection */
+    uint64_t off0, last; /* recover: last off before the disconnect; after it */
 } slot_t;
 
 struct worker {
@@ -51,6 +57,11 @@ struct worker {
     uint64_t *last_seq; /* n x pubs, UINT64_MAX: nothing yet */
     uint64_t setup_deadline, drain_deadline, churn_end, churn_count, last_progress;
     bool need_sub, ready_sent, draining, stop;
+    /* recover: closing (after DISCONNECT, until R_CLOSED), recovering (after RECONNECT) */
+    bool closing, recovering;
+    uint32_t to_close;
+    uint64_t close_deadline, t0, top;
+    char ep[BENCH_EP_MAX]; /* the epoch of the first subscription ack */
     bws_watch_t ctrl_watch;
     report_t rep;
 };
@@ -78,6 +89,8 @@ static void start_more(worker_t *wk)
 {
     while (wk->started < wk->n && wk->pending < wk->o->concurrency) {
         slot_t *s = &wk->slots[wk->started++];
+        if (s->state == CS_DONE) /* recover: its first set-up failed */
+            continue;
         nats_rx_reset(&s->rx, 1); /* the one PONG awaited acks the subscription, id 1 */
         s->c = bws_connect(wk->loop, global_index(wk, s->local), s);
         if (!s->c) {
@@ -111,7 +124,9 @@ static void send_sub(worker_t *wk, slot_t *s)
         bws_send(s->c, frame, nats_hello_frame(frame, sizeof(frame), topic));
         return;
     }
-    size_t n = msg_encode_op(msg, sizeof(msg), wk->o->msgpack, "sub", topic, 1);
+    size_t n = wk->recovering ? msg_encode_sub_since(msg, sizeof(msg), wk->o->msgpack, topic, 1,
+                                                     wk->ep, s->off0)
+                              : msg_encode_op(msg, sizeof(msg), wk->o->msgpack, "sub", topic, 1);
     bws_send(s->c, frame, ws_frame(frame, wk->o->msgpack ? WS_BINARY : WS_TEXT, msg, n, 0));
 }
 
@@ -177,6 +192,78 @@ static void record_delivery(worker_t *wk, slot_t *s, const gmsg_t *m)
 
 static void churn_start(worker_t *wk, slot_t *s);
 
+/* recover: a msg of the topic, before the disconnect (it moves the position on) or after. */
+static void recover_msg(worker_t *wk, slot_t *s, const gmsg_t *m)
+{
+    if (!m->has_ep || !m->has_off) {
+        wk->rep.foreign++;
+        return;
+    }
+    if (!wk->recovering) { /* another publisher: resume after it, as a client would */
+        wk->rep.early++;
+        if (s->state == CS_READY && m->off > s->off0)
+            s->off0 = m->off;
+        return;
+    }
+    if (strcmp(m->ep, wk->ep) != 0) {
+        wk->rep.foreign++;
+        note_error(wk, "a recovered msg of epoch %s, not %s", m->ep, wk->ep);
+        return;
+    }
+    if (m->off <= s->last) {
+        wk->rep.duplicates++;
+        return;
+    }
+    if (m->off > s->last + 1)
+        wk->rep.out_of_order++; /* a gap: the messages between are lost */
+    s->last = m->off;
+    wk->rep.received++;
+    wk->rep.t_last_recv = now_ns();
+}
+
+/* recover: the ack of a subscription, with (RECONNECT) or without since. False: refused. */
+static bool recover_ack(worker_t *wk, slot_t *s, const gmsg_t *m)
+{
+    char a[32], b[32];
+    if (!m->has_ep || !m->has_off) {
+        note_error(wk,
+                   "the sub ack of %s carries no position (ep, off): the broker keeps no history "
+                   "for it (start it with --history '%s=1000')",
+                   RECOVER_TOPIC, RECOVER_TOPIC);
+        return false;
+    }
+    if (!wk->recovering) {
+        if (!wk->ep[0])
+            snprintf(wk->ep, sizeof(wk->ep), "%s", m->ep);
+        else if (strcmp(m->ep, wk->ep) != 0)
+            note_error(wk, "subscription acks of two epochs: %s and %s", wk->ep, m->ep);
+        s->off0 = m->off;
+        return true;
+    }
+    uint64_t now = now_ns();
+    hist_add(&wk->rep.hist, now > wk->t0 ? now - wk->t0 : 0);
+    wk->rep.t_ready = now;
+    wk->rep.reconnected++;
+    if (m->has_recovered && m->recovered) {
+        wk->rep.recovered++;
+    } else {
+        wk->rep.not_recovered++;
+        snprintf(a, sizeof(a), "%llu", (unsigned long long)s->off0);
+        note_error(wk,
+                   "a subscriber was not recovered (since {ep %s, off %s}: ack recovered false)",
+                   wk->ep, a);
+    }
+    if (m->off != wk->top || strcmp(m->ep, wk->ep) != 0) {
+        snprintf(a, sizeof(a), "%llu", (unsigned long long)m->off);
+        snprintf(b, sizeof(b), "%llu", (unsigned long long)wk->top);
+        note_error(wk, "a recovery ack at off %s, the stream's top is %s", a, b);
+    }
+    s->state = CS_READY;
+    wk->pending--;
+    start_more(wk);
+    return true;
+}
+
 /* One message from the broker on slot @s's connection @c, either protocol. */
 static void on_event(slot_t *s, bws_conn_t *c, const gmsg_t *m)
 {
@@ -184,7 +271,9 @@ static void on_event(slot_t *s, bws_conn_t *c, const gmsg_t *m)
     uint8_t f[16];
     switch (m->op) {
     case GM_MSG:
-        if (m->has_bench && s->state == CS_READY)
+        if (wk->o->sc == SC_RECOVER)
+            recover_msg(wk, s, m);
+        else if (m->has_bench && s->state == CS_READY)
             record_delivery(wk, s, m);
         else
             wk->rep.foreign++;
@@ -207,9 +296,17 @@ static void on_event(slot_t *s, bws_conn_t *c, const gmsg_t *m)
         }
         break;
     case GM_ACK: /* NATS: the one PONG after the SUBs is ack 1 */
-        if (s->state == CS_SETUP && m->has_id &&
-            m->id == (wk->o->nats ? 1 : wk->o->topics_per_conn))
+        if (s->state != CS_SETUP || !m->has_id ||
+            m->id != (wk->o->nats ? 1 : wk->o->topics_per_conn))
+            break;
+        if (wk->o->sc != SC_RECOVER) {
             setup_done(wk, s);
+        } else if (!recover_ack(wk, s, m)) {
+            bws_close(c);
+            on_close(c, 0, "subscription without a stream position");
+        } else if (!wk->recovering) {
+            setup_done(wk, s);
+        }
         break;
     case GM_ERR:
         wk->rep.broker_errors++;
@@ -247,10 +344,13 @@ static void on_message(bws_conn_t *c, bool binary, const uint8_t *p, size_t n)
         return;
     }
     gmsg_t m;
-    if (gmsg_parse(&m, binary, p, n) < 0)
+    if (gmsg_parse(&m, binary, p, n) < 0) {
         s->wk->rep.foreign++;
-    else
-        on_event(s, c, &m);
+        return;
+    }
+    if (s->wk->o->sc == SC_RECOVER)
+        gmsg_parse_pos(&m, binary, p, n);
+    on_event(s, c, &m);
 }
 
 static void on_close(bws_conn_t *c, int code, const char *why)
@@ -266,6 +366,12 @@ static void on_close(bws_conn_t *c, int code, const char *why)
             note_error(wk, "%s%s", why, "");
         }
         churn_start(wk, s);
+        return;
+    }
+    if (s->state == CS_CLOSING) { /* recover: the close handshake is done */
+        s->state = CS_IDLE;
+        wk->rep.closed++;
+        wk->to_close--;
         return;
     }
     if (s->state == CS_SETUP) {
@@ -337,6 +443,48 @@ static uint64_t expected_for(const worker_t *wk, const cmd_t *cmd, uint32_t g)
     return e;
 }
 
+/* recover DISCONNECT: starts the close handshake of every subscribed connection. */
+static void disconnect_all(worker_t *wk)
+{
+    wk->closing = true;
+    wk->close_deadline = now_ns() + CLOSE_TIMEOUT_NS;
+    for (uint32_t i = 0; i < wk->n; i++) {
+        slot_t *s = &wk->slots[i];
+        if (s->state != CS_READY)
+            continue;
+        s->state = CS_CLOSING;
+        wk->to_close++;
+        bws_send_close(s->c, 1000);
+    }
+}
+
+/* recover RECONNECT: connects every subscriber again, for since {ep, off0}. */
+static void reconnect_all(worker_t *wk, const cmd_t *cmd)
+{
+    const opts_t *o = wk->o;
+    if (o->reconnect_url && bws_loop_retarget(wk->loop, &o->reconnect_target) < 0)
+        note_error(wk, "--reconnect-url: %s%s", strerror(errno), "");
+    wk->recovering = true;
+    wk->t0 = cmd->t0;
+    wk->top = cmd->top;
+    if (strcmp(cmd->ep, wk->ep) != 0)
+        note_error(wk, "the publisher's acks name epoch %s, the subscriptions' %s", cmd->ep,
+                   wk->ep);
+    wk->rep.expected = 0;
+    wk->rep.t_ready = 0;
+    for (uint32_t i = 0; i < wk->n; i++) {
+        slot_t *s = &wk->slots[i];
+        s->state = s->ok ? CS_IDLE : CS_DONE;
+        s->last = s->off0;
+        if (s->ok && cmd->top > s->off0)
+            wk->rep.expected += cmd->top - s->off0;
+    }
+    wk->started = wk->pending = 0;
+    wk->ready_sent = false;
+    wk->setup_deadline = now_ns() + (uint64_t)(o->setup_timeout * 1e9);
+    start_more(wk);
+}
+
 static void on_ctrl(bws_watch_t *w, uint32_t events)
 {
     worker_t *wk = w->user;
@@ -357,6 +505,10 @@ static void on_ctrl(bws_watch_t *w, uint32_t events)
                 wk->rep.expected += expected_for(wk, &cmd, global_index(wk, i));
         wk->drain_deadline = cmd.deadline;
         wk->draining = true;
+    } else if (cmd.type == C_DISCONNECT) {
+        disconnect_all(wk);
+    } else if (cmd.type == C_RECONNECT) {
+        reconnect_all(wk, &cmd);
     }
 }
 
@@ -385,9 +537,24 @@ static void tick(worker_t *wk)
         }
         wk->started = wk->n;
     }
+    if (wk->closing && (wk->to_close == 0 || now >= wk->close_deadline)) {
+        for (uint32_t i = 0; i < wk->n; i++) { /* no close answer in time: drop the socket */
+            slot_t *s = &wk->slots[i];
+            if (s->state == CS_CLOSING) {
+                bws_close(s->c);
+                s->c = NULL;
+                s->state = CS_IDLE;
+                note_error(wk, "no close answer within 5 s of a close frame%s%s", "", "");
+            }
+        }
+        wk->to_close = 0;
+        wk->closing = false;
+        send_report(wk, R_CLOSED);
+    }
     if (!wk->ready_sent && wk->started == wk->n && wk->pending == 0) {
-        send_report(wk, R_READY);
+        send_report(wk, wk->recovering ? R_FINAL : R_READY);
         wk->ready_sent = true;
+        wk->stop = wk->recovering;
         wk->last_progress = now;
     }
     if (wk->draining && (wk->rep.received >= wk->rep.expected || now >= wk->drain_deadline)) {

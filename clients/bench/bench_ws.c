@@ -40,29 +40,46 @@ struct bws_loop {
     bws_conn_t *dead; /* closed, freed after the current batch of events */
 };
 
-bws_loop_t *bws_loop_new(const bws_target_t *target, const bws_handlers_t *handlers)
+/* Writes the upgrade request for @target into l->request; -1 if it does not fit. */
+static int build_request(bws_loop_t *l, const bws_target_t *target)
 {
-    bws_loop_t *l = calloc(1, sizeof(*l));
-    if (!l)
-        return NULL;
-    l->target = *target;
-    l->h = *handlers;
-    l->ep = epoll_create1(EPOLL_CLOEXEC);
-    l->rx = malloc(RX_CAP);
     int n = snprintf(l->request, sizeof(l->request),
                      "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: "
                      "Upgrade\r\nSec-WebSocket-Key: " WS_KEY "\r\nSec-WebSocket-Version: 13\r\n"
                      "%s%s%s\r\n",
                      target->path, target->host, target->proto ? "Sec-WebSocket-Protocol: " : "",
                      target->proto ? target->proto : "", target->proto ? "\r\n" : "");
-    if (l->ep < 0 || !l->rx || n <= 0 || (size_t)n >= sizeof(l->request)) {
+    if (n <= 0 || (size_t)n >= sizeof(l->request))
+        return -1;
+    l->target = *target;
+    l->request_len = (size_t)n;
+    return 0;
+}
+
+bws_loop_t *bws_loop_new(const bws_target_t *target, const bws_handlers_t *handlers)
+{
+    bws_loop_t *l = calloc(1, sizeof(*l));
+    if (!l)
+        return NULL;
+    l->h = *handlers;
+    l->ep = epoll_create1(EPOLL_CLOEXEC);
+    l->rx = malloc(RX_CAP);
+    if (l->ep < 0 || !l->rx || build_request(l, target) < 0) {
         int e = l->ep < 0 ? errno : ENOMEM;
         bws_loop_free(l);
         errno = e;
         return NULL;
     }
-    l->request_len = (size_t)n;
     return l;
+}
+
+int bws_loop_retarget(bws_loop_t *l, const bws_target_t *target)
+{
+    if (build_request(l, target) < 0) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    return 0;
 }
 
 static void conn_free(bws_conn_t *c)

@@ -87,6 +87,12 @@ struct bws_conn {
 /** Creates a loop. Returns NULL with errno set on failure. Free with bws_loop_free(). */
 bws_loop_t *bws_loop_new(const bws_target_t *target, const bws_handlers_t *handlers);
 
+/**
+ * Makes the connections started from now on go to @target (connections already open stay
+ * where they are). Returns 0, or -1 with errno set when its upgrade request is too long.
+ */
+int bws_loop_retarget(bws_loop_t *l, const bws_target_t *target);
+
 /** Closes every connection still open (without handlers) and frees the loop. NULL is safe. */
 void bws_loop_free(bws_loop_t *l);
 

@@ -99,6 +99,112 @@ def test_conns_topics_per_conn_refused_subscription_fails_setup(make_broker):
     assert time.monotonic() - t0 < 10
 
 
+# ---------------------------------------------------------------------------------------
+# recover: subscribers disconnect, messages are published, they come back with since.
+# ---------------------------------------------------------------------------------------
+
+def bench_status(b, *args, status=0, timeout=120):
+    """Runs `gale bench ARGS --url B --json --pid`; checks the exit status, returns the
+    report (None when stdout is not JSON) and stderr."""
+    cmd = [GALE, "bench", *args, "--url", b.url, "--json", "--pid", str(b.proc.pid)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == status, "exit %d\n%s\n%s" % (out.returncode, out.stdout, out.stderr)
+    try:
+        return json.loads(out.stdout), out.stderr
+    except ValueError:
+        return None, out.stderr
+
+
+def assert_recovered(r, subs, msgs):
+    text = json.dumps(r)
+    assert r["ok"] is True and r["error"] == "", text
+    assert r["recovered"] == subs and r["not_recovered"] == 0, text
+    assert r["published"] == r["acked"] == msgs, text
+    assert r["off_top"] - r["off_first"] + 1 == msgs and r["ep"], text
+    assert r["expected"] == r["received"] == subs * msgs, text
+    for field in ("lost", "extra", "duplicates", "gaps", "foreign", "broker_errors"):
+        assert r[field] == 0, field + ": " + text
+    c = r["connections"]
+    assert c["subscribed"] == c["closed"] == c["reconnected"] == subs, text
+    assert c["failed"] == c["lost"] == 0, text
+    assert 0 < r["ack_ms"]["p50"] <= r["ack_ms"]["max"] <= r["reconnect_s"] * 1000 + 1, text
+
+
+@pytest.mark.gale_only
+@pytest.mark.parametrize("encoding", ["json", "msgpack"])
+def test_recover_counts_exactly(make_broker, encoding):
+    b = make_broker(args=["--history", "bench.>=100"])
+    r, _ = bench_status(b, "recover", "--subs", "50", "--msgs", "10", "--encoding", encoding)
+    assert_recovered(r, 50, 10)
+    assert r["broker"]["cpu_s"] >= 0 and "redis" not in r, json.dumps(r)
+    # Again on the same stream: the positions move on, nothing is lost or replayed twice.
+    r, _ = bench_status(b, "recover", "--subs", "20", "--msgs", "30", "--procs", "2",
+                        "--encoding", encoding)
+    assert_recovered(r, 20, 30)
+    assert r["off_first"] == 11 and r["off_top"] == 40, json.dumps(r)
+
+
+@pytest.mark.gale_only
+def test_recover_fails_when_messages_are_gone(make_broker):
+    """History of 5: 10 missed messages cannot be recovered; the bench says so and exits 1."""
+    b = make_broker(args=["--history", "bench.>=5"])
+    r, _ = bench_status(b, "recover", "--subs", "30", "--msgs", "10", status=1)
+    text = json.dumps(r)
+    assert r["ok"] is False and "not recovered" in r["error"], text
+    assert r["recovered"] == 0 and r["not_recovered"] == 30, text
+    assert r["lost"] == r["expected"] == 300 and r["received"] == 0, text
+
+
+@pytest.mark.gale_only
+def test_recover_needs_history_on_the_topic(make_broker):
+    b = make_broker()
+    r, err = bench_status(b, "recover", "--subs", "5", "--msgs", "1", "--setup-timeout", "10",
+                          status=3)
+    assert r is None and "no history" in err and "--history" in err, err
+
+
+def test_recover_usage():
+    for args in (["--pubs", "2"], ["--duration", "1"], ["--proto", "nats"]):
+        out = subprocess.run([GALE, "bench", "recover", *args, "--url", "ws://127.0.0.1:9/ws"],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 2 and out.stdout == "", out.stderr
+    out = subprocess.run([GALE, "bench", "fanout", "--redis-cli", "6379", "--url",
+                          "ws://127.0.0.1:9/ws"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "recover scenario only" in out.stderr, out.stderr
+
+
+@pytest.mark.gale_only
+@pytest.mark.skipif(shutil.which("redis-server") is None,
+                    reason="redis-server is not installed (scripts/deps test)")
+def test_recover_in_a_cluster(make_broker, logdir):
+    """Two brokers on one redis-server: subscribed on A, published on B, back on B with
+    since; the Redis commands of the reconnect come from INFO commandstats."""
+    port = free_port()
+    with open(os.path.join(logdir, "redis-bench-%d.log" % port), "wb") as log:
+        redis = subprocess.Popen(["redis-server", "--save", "", "--appendonly", "no", "--port",
+                                  str(port), "--bind", HOST], stdout=log,
+                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection((HOST, port), timeout=0.5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and redis.poll() is None, "no redis-server"
+                time.sleep(0.05)
+        args = ["--redis", "redis://%s:%d" % (HOST, port), "--history", "bench.>=100"]
+        a, b = make_broker(args=args), make_broker(args=args)
+        r, _ = bench_status(a, "recover", "--subs", "50", "--msgs", "10", "--pub-url", b.url,
+                            "--reconnect-url", b.url, "--redis-cli", str(port))
+        assert_recovered(r, 50, 10)
+        rd = r["redis"]
+        assert rd["server"] == str(port) and rd["evalsha"] == rd["commands"].get("evalsha", 0)
+        assert 1 <= rd["evalsha"] <= 50 and rd["total"] >= rd["evalsha"], json.dumps(r)
+    finally:
+        stop_process(redis)
+
+
 def test_topics_per_conn_usage(broker):
     out = subprocess.run([GALE, "bench", "fanout", "--topics-per-conn", "5", "--url", broker.url],
                          capture_output=True, text=True, timeout=30)

@@ -1,6 +1,7 @@
 /*
  * Unit tests of gale bench's NATS stream parser and publish frames (clients/bench/bench_nats.c),
- * and of the bench data and gale publish templates it shares (clients/bench/bench_msg.c).
+ * and of the bench data and gale publish templates it shares (clients/bench/bench_msg.c), and
+ * of the stream positions the recover scenario sends and reads.
  * The stream is fed whole, split at every position and byte by byte: frame boundaries of
  * nats-server's WebSocket listener fall anywhere.
  */
@@ -265,6 +266,50 @@ static void test_gale_templates(void **state)
     pubtpl_free(&t);
 }
 
+/* recover: sub with since, and the stream positions of msg and ack, in JSON and MessagePack. */
+static void test_positions(void **state)
+{
+    (void)state;
+    uint8_t b[600];
+    size_t n = msg_encode_sub_since(b, sizeof(b), false, "bench.recover", 1, "0123abcd-1", 42);
+    const char *want =
+        "{\"op\":\"sub\",\"topic\":\"bench.recover\",\"id\":1,\"since\":{\"ep\":\"0123abcd-1\","
+        "\"off\":42}}";
+    assert_int_equal(n, strlen(want));
+    assert_memory_equal(b, want, n);
+
+    gmsg_t m;
+    const char *msg = "{\"op\":\"msg\",\"topic\":\"bench.recover\",\"ep\":\"e-1\",\"off\":7,"
+                      "\"data\":{\"p\":0,\"s\":1000000000003,\"t\":1000000000000009,\"x\":\"x\"}}";
+    assert_int_equal(gmsg_parse(&m, false, (const uint8_t *)msg, strlen(msg)), 0);
+    gmsg_parse_pos(&m, false, (const uint8_t *)msg, strlen(msg));
+    assert_true(m.op == GM_MSG && m.has_bench && m.has_ep && m.has_off && !m.has_recovered);
+    assert_string_equal(m.ep, "e-1");
+    assert_int_equal(m.off, 7);
+    const char *ack = "{\"op\":\"ack\",\"id\":1,\"recovered\":true,\"ep\":\"e-1\",\"off\":9}";
+    assert_int_equal(gmsg_parse(&m, false, (const uint8_t *)ack, strlen(ack)), 0);
+    gmsg_parse_pos(&m, false, (const uint8_t *)ack, strlen(ack));
+    assert_true(m.op == GM_ACK && m.has_id && m.has_recovered && m.recovered && m.off == 9);
+    const char *no = "{\"op\":\"ack\",\"id\":1,\"recovered\":false,\"ep\":\"e-2\",\"off\":0}";
+    assert_int_equal(gmsg_parse(&m, false, (const uint8_t *)no, strlen(no)), 0);
+    gmsg_parse_pos(&m, false, (const uint8_t *)no, strlen(no));
+    assert_true(m.has_recovered && !m.recovered && m.has_off && m.off == 0);
+    assert_string_equal(m.ep, "e-2");
+
+    /* MessagePack: the sub reads back as an op with its id; an ack's position directly. */
+    n = msg_encode_sub_since(b, sizeof(b), true, "bench.recover", 1, "e-3", 5);
+    assert_true(n > 0);
+    assert_int_equal(gmsg_parse(&m, true, b, n), 0);
+    assert_true(m.op == GM_OTHER && m.has_id && m.id == 1);
+    static const uint8_t mp_ack[] = {0x85, 0xa2, 'o',  'p',  0xa3, 'a',  'c',  'k', 0xa2, 'i',
+                                     'd',  0x01, 0xa9, 'r',  'e',  'c',  'o',  'v', 'e',  'r',
+                                     'e',  'd',  0xc3, 0xa2, 'e',  'p',  0xa3, 'e', '-',  '3',
+                                     0xa3, 'o',  'f',  'f',  0xcd, 0x01, 0x00};
+    assert_int_equal(gmsg_parse(&m, true, mp_ack, sizeof(mp_ack)), 0);
+    assert_true(m.op == GM_ACK && m.has_recovered && m.recovered && m.has_off && m.off == 256);
+    assert_string_equal(m.ep, "e-3");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -275,6 +320,7 @@ int main(void)
         cmocka_unit_test(test_publish_frame),
         cmocka_unit_test(test_hello_frames),
         cmocka_unit_test(test_gale_templates),
+        cmocka_unit_test(test_positions),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
