@@ -303,15 +303,24 @@ $('pub-form').addEventListener('submit', async (ev) => {
 });
 
 // ---- chat -------------------------------------------------------------------------
+//
+// A room is two exact topics: chat.ROOM.msg (the lines; a broker started with
+// --history 'chat.*.msg=...' keeps the last ones, so gale.js recovers what a reconnect
+// missed and history() shows a newcomer the last lines) and chat.ROOM.presence (beats).
 
 const ADJ = ['swift', 'calm', 'brisk', 'bright', 'bold', 'keen', 'lucky', 'quiet', 'sunny', 'witty'];
 const NOUN = ['otter', 'falcon', 'lynx', 'heron', 'fox', 'badger', 'gecko', 'orca', 'puffin', 'wren'];
+const HISTORY_LINES = 50; // lines of the room's history shown on joining
 const pick = (a) => a[Math.floor(Math.random() * a.length)];
 const me = Math.random().toString(36).slice(2, 10); // this tab
 const messages = $('messages');
 const peers = new Map(); // tab id -> last seen (ms)
+// The room joined: { name, msgTopic, presenceTopic, ep (epoch of the lines shown),
+//   seen: Set of 'ep:off' shown, own: Map mid -> li of this tab's lines, loading (history
+//   asked: live lines wait in buffer), loads (counter, a newer load wins), offs
+//   (unsubscribe functions), missed (lines replayed since the last disconnect) }
 let room = null;
-let roomOff = null;
+let nextMid = 0;
 
 // Per tab (sessionStorage), so that two tabs are two people.
 const nickInput = $('nick');
@@ -328,8 +337,8 @@ function scrollChat() {
 }
 window.addEventListener('resize', scrollChat);
 
-function sysLine(text) {
-  messages.append(el('li', 'sys', text));
+function sysLine(text, kind) {
+  messages.append(el('li', kind ? `sys ${kind}` : 'sys', text));
   trimChat();
   scrollChat();
 }
@@ -338,18 +347,123 @@ function trimChat() {
   while (messages.childElementCount > MAX_CHAT) messages.firstElementChild.remove();
 }
 
-function chatLine(m, mine) {
-  const li = el('li', `msg${mine ? ' mine' : ''}`);
+/** Adds a chat line: a line being sent (pending) at the end; any other line before this
+ * tab's lines still pending (they come after it in the room once they get there). */
+function chatLine(m, mine, sending = false) {
+  const li = el('li', `msg${mine ? ' mine' : ''}${sending ? ' pending' : ''}`);
   const meta = el('span', 'meta');
   meta.append(el('b', '', mine ? 'you' : String(m.from || 'someone')));
   meta.append(document.createTextNode(` · ${clock(new Date(m.ts || Date.now())).slice(0, 5)}`));
   li.append(meta, el('span', 'bubble', String(m.text ?? '')));
   li.dataset.id = m.mid || '';
-  messages.append(li);
+  messages.insertBefore(li, sending ? null : messages.querySelector('li.msg.pending'));
   trimChat();
   scrollChat();
   return li;
 }
+
+const posKey = (ep, off) => `${ep ?? ''}:${off}`;
+
+/** Records the stream position of a line shown in room r (the ack's or the message's). */
+function placeLine(r, li, ep, off) {
+  if (!Number.isSafeInteger(off) || li.dataset.off || r !== room || !li.isConnected) return;
+  li.dataset.off = String(off);
+  r.seen.add(posKey(ep ?? r.ep, off));
+}
+
+/** One of this tab's lines reached the broker (its ack, or its echo, came). */
+function markSent(r, li, ep, off) {
+  li.classList.remove('pending', 'failed');
+  li.querySelector('.note')?.remove();
+  placeLine(r, li, ep, off);
+}
+
+/** Shows a line of the room once: a position already shown is a duplicate; this tab's
+ * own line (by its mid) is marked sent rather than shown again. */
+function showLine(r, data, { ep, off } = {}) {
+  const placed = Number.isSafeInteger(off);
+  if (placed && r.seen.has(posKey(ep, off))) return;
+  if (ep !== undefined) r.ep = ep;
+  if (data.tab === me && data.mid !== undefined) {
+    const li = r.own.get(String(data.mid));
+    if (li?.isConnected) {
+      markSent(r, li, ep, off);
+      return;
+    }
+    // Not on screen (the room was reloaded): shown from here, as any line.
+    if (li) markSent(r, li);
+  }
+  const li = chatLine(data, data.tab === me);
+  if (data.tab === me && data.mid !== undefined) r.own.set(String(data.mid), li);
+  if (placed) placeLine(r, li, ep, off);
+  return li;
+}
+
+function onChatMsg(data, topic, pos) {
+  const r = room;
+  if (!r || topic !== r.msgTopic || !data || typeof data !== 'object') return;
+  if (r.loading) {
+    r.buffer.push([data, pos]); // shown after the history, which may hold it too
+    return;
+  }
+  if (gale.state === 'open' && data.tab !== me) {
+    peers.set(data.tab, Date.now()); // live, not replayed after a reconnect
+    updateOnline();
+  }
+  if (showLine(r, data, pos) && gale.state !== 'open') r.missed++;
+}
+
+/** (Re)loads room r from the broker's history: its last lines, this tab's lines not
+ * acked yet, then intro(), then the lines that arrived meanwhile. */
+async function loadRoom(r, intro) {
+  const load = ++r.loads;
+  r.loading = true;
+  let hist;
+  let error;
+  try {
+    hist = await gale.history(r.msgTopic, { limit: HISTORY_LINES });
+  } catch (e) {
+    error = e;
+  }
+  if (room !== r || load !== r.loads) return;
+  messages.replaceChildren();
+  r.seen.clear();
+  if (hist) {
+    r.ep = hist.ep;
+    for (const m of hist.messages) {
+      if (m.data && typeof m.data === 'object') showLine(r, m.data, { ep: hist.ep, off: m.off });
+    }
+  }
+  for (const li of r.own.values()) {
+    if (!li.isConnected && (li.classList.contains('pending') || li.classList.contains('failed'))) {
+      messages.append(li);
+    }
+  }
+  trimChat();
+  if (error) sysLine(`Could not load the last lines of ${r.msgTopic}: ${error.code || error.message}`, 'warn');
+  intro?.();
+  r.loading = false;
+  for (const [data, pos] of r.buffer.splice(0)) showLine(r, data, pos);
+  scrollChat();
+}
+
+/** After a reconnect (gale.js subscribed again with the last position seen). */
+function onRecover(r, { recovered, ep }) {
+  if (room !== r) return;
+  const missed = r.missed;
+  r.missed = 0;
+  if (recovered) {
+    if (missed) sysLine(`Reconnected: ${missed} missed message${missed === 1 ? '' : 's'} recovered`);
+  } else if (ep === undefined) {
+    // No history for this topic on this broker: nothing to reload from.
+    sysLine(`Reconnected: lines sent meanwhile are lost (the broker keeps no history of ${r.msgTopic})`, 'warn');
+  } else {
+    loadRoom(r, () => sysLine('Reconnected: some messages could not be recovered; reloaded the room', 'warn'));
+  }
+}
+gale.on('disconnect', () => {
+  if (room) room.missed = 0;
+});
 
 function updateOnline() {
   const now = Date.now();
@@ -359,58 +473,62 @@ function updateOnline() {
 }
 setInterval(updateOnline, 2000);
 
-function onRoom(data, topic) {
-  if (!data || typeof data !== 'object') return;
-  const kind = topic.split('.').pop();
-  if (kind === 'presence') {
-    if (data.tab === me) return;
-    const known = peers.has(data.tab);
-    if (data.left) {
-      peers.delete(data.tab);
-      sysLine(`${data.nick} left`);
-    } else {
-      peers.set(data.tab, Date.now());
-      if (!known && data.hello) sysLine(`${data.nick} joined`);
-    }
-    updateOnline();
-  } else if (kind === 'msg') {
-    if (data.tab === me) {
-      const mine = messages.querySelector(`li.msg[data-id="${CSS.escape(String(data.mid))}"]`);
-      if (mine) {
-        mine.classList.remove('pending');
-        return;
-      }
-    }
+function onPresence(data, topic) {
+  if (!room || topic !== room.presenceTopic || !data || typeof data !== 'object') return;
+  if (data.tab === me) return;
+  const known = peers.has(data.tab);
+  if (data.left) {
+    peers.delete(data.tab);
+    sysLine(`${data.nick} left`);
+  } else {
     peers.set(data.tab, Date.now());
-    updateOnline();
-    chatLine(data, data.tab === me);
+    if (!known && data.hello) sysLine(`${data.nick} joined`);
   }
+  updateOnline();
 }
 
 function beat(extra = {}) {
   if (!room || gale.state !== 'open') return;
-  gale.publish(`chat.${room}.presence`, { nick: nickInput.value, ...extra, tab: me }).catch(() => {});
+  gale.publish(room.presenceTopic, { nick: nickInput.value, ...extra, tab: me }).catch(() => {});
 }
 setInterval(beat, PRESENCE_EVERY);
 
 async function joinRoom(name) {
-  if (name === room) return;
-  if (roomOff) {
+  if (room && name === room.name) return;
+  const old = room;
+  if (old) {
     beat({ left: true });
-    await roomOff().catch(() => {});
-    roomOff = null;
+    room = null;
+    await Promise.all(old.offs.map((off) => off().catch(() => {})));
   }
-  room = name;
+  const r = {
+    name, msgTopic: `chat.${name}.msg`, presenceTopic: `chat.${name}.presence`, ep: undefined,
+    seen: new Set(), own: new Map(), loading: true, buffer: [], loads: 0, offs: [], missed: 0,
+  };
+  room = r;
   peers.clear();
   messages.replaceChildren();
   try {
-    roomOff = await gale.subscribe(`chat.${name}.*`, onRoom);
+    r.offs.push(await gale.subscribe(r.msgTopic, onChatMsg, { onRecover: (info) => onRecover(r, info) }));
+    r.offs.push(await gale.subscribe(r.presenceTopic, onPresence));
   } catch (e) {
-    sysLine(`Could not join chat.${name}: ${e.code || e.message}`);
+    if (room === r) {
+      room = null;
+      sysLine(`Could not join chat.${name}: ${e.code || e.message}`, 'warn');
+    }
+    await Promise.all(r.offs.map((off) => off().catch(() => {})));
     return;
   }
-  sysLine(`You joined chat.${name} as ${nickInput.value}`);
-  sysLine('Open this page in another tab or on your phone and say hi.');
+  if (room !== r) {
+    // Another room was chosen meanwhile.
+    await Promise.all(r.offs.map((off) => off().catch(() => {})));
+    return;
+  }
+  await loadRoom(r, () => {
+    sysLine(`You joined chat.${name} as ${nickInput.value}`);
+    sysLine('Open this page in another tab or on your phone and say hi.');
+  });
+  if (room !== r) return;
   beat({ hello: true });
   updateOnline();
 }
@@ -425,23 +543,30 @@ $('chat-form').addEventListener('submit', async (ev) => {
   ev.preventDefault();
   const input = $('chat-text');
   const text = input.value.trim();
-  if (!text || !room) return;
+  const r = room;
+  if (!text || !r) return;
   input.value = '';
-  const m = { from: nickInput.value, text, ts: Date.now(), tab: me, mid: `${me}-${Date.now()}-${Math.random().toString(36).slice(2, 6)}` };
-  const li = chatLine(m, true);
-  li.classList.add('pending');
+  // The mid in the data lets this tab know its own lines; the same mid on the publish
+  // makes the broker deliver the line once even when gale.js sends it again after a
+  // reconnect.
+  const mid = `${me}-${Date.now().toString(36)}-${(nextMid++).toString(36)}`;
+  const m = { from: nickInput.value, text, ts: Date.now(), tab: me, mid };
+  const li = chatLine(m, true, true);
+  r.own.set(mid, li);
   try {
-    await gale.publish(`chat.${room}.msg`, m);
+    const ack = await gale.publish(r.msgTopic, m, { mid });
     countPublished();
+    markSent(r, li, ack.ep, ack.off);
   } catch (e) {
+    if (!li.classList.contains('pending')) return; // its echo came: delivered after all
     li.classList.remove('pending');
     li.classList.add('failed');
-    li.querySelector('.meta').append(document.createTextNode(` · not sent (${e.code})`));
+    li.querySelector('.meta').append(el('span', 'note', ` · not sent (${e.code})`));
   }
 });
 
-// Announce the join again after every reconnect (the subscription itself is renewed by
-// gale.js).
+// Announce the join again after every reconnect (the subscriptions themselves are
+// renewed by gale.js).
 gale.on('open', () => beat({ hello: true }));
 window.addEventListener('pagehide', () => beat({ left: true }));
 
