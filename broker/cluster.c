@@ -593,6 +593,8 @@ void cluster_release(const char *p, size_t len, void *arg)
         return;
     it->wanted = 0;
     it->ok = 0;
+    if (kind == KIND_CHANNEL)
+        chist_released(c, p, len);
     ack_waiters(c, it); /* a later unsub of theirs released it */
     for (uint32_t i = 0; i < c->nshards; i++)
         if (it->want & bit(i))
@@ -705,6 +707,7 @@ static void shard_down(void *owner, redis_conn_err_t kind, const char *why, bool
         sh->auth_error = kind == REDIS_CONN_ERR_AUTH;
     }
     interests_shard_down(sh);
+    chist_shard_down(c, sh);
 }
 
 static const redis_conn_callbacks_t shard_events = {

@@ -67,6 +67,15 @@ typedef struct held {
     uint8_t env[];
 } held_t;
 
+/* A recent message of a stream, kept to serve recoveries without reading Redis. */
+typedef struct cached {
+    struct cached *next;
+    uint64_t off;
+    frame_t *frames[GALE_ENC_COUNT]; /* built on first need */
+    size_t len;
+    uint8_t env[];
+} cached_t;
+
 struct cstream {
     uint8_t what; /* READ_STREAM: the ctx of its reads */
     cstream_t *hnext;
@@ -77,12 +86,18 @@ struct cstream {
     joiner_t *reading;                 /* served by the read in flight */
     held_t *held, **held_tail;         /* live messages held while a read is in flight */
     uint64_t last;                     /* the last offset delivered live (when known) */
+    uint64_t read_from;                /* the read in flight: entries after this offset */
     uint64_t used_ms;
     pending_t live; /* the catch-up after a reconnection waits for the
                        topic's SUBSCRIBE (cluster_when_live) */
     bool known;
     bool read_inflight;
-    bool repair;     /* the read in flight fills a gap of live subscribers */
+    bool repair;   /* the read in flight fills a gap of live subscribers */
+    bool cache_ok; /* cache holds every message after cache_base up to last */
+    cached_t *cache, **cache_tail;
+    uint32_t ncache;
+    uint64_t cache_base; /* the offset before the first cached message */
+    uint64_t cache_used_ms;
     bool confirming; /* live is held by the cluster */
     uint8_t ep_len;
     char ep[GALE_EP_MAX];
@@ -105,7 +120,11 @@ struct chist {
     cstream_t **buckets;
     size_t nbuckets, n;
     uint64_t swept_ms;
+    uint64_t cache_bytes; /* of every stream's cache, bounded by --history-memory */
 };
+
+/* A stream's cache is dropped when no sub used it for this long. */
+#define CACHE_IDLE_MS 10000
 
 static broker_t *B(cluster_t *c)
 {
@@ -116,6 +135,8 @@ static uint64_t now_ms(cluster_t *c)
 {
     return uv_now(c->b->loop);
 }
+
+static void cache_drop(cluster_t *c, cstream_t *s);
 
 /* --- the table ------------------------------------------------------------ */
 
@@ -148,6 +169,7 @@ void chist_free(cluster_t *c)
         for (cstream_t *s = h->buckets[i], *next; s; s = next) {
             next = s->hnext;
             held_free_all(s);
+            cache_drop(c, s);
             free(s);
         }
     }
@@ -198,6 +220,7 @@ static cstream_t *cstream_get(cluster_t *c, const char *t, size_t len)
     s->rule = history_match(c->b->cfg.history, c->b->cfg.nhistory, t, len);
     s->waiting_tail = &s->waiting;
     s->held_tail = &s->held;
+    s->cache_tail = &s->cache;
     s->len = (uint8_t)len;
     memcpy(s->topic, t, len);
     s->used_ms = now_ms(c);
@@ -225,6 +248,8 @@ void chist_sweep(cluster_t *c)
         cstream_t **pp = &h->buckets[i];
         while (*pp) {
             cstream_t *s = *pp;
+            if (s->cache_ok && now - s->cache_used_ms > CACHE_IDLE_MS)
+                cache_drop(c, s);
             if (!cstream_busy(s) && now - s->used_ms > CSTREAM_IDLE_MS) {
                 *pp = s->hnext;
                 h->n--;
@@ -237,6 +262,22 @@ void chist_sweep(cluster_t *c)
 }
 
 static void start_read(cluster_t *c, cstream_t *s, uint64_t from);
+
+void chist_shard_down(cluster_t *c, shard_t *sh)
+{
+    chist_t *h = c->hist;
+    for (size_t i = 0; h && i < h->nbuckets; i++)
+        for (cstream_t *s = h->buckets[i]; s; s = s->hnext)
+            if (s->sh == sh)
+                cache_drop(c, s); /* messages may be missed until the catch-up */
+}
+
+void chist_released(cluster_t *c, const char *t, size_t len)
+{
+    cstream_t *s = c->hist ? cstream_find(c->hist, t, len, cluster_hash64(t, len)) : NULL;
+    if (s)
+        cache_drop(c, s); /* its messages stop coming */
+}
 
 /* The topic is live again (its SUBSCRIBE confirmed): read what was missed meanwhile. */
 static void catch_up(broker_t *b, pending_t *p, gale_err_t e, const char *why)
@@ -339,12 +380,103 @@ static void hold(cstream_t *s, const uint8_t *env, size_t len)
     s->held_tail = &h->next;
 }
 
-/* Delivers e (of s's topic, tail 9) to the live subscribers, skipping those waiting on s. */
-static void deliver_live(cluster_t *c, cstream_t *s, const cluster_envelope_t *e)
+/* --- the cache of recent messages ----------------------------------------- */
+
+/*
+ * After a read, a stream keeps the entries it read and every live message delivered since
+ * (consecutive up to `last`), so a recovery that arrives when no read is in flight and
+ * whose position is among them is served here: a reconnect storm costs Redis the reads in
+ * flight when it starts, not one per round trip while it lasts. The cache is valid only
+ * while the topic is followed without a break: it goes when the topic's SUBSCRIBE is
+ * released, its shard goes down, a message does not follow, or the epoch changes.
+ */
+static void cache_pop(cluster_t *c, cstream_t *s)
+{
+    cached_t *x = s->cache;
+    s->cache = x->next;
+    if (!s->cache)
+        s->cache_tail = &s->cache;
+    s->ncache--;
+    s->cache_base = x->off;
+    c->hist->cache_bytes -= sizeof(*x) + x->len;
+    for (int e = 0; e < GALE_ENC_COUNT; e++) {
+        if (x->frames[e])
+            c->hist->cache_bytes -= x->frames[e]->len;
+        frame_unref(x->frames[e]);
+    }
+    free(x);
+}
+
+static void cache_drop(cluster_t *c, cstream_t *s)
+{
+    while (s->cache)
+        cache_pop(c, s);
+    s->cache_tail = &s->cache;
+    s->cache_ok = false;
+}
+
+/* Starts an empty cache after offset base (the stream's last). */
+static void cache_start(cluster_t *c, cstream_t *s, uint64_t base)
+{
+    cache_drop(c, s);
+    if (s->rule && s->rule->ttl_ms)
+        return; /* cached messages carry no time: recoveries of TTL topics read Redis */
+    s->cache_ok = true;
+    s->cache_base = base;
+    s->cache_used_ms = now_ms(c);
+}
+
+static void cache_add(cluster_t *c, cstream_t *s, uint64_t off, const uint8_t *raw, size_t len)
+{
+    if (!s->cache_ok)
+        return;
+    cached_t *x = off == s->cache_base + s->ncache + 1 ? malloc(sizeof(*x) + len) : NULL;
+    if (!x) {
+        cache_drop(c, s); /* not consecutive (or out of memory): no longer complete */
+        return;
+    }
+    *x = (cached_t){.off = off, .len = len};
+    memcpy(x->env, raw, len);
+    *s->cache_tail = x;
+    s->cache_tail = &x->next;
+    s->ncache++;
+    c->hist->cache_bytes += sizeof(*x) + len;
+    while (s->ncache > c->b->cfg.recovery_max ||
+           (s->cache && c->hist->cache_bytes > c->b->cfg.history_memory))
+        cache_pop(c, s);
+}
+
+static frame_t *cached_frame(cluster_t *c, cached_t *x, gale_enc_t enc)
+{
+    cluster_envelope_t e;
+    const char *why;
+    if (x->frames[enc])
+        return x->frames[enc];
+    if (!cluster_envelope_decode(x->env, x->len, CLUSTER_DATA_MAX, &e, &why))
+        return NULL;
+    gale_pos_t pos = {.ep = e.ep, .ep_len = e.ep_len, .off = e.off};
+    gale_buf_t buf;
+    gale_buf_init(&buf, FRAME_HEADROOM);
+    if (gale_encode_msg_pos(&buf, enc, e.topic, e.topic_len, &pos, e.enc, e.data, e.data_len) !=
+        GALE_OK) {
+        gale_buf_free(&buf);
+        return NULL;
+    }
+    x->frames[enc] = frame_finish(&buf, enc == GALE_ENC_JSON ? FRAME_TEXT : FRAME_BINARY);
+    if (x->frames[enc])
+        c->hist->cache_bytes += x->frames[enc]->len;
+    return x->frames[enc];
+}
+
+/* Delivers e (of s's topic, tail 9; raw: its bytes) to the live subscribers, skipping those
+ * waiting on s. */
+static void deliver_live(cluster_t *c, cstream_t *s, const cluster_envelope_t *e,
+                         const uint8_t *raw, size_t len)
 {
     gale_pos_t pos = {.ep = e->ep, .ep_len = e->ep_len, .off = e->off};
     (void)router_deliver_at(B(c), e->topic, e->topic_len, &pos, e->enc, e->data, e->data_len, s);
     s->last = e->off;
+    cache_add(c, s, e->off, raw, len);
 }
 
 /* A live message of s (raw: its envelope bytes, e: decoded), in the order Redis sent it. */
@@ -363,6 +495,7 @@ static void live(cluster_t *c, cstream_t *s, const cluster_envelope_t *e, const 
         s->ep_len = (uint8_t)e->ep_len;
         s->last = s->known ? 0 : e->off - 1;
         s->known = true;
+        cache_drop(c, s);
     }
     if (e->off <= s->last) {
         B(c)->m.redis_duplicates++;
@@ -374,7 +507,7 @@ static void live(cluster_t *c, cstream_t *s, const cluster_envelope_t *e, const 
         start_read(c, s, s->last);
         return;
     }
-    deliver_live(c, s, e);
+    deliver_live(c, s, e, raw, len);
 }
 
 void chist_message(cluster_t *c, const cluster_envelope_t *e, const uint8_t *raw, size_t len)
@@ -454,6 +587,7 @@ static void drain(cluster_t *c, cstream_t *s)
  */
 static void give_up(cluster_t *c, cstream_t *s)
 {
+    cache_drop(c, s);
     held_t *list = s->held;
     s->held = NULL;
     s->held_tail = &s->held;
@@ -468,7 +602,7 @@ static void give_up(cluster_t *c, cstream_t *s)
                 memcpy(s->ep, e.ep, e.ep_len);
                 s->ep_len = (uint8_t)e.ep_len;
                 s->known = true;
-                deliver_live(c, s, &e);
+                deliver_live(c, s, &e, h->env, h->len);
             }
         }
         free(h);
@@ -490,6 +624,7 @@ static void start_read(cluster_t *c, cstream_t *s, uint64_t from)
     s->waiting = NULL;
     s->waiting_tail = &s->waiting;
     s->read_inflight = true;
+    s->read_from = from;
     s->used_ms = now_ms(c);
     if (!send_read(c, s->sh, s, s->topic, s->len, "range", from, max,
                    s->rule ? s->rule->ttl_ms : 0)) {
@@ -505,6 +640,8 @@ static void start_read(cluster_t *c, cstream_t *s, uint64_t from)
 /* One stream entry of a read: [id, [field, value, ...]] with e (the envelope) and t. */
 typedef struct {
     cluster_envelope_t e;
+    const uint8_t *raw; /* the envelope's bytes (in the reply) */
+    size_t raw_len;
     uint64_t t_ms;
     frame_t *frames[GALE_ENC_COUNT];
 } entry_t;
@@ -535,6 +672,8 @@ static bool read_entries(const redis_value_t *arr, entry_t *out, size_t *n, cons
                                      &why) ||
             x->e.tail != 9 || x->e.ep_len != ep_len || memcmp(x->e.ep, ep, ep_len) != 0)
             return false;
+        x->raw = (const uint8_t *)env;
+        x->raw_len = env_len;
         char tb[24];
         size_t tl = t_len < sizeof(tb) - 1 ? t_len : sizeof(tb) - 1;
         memcpy(tb, t ? t : "0", t ? tl : 1);
@@ -638,11 +777,12 @@ static void stream_reply(cluster_t *c, cstream_t *s, redis_conn_reply_t answer,
 
     /* Live subscribers: what they missed (a gap) from the stream. */
     bool same = s->known && ep_len == s->ep_len && memcmp(ep, s->ep, ep_len) == 0;
+    cache_drop(c, s); /* rebuilt below from what was read */
     if (same) {
         uint64_t before = s->last;
         for (size_t i = 0; i < n; i++)
             if (ents[i].e.off > s->last && ents[i].e.off <= top)
-                deliver_live(c, s, &ents[i].e);
+                deliver_live(c, s, &ents[i].e, ents[i].raw, ents[i].raw_len);
         b->m.history_gaps += repair && s->last != before;
     }
     memcpy(s->ep, ep, ep_len);
@@ -650,6 +790,14 @@ static void stream_reply(cluster_t *c, cstream_t *s, redis_conn_reply_t answer,
     if (!same || s->last < top)
         s->last = top; /* what the stream lacks is lost for good */
     s->known = true;
+    /* The cache: what was read, when it reaches the top (then live messages extend it). */
+    if (n && ents[n - 1].e.off == top) {
+        cache_start(c, s, ents[0].e.off - 1);
+        for (size_t i = 0; i < n; i++)
+            cache_add(c, s, ents[i].e.off, ents[i].raw, ents[i].raw_len);
+    } else if (!n) {
+        cache_start(c, s, top);
+    }
 
     /* Each joiner: its missed messages, its answer; then it is live. */
     for (joiner_t *j = list, *next; j; j = next) {
@@ -781,6 +929,50 @@ gale_err_t cluster_hist(void *bus, pending_t *done, const char *topic, size_t le
 
 /* --- subscribing ---------------------------------------------------------- */
 
+/*
+ * Answers joiner j from s's cache when it can (see "the cache of recent messages"): a sub
+ * without since, or one whose position the cache covers. False: it needs a read.
+ */
+static bool serve_cached(cluster_t *c, cstream_t *s, joiner_t *j)
+{
+    broker_t *b = B(c);
+    if (!s->cache_ok || !s->known || !redis_conn_ready(s->sh->rc))
+        return false;
+    bool ok = true;
+    if (j->conn && !j->conn->closing && j->has_since) {
+        if (j->ep_len != s->ep_len || memcmp(j->ep, s->ep, s->ep_len) != 0 || j->since > s->last ||
+            j->since < s->cache_base)
+            return false; /* let Redis say */
+        gale_enc_t enc = (gale_enc_t)j->conn->enc;
+        uint64_t bytes = 0;
+        for (cached_t *x = s->cache; x; x = x->next) {
+            frame_t *f = x->off > j->since ? cached_frame(c, x, enc) : NULL;
+            bytes += f ? f->len : 0;
+        }
+        ok = bytes <= b->cfg.queue_limit / 2;
+        for (cached_t *x = s->cache; ok && x; x = x->next) {
+            frame_t *f = x->off > j->since ? x->frames[enc] : NULL;
+            if (f && !j->conn->ops->deliver(b, j->conn, f))
+                ok = false;
+            b->m.messages_replayed += f != NULL;
+        }
+        b->m.recoveries[ok]++;
+    }
+    conn_reply_t *out = j->done->out;
+    if (out && j->conn) {
+        out->has_pos = true;
+        out->ep_len = s->ep_len;
+        memcpy(out->ep, s->ep, s->ep_len);
+        out->off = s->last;
+        if (j->has_since)
+            out->recovered = ok;
+    }
+    s->cache_used_ms = now_ms(c);
+    b->m.recoveries_cached += j->has_since;
+    finish_joiner(c, j, GALE_OK, "");
+    return true;
+}
+
 /* pending_t.done of a joiner's cluster_sub: the topic is live here (or could not be). */
 static void joiner_confirmed(broker_t *b, pending_t *p, gale_err_t e, const char *why)
 {
@@ -791,6 +983,18 @@ static void joiner_confirmed(broker_t *b, pending_t *p, gale_err_t e, const char
         return;
     }
     cstream_t *s = j->s;
+    if (s->read_inflight && (!j->has_since || j->since >= s->read_from)) {
+        /*
+         * The read in flight serves it too: the topic was live here before that read was
+         * sent (its SUBSCRIBE is one for the topic), so whatever follows the read's top is
+         * held meanwhile. A storm of recoveries from one position costs one read.
+         */
+        j->next = s->reading;
+        s->reading = j;
+        return;
+    }
+    if (!s->read_inflight && serve_cached(c, s, j))
+        return;
     j->next = NULL;
     *s->waiting_tail = j;
     s->waiting_tail = &j->next;

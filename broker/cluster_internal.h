@@ -112,6 +112,12 @@ void chist_message(cluster_t *c, const cluster_envelope_t *e, const uint8_t *raw
  */
 void chist_shard_ready(cluster_t *c, shard_t *sh);
 
+/** sh went down: messages may be missed until it is back; caches are no longer complete. */
+void chist_shard_down(cluster_t *c, shard_t *sh);
+
+/** The topic t[0..len) is no longer SUBSCRIBEd here: its messages stop coming. */
+void chist_released(cluster_t *c, const char *t, size_t len);
+
 /** The 1 s sweep: forgets streams idle for a while. */
 void chist_sweep(cluster_t *c);
 

@@ -85,6 +85,10 @@ gale_err_t metrics_render(const metrics_t *m, const metrics_gauges_t *g, gale_bu
            "Times a topic's live subscribers had missed messages (a jump in offsets, a "
            "reconnection) and got them from its Redis stream (cluster).",
            m->history_gaps);
+    metric(out, "gale_recoveries_cached_total", "counter",
+           "Recoveries a broker of a cluster served from a topic's recent messages, without "
+           "reading Redis.",
+           m->recoveries_cached);
     metric(out, "gale_dedup_entries", "gauge", "Mids remembered for --dedup-window.",
            g->dedup_entries);
     if (g->history) {

@@ -25,16 +25,17 @@ typedef struct metrics {
                                                  --handshake-timeout */
     uint64_t http_refused;                    /* HTTP requests refused by http_filter */
     uint64_t protocol_errors[GALE_ERR_COUNT]; /* err replies by code */
-    uint64_t recoveries[2];          /* subs with since: [0] not recovered, [1] recovered */
-    uint64_t messages_replayed;      /* msg frames queued by recoveries */
-    uint64_t publish_duplicates;     /* pubs not delivered again: a mid seen before */
-    uint64_t history_gaps;           /* cluster: missed live messages read from the stream */
-    uint64_t redis_publishes;        /* PUBLISH commands sent (--redis) */
-    uint64_t redis_received;         /* messages received from Redis */
-    uint64_t redis_duplicates;       /* ... dropped as copies already delivered */
-    uint64_t redis_echoes;           /* ... dropped as this node's own */
-    uint64_t redis_invalid;          /* ... dropped as malformed */
-    uint64_t redis_reconnects;       /* shards connected again after a loss */
+    uint64_t recoveries[2];      /* subs with since: [0] not recovered, [1] recovered */
+    uint64_t messages_replayed;  /* msg frames queued by recoveries */
+    uint64_t publish_duplicates; /* pubs not delivered again: a mid seen before */
+    uint64_t recoveries_cached;  /* cluster: recoveries served from a stream's recent messages */
+    uint64_t history_gaps;       /* cluster: missed live messages read from the stream */
+    uint64_t redis_publishes;    /* PUBLISH commands sent (--redis) */
+    uint64_t redis_received;     /* messages received from Redis */
+    uint64_t redis_duplicates;   /* ... dropped as copies already delivered */
+    uint64_t redis_echoes;       /* ... dropped as this node's own */
+    uint64_t redis_invalid;      /* ... dropped as malformed */
+    uint64_t redis_reconnects;   /* shards connected again after a loss */
     uint64_t redis_connect_failures; /* failed connection attempts */
 } metrics_t;
 
