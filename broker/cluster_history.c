@@ -564,33 +564,18 @@ static void fail_joiners(cluster_t *c, joiner_t *list, const char *why)
     }
 }
 
-/* Delivers what s holds through the live path, in order (a read may start again). */
-static void drain(cluster_t *c, cstream_t *s)
-{
-    held_t *list = s->held;
-    s->held = NULL;
-    s->held_tail = &s->held;
-    while (list) {
-        held_t *h = list;
-        list = h->next;
-        cluster_envelope_t e;
-        const char *why;
-        if (cluster_envelope_decode(h->env, h->len, CLUSTER_DATA_MAX, &e, &why) && e.tail == 9)
-            live(c, s, &e, h->env, h->len);
-        free(h);
-    }
-}
-
 /*
- * The stream cannot be read (Redis is away): what is held goes out as it is, in order,
- * its gaps unfilled (they are lost here), rather than waiting.
+ * Delivers what s holds, in order. repair: through the live path (a gap may start a read
+ * again). Otherwise the stream cannot be read (Redis is away): each goes out as it is, its
+ * gaps unfilled (they are lost here), rather than waiting.
  */
-static void give_up(cluster_t *c, cstream_t *s)
+static void release_held(cluster_t *c, cstream_t *s, bool repair)
 {
-    cache_drop(c, s);
     held_t *list = s->held;
     s->held = NULL;
     s->held_tail = &s->held;
+    if (!repair)
+        cache_drop(c, s);
     while (list) {
         held_t *h = list;
         list = h->next;
@@ -598,7 +583,9 @@ static void give_up(cluster_t *c, cstream_t *s)
         const char *why;
         if (cluster_envelope_decode(h->env, h->len, CLUSTER_DATA_MAX, &e, &why) && e.tail == 9) {
             bool same = s->known && e.ep_len == s->ep_len && !memcmp(e.ep, s->ep, e.ep_len);
-            if (!same || e.off > s->last) {
+            if (repair) {
+                live(c, s, &e, h->env, h->len);
+            } else if (!same || e.off > s->last) {
                 memcpy(s->ep, e.ep, e.ep_len);
                 s->ep_len = (uint8_t)e.ep_len;
                 s->known = true;
@@ -633,7 +620,7 @@ static void start_read(cluster_t *c, cstream_t *s, uint64_t from)
         joiner_t *list = s->reading;
         s->reading = NULL;
         fail_joiners(c, list, "the cluster bus (Redis) is unreachable");
-        give_up(c, s);
+        release_held(c, s, false);
     }
 }
 
@@ -764,7 +751,7 @@ static void stream_reply(cluster_t *c, cstream_t *s, redis_conn_reply_t answer,
                       s->topic);
         free(ents);
         fail_joiners(c, list, "the cluster bus (Redis) did not answer the read");
-        give_up(c, s);
+        release_held(c, s, false);
         return;
     }
     uint64_t top = (uint64_t)topv;
@@ -822,7 +809,7 @@ static void stream_reply(cluster_t *c, cstream_t *s, redis_conn_reply_t answer,
         for (int e = 0; e < GALE_ENC_COUNT; e++)
             frame_unref(ents[i].frames[e]);
     free(ents);
-    drain(c, s);
+    release_held(c, s, true);
     if (s->waiting)
         start_read(c, s, s->last);
 }
