@@ -932,11 +932,12 @@ static bool serve_cached(cluster_t *c, cstream_t *s, joiner_t *j)
             return false; /* let Redis say */
         gale_enc_t enc = (gale_enc_t)j->conn->enc;
         uint64_t bytes = 0;
-        for (cached_t *x = s->cache; x; x = x->next) {
+        for (cached_t *x = s->cache; ok && x; x = x->next) {
             frame_t *f = x->off > j->since ? cached_frame(c, x, enc) : NULL;
+            ok = f || x->off <= j->since; /* out of memory: not recovered */
             bytes += f ? f->len : 0;
         }
-        ok = bytes <= b->cfg.queue_limit / 2;
+        ok = ok && bytes <= b->cfg.queue_limit / 2;
         for (cached_t *x = s->cache; ok && x; x = x->next) {
             frame_t *f = x->off > j->since ? x->frames[enc] : NULL;
             if (f && !j->conn->ops->deliver(b, j->conn, f))
