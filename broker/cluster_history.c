@@ -709,7 +709,9 @@ static bool replay(cluster_t *c, cstream_t *s, joiner_t *j, const char *ep, size
         if (ttl && now >= ents[i].t_ms && now - ents[i].t_ms >= ttl)
             return false; /* expired */
         frame_t *f = entry_frame(&ents[i], enc);
-        bytes += f ? f->len : 0;
+        if (!f)
+            return false; /* out of memory (the origin refused unconvertible data) */
+        bytes += f->len;
     }
     if (bytes > b->cfg.queue_limit / 2)
         return false;
