@@ -194,11 +194,13 @@ static bool replay(broker_t *b, conn_t *c, hist_topic_t *t, uint64_t after, uint
     gale_enc_t enc = (gale_enc_t)c->enc;
     uint64_t bytes = 0;
     bool nomem = false;
-    for (uint64_t off = after + 1; off <= after + n && !nomem; off++) {
+    for (uint64_t off = after + 1; off <= after + n; off++) {
         frame_t *f = history_frame(b->history, history_at(t, off), enc, &nomem);
-        bytes += f ? f->len : 0;
+        if (!f)
+            return false; /* out of memory (unconvertible data is refused at publish) */
+        bytes += f->len;
     }
-    if (nomem || bytes > b->cfg.queue_limit / 2)
+    if (bytes > b->cfg.queue_limit / 2)
         return false;
     for (uint64_t off = after + 1; off <= after + n; off++) {
         frame_t *f = history_frame(b->history, history_at(t, off), enc, &nomem);
