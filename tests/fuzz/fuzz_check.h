@@ -77,8 +77,30 @@ static inline void check_request(gale_enc_t enc, const uint8_t *in, size_t len,
     bool pat = !r->is_pattern;
     CHECK(gale_pattern_valid(r->topic, r->topic_len, &pat));
     CHECK(pat == r->is_pattern);
+    /* The additions: since only on a concrete sub, limit only on hist, mid only on pub. */
+    CHECK(!r->has_since || (r->op == GALE_OP_SUB && !r->is_pattern));
+    if (r->has_since)
+        CHECK(r->since.ep ? r->since.ep_len <= GALE_EP_MAX : r->since.ep_len > GALE_EP_MAX);
+    CHECK(!r->has_limit || r->op == GALE_OP_HIST);
+    CHECK(r->op != GALE_OP_HIST || !r->is_pattern);
+    if (r->mid) {
+        CHECK(r->op == GALE_OP_PUB && r->mid_len >= 1 && r->mid_len <= GALE_MID_MAX);
+        CHECK((r->mid >= (const char *)in && r->mid + r->mid_len <= (const char *)in + len) ||
+              r->mid == r->_mid_buf);
+    }
     if (r->op != GALE_OP_PUB)
         return;
+    /* What a client re-encodes with the mid decodes to the same request. */
+    if (r->mid) {
+        gale_buf_t re;
+        gale_request_t back;
+        gale_buf_init(&re, 0);
+        CHECK(gale_encode_pub_mid(&re, enc, r->has_id, r->id, r->topic, r->topic_len, r->mid,
+                                  r->mid_len, enc, r->data, r->data_len) == GALE_OK);
+        CHECK(gale_decode_request(enc, re.data, re.len, &back, NULL) == GALE_OK);
+        CHECK(back.mid_len == r->mid_len && memcmp(back.mid, r->mid, r->mid_len) == 0);
+        gale_buf_free(&re);
+    }
     CHECK(!r->is_pattern && gale_topic_valid(r->topic, r->topic_len));
     CHECK(r->data >= in && r->data_len > 0 && r->data + r->data_len <= in + len);
     if (enc == GALE_ENC_JSON)
