@@ -71,7 +71,8 @@ static const char *decode_since(gale_enc_t enc, const gale__field_t *f, gale_req
     req->has_since = true;
     req->since.off = s[S_OFF].u;
     if (!take_str(&s[S_EP], req->_ep_buf, sizeof(req->_ep_buf), &req->since.ep,
-                  &req->since.ep_len)) {
+                  &req->since.ep_len) ||
+        req->since.ep_len > GALE_EP_MAX) {
         /* Well-formed, but longer than any epoch: it names none. */
         req->since.ep = NULL;
         req->since.ep_len = GALE_EP_MAX + 1;
