@@ -767,6 +767,27 @@ static void stream_reply(cluster_t *c, cstream_t *s, redis_conn_reply_t answer,
     /* Live subscribers: what they missed (a gap) from the stream. */
     bool same = s->known && ep_len == s->ep_len && memcmp(ep, s->ep, ep_len) == 0;
     cache_drop(c, s); /* rebuilt below from what was read */
+    if (s->known && !same) {
+        /*
+         * The stream has a new epoch (Redis lost its data): its live subscribers get it
+         * from its start, so read it again from 0, the joiners waiting for that read; live
+         * messages stay held meanwhile.
+         */
+        free(ents);
+        memcpy(s->ep, ep, ep_len);
+        s->ep_len = (uint8_t)ep_len;
+        s->last = 0;
+        for (joiner_t *j = list, *next; j; j = next) {
+            next = j->next;
+            j->next = s->waiting;
+            s->waiting = j;
+            if (s->waiting_tail == &s->waiting)
+                s->waiting_tail = &j->next;
+        }
+        s->repair = true;
+        start_read(c, s, 0);
+        return;
+    }
     if (same) {
         uint64_t before = s->last;
         for (size_t i = 0; i < n; i++)
