@@ -125,7 +125,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (err == GALE_OK)
             err = auth_check(f->grant, &req, &why);
         if (err == GALE_ERR_FORBIDDEN)
-            CHECK(f->grant && (req.op == GALE_OP_SUB || req.op == GALE_OP_PUB));
+            CHECK(f->grant &&
+                  (req.op == GALE_OP_SUB || req.op == GALE_OP_PUB || req.op == GALE_OP_HIST));
+        if (err == GALE_ERR_FORBIDDEN && req.op == GALE_OP_HIST)
+            CHECK(!auth_may_sub(f->grant, req.topic, req.topic_len)); /* hist needs sub */
         if (err == GALE_OK) {
             switch (req.op) {
             case GALE_OP_SUB:
@@ -156,6 +159,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                     CHECK(sess[i].hits <= 1);
                 break;
             }
+            case GALE_OP_HIST: /* allowed: the grant lets it subscribe to the topic */
+                if (f->grant)
+                    CHECK(auth_may_sub(f->grant, req.topic, req.topic_len));
+                break;
             case GALE_OP_PING:
                 break;
             }
