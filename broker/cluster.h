@@ -22,7 +22,12 @@
  * core's answers to WebSocket clients and to HTTP publishes). The cluster
  * holds one until Redis answers, then finishes it.
  *
- * The behaviour clients see is described in README.md "Cluster".
+ * Topics with history (--history) and publishes with a mid go through Lua scripts on the
+ * topic's shard instead of a bare PUBLISH, and their messages are delivered from Redis in
+ * offset order: cluster_history.c (cluster_internal.h is what the two files share).
+ *
+ * The behaviour clients see is described in README.md "Cluster" and "History and
+ * recovery".
  */
 #ifndef GALE_CLUSTER_H
 #define GALE_CLUSTER_H
