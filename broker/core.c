@@ -215,10 +215,9 @@ static bool replay(broker_t *b, conn_t *c, hist_topic_t *t, uint64_t after, uint
  * The history part of a sub of a topic: its position in the answer and, with since, the
  * missed messages replayed (single node: nothing is published meanwhile).
  */
-static void sub_history(broker_t *b, conn_t *c, const gale_request_t *req, conn_reply_t *r)
+static void sub_history(broker_t *b, conn_t *c, const gale_request_t *req,
+                        const gale_history_rule_t *rule, conn_reply_t *r)
 {
-    const gale_history_rule_t *rule =
-        req->is_pattern ? NULL : history_rule(b->history, req->topic, req->topic_len);
     hist_topic_t *t = rule ? history_topic(b->history, rule, req->topic, req->topic_len, now_ms(b))
                            : NULL; /* NULL with a rule: out of memory, no position to give */
     uint64_t missed;
@@ -250,8 +249,10 @@ static gale_err_t do_sub(broker_t *b, conn_t *c, const gale_request_t *req, conn
         *why = "out of memory";
         return GALE_ERR_INTERNAL;
     }
+    const gale_history_rule_t *rule =
+        req->is_pattern ? NULL : rule_of(b, req->topic, req->topic_len);
     if (!b->bus.ops) {
-        sub_history(b, c, req, rep);
+        sub_history(b, c, req, rule, rep);
         return GALE_OK;
     }
     bool added = r == TOPICS_ADDED, held = false;
@@ -264,8 +265,6 @@ static gale_err_t do_sub(broker_t *b, conn_t *c, const gale_request_t *req, conn
     }
     q->added = added;
     *deferred = true; /* the entry answers, in order; reply_done undoes a refused sub */
-    const gale_history_rule_t *rule =
-        req->is_pattern ? NULL : rule_of(b, req->topic, req->topic_len);
     if (rule) {
         gale_err_t e = b->bus.ops->recover(b->bus.ctx, &q->p, c, req->topic, req->topic_len, rule,
                                            req->has_since ? &req->since : NULL, why);
@@ -296,8 +295,8 @@ static void do_unsub(broker_t *b, conn_t *c, const gale_request_t *req)
  * A publish on this node alone: deduplicated by mid, stored at the next offset of a topic
  * with history, delivered.
  */
-static gale_err_t publish_here(broker_t *b, conn_t *c, const gale_request_t *req, conn_reply_t *rep,
-                               const char **why)
+static gale_err_t publish_here(broker_t *b, conn_t *c, const gale_request_t *req,
+                               const gale_history_rule_t *rule, conn_reply_t *rep, const char **why)
 {
     gale_enc_t enc = (gale_enc_t)c->enc;
     uint64_t now = now_ms(b), off = 0;
@@ -314,7 +313,6 @@ static gale_err_t publish_here(broker_t *b, conn_t *c, const gale_request_t *req
             return GALE_ERR_LIMIT;
         }
     }
-    const gale_history_rule_t *rule = history_rule(b->history, req->topic, req->topic_len);
     gale_err_t e;
     if (rule) {
         hist_topic_t *t = history_topic(b->history, rule, req->topic, req->topic_len, now);
@@ -365,14 +363,14 @@ static gale_err_t do_pub(broker_t *b, conn_t *c, const gale_request_t *req, conn
                          const char **why, bool *deferred)
 {
     gale_enc_t enc = (gale_enc_t)c->enc;
-    if (enc == GALE_ENC_MSGPACK && rule_of(b, req->topic, req->topic_len) &&
-        !convertible(enc, req->data, req->data_len)) {
+    const gale_history_rule_t *rule = rule_of(b, req->topic, req->topic_len);
+    if (enc == GALE_ENC_MSGPACK && rule && !convertible(enc, req->data, req->data_len)) {
         *why = "data could not be converted for JSON subscribers; a topic with history "
                "takes only data every subscriber can receive";
         return GALE_ERR_BAD_REQUEST;
     }
     if (!b->bus.ops)
-        return publish_here(b, c, req, rep, why);
+        return publish_here(b, c, req, rule, rep, why);
     core_reply_t *q = defer(c, req);
     if (!q) {
         *why = "out of memory";
@@ -385,7 +383,7 @@ static gale_err_t do_pub(broker_t *b, conn_t *c, const gale_request_t *req, conn
                    .data_len = req->data_len,
                    .mid = req->mid,
                    .mid_len = req->mid_len,
-                   .rule = rule_of(b, req->topic, req->topic_len)};
+                   .rule = rule};
     gale_err_t e = b->bus.ops->pub(b->bus.ctx, &q->p, &m, why);
     *deferred = true;
     if (e != GALE_OK) /* nothing was delivered: the entry answers, in order */
@@ -394,19 +392,17 @@ static gale_err_t do_pub(broker_t *b, conn_t *c, const gale_request_t *req, conn
 }
 
 /*
- * The `hist` answer for topic[0..len): its last `limit` messages held (at most
- * --hist-max-limit, and as many of the newest as fit in half of --queue-limit), in
- * encoding enc, appended to out.
+ * The `hist` answer for topic[0..len) (its rule: NULL without history): its last `limit`
+ * messages held (limit already capped, and as many of the newest as fit in half of
+ * --queue-limit), in encoding enc, appended to out.
  */
-static gale_err_t hist_answer(broker_t *b, const char *topic, size_t len, uint64_t limit,
-                              gale_enc_t enc, bool has_id, uint64_t id, gale_buf_t *out)
+static gale_err_t hist_answer(broker_t *b, const char *topic, size_t len,
+                              const gale_history_rule_t *rule, uint64_t limit, gale_enc_t enc,
+                              bool has_id, uint64_t id, gale_buf_t *out)
 {
-    const gale_history_rule_t *rule = history_rule(b->history, topic, len);
     hist_topic_t *t = rule ? history_topic(b->history, rule, topic, len, now_ms(b)) : NULL;
     if (rule && !t)
         return GALE_ERR_INTERNAL;
-    if (limit > b->cfg.hist_max_limit)
-        limit = b->cfg.hist_max_limit;
     gale_pos_t pos;
     uint64_t n = 0, first = 0;
     if (t) {
@@ -442,6 +438,11 @@ static gale_err_t do_hist(broker_t *b, conn_t *c, const gale_request_t *req, con
 {
     gale_enc_t enc = (gale_enc_t)c->enc;
     const gale_history_rule_t *rule = rule_of(b, req->topic, req->topic_len);
+    uint64_t limit = req->has_limit ? req->limit : CORE_HIST_LIMIT;
+    if (limit > b->cfg.hist_max_limit)
+        limit = b->cfg.hist_max_limit;
+    if (rule && limit > rule->size) /* a cluster's MAXLEN ~ may keep a few more */
+        limit = rule->size;
     if (b->bus.ops && rule) {
         core_reply_t *q = defer(c, req);
         if (!q) {
@@ -449,11 +450,6 @@ static gale_err_t do_hist(broker_t *b, conn_t *c, const gale_request_t *req, con
             return GALE_ERR_INTERNAL;
         }
         *deferred = true;
-        uint64_t limit = req->has_limit ? req->limit : CORE_HIST_LIMIT;
-        if (limit > b->cfg.hist_max_limit)
-            limit = b->cfg.hist_max_limit;
-        if (limit > rule->size) /* the stream's MAXLEN ~ may keep a few more */
-            limit = rule->size;
         gale_err_t e = b->bus.ops->hist(b->bus.ctx, &q->p, req->topic, req->topic_len, rule, limit,
                                         enc, req->has_id, req->id, why);
         if (e != GALE_OK)
@@ -463,8 +459,7 @@ static gale_err_t do_hist(broker_t *b, conn_t *c, const gale_request_t *req, con
     gale_buf_t buf;
     gale_buf_init(&buf, FRAME_HEADROOM);
     gale_err_t e =
-        hist_answer(b, req->topic, req->topic_len, req->has_limit ? req->limit : CORE_HIST_LIMIT,
-                    enc, req->has_id, req->id, &buf);
+        hist_answer(b, req->topic, req->topic_len, rule, limit, enc, req->has_id, req->id, &buf);
     if (e == GALE_OK)
         rep->frame = frame_finish(&buf, enc == GALE_ENC_JSON ? FRAME_TEXT : FRAME_BINARY);
     else
