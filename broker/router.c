@@ -37,7 +37,7 @@ static void visit(topics_owner_t *owner, void *arg)
 {
     route_t *r = arg;
     conn_t *c = (conn_t *)((char *)owner - offsetof(conn_t, owner));
-    if (c->closing || r->failed[c->enc] || (c->waits && r->skip && conn_waits_on(c, r->skip)))
+    if (c->closing || r->failed[c->enc] || (r->skip && c->waits && conn_waits_on(c, r->skip)))
         return;
     if (!r->frames[c->enc] && (r->failed[c->enc] = build(r, (gale_enc_t)c->enc)) != GALE_OK)
         return;
