@@ -6,9 +6,9 @@
 #include "internal.h"
 
 /* The fields gale reads, wherever they appear among the members. */
-enum { F_OP, F_ID, F_TOPIC, F_DATA, F_SINCE, F_LIMIT, F_MID, F_COUNT };
-static const char *const FIELD_NAMES[F_COUNT] = {"op",    "id",    "topic", "data",
-                                                 "since", "limit", "mid"};
+enum { F_OP, F_ID, F_TOPIC, F_DATA, F_SINCE, F_LIMIT, F_MID, F_PRESENCE, F_INFO, F_COUNT };
+static const char *const FIELD_NAMES[F_COUNT] = {"op",    "id",  "topic",    "data", "since",
+                                                 "limit", "mid", "presence", "info"};
 
 /* The members of `since`. */
 enum { S_EP, S_OFF, S_COUNT };
@@ -85,6 +85,52 @@ static bool str_is(const gale__field_t *f, const char *lit)
     return gale__json_str_eq(f->str, f->str_len, f->str_escaped, lit);
 }
 
+/* A boolean field: 1 true, 0 false, -1 not a boolean. */
+static int take_bool(gale_enc_t enc, const gale__field_t *f)
+{
+    if (enc == GALE_ENC_JSON) {
+        if (f->val_len == 4 && !memcmp(f->val, "true", 4))
+            return 1;
+        if (f->val_len == 5 && !memcmp(f->val, "false", 5))
+            return 0;
+        return -1;
+    }
+    return f->val[0] == 0xc3 ? 1 : f->val[0] == 0xc2 ? 0 : -1;
+}
+
+/* True if field f holds an object (JSON) or a map (MessagePack). */
+static bool is_map(gale_enc_t enc, const gale__field_t *f)
+{
+    if (enc == GALE_ENC_JSON)
+        return f->val[0] == '{';
+    gale__mphead_t h;
+    return gale__mp_head(f->val, f->val_len, &h) && h.kind == GALE__MP_MAP;
+}
+
+/* The presence fields of a sub: `presence` (a boolean) and `info` (an object/map), each on a
+ * topic only. */
+static const char *decode_presence(gale_enc_t enc, const gale__field_t *fs, gale_request_t *req)
+{
+    const gale__field_t *presence = &fs[F_PRESENCE], *info = &fs[F_INFO];
+    if (presence->present) {
+        int v = take_bool(enc, presence);
+        if (v < 0)
+            return "presence is not a boolean";
+        if (v && req->is_pattern)
+            return "presence needs a topic, not a pattern";
+        req->presence = v;
+    }
+    if (info->present) {
+        if (!is_map(enc, info))
+            return "info is not an object";
+        if (req->is_pattern)
+            return "info needs a topic, not a pattern";
+        req->info = info->val;
+        req->info_len = info->val_len;
+    }
+    return NULL;
+}
+
 gale_err_t gale_decode_request(gale_enc_t enc, const uint8_t *buf, size_t len, gale_request_t *req,
                                const char **why)
 {
@@ -145,6 +191,8 @@ gale_err_t gale_decode_request(gale_enc_t enc, const uint8_t *buf, size_t len, g
         req->op = GALE_OP_PING;
     else if (str_is(op, "hist"))
         req->op = GALE_OP_HIST;
+    else if (str_is(op, "presence"))
+        req->op = GALE_OP_PRESENCE;
     else {
         *why = "unknown op";
         return GALE_ERR_UNKNOWN_OP;
@@ -178,26 +226,34 @@ gale_err_t gale_decode_request(gale_enc_t enc, const uint8_t *buf, size_t len, g
         req->topic_len = n;
     }
     bool wild = false;
-    bool concrete = req->op == GALE_OP_PUB || req->op == GALE_OP_HIST;
+    bool concrete =
+        req->op == GALE_OP_PUB || req->op == GALE_OP_HIST || req->op == GALE_OP_PRESENCE;
     bool ok = concrete ? gale_topic_valid(req->topic, req->topic_len)
                        : gale_pattern_valid(req->topic, req->topic_len, &wild);
     if (!ok) {
         *why = !concrete || !gale_pattern_valid(req->topic, req->topic_len, NULL) ? "invalid topic"
-               : req->op == GALE_OP_PUB ? "cannot publish to a pattern"
-                                        : "history is kept per topic, not per pattern";
+               : req->op == GALE_OP_PUB  ? "cannot publish to a pattern"
+               : req->op == GALE_OP_HIST ? "history is kept per topic, not per pattern"
+                                         : "presence is kept per topic, not per pattern";
         return GALE_ERR_BAD_TOPIC;
     }
     req->is_pattern = wild;
     switch (req->op) {
     case GALE_OP_SUB:
-        if (!fs[F_SINCE].present)
-            return GALE_OK;
-        if (wild) {
-            *why = "since needs a topic, not a pattern";
+        if (fs[F_SINCE].present) {
+            if (wild) {
+                *why = "since needs a topic, not a pattern";
+                return GALE_ERR_BAD_REQUEST;
+            }
+            if ((*why = decode_since(enc, &fs[F_SINCE], req)) != NULL)
+                return GALE_ERR_BAD_REQUEST;
+        }
+        if ((*why = decode_presence(enc, fs, req)) != NULL) {
+            req->presence = false;
+            req->info = NULL;
+            req->info_len = 0;
             return GALE_ERR_BAD_REQUEST;
         }
-        if ((*why = decode_since(enc, &fs[F_SINCE], req)) != NULL)
-            return GALE_ERR_BAD_REQUEST;
         return GALE_OK;
     case GALE_OP_HIST:
         if (!fs[F_LIMIT].present)

@@ -1,7 +1,8 @@
 /*
  * gale_decode_reply: one broker-to-client frame (hello, msg, ack, pong, err,
- * hist), JSON or MessagePack, into a gale_reply_t whose pointers reference the
- * frame; gale_reply_hist_next walks the messages of a hist answer. For
+ * hist, presence, join, leave), JSON or MessagePack, into a gale_reply_t whose
+ * pointers reference the frame; gale_reply_hist_next walks the messages of a
+ * hist answer, gale_reply_member_next the members of a presence answer. For
  * clients: the broker is trusted to follow docs/PROTOCOL.md, but the frame is
  * still parsed strictly and bounded like any other input.
  */
@@ -24,20 +25,30 @@ enum {
     R_RECOVERED,
     R_DUP,
     R_MSGS,
+    R_MEMBER_COUNT,
+    R_MEMBERS,
+    R_CONN,
+    R_USER,
+    R_INFO,
     R_COUNT
 };
-static const char *const REPLY_FIELDS[R_COUNT] = {"op",   "id",        "topic", "data",    "bin",
-                                                  "code", "msg",       "v",     "max_msg", "ep",
-                                                  "off",  "recovered", "dup",   "msgs"};
+static const char *const REPLY_FIELDS[R_COUNT] = {
+    "op",  "id",        "topic", "data", "bin",   "code",    "msg",  "v",    "max_msg", "ep",
+    "off", "recovered", "dup",   "msgs", "count", "members", "conn", "user", "info"};
 
 /* The members of one item of a hist answer's msgs. */
 enum { I_OFF, I_DATA, I_BIN, I_COUNT };
 static const char *const ITEM_FIELDS[I_COUNT] = {"off", "data", "bin"};
 
+/* The fields of a member of a presence answer (and of a join/leave event). */
+enum { M_CONN, M_USER, M_INFO, M_COUNT };
+static const char *const MEMBER_FIELDS[M_COUNT] = {"conn", "user", "info"};
+
 /*
  * Nesting accepted in a frame: a msg's data is one level below the top-level
- * object, a hist item's data three (msgs array, item object); one more level
- * is kept as margin, as before the hist answer existed.
+ * object, a hist item's data three (msgs array, item object), as is a presence
+ * member's info (members array, member object); one more level is kept as
+ * margin, as before the hist answer existed.
  */
 #define REPLY_DEPTH (GALE_MAX_DEPTH + 3)
 
@@ -135,6 +146,62 @@ static bool is_array(gale_enc_t enc, const gale__field_t *f)
     return gale__mp_head(f->val, f->val_len, &h) && h.kind == GALE__MP_ARRAY;
 }
 
+/* Where take_member puts a member's fields: gale_reply_t's (join, leave) or gale_member_t's. */
+typedef struct {
+    const char **conn;
+    size_t *conn_len;
+    char *conn_buf;
+    size_t conn_cap;
+    bool *has_user;
+    const char **user;
+    size_t *user_len;
+    bool *user_truncated;
+    char *user_buf;
+    size_t user_cap;
+    const uint8_t **info;
+    size_t *info_len;
+} member_out_t;
+
+/* A designated initializer of member_out_t for gale_reply_t or gale_member_t p. */
+#define MEMBER_OUT(p)                                                                              \
+    {                                                                                              \
+        .conn = &(p)->conn, .conn_len = &(p)->conn_len, .conn_buf = (p)->_conn_buf,                \
+        .conn_cap = sizeof((p)->_conn_buf), .has_user = &(p)->has_user, .user = &(p)->user,        \
+        .user_len = &(p)->user_len, .user_truncated = &(p)->user_truncated,                        \
+        .user_buf = (p)->_user_buf, .user_cap = sizeof((p)->_user_buf), .info = &(p)->info,        \
+        .info_len = &(p)->info_len                                                                 \
+    }
+
+/* A member's conn, user and info (f: fields M_CONN..); false when conn is not a string or does
+ * not fit its buffer once unescaped. */
+static bool take_member(const gale__field_t *f, const member_out_t *o)
+{
+    if (!f[M_CONN].present || !f[M_CONN].is_str ||
+        !take_str(&f[M_CONN], o->conn, o->conn_len, o->conn_buf, o->conn_cap))
+        return false;
+    if (f[M_USER].present && f[M_USER].is_str) {
+        *o->has_user = true;
+        *o->user_truncated = !take_str(&f[M_USER], o->user, o->user_len, o->user_buf, o->user_cap);
+    }
+    if (f[M_INFO].present) {
+        *o->info = f[M_INFO].val;
+        *o->info_len = f[M_INFO].val_len;
+    }
+    return true;
+}
+
+/* The topic of a msg, presence, join or leave; NULL, or the reason it is missing or too long. */
+static const char *take_topic(const gale__field_t *fs, gale_reply_t *r, const char *missing,
+                              const char *too_long)
+{
+    const gale__field_t *topic = &fs[R_TOPIC];
+    if (!topic->present || !topic->is_str)
+        return missing;
+    if (!take_str(topic, &r->topic, &r->topic_len, r->_topic_buf, sizeof(r->_topic_buf)))
+        return too_long;
+    return NULL;
+}
+
 /* The stream position fields "ep" and "off" of a msg, ack or hist. */
 static void take_pos(const gale__field_t *fs, gale_reply_t *r)
 {
@@ -191,15 +258,9 @@ gale_err_t gale_decode_reply(gale_enc_t enc, const uint8_t *buf, size_t len, gal
         r->id = id->u;
     }
     if (str_is(op, "msg")) {
-        const gale__field_t *topic = &fs[R_TOPIC], *data = &fs[R_DATA], *bin = &fs[R_BIN];
-        if (!topic->present || !topic->is_str) {
-            *why = "msg without a string topic";
+        const gale__field_t *data = &fs[R_DATA], *bin = &fs[R_BIN];
+        if ((*why = take_topic(fs, r, "msg without a string topic", "msg topic too long")))
             return GALE_ERR_BAD_REQUEST;
-        }
-        if (!take_str(topic, &r->topic, &r->topic_len, r->_topic_buf, sizeof(r->_topic_buf))) {
-            *why = "msg topic too long";
-            return GALE_ERR_BAD_REQUEST;
-        }
         if (data->present) {
             r->data = data->val;
             r->data_len = data->val_len;
@@ -232,6 +293,38 @@ gale_err_t gale_decode_reply(gale_enc_t enc, const uint8_t *buf, size_t len, gal
         r->msgs = fs[R_MSGS].val;
         r->msgs_len = fs[R_MSGS].val_len;
         r->op = GALE_REPLY_HIST;
+    } else if (str_is(op, "presence")) {
+        const gale__field_t *count = &fs[R_MEMBER_COUNT], *members = &fs[R_MEMBERS];
+        if ((*why =
+                 take_topic(fs, r, "presence without a string topic", "presence topic too long")))
+            return GALE_ERR_BAD_REQUEST;
+        if (members->present && !is_array(enc, members)) {
+            *why = "presence members is not an array";
+            return GALE_ERR_BAD_REQUEST;
+        }
+        if (count->present && count->is_uint) {
+            r->has_count = true;
+            r->count = count->u;
+        }
+        if (members->present) {
+            r->members = members->val;
+            r->members_len = members->val_len;
+        }
+        r->op = GALE_REPLY_PRESENCE;
+    } else if (str_is(op, "join") || str_is(op, "leave")) {
+        bool join = str_is(op, "join");
+        const gale__field_t mf[M_COUNT] = {fs[R_CONN], fs[R_USER], fs[R_INFO]};
+        const member_out_t out = MEMBER_OUT(r);
+        if ((*why = take_topic(
+                 fs, r, join ? "join without a string topic" : "leave without a string topic",
+                 join ? "join topic too long" : "leave topic too long")))
+            return GALE_ERR_BAD_REQUEST;
+        if (!take_member(mf, &out)) {
+            *why = join ? "join without a string conn (or one too long)"
+                        : "leave without a string conn (or one too long)";
+            return GALE_ERR_BAD_REQUEST;
+        }
+        r->op = join ? GALE_REPLY_JOIN : GALE_REPLY_LEAVE;
     } else if (str_is(op, "pong")) {
         r->op = GALE_REPLY_PONG;
     } else if (str_is(op, "err")) {
@@ -257,6 +350,8 @@ gale_err_t gale_decode_reply(gale_enc_t enc, const uint8_t *buf, size_t len, gal
         const gale__field_t *v = &fs[R_V], *max_msg = &fs[R_MAX_MSG];
         r->v = v->present && v->is_uint ? v->u : 0;
         r->max_msg = max_msg->present && max_msg->is_uint ? max_msg->u : 0;
+        if (fs[R_CONN].present && fs[R_CONN].is_str)
+            take_str(&fs[R_CONN], &r->conn, &r->conn_len, r->_conn_buf, sizeof(r->_conn_buf));
         r->op = GALE_REPLY_HELLO;
     } else {
         r->op = GALE_REPLY_UNKNOWN; /* receivers ignore what they do not know */
@@ -315,4 +410,47 @@ int gale_reply_hist_next(gale_enc_t enc, const gale_reply_t *r, size_t *pos, gal
         return -1;
     }
     return 1;
+}
+
+int gale_reply_member_next(gale_enc_t enc, const gale_reply_t *r, size_t *pos, gale_member_t *m)
+{
+    const uint8_t *el;
+    size_t el_len;
+    gale__field_t f[M_COUNT];
+    memset(m, 0, sizeof(*m));
+    if (r->members == NULL || *pos >= r->members_len)
+        return 0;
+    if (enc == GALE_ENC_JSON) {
+        if (!gale_json_array_next(r->members, r->members_len, pos, &el, &el_len))
+            return *pos >= r->members_len ? 0 : -1;
+        if (gale__fields_json(el, el_len, REPLY_DEPTH, MEMBER_FIELDS, M_COUNT, f) <= 0)
+            return -1;
+    } else if (enc == GALE_ENC_MSGPACK) {
+        /* *pos is the offset of the next member in members (0: before the array header). */
+        size_t p = *pos;
+        if (p == 0) {
+            gale__mphead_t h;
+            if (!gale__mp_head(r->members, r->members_len, &h) || h.kind != GALE__MP_ARRAY)
+                return -1;
+            p = h.hdr;
+            if (p >= r->members_len) {
+                *pos = r->members_len;
+                return 0;
+            }
+        }
+        el = r->members + p;
+        el_len = gale__mp_skip(el, r->members_len - p);
+        if (el_len == 0 || el_len > r->members_len - p)
+            return -1;
+        *pos = p + el_len;
+        if (gale__fields_msgpack(el, el_len, MEMBER_FIELDS, M_COUNT, f, false) != NULL)
+            return -1;
+    } else {
+        return -1;
+    }
+    const member_out_t out = MEMBER_OUT(m);
+    if (take_member(f, &out))
+        return 1;
+    memset(m, 0, sizeof(*m));
+    return -1;
 }

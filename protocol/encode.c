@@ -1,11 +1,14 @@
 /*
- * Encoders of server messages (hello, msg, ack, pong, err) in JSON and
- * MessagePack, and conversion of `data` between the two.
+ * Encoders of server messages (hello, msg, ack, pong, err, hist, presence and
+ * its events) in JSON and MessagePack, and conversion of `data` between the
+ * two.
  *
  * MessagePack output is canonical: minimal integer, str and container
  * headers. JSON output has no whitespace; strings are escaped (", \ and
  * control characters) and invalid UTF-8 becomes U+FFFD, so it is always
- * valid JSON whatever the caller passes.
+ * valid JSON whatever the caller passes. The exceptions are values copied
+ * byte-exact: data (validated when it was decoded), a member's info
+ * (gale_encode_member: the caller's guarantee) and members (validated here).
  */
 #include "internal.h"
 
@@ -324,4 +327,157 @@ gale_err_t gale_encode_hist_end(gale_buf_t *out, gale_enc_t enc)
     if (enc == GALE_ENC_JSON)
         gale__buf_puts(out, "]}");
     return gale__encode_finish(out, start, GALE_OK);
+}
+
+/* ---- presence ---- */
+
+gale_err_t gale_encode_member(gale_buf_t *out, const char *conn, size_t conn_len, const char *user,
+                              size_t user_len, const uint8_t *info_json, size_t info_len)
+{
+    size_t start = out->len;
+    if (info_json != NULL && info_len == 0)
+        return GALE_ERR_INTERNAL;
+    if (conn == NULL)
+        conn = "", conn_len = 0;
+    gale__buf_puts(out, "{\"conn\":");
+    gale__json_put_str(out, (const uint8_t *)conn, conn_len);
+    if (user != NULL) {
+        jkey(out, "user");
+        gale__json_put_str(out, (const uint8_t *)user, user_len);
+    }
+    if (info_json != NULL) {
+        jkey(out, "info");
+        gale_buf_append(out, info_json, info_len);
+    }
+    gale__buf_put(out, '}');
+    return gale__encode_finish(out, start, GALE_OK);
+}
+
+/* True if member_json[0..len) is one well-formed JSON object, without surrounding whitespace. */
+static bool member_valid(const uint8_t *member_json, size_t len)
+{
+    return member_json != NULL && len >= 2 && member_json[0] == '{' &&
+           member_json[len - 1] == '}' && gale_json_valid(member_json, len, GALE_MAX_DEPTH);
+}
+
+gale_err_t gale_encode_presence_begin(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id,
+                                      const char *topic, size_t topic_len, uint64_t count,
+                                      size_t nmembers)
+{
+    size_t start = out->len;
+    if (!gale__valid_enc(enc))
+        return GALE_ERR_INTERNAL;
+    if (topic == NULL)
+        topic = "", topic_len = 0;
+    head(out, enc, "presence", has_id, id, 3);
+    if (enc == GALE_ENC_JSON) {
+        jkey(out, "topic");
+        gale__json_put_str(out, (const uint8_t *)topic, topic_len);
+        jkey(out, "count");
+        gale__buf_put_u64(out, count);
+        gale__buf_puts(out, ",\"members\":[");
+    } else {
+        gale__mp_put_cstr(out, "topic");
+        gale__mp_put_str(out, topic, topic_len);
+        gale__mp_put_cstr(out, "count");
+        gale__mp_put_uint(out, count);
+        gale__mp_put_cstr(out, "members");
+        gale__mp_put_array_hdr(out, nmembers);
+    }
+    return gale__encode_finish(out, start, GALE_OK);
+}
+
+gale_err_t gale_encode_presence_member(gale_buf_t *out, gale_enc_t enc, bool first,
+                                       const uint8_t *member_json, size_t len)
+{
+    size_t start = out->len;
+    if (!gale__valid_enc(enc))
+        return GALE_ERR_INTERNAL;
+    if (!member_valid(member_json, len))
+        return GALE_ERR_BAD_REQUEST;
+    gale_err_t err = GALE_OK;
+    if (enc == GALE_ENC_JSON) {
+        if (!first)
+            gale__buf_put(out, ',');
+        gale_buf_append(out, member_json, len);
+    } else {
+        err = gale__json_to_msgpack(out, member_json, len);
+    }
+    return gale__encode_finish(out, start, err);
+}
+
+gale_err_t gale_encode_presence_end(gale_buf_t *out, gale_enc_t enc)
+{
+    size_t start = out->len;
+    if (!gale__valid_enc(enc))
+        return GALE_ERR_INTERNAL;
+    if (enc == GALE_ENC_JSON)
+        gale__buf_puts(out, "]}");
+    return gale__encode_finish(out, start, GALE_OK);
+}
+
+gale_err_t gale_encode_presence_count(gale_buf_t *out, gale_enc_t enc, const char *topic,
+                                      size_t topic_len, uint64_t count)
+{
+    size_t start = out->len;
+    if (!gale__valid_enc(enc))
+        return GALE_ERR_INTERNAL;
+    if (topic == NULL)
+        topic = "", topic_len = 0;
+    head(out, enc, "presence", false, 0, 2);
+    if (enc == GALE_ENC_JSON) {
+        jkey(out, "topic");
+        gale__json_put_str(out, (const uint8_t *)topic, topic_len);
+        jkey(out, "count");
+        gale__buf_put_u64(out, count);
+        gale__buf_put(out, '}');
+    } else {
+        gale__mp_put_cstr(out, "topic");
+        gale__mp_put_str(out, topic, topic_len);
+        gale__mp_put_cstr(out, "count");
+        gale__mp_put_uint(out, count);
+    }
+    return gale__encode_finish(out, start, GALE_OK);
+}
+
+gale_err_t gale_encode_presence_event(gale_buf_t *out, gale_enc_t enc, bool join, const char *topic,
+                                      size_t topic_len, const uint8_t *member_json, size_t len)
+{
+    size_t start = out->len;
+    if (!gale__valid_enc(enc))
+        return GALE_ERR_INTERNAL;
+    if (!member_valid(member_json, len))
+        return GALE_ERR_BAD_REQUEST;
+    if (topic == NULL)
+        topic = "", topic_len = 0;
+    const char *op = join ? "join" : "leave";
+    if (enc == GALE_ENC_JSON) {
+        /* The member's members follow "topic": splice them in after its '{'. */
+        size_t i = 1;
+        while (i < len && (member_json[i] == ' ' || member_json[i] == '\t' ||
+                           member_json[i] == '\n' || member_json[i] == '\r'))
+            i++;
+        head(out, enc, op, false, 0, 0);
+        jkey(out, "topic");
+        gale__json_put_str(out, (const uint8_t *)topic, topic_len);
+        if (member_json[i] != '}')
+            gale__buf_put(out, ',');
+        gale_buf_append(out, member_json + i, len - i);
+        return gale__encode_finish(out, start, GALE_OK);
+    }
+    /* MessagePack: the member as a map, whose pairs follow "op" and "topic". */
+    gale_buf_t m;
+    gale__mphead_t h;
+    gale_buf_init(&m, 0);
+    gale_err_t err = gale__json_to_msgpack(&m, member_json, len);
+    if (err == GALE_OK && (!gale__mp_head(m.data, m.len, &h) || h.kind != GALE__MP_MAP))
+        err = GALE_ERR_INTERNAL; /* the JSON was an object: cannot happen */
+    if (err == GALE_OK) {
+        head(out, enc, op, false, 0, 1 + (size_t)h.n);
+        gale__mp_put_cstr(out, "topic");
+        gale__mp_put_str(out, topic, topic_len);
+        gale_buf_append(out, m.data + h.hdr, m.len - h.hdr);
+    }
+    gale_buf_free(&m);
+    return gale__encode_finish(out, start, err);
 }

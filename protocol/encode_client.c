@@ -1,5 +1,5 @@
 /*
- * Encoders of client requests (sub, unsub, pub, ping, hist) in JSON and
+ * Encoders of client requests (sub, unsub, pub, ping, hist, presence) in JSON and
  * MessagePack: what a client such as the `gale` CLI sends to a broker.
  * Same conventions as encode.c: canonical MessagePack, JSON without
  * whitespace, and nothing appended on failure.
@@ -54,32 +54,78 @@ gale_err_t gale_encode_sub(gale_buf_t *out, gale_enc_t enc, gale_op_t op, bool h
     return gale__encode_finish(out, start, GALE_OK);
 }
 
-gale_err_t gale_encode_sub_since(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id,
-                                 const char *topic, size_t len, const gale_pos_t *since)
+gale_err_t gale_encode_sub_ext(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id,
+                               const char *topic, size_t len, const gale_pos_t *since,
+                               bool presence, const uint8_t *info_json, size_t info_len)
 {
     size_t start = out->len;
     if (!gale__valid_enc(enc) || (since != NULL && since->ep == NULL && since->ep_len > 0))
         return GALE_ERR_INTERNAL;
-    if (since == NULL)
-        return gale_encode_sub(out, enc, GALE_OP_SUB, has_id, id, topic, len);
+    if (info_json == NULL)
+        info_len = 0;
+    else if (!gale_json_valid(info_json, info_len, GALE_MAX_DEPTH))
+        return GALE_ERR_BAD_REQUEST;
     if (topic == NULL)
         topic = "", len = 0;
-    const char *ep = since->ep != NULL ? since->ep : "";
-    head(out, enc, "sub", has_id, id, topic, len, 1);
-    if (enc == GALE_ENC_JSON) {
-        gale__buf_puts(out, ",\"since\":{\"ep\":");
-        gale__json_put_str(out, (const uint8_t *)ep, since->ep_len);
-        gale__buf_puts(out, ",\"off\":");
-        gale__buf_put_u64(out, since->off);
-        gale__buf_puts(out, "}}");
-    } else {
-        gale__mp_put_cstr(out, "since");
-        gale__mp_put_map_hdr(out, 2);
-        gale__mp_put_cstr(out, "ep");
-        gale__mp_put_str(out, ep, since->ep_len);
-        gale__mp_put_cstr(out, "off");
-        gale__mp_put_uint(out, since->off);
+    head(out, enc, "sub", has_id, id, topic, len,
+         (size_t)(since != NULL) + presence + (info_json != NULL));
+    if (since != NULL) {
+        const char *ep = since->ep != NULL ? since->ep : "";
+        if (enc == GALE_ENC_JSON) {
+            gale__buf_puts(out, ",\"since\":{\"ep\":");
+            gale__json_put_str(out, (const uint8_t *)ep, since->ep_len);
+            gale__buf_puts(out, ",\"off\":");
+            gale__buf_put_u64(out, since->off);
+            gale__buf_put(out, '}');
+        } else {
+            gale__mp_put_cstr(out, "since");
+            gale__mp_put_map_hdr(out, 2);
+            gale__mp_put_cstr(out, "ep");
+            gale__mp_put_str(out, ep, since->ep_len);
+            gale__mp_put_cstr(out, "off");
+            gale__mp_put_uint(out, since->off);
+        }
     }
+    if (presence) {
+        if (enc == GALE_ENC_JSON) {
+            gale__buf_puts(out, ",\"presence\":true");
+        } else {
+            gale__mp_put_cstr(out, "presence");
+            gale__buf_put(out, 0xc3);
+        }
+    }
+    gale_err_t err = GALE_OK;
+    if (info_json != NULL) {
+        if (enc == GALE_ENC_JSON) {
+            gale__buf_puts(out, ",\"info\":");
+            gale_buf_append(out, info_json, info_len);
+        } else {
+            gale__mp_put_cstr(out, "info");
+            err = gale__json_to_msgpack(out, info_json, info_len);
+        }
+    }
+    if (enc == GALE_ENC_JSON)
+        gale__buf_put(out, '}');
+    return gale__encode_finish(out, start, err);
+}
+
+gale_err_t gale_encode_sub_since(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id,
+                                 const char *topic, size_t len, const gale_pos_t *since)
+{
+    return gale_encode_sub_ext(out, enc, has_id, id, topic, len, since, false, NULL, 0);
+}
+
+gale_err_t gale_encode_presence(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id,
+                                const char *topic, size_t len)
+{
+    size_t start = out->len;
+    if (!gale__valid_enc(enc))
+        return GALE_ERR_INTERNAL;
+    if (topic == NULL)
+        topic = "", len = 0;
+    head(out, enc, "presence", has_id, id, topic, len, 0);
+    if (enc == GALE_ENC_JSON)
+        gale__buf_put(out, '}');
     return gale__encode_finish(out, start, GALE_OK);
 }
 

@@ -41,6 +41,7 @@ typedef enum {
     GALE_OP_PUB,
     GALE_OP_PING,
     GALE_OP_HIST,
+    GALE_OP_PRESENCE,
 } gale_op_t;
 
 /** Longest `mid` of a pub (docs/PROTOCOL.md "Idempotent publish"). */
@@ -82,12 +83,15 @@ const char *gale_err_name(gale_err_t err);
  * escape sequences (e.g. "a\u002eb") is unescaped into _topic_buf, and then
  * `topic` points there: use it through the same gale_request_t (do not copy
  * the struct by value and keep the copy's `topic`).
+ *
+ * The fields of an op that does not take them stay zero (NULL, false), even
+ * when the message carried them: e.g. `info` on an unsub is ignored.
  */
 typedef struct {
     gale_op_t op;
     bool has_id;
     uint64_t id;       /* valid when has_id; 0 .. GALE_ID_MAX */
-    const char *topic; /* sub/unsub/pub: validated topic or pattern; NULL for ping */
+    const char *topic; /* sub/unsub/pub/hist/presence: validated topic or pattern; NULL for ping */
     size_t topic_len;
     bool is_pattern;     /* topic has a `*` or `>` segment */
     const uint8_t *data; /* pub: the raw bytes of the `data` value, in the input encoding */
@@ -99,6 +103,13 @@ typedef struct {
     uint64_t limit;   /* hist: the limit (any integer >= 0) */
     const char *mid;  /* pub: the `mid` (1..GALE_MID_MAX bytes), NULL when absent */
     size_t mid_len;
+    bool presence;       /* sub: `presence` was true (then the topic is concrete) */
+    const uint8_t *info; /* sub: the raw bytes of the `info` value, in the input encoding: a
+                            JSON object (byte-exact, as for data) or a MessagePack map (its
+                            keys may be of any type); NULL when absent. Then the topic is
+                            concrete. Its size is not limited here (the broker's
+                            --presence-info-max is) */
+    size_t info_len;
     char _topic_buf[GALE_TOPIC_MAX]; /* private: an unescaped JSON topic */
     char _ep_buf[GALE_EP_MAX];       /* private: an unescaped JSON `since.ep` */
     char _mid_buf[GALE_MID_MAX];     /* private: an unescaped JSON `mid` */
@@ -117,13 +128,19 @@ typedef struct {
  * it; MessagePack: pre-scanned for hostile sizes, nothing after it), within
  * GALE_MAX_DEPTH (in MessagePack an ext counts as one more level, since it
  * converts to a JSON object); it is an object/map with string keys and no duplicate key
- * among op/id/topic/data; `op` is a string; `id`, when present, is an integer
- * 0..2^53-1; `op` is known; `topic` is present and a string for
- * sub/unsub/pub; it is a valid pattern (sub/unsub) or concrete topic (pub);
- * `data` is present for pub. Unknown fields are ignored.
+ * among the fields gale reads (op, id, topic, data, since, limit, mid, presence, info);
+ * `op` is a string; `id`, when present, is an integer 0..2^53-1; `op` is known; `topic`
+ * is present and a string for every op but ping; it is a valid pattern (sub/unsub) or
+ * concrete topic (pub, hist, presence: else GALE_ERR_BAD_TOPIC); then the op's own
+ * fields (GALE_ERR_BAD_REQUEST): sub: `since` (an object/map of a string ep and an
+ * integer off >= 0, on a topic), `presence` (a boolean; true only on a topic), `info`
+ * (an object/map, only on a topic), in that order; hist: `limit` (an integer >= 0); pub:
+ * `data` is present, `mid` (a string of 1..GALE_MID_MAX bytes). Unknown fields are
+ * ignored.
  *
- * JSON `data` is forwarded byte-exact: req->data spans exactly the bytes of
- * the value as the client sent them (without surrounding whitespace).
+ * JSON `data` and `info` are forwarded byte-exact: req->data (req->info) spans
+ * exactly the bytes of the value as the client sent them (without surrounding
+ * whitespace).
  */
 gale_err_t gale_decode_request(gale_enc_t enc, const uint8_t *buf, size_t len, gale_request_t *req,
                                const char **why);
@@ -261,6 +278,53 @@ gale_err_t gale_encode_hist_item(gale_buf_t *out, gale_enc_t enc, bool first, ui
                                  gale_enc_t data_enc, const uint8_t *data, size_t data_len);
 gale_err_t gale_encode_hist_end(gale_buf_t *out, gale_enc_t enc);
 
+/*
+ * Presence (docs/PROTOCOL.md "Presence"). A member is kept as JSON text whatever the
+ * encodings of the connections involved (in a cluster it is what Redis holds):
+ * gale_encode_member writes it, and the encoders below splice or convert it.
+ */
+
+/**
+ * The member {"conn":conn,"user":user,"info":INFO}, always as JSON text: "user" only when
+ * user is not NULL, "info" only when info_json is not NULL. conn and user are escaped
+ * (ill-formed UTF-8 becomes U+FFFD); info_json[0..info_len) is a JSON object that the
+ * caller guarantees well-formed, copied byte-exact. GALE_ERR_INTERNAL (nothing appended)
+ * on allocation failure or info_json with info_len 0.
+ */
+gale_err_t gale_encode_member(gale_buf_t *out, const char *conn, size_t conn_len, const char *user,
+                              size_t user_len, const uint8_t *info_json, size_t info_len);
+
+/*
+ * The `presence` answer, {"op":"presence","id":id,"topic":T,"count":C,"members":[M,...]}
+ * ("id" only when has_id), written in three steps: begin (nmembers: how many members will
+ * follow; MessagePack writes it as the array's length), one call per member, then end.
+ * member_json[0..len) is a member as gale_encode_member writes it: copied in JSON,
+ * converted to a map in MessagePack. A member that is not a well-formed JSON object is
+ * refused with GALE_ERR_BAD_REQUEST and nothing appended: in JSON the answer stays
+ * well-formed without it; in MessagePack its array length is then wrong, so check members
+ * (gale_json_valid) before begin when they come from elsewhere. Any other error leaves the
+ * answer unusable: drop it.
+ */
+gale_err_t gale_encode_presence_begin(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id,
+                                      const char *topic, size_t topic_len, uint64_t count,
+                                      size_t nmembers);
+gale_err_t gale_encode_presence_member(gale_buf_t *out, gale_enc_t enc, bool first,
+                                       const uint8_t *member_json, size_t len);
+gale_err_t gale_encode_presence_end(gale_buf_t *out, gale_enc_t enc);
+
+/** The count-only update {"op":"presence","topic":T,"count":C} (no id, no members). */
+gale_err_t gale_encode_presence_count(gale_buf_t *out, gale_enc_t enc, const char *topic,
+                                      size_t topic_len, uint64_t count);
+
+/**
+ * The event {"op":"join"|"leave","topic":T,...} followed by the fields of the member
+ * member_json[0..len) in their order ({"op":"join","topic":T,"conn":C,"user":U,"info":I}):
+ * spliced byte-exact in JSON, converted in MessagePack. GALE_ERR_BAD_REQUEST (nothing
+ * appended) when member_json is not a well-formed JSON object.
+ */
+gale_err_t gale_encode_presence_event(gale_buf_t *out, gale_enc_t enc, bool join, const char *topic,
+                                      size_t topic_len, const uint8_t *member_json, size_t len);
+
 /**
  * Appends the value data[0..len) of encoding `from` converted to encoding
  * `to` (a plain copy when they are equal). Rules (docs/PROTOCOL-NOTES.md):
@@ -302,6 +366,21 @@ gale_err_t gale_encode_sub(gale_buf_t *out, gale_enc_t enc, gale_op_t op, bool h
 /** {"op":"sub","id":id,"topic":topic,"since":{"ep":since->ep,"off":since->off}} */
 gale_err_t gale_encode_sub_since(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id,
                                  const char *topic, size_t len, const gale_pos_t *since);
+/**
+ * A sub with every optional field: {"op":"sub","id":id,"topic":topic,"since":{...},
+ * "presence":true,"info":INFO}, each of since (NULL: none; as gale_encode_sub_since),
+ * "presence" (only when true) and "info" (info_json NULL: none) only when given.
+ * info_json[0..info_len) is JSON text (the broker wants an object): copied byte-exact to a
+ * JSON connection, converted to a map for a MessagePack one; GALE_ERR_BAD_REQUEST (nothing
+ * appended) when it is not one well-formed JSON value. Without the optional fields it is
+ * gale_encode_sub, byte for byte.
+ */
+gale_err_t gale_encode_sub_ext(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id,
+                               const char *topic, size_t len, const gale_pos_t *since,
+                               bool presence, const uint8_t *info_json, size_t info_len);
+/** {"op":"presence","id":id,"topic":topic}; "id" only when has_id. */
+gale_err_t gale_encode_presence(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id,
+                                const char *topic, size_t len);
 /** {"op":"hist","id":id,"topic":topic} plus "limit" when has_limit. */
 gale_err_t gale_encode_hist(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id,
                             const char *topic, size_t len, bool has_limit, uint64_t limit);
@@ -339,6 +418,9 @@ typedef enum {
     GALE_REPLY_PONG,
     GALE_REPLY_ERR,
     GALE_REPLY_HIST,
+    GALE_REPLY_PRESENCE, /* the answer to `presence`, or a count-only update (no members) */
+    GALE_REPLY_JOIN,
+    GALE_REPLY_LEAVE,
 } gale_reply_op_t;
 
 /**
@@ -376,10 +458,29 @@ typedef struct {
     bool dup;            /* ack: "dup" was true */
     const uint8_t *msgs; /* hist: the "msgs" array value, for gale_reply_hist_next */
     size_t msgs_len;
+    bool has_count; /* presence: an integer "count" >= 0 was present */
+    uint64_t count;
+    /* presence: the "members" array value, for gale_reply_member_next; NULL when absent (a
+     * count-only update) */
+    const uint8_t *members;
+    size_t members_len;
+    const char *conn; /* join, leave: the member's connection id; hello: the connection's own
+                         (NULL when a hello has no string conn) */
+    size_t conn_len;
+    bool has_user;    /* join, leave: a string "user" was present */
+    const char *user; /* its bytes */
+    size_t user_len;
+    bool user_truncated; /* user was unescaped into _user_buf and cut to fit */
+    /* join, leave: the "info" value's bytes in the frame's encoding (the broker sends an
+     * object/map); NULL when absent */
+    const uint8_t *info;
+    size_t info_len;
     char _ep_buf[GALE_EP_MAX];       /* private */
     char _topic_buf[GALE_TOPIC_MAX]; /* private */
     char _code_buf[32];              /* private */
     char _msg_buf[512];              /* private */
+    char _conn_buf[64];              /* private */
+    char _user_buf[256];             /* private */
 } gale_reply_t;
 
 /**
@@ -388,8 +489,12 @@ typedef struct {
  * reason when the frame is not one well-formed object/map (nested at most
  * GALE_MAX_DEPTH + 3: a hist item's data is two levels deeper than a msg's)
  * with a string `op`, or a known op lacks a required field (msg: string topic
- * and data, or JSON bin; ack: id; err: string code; hist: msgs array).
- * Unknown ops and unknown fields are not errors.
+ * and data, or JSON bin; ack: id; err: string code; hist: msgs array;
+ * presence: string topic, members an array when present; join/leave: string
+ * topic and conn). A topic or conn that had JSON escapes and does not fit its
+ * private buffer once unescaped is an error too; an err's msg and an event's user
+ * are cut to fit instead (msg_truncated, user_truncated); an ep and a hello's
+ * conn are cut silently. Unknown ops and unknown fields are not errors.
  */
 gale_err_t gale_decode_reply(gale_enc_t enc, const uint8_t *buf, size_t len, gale_reply_t *r,
                              const char **why);
@@ -409,5 +514,31 @@ typedef struct {
  */
 int gale_reply_hist_next(gale_enc_t enc, const gale_reply_t *r, size_t *pos,
                          gale_hist_item_t *item);
+
+/**
+ * One member of a `presence` answer: the strings and info as gale_reply_t's join/leave
+ * fields, unescaped into the private buffers (then use them through the same
+ * gale_member_t).
+ */
+typedef struct {
+    const char *conn;
+    size_t conn_len;
+    bool has_user;
+    const char *user;
+    size_t user_len;
+    bool user_truncated; /* user was unescaped into _user_buf and cut to fit */
+    const uint8_t *info; /* the info value in the frame's encoding; NULL when absent */
+    size_t info_len;
+    char _conn_buf[64];  /* private */
+    char _user_buf[256]; /* private */
+} gale_member_t;
+
+/**
+ * Iterates over r->members of a decoded `presence` answer (enc: the frame's encoding):
+ * *pos starts at 0. Returns 1 and fills *m, 0 at the end (or when there are no members),
+ * -1 when a member is not an object/map with a string conn (or one whose unescaped form
+ * does not fit).
+ */
+int gale_reply_member_next(gale_enc_t enc, const gale_reply_t *r, size_t *pos, gale_member_t *m);
 
 #endif

@@ -125,10 +125,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (err == GALE_OK)
             err = auth_check(f->grant, &req, &why);
         if (err == GALE_ERR_FORBIDDEN)
-            CHECK(f->grant &&
-                  (req.op == GALE_OP_SUB || req.op == GALE_OP_PUB || req.op == GALE_OP_HIST));
-        if (err == GALE_ERR_FORBIDDEN && req.op == GALE_OP_HIST)
-            CHECK(!auth_may_sub(f->grant, req.topic, req.topic_len)); /* hist needs sub */
+            CHECK(f->grant && (req.op == GALE_OP_SUB || req.op == GALE_OP_PUB ||
+                               req.op == GALE_OP_HIST || req.op == GALE_OP_PRESENCE));
+        if (err == GALE_ERR_FORBIDDEN && (req.op == GALE_OP_HIST || req.op == GALE_OP_PRESENCE))
+            CHECK(!auth_may_sub(f->grant, req.topic, req.topic_len)); /* they need sub */
+        /* With tokens, a member's info comes from the token, never from the sub. */
+        if (f->grant && req.op == GALE_OP_SUB && req.info)
+            CHECK(err == GALE_ERR_FORBIDDEN);
         if (err == GALE_OK) {
             switch (req.op) {
             case GALE_OP_SUB:
@@ -160,6 +163,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 break;
             }
             case GALE_OP_HIST: /* allowed: the grant lets it subscribe to the topic */
+            case GALE_OP_PRESENCE:
                 if (f->grant)
                     CHECK(auth_may_sub(f->grant, req.topic, req.topic_len));
                 break;

@@ -61,13 +61,56 @@ static inline bool has_container_key(const uint8_t *p, size_t n)
 }
 
 /*
+ * A sub with presence or info, re-encoded as a client does (gale_encode_sub_ext, info given
+ * as JSON text), decodes to the same sub: same flag, same info (byte-exact in JSON; in
+ * MessagePack a map with the same JSON form).
+ */
+static inline void check_sub_ext(gale_enc_t enc, const gale_request_t *r)
+{
+    gale_buf_t info, re, back_info;
+    gale_request_t back;
+    gale_buf_init(&info, 0);
+    gale_buf_init(&re, 0);
+    gale_buf_init(&back_info, 0);
+    if (r->info) {
+        gale_err_t e = gale_convert_data(&info, GALE_ENC_JSON, enc, r->info, r->info_len);
+        if (e != GALE_OK) {
+            /* Only over the conversion's output budget (container keys). */
+            CHECK(e == GALE_ERR_BAD_REQUEST && enc == GALE_ENC_MSGPACK &&
+                  has_container_key(r->info, r->info_len));
+            goto out;
+        }
+    }
+    gale_pos_t since = {r->since.ep, r->since.ep_len, r->since.off};
+    bool with_since = r->has_since && r->since.ep != NULL;
+    CHECK(gale_encode_sub_ext(&re, enc, r->has_id, r->id, r->topic, r->topic_len,
+                              with_since ? &since : NULL, r->presence, r->info ? info.data : NULL,
+                              info.len) == GALE_OK);
+    CHECK(gale_decode_request(enc, re.data, re.len, &back, NULL) == GALE_OK);
+    CHECK(back.op == GALE_OP_SUB && back.presence == r->presence && back.has_since == with_since);
+    CHECK(back.topic_len == r->topic_len && !memcmp(back.topic, r->topic, r->topic_len));
+    CHECK((back.info != NULL) == (r->info != NULL));
+    if (r->info && enc == GALE_ENC_JSON) {
+        CHECK(back.info_len == r->info_len && !memcmp(back.info, r->info, r->info_len));
+    } else if (r->info) {
+        CHECK(gale_convert_data(&back_info, GALE_ENC_JSON, enc, back.info, back.info_len) ==
+              GALE_OK);
+        CHECK(gale_json_valid(back_info.data, back_info.len, GALE__DEPTH_CAP));
+    }
+out:
+    gale_buf_free(&info);
+    gale_buf_free(&re);
+    gale_buf_free(&back_info);
+}
+
+/*
  * Checks a decoded request's invariants, then encodes its data as a `msg` in
  * both encodings and checks that each output is well-formed.
  */
 static inline void check_request(gale_enc_t enc, const uint8_t *in, size_t len,
                                  const gale_request_t *r)
 {
-    CHECK(r->op >= GALE_OP_SUB && r->op <= GALE_OP_HIST);
+    CHECK(r->op >= GALE_OP_SUB && r->op <= GALE_OP_PRESENCE);
     if (r->has_id)
         CHECK(r->id <= GALE_ID_MAX);
     if (r->op == GALE_OP_PING) {
@@ -87,6 +130,35 @@ static inline void check_request(gale_enc_t enc, const uint8_t *in, size_t len,
         CHECK(r->op == GALE_OP_PUB && r->mid_len >= 1 && r->mid_len <= GALE_MID_MAX);
         CHECK((r->mid >= (const char *)in && r->mid + r->mid_len <= (const char *)in + len) ||
               r->mid == r->_mid_buf);
+    }
+    /* Presence: per topic; presence and info only on a sub of a topic, info an object/map. */
+    CHECK(r->op != GALE_OP_PRESENCE || !r->is_pattern);
+    CHECK(!r->presence || (r->op == GALE_OP_SUB && !r->is_pattern));
+    CHECK((r->info == NULL) == (r->info_len == 0));
+    if (r->info) {
+        CHECK(r->op == GALE_OP_SUB && !r->is_pattern);
+        CHECK(r->info >= in && r->info + r->info_len <= in + len);
+        if (enc == GALE_ENC_JSON) {
+            CHECK(r->info[0] == '{' && r->info[r->info_len - 1] == '}');
+            CHECK(gale_json_valid(r->info, r->info_len, GALE_MAX_DEPTH - 1));
+        } else {
+            gale__mphead_t h;
+            CHECK(gale__mp_head(r->info, r->info_len, &h) && h.kind == GALE__MP_MAP);
+            CHECK(gale_msgpack_prescan(r->info, r->info_len, GALE_MAX_DEPTH - 1));
+        }
+    }
+    if (r->op == GALE_OP_SUB && (r->presence || r->info))
+        check_sub_ext(enc, r);
+    if (r->op == GALE_OP_PRESENCE) {
+        /* A client's presence request for the same topic decodes to the same request. */
+        gale_buf_t re;
+        gale_request_t back;
+        gale_buf_init(&re, 0);
+        CHECK(gale_encode_presence(&re, enc, r->has_id, r->id, r->topic, r->topic_len) == GALE_OK);
+        CHECK(gale_decode_request(enc, re.data, re.len, &back, NULL) == GALE_OK);
+        CHECK(back.op == GALE_OP_PRESENCE && back.has_id == r->has_id && back.id == r->id);
+        CHECK(back.topic_len == r->topic_len && !memcmp(back.topic, r->topic, r->topic_len));
+        gale_buf_free(&re);
     }
     if (r->op != GALE_OP_PUB)
         return;
@@ -138,6 +210,7 @@ static inline void check_error(gale_enc_t enc, const gale_request_t *r, gale_err
 {
     CHECK(e == GALE_ERR_BAD_REQUEST || e == GALE_ERR_UNKNOWN_OP || e == GALE_ERR_BAD_TOPIC);
     CHECK(why != NULL);
+    CHECK(!r->presence && r->info == NULL && r->info_len == 0);
     if (r->has_id)
         CHECK(r->id <= GALE_ID_MAX);
     gale_buf_t out;
