@@ -198,6 +198,62 @@ bool cluster_envelope_decode(const uint8_t *buf, size_t len, size_t max_data, cl
     return true;
 }
 
+cluster_env_kind_t cluster_envelope_kind(const uint8_t *buf, size_t len)
+{
+    if (!buf || len < 1)
+        return CLUSTER_ENV_UNKNOWN;
+    if (buf[0] >= 0x97 && buf[0] <= 0x99)
+        return CLUSTER_ENV_MESSAGE;
+    return buf[0] == 0x96 ? CLUSTER_ENV_PRESENCE : CLUSTER_ENV_UNKNOWN;
+}
+
+static bool presence_fields(rd_t *r, cluster_presence_t *e)
+{
+    uint64_t v;
+    const uint8_t *s;
+    size_t n;
+
+    if (r->p == r->end || *r->p++ != 0x96)
+        return false;
+    if (!rd_uint(r, &v) || v != CLUSTER_PRESENCE_VERSION)
+        return false;
+    if (!rd_bytes(r, false, &s, &n) || !gale_topic_valid((const char *)s, n))
+        return false;
+    e->topic = (const char *)s;
+    e->topic_len = n;
+    if (!rd_uint(r, &v) || v > CLUSTER_PRESENCE_LEAVE)
+        return false;
+    e->kind = (cluster_presence_kind_t)v;
+    if (!rd_uint(r, &e->count))
+        return false;
+    if (!rd_bytes(r, false, &s, &n) || n == 0 || n > CLUSTER_CONN_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (s[i] <= ' ' || s[i] >= 0x7f)
+            return false;
+    e->conn = (const char *)s;
+    e->conn_len = n;
+    if (!rd_bytes(r, false, &s, &n) || n < 2 || n > CLUSTER_MEMBER_MAX || s[0] != '{' ||
+        s[n - 1] != '}')
+        return false;
+    e->member = s;
+    e->member_len = n;
+    /* Nothing after it; the JSON last (the costliest check). */
+    return r->p == r->end && gale_json_valid(s, n, CLUSTER_MEMBER_DEPTH);
+}
+
+bool cluster_presence_decode(const uint8_t *buf, size_t len, cluster_presence_t *e)
+{
+    memset(e, 0, sizeof(*e));
+    if (!buf || len < 1)
+        return false;
+    rd_t r = {buf, buf + len};
+    if (presence_fields(&r, e))
+        return true;
+    memset(e, 0, sizeof(*e));
+    return false;
+}
+
 /* --- history in Redis ---------------------------------------------------- */
 
 const char CLUSTER_SCRIPT_PUB[] =
@@ -255,6 +311,175 @@ const char CLUSTER_SCRIPT_READ[] =
     "  return {ep, off, redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', n)}\n"
     "end\n"
     "return {ep, off, {}}\n";
+
+/* --- presence in Redis --------------------------------------------------- */
+
+/*
+ * The functions every presence script starts with (composed in C: one copy of the text).
+ *   now_ms()      Redis's TIME in ms.
+ *   event(...)    PUBLISHes a presence envelope on ch.
+ *   touch(k, e)   PEXPIREs the keys k[1..#k] to 2 x e ms.
+ *   drop(...)     HDELs, with a leave event each, the fields of hash hk that start with one
+ *                 of the strings of pre (plain byte comparison: string.sub, never a
+ *                 pattern) and are not keys of keep; returns HLEN after it and the number
+ *                 removed. One pass over the hash's fields (HKEYS).
+ *   sweep(...)    drop for every instance of zset zk whose expiry is <= now, which then
+ *                 leave zk.
+ */
+#define PRESENCE_LUA_COMMON                                                                        \
+    "local function now_ms()\n"                                                                    \
+    "  local t = redis.call('TIME')\n"                                                             \
+    "  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"                         \
+    "end\n"                                                                                        \
+    "local function event(ch, topic, kind, n, conn, member)\n"                                     \
+    "  redis.call('PUBLISH', ch, cmsgpack.pack({2, topic, kind, n, conn, member}))\n"              \
+    "end\n"                                                                                        \
+    "local function touch(k, e)\n"                                                                 \
+    "  for i = 1, #k do redis.call('PEXPIRE', k[i], string.format('%d', 2 * e)) end\n"             \
+    "end\n"                                                                                        \
+    "local function drop(hk, ch, topic, pre, keep)\n"                                              \
+    "  local all = redis.call('HKEYS', hk)\n"                                                      \
+    "  local n, gone = #all, 0\n"                                                                  \
+    "  for _, f in ipairs(all) do\n"                                                               \
+    "    if not keep[f] then\n"                                                                    \
+    "      for _, p in ipairs(pre) do\n"                                                           \
+    "        if string.sub(f, 1, #p) == p then\n"                                                  \
+    "          local m = redis.call('HGET', hk, f)\n"                                              \
+    "          redis.call('HDEL', hk, f)\n"                                                        \
+    "          n, gone = n - 1, gone + 1\n"                                                        \
+    "          event(ch, topic, 1, n, f, m)\n"                                                     \
+    "          break\n"                                                                            \
+    "        end\n"                                                                                \
+    "      end\n"                                                                                  \
+    "    end\n"                                                                                    \
+    "  end\n"                                                                                      \
+    "  return n, gone\n"                                                                           \
+    "end\n"                                                                                        \
+    "local function sweep(hk, zk, ch, topic, now)\n"                                               \
+    "  local lim = string.format('%d', now)\n"                                                     \
+    "  local dead = redis.call('ZRANGEBYSCORE', zk, '-inf', lim)\n"                                \
+    "  if #dead == 0 then return end\n"                                                            \
+    "  local pre = {}\n"                                                                           \
+    "  for i, d in ipairs(dead) do pre[i] = d .. '-' end\n"                                        \
+    "  drop(hk, ch, topic, pre, {})\n"                                                             \
+    "  for _, d in ipairs(dead) do redis.call('ZREM', zk, d) end\n"                                \
+    "end\n"
+
+/* JOIN's body after n = HLEN, its pairs from ARGV[j0] on (shared with SYNC). */
+#define PRESENCE_LUA_JOIN                                                                          \
+    "redis.call('ZADD', KEYS[2], string.format('%d', now_ms() + exp), inst)\n"                     \
+    "redis.call('SADD', KEYS[3], topic)\n"                                                         \
+    "for i = j0, #ARGV - 1, 2 do\n"                                                                \
+    "  if redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then\n"                           \
+    "    n = n + 1\n"                                                                              \
+    "    event(ch, topic, 0, n, ARGV[i], ARGV[i + 1])\n"                                           \
+    "  end\n"                                                                                      \
+    "end\n"                                                                                        \
+    "touch(KEYS, exp)\n"                                                                           \
+    "return n\n"
+
+const char CLUSTER_SCRIPT_PRESENCE_JOIN[] =
+    "-- gale presence JOIN (KEYS p:T pz:T pi:INST)\n" PRESENCE_LUA_COMMON
+    "local inst, exp, topic, ch = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]\n"
+    "local j0 = 5\n"
+    "local n = redis.call('HLEN', KEYS[1])\n" PRESENCE_LUA_JOIN;
+
+const char CLUSTER_SCRIPT_PRESENCE_LEAVE[] =
+    "-- gale presence LEAVE (KEYS p:T pz:T pi:INST)\n" PRESENCE_LUA_COMMON
+    "local inst, topic, ch = ARGV[1], ARGV[3], ARGV[4]\n"
+    "local n = redis.call('HLEN', KEYS[1])\n"
+    "for i = 5, #ARGV do\n"
+    "  local m = redis.call('HGET', KEYS[1], ARGV[i])\n"
+    "  if m then\n"
+    "    redis.call('HDEL', KEYS[1], ARGV[i])\n"
+    "    n = n - 1\n"
+    "    event(ch, topic, 1, n, ARGV[i], m)\n"
+    "  end\n"
+    "end\n"
+    "if ARGV[2] == '1' then\n"
+    "  redis.call('ZREM', KEYS[2], inst)\n"
+    "  redis.call('SREM', KEYS[3], topic)\n"
+    "end\n"
+    "return n\n";
+
+const char CLUSTER_SCRIPT_PRESENCE_SYNC[] =
+    "-- gale presence SYNC (KEYS p:T pz:T pi:INST)\n" PRESENCE_LUA_COMMON
+    "local inst, exp, topic, ch = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]\n"
+    "local j0 = 6 + 2 * tonumber(ARGV[5])\n"
+    "local n = redis.call('HLEN', KEYS[1])\n"
+    "local kept = redis.call('ZSCORE', KEYS[2], inst)\n"
+    "for i = 6, j0 - 1, 2 do\n"
+    "  local d = redis.call('HDEL', KEYS[1], ARGV[i])\n"
+    "  n = n - d\n"
+    "  if d == 1 or not kept then event(ch, topic, 1, n, ARGV[i], ARGV[i + 1]) end\n"
+    "end\n"
+    "local keep = {}\n"
+    "for i = j0, #ARGV - 1, 2 do keep[ARGV[i]] = true end\n"
+    "n = drop(KEYS[1], ch, topic, {inst .. '-'}, keep)\n"
+    "if #ARGV < j0 + 1 then\n"
+    "  redis.call('ZREM', KEYS[2], inst)\n"
+    "  redis.call('SREM', KEYS[3], topic)\n"
+    "  return n\n"
+    "end\n" PRESENCE_LUA_JOIN;
+
+const char CLUSTER_SCRIPT_PRESENCE_REFRESH[] =
+    "-- gale presence REFRESH (KEYS p:T pz:T pi:INST)\n" PRESENCE_LUA_COMMON
+    "local inst, exp, topic, ch = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]\n"
+    "local now = now_ms()\n"
+    "local lost = redis.call('ZADD', KEYS[2], string.format('%d', now + exp), inst)\n"
+    "touch(KEYS, exp)\n"
+    "sweep(KEYS[1], KEYS[2], ch, topic, now)\n"
+    "return {redis.call('HLEN', KEYS[1]), lost}\n";
+
+const char CLUSTER_SCRIPT_PRESENCE_READ[] =
+    "-- gale presence READ (KEYS p:T pz:T)\n" PRESENCE_LUA_COMMON
+    "local cap, topic, ch = tonumber(ARGV[1]), ARGV[2], ARGV[3]\n"
+    "sweep(KEYS[1], KEYS[2], ch, topic, now_ms())\n"
+    "local n = redis.call('HLEN', KEYS[1])\n"
+    "local out = {n}\n"
+    "if n <= cap then\n"
+    "  local v = redis.call('HVALS', KEYS[1])\n"
+    "  for i = 1, #v do out[i + 1] = v[i] end\n"
+    "elseif cap > 0 then\n"
+    "  local fv = redis.call('HRANDFIELD', KEYS[1], cap, 'WITHVALUES')\n"
+    "  for i = 2, #fv, 2 do out[#out + 1] = fv[i] end\n"
+    "end\n"
+    "return out\n";
+
+const char CLUSTER_SCRIPT_PRESENCE_TAKEOVER[] =
+    "-- gale presence TAKEOVER (KEYS pn:NODE)\n" PRESENCE_LUA_COMMON
+    "local inst, prefix, exp = ARGV[1], ARGV[2], tonumber(ARGV[3])\n"
+    "local old = redis.call('GET', KEYS[1])\n"
+    "redis.call('SET', KEYS[1], inst, 'PX', string.format('%d', 2 * exp))\n"
+    "if not old or old == inst then return 0 end\n"
+    "local ik, gone = prefix .. 'pi:' .. old, 0\n"
+    "for _, t in ipairs(redis.call('SMEMBERS', ik)) do\n"
+    "  local _, g = drop(prefix .. 'p:' .. t, prefix .. t, t, {old .. '-'}, {})\n"
+    "  gone = gone + g\n"
+    "  redis.call('ZREM', prefix .. 'pz:' .. t, old)\n"
+    "end\n"
+    "redis.call('DEL', ik)\n"
+    "return gone\n";
+
+size_t cluster_presence_key(char *out, size_t cap, const char *prefix, size_t prefix_len, char kind,
+                            const char *name, size_t len)
+{
+    const char *tag = kind == 'p'   ? "p:"
+                      : kind == 'z' ? "pz:"
+                      : kind == 'i' ? "pi:"
+                      : kind == 'n' ? "pn:"
+                                    : NULL;
+    if (!tag)
+        return 0;
+    size_t tl = strlen(tag), n = prefix_len + tl + len;
+    if (n + 1 > cap)
+        return 0;
+    memcpy(out, prefix, prefix_len);
+    memcpy(out + prefix_len, tag, tl);
+    memcpy(out + prefix_len + tl, name, len);
+    out[n] = '\0';
+    return n;
+}
 
 size_t cluster_key(char *out, size_t cap, const char *prefix, size_t prefix_len, char kind,
                    const char *t, size_t len, const char *mid, size_t mid_len)

@@ -3,7 +3,9 @@
  * and no Redis connection, so that they can be unit-tested and fuzzed:
  *
  *   - the envelope a message travels in on Redis (encode, and a strict,
- *     bounded decode: its input comes from the network);
+ *     bounded decode: its input comes from the network), and the strict
+ *     decode of a presence envelope (a join or leave published by a script);
+ *   - the Lua scripts of history and presence, and their Redis keys;
  *   - the Redis names of interest: a topic's channel, and the Redis glob
  *     pattern of a gale pattern;
  *   - the --redis URL list, with its credentials (and their masking for logs);
@@ -140,6 +142,169 @@ extern const char CLUSTER_SCRIPT_READ[];
  */
 size_t cluster_key(char *out, size_t cap, const char *prefix, size_t prefix_len, char kind,
                    const char *t, size_t len, const char *mid, size_t mid_len);
+
+/* --- presence in Redis --------------------------------------------------- */
+
+/*
+ * The members of a topic with presence (issue 15) live on the topic's shard, under PREFIX
+ * (--redis-prefix):
+ *
+ *   PREFIX "p:" TOPIC    hash: conn id -> the member's JSON text ({"conn":..,"user":..,
+ *                        "info":..}, as gale_encode_member writes it);
+ *   PREFIX "pz:" TOPIC   sorted set: instance (16 lowercase hex) -> the time its members of
+ *                        TOPIC expire unless it refreshes them (Redis TIME, ms);
+ *   PREFIX "pi:" INST    set, on every shard: the topics of that shard where instance INST
+ *                        has had members (what TAKEOVER cleans);
+ *   PREFIX "pn:" NODE    string: the instance that last started with --node-id NODE.
+ *
+ * A conn id is "<instance hex>-<n>": an instance's members of a topic are the fields of its
+ * hash that start with the instance and a '-' (compared as plain bytes, never as a pattern;
+ * an instance id must not itself contain '-'). Only the six scripts below write these keys;
+ * every PEXPIRE they set is 2 x expiry_ms. Each join or leave is PUBLISHed on the topic's
+ * message channel (PREFIX TOPIC) as a presence envelope (cluster_presence_decode), packed in
+ * Lua with cmsgpack.pack: join events only for conns that were absent, leave events only for
+ * conns that were present, so replaying a script changes nothing and announces nothing.
+ *
+ * Common to the scripts: now is Redis's TIME in ms; SWEEP (inside REFRESH and READ) takes
+ * every instance of pz:T whose expiry is <= now, HDELs each of its fields of p:T with a leave
+ * event, and removes it from pz:T; it costs O(log n) when no instance is dead, and a pass over
+ * the hash's fields (HKEYS) when one is. SYNC and TAKEOVER make such a pass too; JOIN, LEAVE
+ * and the rest cost O(the conns given).
+ *
+ * All ARGV numbers are decimal integers; expiry_ms > 0.
+ */
+
+/**
+ * JOIN. KEYS: p:T, pz:T, pi:INST. ARGV: inst, expiry_ms, topic, channel, conn1, member1,
+ * conn2, member2, ... (pairs; an odd last one is ignored). ZADD pz:T now+expiry_ms inst;
+ * SADD pi:INST topic; HSET each pair, PUBLISHing [2, topic, 0, HLEN, conn, member] on channel
+ * when the conn was new (none when it was already there: the member JSON is replaced
+ * silently); PEXPIRE the three keys. Returns HLEN of p:T (an integer). Also the re-join of
+ * every member after a reconnect.
+ */
+extern const char CLUSTER_SCRIPT_PRESENCE_JOIN[];
+
+/**
+ * LEAVE. KEYS: p:T, pz:T, pi:INST. ARGV: inst, last ("1": inst has no member left on T, else
+ * "0"), topic, channel, conn1, conn2, ... For each conn present in p:T: HDEL it and PUBLISH
+ * [2, topic, 1, HLEN, conn, member] (member: the JSON it had); absent ones are skipped. With
+ * last "1": ZREM pz:T inst and SREM pi:INST topic. Sets no expiry. Returns HLEN of p:T.
+ */
+extern const char CLUSTER_SCRIPT_PRESENCE_LEAVE[];
+
+/**
+ * SYNC. KEYS: p:T, pz:T, pi:INST. ARGV: inst, expiry_ms, topic, channel, ngone, then ngone
+ * pairs gone_conn, gone_member, then pairs conn1, member1, ... First each gone conn (one of
+ * inst's that stopped being present while Redis could not be told) is HDELed with a leave
+ * event; one p:T no longer has gets its event too when inst is not in pz:T (Redis lost
+ * inst's state, and watchers never heard the leave), not when it is (its LEAVE ran: Redis
+ * got it before the connection failed). Then it removes, with a leave event each, every field of
+ * p:T that starts with inst "-" and is not one of the conns listed; then does what JOIN does with
+ * the pairs (join events for the absent ones). With no pair it is LEAVE with last "1" for all of
+ * inst's members of T: every one removed with its event, ZREM pz:T inst, SREM pi:INST topic, no
+ * expiry set. Returns HLEN of p:T. For each topic a broker holds (or has unsynced leaves
+ * for) after its shard reconnects.
+ */
+extern const char CLUSTER_SCRIPT_PRESENCE_SYNC[];
+
+/**
+ * REFRESH. KEYS: p:T, pz:T, pi:INST. ARGV: inst, expiry_ms, topic, channel. ZADD pz:T
+ * now+expiry_ms inst; PEXPIRE the three keys; then SWEEP (leave events on channel). Returns
+ * {HLEN of p:T after the sweep, lost}: lost 1 when inst was not in pz:T (another broker swept
+ * it after it failed to refresh in time, or Redis lost the key): its members may be gone,
+ * and the broker re-writes them (SYNC). Every expiry/3, per topic where it has members.
+ */
+extern const char CLUSTER_SCRIPT_PRESENCE_REFRESH[];
+
+/**
+ * READ. KEYS: p:T, pz:T. ARGV: cap (>= 0), topic, channel. SWEEP (leave events on channel),
+ * then returns the array {HLEN, member1, member2, ...}: HLEN an integer (exact), then every
+ * member JSON (HVALS) when HLEN <= cap, else cap distinct ones picked at random (HRANDFIELD
+ * p:T cap WITHVALUES). No order. Sets no expiry.
+ */
+extern const char CLUSTER_SCRIPT_PRESENCE_READ[];
+
+/**
+ * TAKEOVER. KEYS: pn:NODE. ARGV: inst, prefix (--redis-prefix), expiry_ms. old = GET pn:NODE;
+ * SET pn:NODE inst PX 2 x expiry_ms; when old exists and differs from inst: for each topic T
+ * of SMEMBERS prefix "pi:" old, every field of prefix "p:" T starting with old "-" is HDELed
+ * with a leave event [2, T, 1, HLEN, conn, member] on channel prefix T, and old is ZREMed from
+ * prefix "pz:" T; then DEL prefix "pi:" old. Returns the number of members removed (an
+ * integer; 0 when there was nothing to take over). Touches keys it derives from prefix (not
+ * in KEYS): fine on the standalone Redis servers gale shards over. Once per shard, when it
+ * first becomes ready after start.
+ */
+extern const char CLUSTER_SCRIPT_PRESENCE_TAKEOVER[];
+
+/** Longest presence key: prefix, "pz:", a topic (an instance or a node id is shorter). */
+#define CLUSTER_PRESENCE_KEY_MAX (CLUSTER_PREFIX_MAX + 3 + GALE_TOPIC_MAX + 1)
+
+/**
+ * Writes a presence key under prefix: kind 'p' gives PREFIX "p:" NAME (NAME a topic), 'z'
+ * PREFIX "pz:" NAME (a topic), 'i' PREFIX "pi:" NAME (an instance, 16 lowercase hex), 'n'
+ * PREFIX "pn:" NAME (a node id). Returns its length (out is NUL-terminated), or 0 (out
+ * untouched) when it does not fit in cap or kind is none of these.
+ */
+size_t cluster_presence_key(char *out, size_t cap, const char *prefix, size_t prefix_len, char kind,
+                            const char *name, size_t len);
+
+/** Version written in (and required of) every presence envelope. */
+#define CLUSTER_PRESENCE_VERSION 2
+/** Longest conn id in a presence envelope ("<16 hex>-<n>" takes at most 37). */
+#define CLUSTER_CONN_MAX 96
+/** Largest member JSON in a presence envelope (--presence-info-max is at most 64 KiB). */
+#define CLUSTER_MEMBER_MAX (70u << 10)
+/** Deepest member JSON accepted (gale_json_valid's max_depth; the member object is 1). */
+#define CLUSTER_MEMBER_DEPTH GALE_MAX_DEPTH
+
+typedef enum {
+    CLUSTER_PRESENCE_JOIN = 0,
+    CLUSTER_PRESENCE_LEAVE = 1,
+} cluster_presence_kind_t;
+
+/**
+ * A join or leave on the cluster bus, as the presence scripts publish it: a MessagePack
+ * array of 6, [2, topic (str), kind (0 join, 1 leave), count (uint: the topic's members
+ * after the change), conn (str), member (str: the member JSON)]. Pointers point into the
+ * caller's buffer.
+ */
+typedef struct {
+    const char *topic;
+    size_t topic_len;
+    cluster_presence_kind_t kind;
+    uint64_t count;
+    const char *conn;
+    size_t conn_len;
+    const uint8_t *member;
+    size_t member_len;
+} cluster_presence_t;
+
+/** What a payload on a topic's channel is, by its first byte. */
+typedef enum {
+    CLUSTER_ENV_UNKNOWN = 0,  /* neither: drop it (counts as invalid) */
+    CLUSTER_ENV_MESSAGE = 1,  /* an array of 7, 8 or 9: cluster_envelope_decode */
+    CLUSTER_ENV_PRESENCE = 2, /* an array of 6: cluster_presence_decode */
+} cluster_env_kind_t;
+
+/**
+ * Tells a message envelope from a presence envelope by the array header alone (buf[0]:
+ * 0x97..0x99 or 0x96), in O(1); it validates nothing else. Every payload
+ * cluster_envelope_decode accepts is CLUSTER_ENV_MESSAGE, every one cluster_presence_decode
+ * accepts CLUSTER_ENV_PRESENCE. buf may be NULL when len is 0.
+ */
+cluster_env_kind_t cluster_envelope_kind(const uint8_t *buf, size_t len);
+
+/**
+ * Decodes and validates a presence envelope received from Redis: exactly an array of 6
+ * (fixarray) and nothing after it; version 2; topic a valid concrete topic (str); kind 0 or
+ * 1; count any uint; conn a str of 1..CLUSTER_CONN_MAX printable ASCII bytes, no space;
+ * member a str of at most CLUSTER_MEMBER_MAX bytes holding exactly one strict JSON object
+ * (gale_json_valid, nested at most CLUSTER_MEMBER_DEPTH), starting with '{' and ending with
+ * '}' (no surrounding whitespace). Integers in any MessagePack uint width, strings in any
+ * str width (cmsgpack writes the smallest). Linear in len. Returns false (e zeroed) on any
+ * failure; buf may be NULL when len is 0.
+ */
+bool cluster_presence_decode(const uint8_t *buf, size_t len, cluster_presence_t *e);
 
 /* --- URLs ----------------------------------------------------------------- */
 

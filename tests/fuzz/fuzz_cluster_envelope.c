@@ -41,12 +41,24 @@
  *     (This found MessagePack data with an ext at the 64th level: accepted,
  *     then silently not delivered to JSON subscribers.)
  *
+ * The same input is also a candidate presence envelope (what the presence
+ * scripts publish: cluster_presence_decode), checked against its own model
+ * ([2, topic, kind 0/1, count, conn, member] as a fixarray of 6, nothing
+ * after): the same verdict and fields; deterministic; e zeroed on failure;
+ * never accepted by both decoders, and cluster_envelope_kind names the one
+ * that accepts; fields in order inside the input, the member ending it;
+ * every prefix refused, a trailing byte refused; the canonical re-encoding
+ * (as cmsgpack writes it) decodes to the same fields; and the member makes
+ * a join/leave event and a `presence` answer entry in both encodings (what
+ * the broker builds from it).
+ *
  * The envelope ends where its data does (or its short tail after it), so a
  * byte-level mutation that changes the data's length breaks the bin header
  * before it and gets no further than the length check. Half of the mutations
  * therefore work on the data alone and rewrite its header for the new length,
  * keeping the tail after it, and now and then replace the tail (see
  * LLVMFuzzerCustomMutator), which takes the data deep into the validation.
+ * A presence envelope's member (its last field) is mutated the same way.
  */
 #include "fuzz_check.h"
 
@@ -365,12 +377,208 @@ static void check_delivery(const cluster_envelope_t *e)
     }
 }
 
+/* --- presence envelopes ------------------------------------------------------ */
+
+static bool same_presence(const cluster_presence_t *a, const cluster_presence_t *b)
+{
+    return a->topic == b->topic && a->topic_len == b->topic_len && a->kind == b->kind &&
+           a->count == b->count && a->conn == b->conn && a->conn_len == b->conn_len &&
+           a->member == b->member && a->member_len == b->member_len;
+}
+
+static bool same_presence_values(const cluster_presence_t *a, const cluster_presence_t *b)
+{
+    return a->topic_len == b->topic_len && memcmp(a->topic, b->topic, a->topic_len) == 0 &&
+           a->kind == b->kind && a->count == b->count && a->conn_len == b->conn_len &&
+           memcmp(a->conn, b->conn, a->conn_len) == 0 && a->member_len == b->member_len &&
+           memcmp(a->member, b->member, a->member_len) == 0;
+}
+
+/* [2, topic, kind, count, conn, member] as a fixarray of 6, nothing after it. */
+static bool presence_model(const uint8_t *buf, size_t len, cluster_presence_t *e)
+{
+    size_t pos = 0;
+    uint64_t version, kind;
+    const uint8_t *topic, *conn, *member;
+    gale__mphead_t h;
+
+    memset(e, 0, sizeof(*e));
+    if (len == 0 || buf[0] != 0x96 || !m_head(buf, len, &pos, &h) || h.kind != GALE__MP_ARRAY ||
+        h.n != 6)
+        return false;
+    if (!m_uint(buf, len, &pos, &version) || version != CLUSTER_PRESENCE_VERSION)
+        return false;
+    if (!m_bytes(buf, len, &pos, GALE__MP_STR, &topic, &e->topic_len) ||
+        !gale_topic_valid((const char *)topic, e->topic_len))
+        return false;
+    if (!m_uint(buf, len, &pos, &kind) || kind > 1 || !m_uint(buf, len, &pos, &e->count))
+        return false;
+    if (!m_bytes(buf, len, &pos, GALE__MP_STR, &conn, &e->conn_len) || e->conn_len == 0 ||
+        e->conn_len > CLUSTER_CONN_MAX)
+        return false;
+    for (size_t i = 0; i < e->conn_len; i++)
+        if (conn[i] < 0x21 || conn[i] > 0x7e)
+            return false;
+    if (!m_bytes(buf, len, &pos, GALE__MP_STR, &member, &e->member_len) || e->member_len == 0 ||
+        e->member_len > CLUSTER_MEMBER_MAX || member[0] != '{' ||
+        member[e->member_len - 1] != '}' || pos != len ||
+        !gale_json_valid(member, e->member_len, CLUSTER_MEMBER_DEPTH)) {
+        memset(e, 0, sizeof(*e));
+        return false;
+    }
+    e->topic = (const char *)topic;
+    e->kind = (cluster_presence_kind_t)kind;
+    e->conn = (const char *)conn;
+    e->member = member;
+    return true;
+}
+
+static uint8_t *put_mp_uint(uint8_t *p, uint64_t v)
+{
+    if (v < 128) {
+        *p++ = (uint8_t)v;
+        return p;
+    }
+    int w = v <= 0xff ? 1 : v <= 0xffff ? 2 : v <= 0xffffffffULL ? 4 : 8;
+    *p++ = w == 1 ? 0xcc : w == 2 ? 0xcd : w == 4 ? 0xce : 0xcf;
+    for (int i = w - 1; i >= 0; i--)
+        *p++ = (uint8_t)(v >> (8 * i));
+    return p;
+}
+
+static uint8_t *put_mp_str(uint8_t *p, const void *s, size_t n)
+{
+    if (n < 32) {
+        *p++ = (uint8_t)(0xa0 | n);
+    } else if (n <= 0xff) {
+        *p++ = 0xd9;
+        *p++ = (uint8_t)n;
+    } else if (n <= 0xffff) {
+        *p++ = 0xda;
+        *p++ = (uint8_t)(n >> 8);
+        *p++ = (uint8_t)n;
+    } else {
+        *p++ = 0xdb;
+        for (int i = 3; i >= 0; i--)
+            *p++ = (uint8_t)(n >> (8 * i));
+    }
+    memcpy(p, s, n);
+    return p + n;
+}
+
+/* The envelope as the presence scripts' cmsgpack.pack writes it (the smallest forms). */
+static size_t presence_encode(uint8_t *out, const cluster_presence_t *e)
+{
+    uint8_t *p = out;
+    *p++ = 0x96;
+    *p++ = CLUSTER_PRESENCE_VERSION;
+    p = put_mp_str(p, e->topic, e->topic_len);
+    *p++ = (uint8_t)e->kind;
+    p = put_mp_uint(p, e->count);
+    p = put_mp_str(p, e->conn, e->conn_len);
+    p = put_mp_str(p, e->member, e->member_len);
+    return (size_t)(p - out);
+}
+
+/* What the broker builds from an accepted event: a join/leave and a `presence` answer
+ * entry, in both encodings. */
+static void check_presence_delivery(const cluster_presence_t *e)
+{
+    for (int to = 0; to < GALE_ENC_COUNT; to++) {
+        gale_buf_t out;
+        gale_buf_init(&out, 32);
+        CHECK(gale_encode_presence_event(&out, (gale_enc_t)to, e->kind == CLUSTER_PRESENCE_JOIN,
+                                         e->topic, e->topic_len, e->member,
+                                         e->member_len) == GALE_OK);
+        gale_buf_free(&out);
+        gale_buf_init(&out, 32);
+        CHECK(gale_encode_presence_begin(&out, (gale_enc_t)to, false, 0, e->topic, e->topic_len,
+                                         e->count, 1) == GALE_OK);
+        CHECK(gale_encode_presence_member(&out, (gale_enc_t)to, true, e->member, e->member_len) ==
+              GALE_OK);
+        CHECK(gale_encode_presence_end(&out, (gale_enc_t)to) == GALE_OK);
+        gale_buf_free(&out);
+    }
+}
+
+static void check_presence(const uint8_t *data, size_t size, bool message_ok)
+{
+    cluster_presence_t e, e2, m;
+    bool ok = cluster_presence_decode(data, size, &e);
+
+    /* Deterministic, and independent of where the bytes are. */
+    uint8_t *copy = malloc(size + 1);
+    CHECK(copy);
+    if (size)
+        memcpy(copy, data, size);
+    CHECK(cluster_presence_decode(copy, size, &e2) == ok);
+    if (ok)
+        CHECK(same_presence_values(&e, &e2) &&
+              (const uint8_t *)e2.topic - copy == (const uint8_t *)e.topic - data);
+
+    /* The model's verdict and fields. */
+    CHECK(presence_model(data, size, &m) == ok);
+    /* Never both; the kind names the decoder that accepts. */
+    CHECK(!(ok && message_ok));
+    if (ok)
+        CHECK(cluster_envelope_kind(data, size) == CLUSTER_ENV_PRESENCE);
+    if (message_ok)
+        CHECK(cluster_envelope_kind(data, size) == CLUSTER_ENV_MESSAGE);
+    if (!ok) {
+        cluster_presence_t zero;
+        memset(&zero, 0, sizeof(zero));
+        CHECK(memcmp(&e, &zero, sizeof(e)) == 0);
+        free(copy);
+        return;
+    }
+    CHECK(same_presence(&e, &m));
+
+    /* In order inside the input, the member ending it; each field valid. */
+    CHECK((const uint8_t *)e.topic > data && e.topic + e.topic_len <= e.conn &&
+          e.conn + e.conn_len <= (const char *)e.member && e.member + e.member_len == data + size);
+    CHECK(gale_topic_valid(e.topic, e.topic_len));
+    CHECK(e.kind == CLUSTER_PRESENCE_JOIN || e.kind == CLUSTER_PRESENCE_LEAVE);
+    CHECK(e.conn_len >= 1 && e.conn_len <= CLUSTER_CONN_MAX);
+    for (size_t i = 0; i < e.conn_len; i++)
+        CHECK(e.conn[i] > ' ' && e.conn[i] < 0x7f);
+    CHECK(e.member_len >= 2 && e.member_len <= CLUSTER_MEMBER_MAX && e.member[0] == '{' &&
+          e.member[e.member_len - 1] == '}');
+    CHECK(gale_json_valid(e.member, e.member_len, CLUSTER_MEMBER_DEPTH));
+    /* The headers between the fields: 1 + 1..9 (version) + 1..5 + 1..9 + 1..9 + 1..5 + 1..5. */
+    size_t hdrs = size - e.topic_len - e.conn_len - e.member_len;
+    CHECK(hdrs >= 7 && hdrs <= 43);
+
+    /* Every prefix (the first and last 64 when long), and a trailing byte, refused. */
+    for (size_t cut = 0; cut < size; cut++) {
+        if (cut == 64 && size > 128)
+            cut = size - 64;
+        CHECK(!cluster_presence_decode(data, cut, &e2));
+    }
+    copy[size] = data[size - 1];
+    CHECK(!cluster_presence_decode(copy, size + 1, &e2));
+    free(copy);
+
+    /* The canonical encoding decodes to the same values, and encodes again the same. */
+    size_t cap = size + 32;
+    uint8_t *out = malloc(cap), *out2 = malloc(cap);
+    CHECK(out && out2);
+    size_t n = presence_encode(out, &e);
+    CHECK(n <= size && n <= cap);
+    CHECK(cluster_presence_decode(out, n, &e2) && same_presence_values(&e, &e2));
+    CHECK(presence_encode(out2, &e2) == n && memcmp(out, out2, n) == 0);
+    free(out);
+    free(out2);
+
+    check_presence_delivery(&e);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     cluster_envelope_t e, e2, m;
     const char *why, *why2;
     bool ok = decode(data, size, &e, &why);
     CHECK(why != NULL);
+    check_presence(data, size, ok);
 
     /* Deterministic, and independent of where the bytes are. */
     uint8_t *copy = malloc(size ? size : 1);
@@ -473,6 +681,76 @@ static size_t make_tail(uint8_t *t, unsigned v, uint8_t *head)
 }
 
 /*
+ * If p[0..n) reads as a presence envelope up to its member's header (a fixarray of 6, then
+ * five scalars or strs), sets *at to where that header starts and returns true.
+ */
+static bool find_member(const uint8_t *p, size_t n, size_t *at)
+{
+    size_t pos = 1;
+    if (n == 0 || p[0] != 0x96)
+        return false;
+    for (int field = 0; field < 5; field++) {
+        gale__mphead_t h;
+        if (!gale__mp_head(p + pos, n - pos, &h) || h.kind == GALE__MP_ARRAY ||
+            h.kind == GALE__MP_MAP)
+            return false;
+        pos += h.hdr;
+        if (h.kind == GALE__MP_STR || h.kind == GALE__MP_BIN || h.kind == GALE__MP_EXT) {
+            if (h.n > n - pos)
+                return false;
+            pos += (size_t)h.n;
+        }
+    }
+    *at = pos;
+    return pos < n && ((p[pos] & 0xe0) == 0xa0 || (p[pos] >= 0xd9 && p[pos] <= 0xdb));
+}
+
+/*
+ * Mutates the member (the str at `at`, to the end of the input) of a presence envelope as
+ * JSON text and rewrites its str header for the new length, in the smallest form or now and
+ * then a wider one.
+ */
+static size_t mutate_member(uint8_t *data, size_t size, size_t max_size, size_t at,
+                            unsigned int seed)
+{
+    gale__mphead_t h;
+    if (!gale__mp_head(data + at, size - at, &h) || max_size < at + 6)
+        return LLVMFuzzerMutate(data, size, max_size);
+    size_t start = at + h.hdr, len = start <= size ? size - start : 0;
+    if (h.n < len)
+        len = (size_t)h.n;
+    size_t room = max_size - at - 5;
+    if (len > room)
+        len = room;
+    uint8_t *tmp = malloc(room + 1);
+    if (!tmp)
+        return LLVMFuzzerMutate(data, size, max_size);
+    memcpy(tmp, data + start, len);
+    if (len == 0)
+        tmp[len++] = '{';
+    len = LLVMFuzzerMutate(tmp, len, room);
+    unsigned wide = (seed >> 1) % 4;
+    uint8_t *o = data + at;
+    if (len < 32 && wide < 2) {
+        *o++ = (uint8_t)(0xa0 | len);
+    } else if (len < 256 && wide < 3) {
+        *o++ = 0xd9;
+        *o++ = (uint8_t)len;
+    } else if (len < 65536 && wide < 3) {
+        *o++ = 0xda;
+        *o++ = (uint8_t)(len >> 8);
+        *o++ = (uint8_t)len;
+    } else {
+        *o++ = 0xdb;
+        for (int i = 3; i >= 0; i--)
+            *o++ = (uint8_t)(len >> (8 * i));
+    }
+    memcpy(o, tmp, len);
+    free(tmp);
+    return (size_t)(o - data) + len;
+}
+
+/*
  * Mutates the data of an envelope and fixes its bin header, keeping what follows the data
  * of an array of 8 or 9 (its tail), or now and then replacing the tail; else the whole input.
  */
@@ -480,6 +758,8 @@ size_t LLVMFuzzerCustomMutator(uint8_t *data, size_t size, size_t max_size, unsi
 {
     size_t at;
     gale__mphead_t h;
+    if (!(seed & 1) && find_member(data, size, &at))
+        return mutate_member(data, size, max_size, at, seed);
     if ((seed & 1) || !find_data(data, size, &at) || !gale__mp_head(data + at, size - at, &h))
         return LLVMFuzzerMutate(data, size, max_size);
     size_t start = at + h.hdr, len = size - start;

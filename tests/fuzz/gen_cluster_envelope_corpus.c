@@ -7,8 +7,11 @@
  * hostile ones (truncations, huge array/map/str/bin/ext counts, lengths past
  * the input, deep nesting, wrong types, negative ints, ext values, invalid
  * fields, trailing bytes, a tail that does not match the array's size or
- * an ep or off out of bounds). Each seed's expected verdict is checked against
- * the decoder, so the file also says what the decoder must do with it.
+ * an ep or off out of bounds). Then presence envelopes (what the presence
+ * scripts publish, cluster_presence_decode): two captured from Redis 7.0,
+ * and one field replaced at a time by accepted and refused spellings. Each
+ * seed's expected verdict is checked against the decoder, so the file also
+ * says what the decoder must do with it.
  *
  *   cmake --build BUILD --target gen_cluster_envelope_corpus
  *   BUILD/tests/fuzz/gen_cluster_envelope_corpus tests/fuzz/corpus/fuzz_cluster_envelope
@@ -691,6 +694,224 @@ static void hand_seeds(void)
     emit("empty", (const uint8_t *)"", 0, false);
 }
 
+/* --- presence envelopes ------------------------------------------------------ */
+
+/* Writes one presence seed and checks the verdicts: cluster_presence_decode's, and never a
+ * message envelope. */
+static void emit_presence(const char *name, const uint8_t *p, size_t n, bool accept)
+{
+    cluster_presence_t e;
+    cluster_envelope_t m;
+    const char *why;
+    bool ok = cluster_presence_decode(p, n, &e);
+    if (ok != accept || cluster_envelope_decode(p, n, CLUSTER_DATA_MAX, &m, &why)) {
+        fprintf(stderr, "%s: expected %s, got %s\n", name, accept ? "accept" : "reject",
+                ok ? "accept" : "reject");
+        failed++;
+    }
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(p, 1, n, f) != n || fclose(f) != 0) {
+        perror(path);
+        exit(1);
+    }
+    written++;
+}
+
+enum { Q_HEAD, Q_VER, Q_TOPIC, Q_KIND, Q_COUNT, Q_CONN, Q_MEMBER, Q_AFTER, Q_COUNT_ };
+
+typedef struct {
+    const char *p[Q_COUNT_];
+    size_t n[Q_COUNT_];
+} qparts_t;
+
+static qparts_t qbase(void)
+{
+    qparts_t x;
+    static const struct {
+        const char *s;
+        size_t n;
+    } def[Q_COUNT_] = {
+        {LIT("\x96")}, /* fixarray 6 */
+        {LIT("\x02")}, /* version */
+        {LIT("\xab"
+             "chat.room-1")}, /* topic */
+        {LIT("\x00")},        /* kind: join */
+        {LIT("\x03")},        /* count */
+        {LIT("\xb2"
+             "00000000000000aa-7")},                  /* conn */
+        {LIT("\xb7{\"conn\":\"x\",\"user\":\"u\"}")}, /* member */
+        {LIT("")},                                    /* nothing after */
+    };
+    for (int i = 0; i < Q_COUNT_; i++) {
+        x.p[i] = def[i].s;
+        x.n[i] = def[i].n;
+    }
+    return x;
+}
+
+static void qwith(const char *name, int which, const char *p, size_t n, bool accept)
+{
+    qparts_t x = qbase();
+    bytes_t b = {.n = 0};
+    x.p[which] = p;
+    x.n[which] = n;
+    for (int i = 0; i < Q_COUNT_; i++)
+        put(&b, x.p[i], x.n[i]);
+    emit_presence(name, b.b, b.n, accept);
+}
+
+#define QACCEPT(name, which, lit) qwith("presence-" name, which, LIT(lit), true)
+#define QREJECT(name, which, lit) qwith("presence-" name, which, LIT(lit), false)
+
+/* The base presence envelope with a member of `len` bytes ({"a":"xx..x"}), str8/16/32. */
+static void member_of(const char *name, size_t len, bool accept)
+{
+    static bytes_t b;
+    b.n = 0;
+    qparts_t x = qbase();
+    for (int i = 0; i < Q_MEMBER; i++)
+        put(&b, x.p[i], x.n[i]);
+    if (len < 256) {
+        put_u8(&b, 0xd9);
+        put_be(&b, len, 1);
+    } else if (len < 65536) {
+        put_u8(&b, 0xda);
+        put_be(&b, len, 2);
+    } else {
+        put_u8(&b, 0xdb);
+        put_be(&b, len, 4);
+    }
+    put(&b, "{\"a\":\"", 6);
+    put_rep(&b, 'x', len - 8);
+    put(&b, "\"}", 2);
+    emit_presence(name, b.b, b.n, accept);
+}
+
+static void presence_seeds(void)
+{
+    /* Captured from Redis 7.0 running the presence scripts (cmsgpack.pack). */
+    static const char join[] =
+        "\x96\x02\xab"
+        "chat.room-1\x00\x01\xb2"
+        "00000000000000aa-1\xd9\x39{\"conn\":\"00000000000000aa-1\",\"user\":\"ann\",\"info\":{"
+        "\"n\":1}}";
+    static const char leave[] =
+        "\x96\x02\xab"
+        "chat.room-1\x01\xcc\xc8\xb2"
+        "00000000000000aa-1\xd9\x39{\"conn\":\"00000000000000aa-1\",\"user\":\"ann\",\"info\":{"
+        "\"n\":1}}";
+    emit_presence("presence-redis-join", (const uint8_t *)join, sizeof(join) - 1, true);
+    emit_presence("presence-redis-leave", (const uint8_t *)leave, sizeof(leave) - 1, true);
+
+    QACCEPT("valid", Q_AFTER, "");
+    QACCEPT("leave", Q_KIND, "\x01");
+    QACCEPT("count-0", Q_COUNT, "\x00");
+    QACCEPT("count-uint16", Q_COUNT, "\xcd\x01\x00");
+    QACCEPT("count-uint64-max", Q_COUNT, "\xcf\xff\xff\xff\xff\xff\xff\xff\xff");
+    QACCEPT("version-uint8", Q_VER, "\xcc\x02");
+    QACCEPT("topic-str16", Q_TOPIC,
+            "\xda\x00\x03"
+            "a.b");
+    QACCEPT("topic-utf8", Q_TOPIC,
+            "\xa6"
+            "caf\xc3\xa9!");
+    QACCEPT("conn-str8", Q_CONN,
+            "\xd9\x01"
+            "c");
+    QACCEPT("conn-punct", Q_CONN, "\xa5!~{}\"");
+    QACCEPT("member-empty-object", Q_MEMBER, "\xa2{}");
+    QACCEPT("member-inner-space", Q_MEMBER, "\xaa{ \"a\" : 1}");
+    QACCEPT("member-nested", Q_MEMBER, "\xbd{\"info\":{\"a\":[1,{\"b\":null}]}}");
+    QACCEPT("member-escapes", Q_MEMBER, "\xba{\"u\":\"\\u00e9\\ud83d\\ude00\"}");
+    QACCEPT("member-str32", Q_MEMBER, "\xdb\x00\x00\x00\x02{}");
+
+    QREJECT("array-5", Q_HEAD, "\x95");
+    QREJECT("array-7", Q_HEAD, "\x97");
+    QREJECT("array16-6", Q_HEAD, "\xdc\x00\x06");
+    QREJECT("map-6", Q_HEAD, "\x86");
+    QREJECT("version-1", Q_VER, "\x01");
+    QREJECT("version-3", Q_VER, "\x03");
+    QREJECT("version-int8", Q_VER, "\xd0\x02");
+    QREJECT("topic-pattern", Q_TOPIC,
+            "\xa3"
+            "a.*");
+    QREJECT("topic-gt", Q_TOPIC,
+            "\xa3"
+            "a.>");
+    QREJECT("topic-empty", Q_TOPIC, "\xa0");
+    QREJECT("topic-bin", Q_TOPIC, "\xc4\x01t");
+    QREJECT("topic-bad-utf8", Q_TOPIC, "\xa2\xc3\x28");
+    QREJECT("kind-2", Q_KIND, "\x02");
+    QREJECT("kind-negative", Q_KIND, "\xff");
+    QREJECT("kind-true", Q_KIND, "\xc3");
+    QREJECT("count-negative", Q_COUNT, "\xff");
+    QREJECT("count-int64", Q_COUNT, "\xd3\x00\x00\x00\x00\x00\x00\x00\x01");
+    QREJECT("count-float", Q_COUNT, "\xcb\x3f\xf0\x00\x00\x00\x00\x00\x00");
+    QREJECT("count-truncated", Q_COUNT, "\xcf\x00\x00");
+    QREJECT("conn-empty", Q_CONN, "\xa0");
+    QREJECT("conn-space", Q_CONN,
+            "\xa3"
+            "a b");
+    QREJECT("conn-del", Q_CONN, "\xa1\x7f");
+    QREJECT("conn-nul", Q_CONN,
+            "\xa2"
+            "a\x00");
+    QREJECT("conn-utf8", Q_CONN, "\xa2\xc3\xa9");
+    QREJECT("conn-bin", Q_CONN,
+            "\xc4\x01"
+            "c");
+    QREJECT("conn-97", Q_CONN,
+            "\xd9\x61"
+            "0123456789012345678901234567890123456789012345678901234567890123456789012345678901"
+            "234567890123456");
+    QREJECT("member-array", Q_MEMBER, "\xa3[1]");
+    QREJECT("member-string", Q_MEMBER, "\xa3\"s\"");
+    QREJECT("member-null", Q_MEMBER, "\xa4null");
+    QREJECT("member-unclosed", Q_MEMBER, "\xa6{\"a\":1");
+    QREJECT("member-trailing-comma", Q_MEMBER, "\xa7{\"a\":1,}");
+    QREJECT("member-leading-space", Q_MEMBER, "\xa3 {}");
+    QREJECT("member-trailing-newline", Q_MEMBER, "\xa3{}\n");
+    QREJECT("member-two-objects", Q_MEMBER, "\xa4{}{}");
+    QREJECT("member-bad-utf8", Q_MEMBER, "\xa9{\"a\":\"\xc3\x28\"}");
+    QREJECT("member-bin", Q_MEMBER, "\xc4\x02{}");
+    QREJECT("member-map", Q_MEMBER,
+            "\x81\xa1"
+            "a\x01");
+    QREJECT("member-past-end", Q_MEMBER, "\xa5{}");
+    QREJECT("member-str32-4g", Q_MEMBER, "\xdb\xff\xff\xff\xff{}");
+    QREJECT("trailing-nil", Q_AFTER, "\xc0");
+    QREJECT("trailing-envelope", Q_AFTER, "\x96");
+
+    /* The member's size and depth at their limits. */
+    member_of("presence-member-str8", 200, true);
+    member_of("presence-member-str16", 3000, true);
+    static bytes_t d;
+    d.n = 0;
+    put_u8(&d, '{');
+    for (int i = 1; i < CLUSTER_MEMBER_DEPTH; i++)
+        put(&d, "\"a\":{", 5);
+    put_rep(&d, '}', CLUSTER_MEMBER_DEPTH);
+    char len[3] = {(char)0xda, (char)(d.n >> 8), (char)d.n};
+    qparts_t x = qbase();
+    bytes_t b = {.n = 0};
+    for (int i = 0; i < Q_MEMBER; i++)
+        put(&b, x.p[i], x.n[i]);
+    size_t at = b.n;
+    put(&b, len, 3);
+    put(&b, d.b, d.n);
+    emit_presence("presence-member-depth-max", b.b, b.n, true);
+    b.n = at;
+    len[1] = (char)((d.n + 6) >> 8);
+    len[2] = (char)(d.n + 6);
+    put(&b, len, 3);
+    put(&b, "{\"a\":", 5);
+    put(&b, d.b, d.n);
+    put_u8(&b, '}');
+    emit_presence("presence-member-depth-over", b.b, b.n, false);
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 2) {
@@ -700,6 +921,7 @@ int main(int argc, char **argv)
     dir = argv[1];
     valid_seeds();
     hand_seeds();
+    presence_seeds();
     printf("%d seeds written to %s\n", written, dir);
     return failed ? 1 : 0;
 }

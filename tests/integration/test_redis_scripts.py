@@ -1,8 +1,9 @@
-"""The two Lua scripts of clustering with history (broker/cluster_wire.c: CLUSTER_SCRIPT_PUB,
-CLUSTER_SCRIPT_READ), run with EVAL on a real redis-server, without a broker.
+"""The Lua scripts of clustering with history (broker/cluster_wire.c: CLUSTER_SCRIPT_PUB,
+CLUSTER_SCRIPT_READ) and with presence (CLUSTER_SCRIPT_PRESENCE_JOIN, _LEAVE, _SYNC, _REFRESH,
+_READ, _TAKEOVER), run with EVAL on a real redis-server, without a broker.
 
-The scripts are read from the C source (the string literals of their definitions), so what
-runs here is what the broker loads. One redis-server (Debian's, free loopback port, no
+The scripts are read from the C source (the string literals of their definitions, with the
+macros they are composed of expanded), so what runs here is what the broker loads. One redis-server (Debian's, free loopback port, no
 persistence, --stream-node-max-entries 10 so that MAXLEN ~ trims at a small scale) serves
 the module; every test starts from FLUSHALL. A tiny RESP client (python3-redis is not
 needed) talks to it; a second connection SUBSCRIBEs to see what the scripts PUBLISH.
@@ -15,9 +16,20 @@ publishes nothing; without history (SIZE 0) the envelope goes out unchanged, {0,
 duplicate {1,'',0}; TTL puts a PEXPIRE on both keys; a lost hash starts a new epoch over a
 stale stream; the read script (range: entries after max(N, off - MAX); last: the newest N,
 newest first; a missing hash: a new epoch at off 0, {ep,0,{}}); FLUSHALL starts a new epoch.
+
+Presence (the events decoded by a small strict MessagePack reader and compared byte for byte
+with the canonical encoding cluster_presence_decode reads): JOIN publishes one join per new
+member with HLEN after it and sets pz, pi and 2 x expiry on the three keys, a repeated JOIN
+publishes nothing; LEAVE with and without last; SYNC removes only the instance's unlisted
+members (and, without pairs, all of them); REFRESH keeps an instance alive and sweeps one
+whose pz score has passed, as READ does, one leave per member; READ's cap and exact count;
+TAKEOVER removes the old instance's members across topics with leaves, under the prefix
+given, and replaces the node key; instances whose conns look alike ("ab" vs "abc-1", pattern
+characters) are never touched by another's sweep, SYNC or TAKEOVER; keys really expire.
 """
 import hashlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -48,37 +60,62 @@ _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'", "0"
 
 
 def _c_string_literals(src, name):
-    """The concatenated string literals of `const char NAME[] = "..." "...";` in src."""
+    """The concatenated string literals of `const char NAME[] = "..." MACRO "...";` in src,
+    with each MACRO (an identifier) replaced by the literals of its `#define MACRO ...`."""
     decl = "const char %s[] =" % name
-    i = src.index(decl) + len(decl)
+    return _literals(src, src, src.index(decl) + len(decl), name)
+
+
+def _macro(src, name):
+    """The literals of `#define NAME "..." \\ ...` in src (up to its first unescaped newline)."""
+    m = re.search(r"^#define %s[ \t\\]" % re.escape(name), src, re.M)
+    assert m, "no #define %s" % name
+    end = m.end() - 1
+    while True:
+        end = src.index("\n", end + 1)
+        if src[end - 1] != "\\":
+            break
+    body = src[m.end() - 1:end].replace("\\\n", " ") + ";"
+    return _literals(src, body, 0, name)
+
+
+def _literals(src, text, i, name):
+    """The literals of text from i up to the ';' ending them; identifiers are macros of src."""
     out = []
     while True:
-        while src[i].isspace():
+        while text[i].isspace() or text[i] == "\\":
             i += 1
-        if src.startswith("/*", i):
-            i = src.index("*/", i) + 2
+        if text.startswith("/*", i):
+            i = text.index("*/", i) + 2
             continue
-        if src[i] == ";":
+        if text[i] == ";":
             break
-        assert src[i] == '"', "unexpected %r in the definition of %s" % (src[i:i + 20], name)
+        if text[i] == "_" or text[i].isalpha():
+            j = i
+            while text[j] == "_" or text[j].isalnum():
+                j += 1
+            out.append(_macro(src, text[i:j]).decode("latin-1"))
+            i = j
+            continue
+        assert text[i] == '"', "unexpected %r in the definition of %s" % (text[i:i + 20], name)
         i += 1
-        while src[i] != '"':
-            c = src[i]
+        while text[i] != '"':
+            c = text[i]
             assert c != "\n", "newline inside a string literal of %s" % name
             if c == "\\":
-                e = src[i + 1]
+                e = text[i + 1]
                 if e == "x":
                     j = i + 2
-                    while src[j] in "0123456789abcdefABCDEF":
+                    while text[j] in "0123456789abcdefABCDEF":
                         j += 1
-                    out.append(chr(int(src[i + 2:j], 16)))
+                    out.append(chr(int(text[i + 2:j], 16)))
                     i = j
                     continue
-                if e in "01234567" and src[i + 2] in "01234567":
+                if e in "01234567" and text[i + 2] in "01234567":
                     j = i + 1
-                    while j < i + 4 and src[j] in "01234567":
+                    while j < i + 4 and text[j] in "01234567":
                         j += 1
-                    out.append(chr(int(src[i + 1:j], 8)))
+                    out.append(chr(int(text[i + 1:j], 8)))
                     i = j
                     continue
                 out.append(_ESCAPES[e])
@@ -90,14 +127,21 @@ def _c_string_literals(src, name):
     return "".join(out).encode("latin-1")
 
 
-def _scripts():
+def _source():
     with open(os.path.join(SOURCE_DIR, "broker", "cluster_wire.c"), encoding="utf-8") as f:
-        src = f.read()
+        return f.read()
+
+
+def _scripts():
+    src = _source()
     return (_c_string_literals(src, "CLUSTER_SCRIPT_PUB"),
             _c_string_literals(src, "CLUSTER_SCRIPT_READ"))
 
 
 SCRIPT_PUB, SCRIPT_READ = _scripts()
+PRESENCE_SCRIPTS = ("JOIN", "LEAVE", "SYNC", "REFRESH", "READ", "TAKEOVER")
+P_SCRIPT = {k: _c_string_literals(_source(), "CLUSTER_SCRIPT_PRESENCE_" + k)
+            for k in PRESENCE_SCRIPTS}
 
 
 # ---------------------------------------------------------------------------------------
@@ -583,3 +627,590 @@ def test_read_missing_hash_creates_the_epoch(r):
     assert 29000 < r.cmd("PTTL", hkey(t2)) <= 30000
     assert r.cmd("EXISTS", skey(t2)) == 0
     assert read(r, t2, "last", 10) == [EP2, 0, []]
+
+
+# ---------------------------------------------------------------------------------------
+# Presence: the six scripts (CLUSTER_SCRIPT_PRESENCE_*), their keys and their events
+# ---------------------------------------------------------------------------------------
+
+EXPIRY = 30000  # expiry_ms as the broker passes it (--presence-expiry 30)
+INST_A = b"00000000000000aa"  # instances, as the broker writes them (%016x)
+INST_B = b"00000000000000bb"
+INST_C = b"00000000000000cc"
+
+
+def _mp_value(b, i):
+    """One MessagePack value of the kinds a presence envelope holds (fixarray, uint, str),
+    strictly: returns (value, next offset); anything else fails the test."""
+    t = b[i]
+    if t < 0x80:
+        return t, i + 1
+    widths = {0xcc: 1, 0xcd: 2, 0xce: 4, 0xcf: 8}
+    if t in widths:
+        w = widths[t]
+        assert i + 1 + w <= len(b), "uint past the end"
+        return int.from_bytes(b[i + 1:i + 1 + w], "big"), i + 1 + w
+    if 0x90 <= t <= 0x9f:
+        out, i = [], i + 1
+        for _ in range(t & 0x0f):
+            v, i = _mp_value(b, i)
+            out.append(v)
+        return out, i
+    if 0xa0 <= t <= 0xbf:
+        n, i = t & 0x1f, i + 1
+    elif t in (0xd9, 0xda, 0xdb):
+        w = {0xd9: 1, 0xda: 2, 0xdb: 4}[t]
+        n, i = int.from_bytes(b[i + 1:i + 1 + w], "big"), i + 1 + w
+    else:
+        raise AssertionError("unexpected MessagePack byte 0x%02x at %d" % (t, i))
+    assert i + n <= len(b), "str past the end"
+    return b[i:i + n], i + n
+
+
+def mp_decode(b):
+    v, i = _mp_value(b, 0)
+    assert i == len(b), "bytes after the value"
+    return v
+
+
+def _mp_uint(v):
+    """The smallest uint, as cmsgpack writes a non-negative integer."""
+    if v < 0x80:
+        return bytes([v])
+    for tag, w in ((0xcc, 1), (0xcd, 2), (0xce, 4), (0xcf, 8)):
+        if v < 1 << (8 * w):
+            return bytes([tag]) + v.to_bytes(w, "big")
+    raise AssertionError(v)
+
+
+def _mp_str(s):
+    n = len(s)
+    if n < 32:
+        return bytes([0xa0 | n]) + s
+    for tag, w in ((0xd9, 1), (0xda, 2), (0xdb, 4)):
+        if n < 1 << (8 * w):
+            return bytes([tag]) + n.to_bytes(w, "big") + s
+    raise AssertionError(n)
+
+
+def presence_envelope(topic, kind, count, conn, member):
+    """[2, topic, kind, count, conn, member] as cmsgpack.pack writes it (the smallest forms):
+    what cluster_presence_decode reads (tests/unit/test_cluster_envelope.c)."""
+    return (b"\x96\x02" + _mp_str(topic) + _mp_uint(kind) + _mp_uint(count) + _mp_str(conn) +
+            _mp_str(member))
+
+
+JOIN, LEAVE = 0, 1
+
+
+def ev(topic, kind, count, conn, member):
+    """An expected event, as the decoded tuple."""
+    return (topic, kind, count, conn, member)
+
+
+def events(payloads):
+    """The decoded presence envelopes, each checked to be exactly the canonical bytes."""
+    out = []
+    for p in payloads:
+        v = mp_decode(p)
+        assert isinstance(v, list) and len(v) == 6 and v[0] == 2, v
+        assert p == presence_envelope(v[1], v[2], v[3], v[4], v[5])
+        out.append(tuple(v[1:]))
+    return out
+
+
+def member(conn, user=None, info=None):
+    """A member's JSON, as gale_encode_member writes it."""
+    out = b'{"conn":"' + conn + b'"'
+    if user is not None:
+        out += b',"user":"' + user + b'"'
+    if info is not None:
+        out += b',"info":' + info
+    return out + b"}"
+
+
+def conn(inst, n):
+    return inst + b"-%d" % n
+
+
+def pkey(topic):
+    return PREFIX + b"p:" + topic
+
+
+def zkey(topic):
+    return PREFIX + b"pz:" + topic
+
+
+def ikey(inst, prefix=PREFIX):
+    return prefix + b"pi:" + inst
+
+
+def nkey(node, prefix=PREFIX):
+    return prefix + b"pn:" + node
+
+
+def _pairs(conns):
+    out = []
+    for c in conns:
+        out += [c, member(c)]
+    return out
+
+
+def p_join(r, inst, topic, conns, expiry=EXPIRY, pairs=None):
+    """JOIN of conns (members made by member()); returns HLEN."""
+    return r.cmd("EVAL", P_SCRIPT["JOIN"], 3, pkey(topic), zkey(topic), ikey(inst), inst, expiry,
+                 topic, channel(topic), *(pairs if pairs is not None else _pairs(conns)))
+
+
+def p_leave(r, inst, topic, conns, last):
+    return r.cmd("EVAL", P_SCRIPT["LEAVE"], 3, pkey(topic), zkey(topic), ikey(inst), inst,
+                 1 if last else 0, topic, channel(topic), *conns)
+
+
+def p_sync(r, inst, topic, conns, expiry=EXPIRY, gone=()):
+    """SYNC with inst's current members conns and its members gone meanwhile."""
+    return r.cmd("EVAL", P_SCRIPT["SYNC"], 3, pkey(topic), zkey(topic), ikey(inst), inst, expiry,
+                 topic, channel(topic), len(gone), *_pairs(gone), *_pairs(conns))
+
+
+def p_refresh_lost(r, inst, topic, expiry=EXPIRY):
+    """REFRESH's whole answer: [HLEN, lost]."""
+    return r.cmd("EVAL", P_SCRIPT["REFRESH"], 3, pkey(topic), zkey(topic), ikey(inst), inst,
+                 expiry, topic, channel(topic))
+
+
+def p_refresh(r, inst, topic, expiry=EXPIRY):
+    return p_refresh_lost(r, inst, topic, expiry)[0]
+
+
+def p_read(r, topic, cap):
+    return r.cmd("EVAL", P_SCRIPT["READ"], 2, pkey(topic), zkey(topic), cap, topic,
+                 channel(topic))
+
+
+def p_takeover(r, node, inst, expiry=EXPIRY, prefix=PREFIX):
+    return r.cmd("EVAL", P_SCRIPT["TAKEOVER"], 1, nkey(node, prefix), inst, prefix, expiry)
+
+
+def hash_of(r, topic):
+    f = r.cmd("HGETALL", pkey(topic))
+    return dict(zip(f[0::2], f[1::2]))
+
+
+def kill(r, inst, topic):
+    """Makes inst's expiry on topic lie in the past (a broker that stopped refreshing)."""
+    r.cmd("ZADD", zkey(topic), redis_ms(r) - 1, inst)
+
+
+def test_presence_scripts_read_from_the_source(r):
+    for k in PRESENCE_SCRIPTS:
+        s = P_SCRIPT[k]
+        assert s.startswith(b"-- gale presence %s (KEYS " % k.encode())
+        # The shared functions, once each, the script's own code after them.
+        for fn in (b"now_ms()", b"event(", b"touch(", b"drop(", b"sweep("):
+            assert s.count(b"local function " + fn) == 1
+        assert s.count(b"cmsgpack.pack({2, topic, kind, n, conn, member})") == 1
+        # No Lua pattern anywhere: prefixes are compared with string.sub.
+        for f in (b"string.find", b"string.match", b"string.gsub", b"string.gmatch", b":find(",
+                  b":match("):
+            assert f not in s
+        assert r.cmd("SCRIPT", "LOAD", s) == hashlib.sha1(s).hexdigest().encode()
+    assert P_SCRIPT["JOIN"].endswith(b"touch(KEYS, exp)\nreturn n\n")
+    assert P_SCRIPT["SYNC"].endswith(P_SCRIPT["JOIN"][P_SCRIPT["JOIN"].index(b"redis.call('ZADD'"):])
+    # The history scripts are unchanged by the macro-aware extraction.
+    assert SCRIPT_PUB.startswith(b"local midk = KEYS[3]\n")
+
+
+def test_presence_join_publishes_one_event_per_new_member(r, redis_port):
+    t = b"room.join"
+    sub = Subscriber(redis_port, channel(t))
+    try:
+        a1, a2, a3 = conn(INST_A, 1), conn(INST_A, 2), conn(INST_A, 3)
+        m1 = member(a1, user=b"ann", info=b'{"name":"Ann","tags":[1,2]}')
+        before = redis_ms(r)
+        assert p_join(r, INST_A, t, None, pairs=[a1, m1, a2, member(a2)]) == 2
+        after = redis_ms(r)
+        assert events(sub.fence(r, channel(t))) == [ev(t, JOIN, 1, a1, m1),
+                                                      ev(t, JOIN, 2, a2, member(a2))]
+        assert hash_of(r, t) == {a1: m1, a2: member(a2)}
+        score = int(r.cmd("ZSCORE", zkey(t), INST_A))
+        assert before + EXPIRY <= score <= after + EXPIRY
+        assert r.cmd("SMEMBERS", ikey(INST_A)) == [t]
+        # Every key expires after 2 x expiry.
+        for k in (pkey(t), zkey(t), ikey(INST_A)):
+            assert 2 * EXPIRY - 2000 < r.cmd("PTTL", k) <= 2 * EXPIRY
+        # A repeated join (a re-sync): nothing published, nothing changed.
+        assert p_join(r, INST_A, t, None, pairs=[a1, m1, a2, member(a2)]) == 2
+        assert sub.fence(r, channel(t)) == []
+        assert hash_of(r, t) == {a1: m1, a2: member(a2)}
+        # One new among old ones: one event, its count the new HLEN.
+        assert p_join(r, INST_A, t, [a1, a3, a2]) == 3
+        assert events(sub.fence(r, channel(t))) == [ev(t, JOIN, 3, a3, member(a3))]
+        # Another instance's member; a join with no pair only refreshes.
+        b1 = conn(INST_B, 1)
+        assert p_join(r, INST_B, t, [b1]) == 4
+        assert p_join(r, INST_B, t, []) == 4
+        assert events(sub.fence(r, channel(t))) == [ev(t, JOIN, 4, b1, member(b1))]
+        assert sorted(r.cmd("ZRANGE", zkey(t), 0, -1)) == [INST_A, INST_B]
+        assert r.cmd("SMEMBERS", ikey(INST_B)) == [t]
+        # A long member (str16 in the envelope) and a long conn (str8).
+        big = b'{"conn":"x","info":{"s":"' + b"y" * 300 + b'"}}'
+        long_conn = conn(INST_A, 10 ** 19)
+        assert p_join(r, INST_A, t, None, pairs=[long_conn, big]) == 5
+        (p,) = sub.fence(r, channel(t))
+        assert events([p]) == [ev(t, JOIN, 5, long_conn, big)]
+        assert p[-len(big) - 3:-len(big)] == b"\xda" + len(big).to_bytes(2, "big")
+    finally:
+        sub.close()
+
+
+def test_presence_join_counts_past_a_fixint(r, redis_port):
+    """Counts of 128 and more are uint8/uint16 in the envelope (cmsgpack's smallest form)."""
+    t = b"room.many"
+    conns = [conn(INST_A, i) for i in range(1, 301)]
+    sub = Subscriber(redis_port, channel(t))
+    try:
+        assert p_join(r, INST_A, t, conns) == 300
+        got = events(sub.fence(r, channel(t)))
+        assert got == [ev(t, JOIN, i, c, member(c)) for i, c in enumerate(conns, 1)]
+    finally:
+        sub.close()
+
+
+def test_presence_leave(r, redis_port):
+    t = b"room.leave"
+    a1, a2, b1 = conn(INST_A, 1), conn(INST_A, 2), conn(INST_B, 1)
+    assert p_join(r, INST_A, t, [a1, a2]) == 2
+    assert p_join(r, INST_B, t, [b1]) == 3
+    sub = Subscriber(redis_port, channel(t))
+    try:
+        # Not the last: inst stays in pz and pi.
+        assert p_leave(r, INST_A, t, [a1], last=False) == 2
+        assert events(sub.fence(r, channel(t))) == [ev(t, LEAVE, 2, a1, member(a1))]
+        assert r.cmd("ZSCORE", zkey(t), INST_A) is not None
+        assert r.cmd("SISMEMBER", ikey(INST_A), t) == 1
+        # Absent conns: nothing.
+        assert p_leave(r, INST_A, t, [a1, conn(INST_A, 9)], last=False) == 2
+        assert sub.fence(r, channel(t)) == []
+        # The last one: inst leaves pz and pi; B is untouched.
+        assert p_leave(r, INST_A, t, [a2], last=True) == 1
+        assert events(sub.fence(r, channel(t))) == [ev(t, LEAVE, 1, a2, member(a2))]
+        assert r.cmd("ZSCORE", zkey(t), INST_A) is None
+        assert r.cmd("SISMEMBER", ikey(INST_A), t) == 0
+        assert r.cmd("ZSCORE", zkey(t), INST_B) is not None
+        assert hash_of(r, t) == {b1: member(b1)}
+        # Several at once, counts going down; the hash then no longer exists.
+        assert p_join(r, INST_A, t, [a1, a2]) == 3
+        sub.fence(r, channel(t))
+        assert p_leave(r, INST_A, t, [a2, b1, a1], last=True) == 0
+        assert events(sub.fence(r, channel(t))) == [ev(t, LEAVE, 2, a2, member(a2)),
+                                                      ev(t, LEAVE, 1, b1, member(b1)),
+                                                      ev(t, LEAVE, 0, a1, member(a1))]
+        assert r.cmd("EXISTS", pkey(t)) == 0
+        # last on a topic without anything.
+        assert p_leave(r, INST_A, b"room.none", [], last=True) == 0
+    finally:
+        sub.close()
+
+
+def test_presence_sync_gone(r, redis_port):
+    """Members that left while Redis could not be told: one leave each, whether Redis still
+    had them (then they are removed) or had lost them; nothing for them afterwards."""
+    t = b"room.gone"
+    a = [conn(INST_A, i) for i in range(1, 4)]
+    b1 = conn(INST_B, 1)
+    assert p_join(r, INST_A, t, a[:2]) == 2
+    assert p_join(r, INST_B, t, [b1]) == 3
+    sub = Subscriber(redis_port, channel(t))
+    try:
+        # a2 is still there: removed with its leave. a3's LEAVE ran (Redis got it before the
+        # connection failed): A's state is intact (in pz:T), no second leave.
+        assert p_sync(r, INST_A, t, [a[0]], gone=[a[1], a[2]]) == 2
+        got = events(sub.fence(r, channel(t)))
+        assert got == [ev(t, LEAVE, 2, a[1], member(a[1]))]
+        assert hash_of(r, t) == {a[0]: member(a[0]), b1: member(b1)}
+        assert p_sync(r, INST_A, t, [a[0]]) == 2
+        assert sub.fence(r, channel(t)) == []
+        # Redis lost A's state (restarted empty, say): every gone member gets its leave.
+        r.cmd("DEL", pkey(t), zkey(t))
+        assert p_sync(r, INST_A, t, [a[0]], gone=[a[1], a[2]]) == 1
+        got = events(sub.fence(r, channel(t)))
+        assert got == [ev(t, LEAVE, 0, a[1], member(a[1])), ev(t, LEAVE, 0, a[2], member(a[2])),
+                       ev(t, JOIN, 1, a[0], member(a[0]))]
+    finally:
+        sub.close()
+
+
+def test_presence_sync(r, redis_port):
+    t = b"room.sync"
+    a = [conn(INST_A, i) for i in range(1, 5)]
+    b1 = conn(INST_B, 1)
+    assert p_join(r, INST_A, t, a[:3]) == 3
+    assert p_join(r, INST_B, t, [b1]) == 4
+    sub = Subscriber(redis_port, channel(t))
+    try:
+        # A holds a1 and a4 now: a2 and a3 leave, a4 joins; B's member stays.
+        assert p_sync(r, INST_A, t, [a[0], a[3]]) == 3
+        got = events(sub.fence(r, channel(t)))
+        assert sorted((g[0], g[1], g[3], g[4]) for g in got[:2]) == [
+            (t, LEAVE, a[1], member(a[1])), (t, LEAVE, a[2], member(a[2]))]
+        assert [g[2] for g in got[:2]] == [3, 2]  # HLEN after each
+        assert got[2:] == [ev(t, JOIN, 3, a[3], member(a[3]))]
+        assert hash_of(r, t) == {a[0]: member(a[0]), a[3]: member(a[3]), b1: member(b1)}
+        assert r.cmd("SISMEMBER", ikey(INST_A), t) == 1
+        assert 2 * EXPIRY - 2000 < r.cmd("PTTL", pkey(t)) <= 2 * EXPIRY
+        # The same again: nothing.
+        assert p_sync(r, INST_A, t, [a[0], a[3]]) == 3
+        assert sub.fence(r, channel(t)) == []
+        # No pair: LEAVE with last=1 for all of A's members.
+        assert p_sync(r, INST_A, t, []) == 1
+        got = events(sub.fence(r, channel(t)))
+        assert sorted(g[3] for g in got) == [a[0], a[3]]
+        assert [g[1:3] for g in got] == [(LEAVE, 2), (LEAVE, 1)]
+        assert hash_of(r, t) == {b1: member(b1)}
+        assert r.cmd("ZSCORE", zkey(t), INST_A) is None
+        assert r.cmd("SISMEMBER", ikey(INST_A), t) == 0
+        assert r.cmd("ZSCORE", zkey(t), INST_B) is not None
+        # A sync onto an empty topic is a join.
+        t2 = b"room.sync2"
+        assert p_sync(r, INST_A, t2, [a[0]]) == 1
+        assert r.cmd("SMEMBERS", ikey(INST_A)) == [t2]
+    finally:
+        sub.close()
+
+
+def test_presence_refresh_keeps_alive(r, redis_port):
+    t = b"room.refresh"
+    a1, b1 = conn(INST_A, 1), conn(INST_B, 1)
+    assert p_join(r, INST_A, t, [a1], expiry=300) == 1
+    assert p_join(r, INST_B, t, [b1], expiry=300) == 2
+    sub = Subscriber(redis_port, channel(t))
+    try:
+        last = 0
+        for _ in range(8):  # 0.8 s: over twice the expiry, refreshed every 100 ms
+            time.sleep(0.1)
+            assert p_refresh(r, INST_A, t, expiry=300) == 2
+            assert p_refresh(r, INST_B, t, expiry=300) == 2
+            score = int(r.cmd("ZSCORE", zkey(t), INST_A))
+            assert score > last
+            last = score
+            for k in (pkey(t), zkey(t), ikey(INST_A)):
+                assert 0 < r.cmd("PTTL", k) <= 600
+        assert sub.fence(r, channel(t)) == []
+        assert hash_of(r, t) == {a1: member(a1), b1: member(b1)}
+        # B stops refreshing: after its expiry A's refresh sweeps it.
+        time.sleep(0.4)
+        assert p_refresh(r, INST_A, t, expiry=300) == 1
+        assert events(sub.fence(r, channel(t))) == [ev(t, LEAVE, 1, b1, member(b1))]
+        assert r.cmd("ZRANGE", zkey(t), 0, -1) == [INST_A]
+        # A refresh sets the expiry of all three keys again.
+        r.cmd("PEXPIRE", pkey(t), 50)
+        assert p_refresh(r, INST_A, t, expiry=EXPIRY) == 1
+        for k in (pkey(t), zkey(t), ikey(INST_A)):
+            assert 2 * EXPIRY - 2000 < r.cmd("PTTL", k) <= 2 * EXPIRY
+    finally:
+        sub.close()
+
+
+def test_presence_refresh_reports_lost_entry(r, redis_port):
+    """A broker swept while it could not refresh (a stall) learns it from its next REFRESH."""
+    t = b"room.lost"
+    a1, b1 = conn(INST_A, 1), conn(INST_B, 1)
+    assert p_join(r, INST_A, t, [a1]) == 1
+    assert p_join(r, INST_B, t, [b1]) == 2
+    assert p_refresh_lost(r, INST_A, t) == [2, 0]
+    kill(r, INST_A, t)
+    assert p_refresh_lost(r, INST_B, t) == [1, 0]  # B sweeps A's member
+    assert p_refresh_lost(r, INST_A, t) == [1, 1]  # A is back in pz:T, its member is not
+    assert hash_of(r, t) == {b1: member(b1)}
+    assert p_refresh_lost(r, INST_A, t) == [1, 0]
+
+
+@pytest.mark.parametrize("by", ["refresh", "read"])
+def test_presence_dead_instance_swept(r, redis_port, by):
+    t = b"room.dead"
+    a = [conn(INST_A, i) for i in (1, 2, 3)]
+    c = [conn(INST_C, i) for i in (1, 2)]
+    b1 = conn(INST_B, 1)
+    assert p_join(r, INST_A, t, a) == 3
+    assert p_join(r, INST_B, t, [b1]) == 4
+    assert p_join(r, INST_C, t, c) == 6
+    kill(r, INST_A, t)
+    kill(r, INST_C, t)
+    sub = Subscriber(redis_port, channel(t))
+    try:
+        if by == "refresh":
+            assert p_refresh(r, INST_B, t) == 1
+        else:
+            assert p_read(r, t, 10) == [1, member(b1)]
+        got = events(sub.fence(r, channel(t)))
+        # One leave for each of the dead instances' members, counts going down.
+        assert sorted(g[3] for g in got) == sorted(a + c)
+        assert [g[2] for g in got] == [5, 4, 3, 2, 1]
+        assert all(g[:2] == (t, LEAVE) and g[4] == member(g[3]) for g in got)
+        assert r.cmd("ZRANGE", zkey(t), 0, -1) == [INST_B]
+        assert hash_of(r, t) == {b1: member(b1)}
+        # Nothing more the next time.
+        assert p_refresh(r, INST_B, t) == 1
+        assert p_read(r, t, 10) == [1, member(b1)]
+        assert sub.fence(r, channel(t)) == []
+    finally:
+        sub.close()
+
+
+def test_presence_read_caps(r, redis_port):
+    t = b"room.read"
+    conns = [conn(INST_A, i) for i in range(1, 26)]
+    assert p_join(r, INST_A, t, conns) == 25
+    every = sorted(member(c) for c in conns)
+    sub = Subscriber(redis_port, channel(t))
+    try:
+        for cap in (25, 26, 1000):
+            got = p_read(r, t, cap)
+            assert got[0] == 25 and sorted(got[1:]) == every
+        for cap in (1, 10, 24):
+            got = p_read(r, t, cap)
+            assert got[0] == 25  # the exact count
+            assert len(got) == 1 + cap and len(set(got[1:])) == cap  # cap distinct members
+            assert set(got[1:]) <= set(every)
+        assert p_read(r, t, 0) == [25]
+        assert p_read(r, b"room.empty", 10) == [0]
+        assert sub.fence(r, channel(t)) == []  # a read of live members announces nothing
+        assert hash_of(r, t) == {c: member(c) for c in conns}
+    finally:
+        sub.close()
+
+
+def test_presence_takeover(r, redis_port):
+    t1, t2, t3 = b"room.t1", b"room.t2", b"room.t3"
+    node = b"node-1"
+    # The first start: nothing to take over.
+    assert p_takeover(r, node, INST_A) == 0
+    assert r.cmd("GET", nkey(node)) == INST_A
+    assert 2 * EXPIRY - 2000 < r.cmd("PTTL", nkey(node)) <= 2 * EXPIRY
+    a1, a2, a3, b1 = conn(INST_A, 1), conn(INST_A, 2), conn(INST_A, 3), conn(INST_B, 1)
+    assert p_join(r, INST_A, t1, [a1, a2]) == 2
+    assert p_join(r, INST_B, t1, [b1]) == 3
+    assert p_join(r, INST_A, t2, [a3]) == 1
+    assert p_join(r, INST_A, t3, [conn(INST_A, 4)]) == 1
+    assert p_leave(r, INST_A, t3, [conn(INST_A, 4)], last=False) == 0  # pi still names t3
+    assert sorted(r.cmd("SMEMBERS", ikey(INST_A))) == [t1, t2, t3]
+    # The same instance again (a reconnect): nothing.
+    assert p_takeover(r, node, INST_A) == 0
+    assert len(hash_of(r, t1)) == 3
+    sub = Subscriber(redis_port, channel(t1), channel(t2), channel(t3))
+    try:
+        # A restart with the same node id: C takes A's place at once.
+        assert p_takeover(r, node, INST_C) == 3
+        got = []
+        while len(got) < 3:
+            got.append(sub.next())
+        got = events(got)
+        # Each of A's members leaves once, on its topic's channel, with its member JSON.
+        assert sorted((g[0], g[1], g[3], g[4]) for g in got) == [
+            (t1, LEAVE, a1, member(a1)), (t1, LEAVE, a2, member(a2)),
+            (t2, LEAVE, a3, member(a3))]
+        assert [g[2] for g in got if g[0] == t2] == [0]
+        assert [g[2] for g in got if g[0] == t1] == [2, 1]  # HLEN after each
+        for ch in (channel(t1), channel(t2), channel(t3)):
+            assert sub.fence(r, ch) == []
+        assert hash_of(r, t1) == {b1: member(b1)}
+        assert r.cmd("EXISTS", pkey(t2)) == 0
+        for t in (t1, t2, t3):
+            assert r.cmd("ZSCORE", zkey(t), INST_A) is None
+        assert r.cmd("ZSCORE", zkey(t1), INST_B) is not None
+        assert r.cmd("EXISTS", ikey(INST_A)) == 0
+        assert r.cmd("SMEMBERS", ikey(INST_B)) == [t1]
+        assert r.cmd("GET", nkey(node)) == INST_C
+        assert 2 * EXPIRY - 2000 < r.cmd("PTTL", nkey(node)) <= 2 * EXPIRY
+        # Another node id is another key.
+        assert p_takeover(r, b"node-2", INST_B) == 0
+        assert r.cmd("GET", nkey(node)) == INST_C
+    finally:
+        sub.close()
+
+
+def test_presence_takeover_uses_the_prefix_given(r, redis_port):
+    other = b"other:"
+    t = b"room.px"
+    a1 = conn(INST_A, 1)
+    # A's member under another prefix, and a lookalike under the default one.
+    assert r.cmd("EVAL", P_SCRIPT["JOIN"], 3, other + b"p:" + t, other + b"pz:" + t,
+                 other + b"pi:" + INST_A, INST_A, EXPIRY, t, other + t, a1, member(a1)) == 1
+    assert p_join(r, INST_A, t, [a1]) == 1
+    assert p_takeover(r, b"n", INST_A, prefix=other) == 0
+    sub = Subscriber(redis_port, other + t, channel(t))
+    try:
+        assert p_takeover(r, b"n", INST_B, prefix=other) == 1
+        assert events([sub.next()]) == [ev(t, LEAVE, 0, a1, member(a1))]
+        assert sub.fence(r, other + t) == [] and sub.fence(r, channel(t)) == []
+        assert r.cmd("EXISTS", other + b"p:" + t, other + b"pi:" + INST_A) == 0
+        assert r.cmd("GET", other + b"pn:n") == INST_B
+        assert hash_of(r, t) == {a1: member(a1)}  # the default prefix's keys untouched
+    finally:
+        sub.close()
+
+
+# Instances whose conns look like another's: "ab" must take "ab-1" and "ab-22" only, never
+# "abc-1", "ab" itself, "xab-1" or "ab_1"; and pattern characters are plain bytes (a Lua
+# pattern "a.b-" would match "axb-1", "a%" would be malformed).
+LOOKALIKE_DEAD = [b"ab", b"a.b", b"a%", b"[a]"]
+LOOKALIKE_OWN = {b"ab": [b"ab-1", b"ab-22"], b"a.b": [b"a.b-1"], b"a%": [b"a%-1"],
+                 b"[a]": [b"[a]-1"]}
+LOOKALIKE_OTHERS = [b"abc-1", b"ab", b"xab-1", b"ab_1", b"a-1", b"axb-1", b"a%%-1", b"a-b-1",
+                    b"abc", b"[a]x-1", b"a"]
+
+
+def _lookalikes(r, t):
+    for inst in LOOKALIKE_DEAD:
+        assert p_join(r, inst, t, LOOKALIKE_OWN[inst]) > 0
+    assert p_join(r, b"abc", t, LOOKALIKE_OTHERS) == 5 + len(LOOKALIKE_OTHERS)
+    return {c: member(c) for c in LOOKALIKE_OTHERS}
+
+
+@pytest.mark.parametrize("by", ["refresh", "read", "sync", "takeover"])
+def test_presence_prefix_lookalikes_untouched(r, redis_port, by):
+    t = b"room.look"
+    others = _lookalikes(r, t)
+    sub = Subscriber(redis_port, channel(t))
+    try:
+        for inst in LOOKALIKE_DEAD:
+            if by == "sync":
+                assert p_sync(r, inst, t, []) >= len(others)
+            elif by == "takeover":
+                assert p_takeover(r, b"node-" + inst, inst) == 0
+                assert p_takeover(r, b"node-" + inst, b"new") == len(LOOKALIKE_OWN[inst])
+            else:
+                kill(r, inst, t)
+                if by == "refresh":
+                    p_refresh(r, b"abc", t)
+                else:
+                    p_read(r, t, 1000)
+            got = events(sub.fence(r, channel(t)))
+            assert sorted(g[3] for g in got) == sorted(LOOKALIKE_OWN[inst])
+            assert all(g[1] == LEAVE for g in got)
+        assert hash_of(r, t) == others
+        assert r.cmd("ZRANGE", zkey(t), 0, -1) == [b"abc"]
+    finally:
+        sub.close()
+
+
+def test_presence_really_expires(r, redis_port):
+    """No ZADD by hand: a short expiry simply passes (REFRESH and READ both sweep)."""
+    t = b"room.expire"
+    a1, b1 = conn(INST_A, 1), conn(INST_B, 1)
+    assert p_join(r, INST_A, t, [a1], expiry=100) == 1
+    assert p_join(r, INST_B, t, [b1]) == 2
+    sub = Subscriber(redis_port, channel(t))
+    try:
+        assert p_read(r, t, 10)[0] == 2
+        time.sleep(0.25)
+        assert p_read(r, t, 10) == [1, member(b1)]
+        assert events(sub.fence(r, channel(t))) == [ev(t, LEAVE, 1, a1, member(a1))]
+        # And the keys of a topic nobody refreshes go away after 2 x expiry.
+        t2 = b"room.gone"
+        assert p_join(r, INST_A, t2, [a1], expiry=100) == 1
+        time.sleep(0.35)
+        assert r.cmd("EXISTS", pkey(t2), zkey(t2), ikey(INST_A)) == 0
+    finally:
+        sub.close()

@@ -3,7 +3,9 @@
  * and decoding of hostile input (it comes from Redis): every truncation,
  * wrong types and versions, lengths past the end, invalid topics and data,
  * trailing bytes, and random mutations that must never crash or pass an
- * invalid field.
+ * invalid field. The same for presence envelopes (cluster_presence_decode,
+ * on Redis's own bytes too), the kind of a payload (cluster_envelope_kind),
+ * and the Redis key names of history and presence.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -771,6 +773,504 @@ static void test_random_mutations_tails(void **state)
     assert_true(accepted[0] > 0 && accepted[1] > 0 && accepted[2] > 0);
 }
 
+/* --- presence envelopes ------------------------------------------------------ */
+
+/* What Redis 7.0's cmsgpack.pack writes for the presence scripts (captured from
+ * tests/integration/test_redis_scripts.py): a join at count 1, a leave at count 200 (uint8). */
+static const char redis_join[] = "\x96\x02\xab"
+                                 "chat.room-1\x00\x01\xb2"
+                                 "00000000000000aa-1\xd9\x39{\"conn\":\"00000000000000aa-1\","
+                                 "\"user\":\"ann\",\"info\":{\"n\":1}}";
+static const char redis_leave[] = "\x96\x02\xab"
+                                  "chat.room-1\x01\xcc\xc8\xb2"
+                                  "00000000000000aa-1\xd9\x39{\"conn\":\"00000000000000aa-1\","
+                                  "\"user\":\"ann\",\"info\":{\"n\":1}}";
+
+static uint8_t *pput_uint(uint8_t *p, uint64_t v)
+{
+    if (v < 128) {
+        *p++ = (uint8_t)v;
+        return p;
+    }
+    int w = v <= 0xff ? 1 : v <= 0xffff ? 2 : v <= 0xffffffffULL ? 4 : 8;
+    *p++ = w == 1 ? 0xcc : w == 2 ? 0xcd : w == 4 ? 0xce : 0xcf;
+    for (int i = w - 1; i >= 0; i--)
+        *p++ = (uint8_t)(v >> (8 * i));
+    return p;
+}
+
+static uint8_t *pput_str(uint8_t *p, const void *s, size_t n)
+{
+    if (n < 32) {
+        *p++ = (uint8_t)(0xa0 | n);
+    } else if (n <= 0xff) {
+        *p++ = 0xd9;
+        *p++ = (uint8_t)n;
+    } else if (n <= 0xffff) {
+        *p++ = 0xda;
+        *p++ = (uint8_t)(n >> 8);
+        *p++ = (uint8_t)n;
+    } else {
+        *p++ = 0xdb;
+        for (int i = 3; i >= 0; i--)
+            *p++ = (uint8_t)(n >> (8 * i));
+    }
+    memcpy(p, s, n);
+    return p + n;
+}
+
+/* [version, topic, kind, count, conn, member] in the smallest forms, as cmsgpack writes it. */
+static size_t pres_encode(uint8_t *out, uint64_t version, const char *topic, size_t tlen,
+                          uint64_t kind, uint64_t count, const char *conn, size_t clen,
+                          const char *member, size_t mlen)
+{
+    uint8_t *p = out;
+    *p++ = 0x96;
+    p = pput_uint(p, version);
+    p = pput_str(p, topic, tlen);
+    p = pput_uint(p, kind);
+    p = pput_uint(p, count);
+    p = pput_str(p, conn, clen);
+    p = pput_str(p, member, mlen);
+    return (size_t)(p - out);
+}
+
+#define PRES(buf, topic, kind, count, conn, member)                                                \
+    pres_encode(buf, 2, topic, strlen(topic), kind, count, conn, strlen(conn), member,             \
+                strlen(member))
+
+static const char M1[] = "{\"conn\":\"00000000000000aa-7\",\"user\":\"ann\"}";
+
+static void assert_pres(const cluster_presence_t *e, const char *topic,
+                        cluster_presence_kind_t kind, uint64_t count, const char *conn,
+                        const char *member, size_t mlen)
+{
+    assert_int_equal(e->topic_len, strlen(topic));
+    assert_memory_equal(e->topic, topic, e->topic_len);
+    assert_int_equal(e->kind, kind);
+    assert_int_equal(e->count, count);
+    assert_int_equal(e->conn_len, strlen(conn));
+    assert_memory_equal(e->conn, conn, e->conn_len);
+    assert_int_equal(e->member_len, mlen);
+    assert_memory_equal(e->member, member, mlen);
+}
+
+static void test_presence_decode_valid(void **state)
+{
+    cluster_presence_t e;
+    static const char member[] =
+        "{\"conn\":\"00000000000000aa-1\",\"user\":\"ann\",\"info\":{\"n\":1}}";
+    (void)state;
+    /* Redis's own bytes. */
+    assert_true(cluster_presence_decode((const uint8_t *)redis_join, sizeof(redis_join) - 1, &e));
+    assert_pres(&e, "chat.room-1", CLUSTER_PRESENCE_JOIN, 1, "00000000000000aa-1", member,
+                sizeof(member) - 1);
+    assert_ptr_equal(e.topic, redis_join + 3);
+    assert_true(cluster_presence_decode((const uint8_t *)redis_leave, sizeof(redis_leave) - 1, &e));
+    assert_pres(&e, "chat.room-1", CLUSTER_PRESENCE_LEAVE, 200, "00000000000000aa-1", member,
+                sizeof(member) - 1);
+
+    /* Every uint width of count. */
+    uint8_t buf[512];
+    static const uint64_t counts[] = {
+        0, 1, 127, 128, 255, 256, 65535, 65536, UINT32_MAX, (uint64_t)UINT32_MAX + 1, UINT64_MAX};
+    for (size_t i = 0; i < sizeof(counts) / sizeof(counts[0]); i++) {
+        size_t n = PRES(buf, "a.b", i % 2, counts[i], "00000000000000aa-7", M1);
+        assert_true(cluster_presence_decode(buf, n, &e));
+        assert_pres(&e, "a.b", (cluster_presence_kind_t)(i % 2), counts[i], "00000000000000aa-7",
+                    M1, sizeof(M1) - 1);
+    }
+    /* The smallest member, surrounding bytes of the JSON exact. */
+    size_t n = PRES(buf, "t", 0, 0, "c", "{}");
+    assert_true(cluster_presence_decode(buf, n, &e));
+    assert_pres(&e, "t", CLUSTER_PRESENCE_JOIN, 0, "c", "{}", 2);
+    /* Whitespace inside the object is JSON. */
+    n = PRES(buf, "t", 0, 0, "c", "{ \"a\" : [ 1 , 2 ] }");
+    assert_true(cluster_presence_decode(buf, n, &e));
+    /* Non-canonical widths are accepted: version uint8, kind uint16, count uint64, topic
+     * str8, conn str16, member str32. */
+    static const char wide[] = "\x96\xcc\x02\xd9\x01t\xcd\x00\x01\xcf\x00\x00\x00\x00\x00\x00\x00"
+                               "\x05\xda\x00\x01"
+                               "c\xdb\x00\x00\x00\x02{}";
+    assert_true(cluster_presence_decode((const uint8_t *)wide, sizeof(wide) - 1, &e));
+    assert_pres(&e, "t", CLUSTER_PRESENCE_LEAVE, 5, "c", "{}", 2);
+}
+
+static void test_presence_decode_bounds(void **state)
+{
+    cluster_presence_t e;
+    (void)state;
+    size_t cap = CLUSTER_MEMBER_MAX + 1024;
+    uint8_t *buf = malloc(cap);
+    char *member = malloc(CLUSTER_MEMBER_MAX + 2);
+    char conn[CLUSTER_CONN_MAX + 2], topic[GALE_TOPIC_MAX + 2];
+    assert_non_null(buf);
+    assert_non_null(member);
+
+    /* conn: 1 and CLUSTER_CONN_MAX bytes, every printable byte but the space; one more: no. */
+    memset(conn, 'c', sizeof(conn));
+    size_t n = pres_encode(buf, 2, "t", 1, 0, 1, conn, CLUSTER_CONN_MAX, "{}", 2);
+    assert_true(cluster_presence_decode(buf, n, &e));
+    assert_int_equal(e.conn_len, CLUSTER_CONN_MAX);
+    n = pres_encode(buf, 2, "t", 1, 0, 1, conn, CLUSTER_CONN_MAX + 1, "{}", 2);
+    assert_false(cluster_presence_decode(buf, n, &e));
+    for (int c = 0x21; c < 0x7f; c++) {
+        conn[0] = (char)c;
+        n = pres_encode(buf, 2, "t", 1, 0, 1, conn, 1, "{}", 2);
+        assert_true(cluster_presence_decode(buf, n, &e));
+    }
+    /* topic: GALE_TOPIC_MAX bytes, not one more. */
+    memset(topic, 't', sizeof(topic));
+    n = pres_encode(buf, 2, topic, GALE_TOPIC_MAX, 0, 1, "c", 1, "{}", 2);
+    assert_true(cluster_presence_decode(buf, n, &e));
+    assert_int_equal(e.topic_len, GALE_TOPIC_MAX);
+    n = pres_encode(buf, 2, topic, GALE_TOPIC_MAX + 1, 0, 1, "c", 1, "{}", 2);
+    assert_false(cluster_presence_decode(buf, n, &e));
+
+    /* member: exactly CLUSTER_MEMBER_MAX bytes of JSON (str32), not one more. */
+    for (size_t len = CLUSTER_MEMBER_MAX - 1; len <= CLUSTER_MEMBER_MAX + 1; len++) {
+        memcpy(member, "{\"a\":\"", 6);
+        memset(member + 6, 'x', len - 8);
+        memcpy(member + len - 2, "\"}", 2);
+        n = pres_encode(buf, 2, "t", 1, 0, 1, "c", 1, member, len);
+        assert_int_equal(buf[1 + 1 + 2 + 1 + 1 + 2], 0xdb);
+        assert_int_equal(cluster_presence_decode(buf, n, &e), len <= CLUSTER_MEMBER_MAX);
+        if (len <= CLUSTER_MEMBER_MAX)
+            assert_int_equal(e.member_len, len);
+    }
+    /* Nesting: CLUSTER_MEMBER_DEPTH levels, not one more. */
+    for (unsigned depth = CLUSTER_MEMBER_DEPTH; depth <= CLUSTER_MEMBER_DEPTH + 1; depth++) {
+        size_t len = 0;
+        member[len++] = '{';
+        for (unsigned i = 1; i < depth; i++) {
+            memcpy(member + len, "\"a\":{", 5);
+            len += 5;
+        }
+        memset(member + len, '}', depth);
+        len += depth;
+        n = pres_encode(buf, 2, "t", 1, 0, 1, "c", 1, member, len);
+        assert_int_equal(cluster_presence_decode(buf, n, &e), depth <= CLUSTER_MEMBER_DEPTH);
+    }
+    free(member);
+    free(buf);
+}
+
+/* Decodes hand-made bytes; on failure checks that e was zeroed. */
+static bool pdec(const char *bytes, size_t n)
+{
+    cluster_presence_t e;
+    memset(&e, 0xab, sizeof(e));
+    bool ok = cluster_presence_decode((const uint8_t *)bytes, n, &e);
+    if (!ok) {
+        cluster_presence_t zero;
+        memset(&zero, 0, sizeof(zero));
+        assert_memory_equal(&e, &zero, sizeof(e));
+    }
+    return ok;
+}
+
+#define PDEC(lit) pdec(lit, sizeof(lit) - 1)
+
+static void test_presence_decode_malformed(void **state)
+{
+    uint8_t buf[512];
+    cluster_presence_t e;
+    (void)state;
+    /* The reference, then one thing broken at a time. */
+    assert_true(PDEC("\x96\x02\xa1t\x00\x01\xa1"
+                     "c\xa2{}"));
+    /* Wrong element count; array16 and array32 of 6; a map. */
+    assert_false(PDEC("\x95\x02\xa1t\x00\x01\xa1"
+                      "c"));
+    assert_false(PDEC("\x97\x02\xa1t\x00\x01\xa1"
+                      "c\xa2{}\xc0"));
+    assert_false(PDEC("\x97\x02\xa1t\x00\x01\xa1"
+                      "c\xa2{}"));
+    assert_false(PDEC("\xdc\x00\x06\x02\xa1t\x00\x01\xa1"
+                      "c\xa2{}"));
+    assert_false(PDEC("\xdd\x00\x00\x00\x06\x02\xa1t\x00\x01\xa1"
+                      "c\xa2{}"));
+    assert_false(PDEC("\x86\x02\xa1t\x00\x01\xa1"
+                      "c\xa2{}"));
+    /* Wrong version: 1 (a message's), 0, 3, int8 2, str. */
+    assert_false(PDEC("\x96\x01\xa1t\x00\x01\xa1"
+                      "c\xa2{}"));
+    assert_false(PDEC("\x96\x00\xa1t\x00\x01\xa1"
+                      "c\xa2{}"));
+    assert_false(PDEC("\x96\x03\xa1t\x00\x01\xa1"
+                      "c\xa2{}"));
+    assert_false(PDEC("\x96\xd0\x02\xa1t\x00\x01\xa1"
+                      "c\xa2{}"));
+    assert_false(PDEC("\x96\xa1"
+                      "2\xa1t\x00\x01\xa1"
+                      "c\xa2{}"));
+    /* Bad topic: a pattern, empty, an empty segment, bad UTF-8, a NUL, bin, too long a str. */
+    assert_false(PDEC("\x96\x02\xa3"
+                      "a.*\x00\x01\xa1"
+                      "c\xa2{}"));
+    assert_false(PDEC("\x96\x02\xa1>\x00\x01\xa1"
+                      "c\xa2{}"));
+    assert_false(PDEC("\x96\x02\xa0\x00\x01\xa1"
+                      "c\xa2{}"));
+    assert_false(PDEC("\x96\x02\xa3"
+                      "a..\x00\x01\xa1"
+                      "c\xa2{}"));
+    assert_false(PDEC("\x96\x02\xa2\xc3\x28\x00\x01\xa1"
+                      "c\xa2{}"));
+    assert_false(PDEC("\x96\x02\xa1\x00\x00\x01\xa1"
+                      "c\xa2{}"));
+    assert_false(PDEC("\x96\x02\xc4\x01t\x00\x01\xa1"
+                      "c\xa2{}"));
+    assert_false(PDEC("\x96\x02\xdb\xff\xff\xff\xfft\x00\x01\xa1"
+                      "c\xa2{}"));
+    /* kind 2, 255, negative, true, nil. */
+    assert_false(PDEC("\x96\x02\xa1t\x02\x01\xa1"
+                      "c\xa2{}"));
+    assert_false(PDEC("\x96\x02\xa1t\xcc\xff\x01\xa1"
+                      "c\xa2{}"));
+    assert_false(PDEC("\x96\x02\xa1t\xff\x01\xa1"
+                      "c\xa2{}"));
+    assert_false(PDEC("\x96\x02\xa1t\xc3\x01\xa1"
+                      "c\xa2{}"));
+    assert_false(PDEC("\x96\x02\xa1t\xc0\x01\xa1"
+                      "c\xa2{}"));
+    /* count negative, int64, float, nil, cut. */
+    assert_false(PDEC("\x96\x02\xa1t\x00\xff\xa1"
+                      "c\xa2{}"));
+    assert_false(PDEC("\x96\x02\xa1t\x00\xd3\x00\x00\x00\x00\x00\x00\x00\x01\xa1"
+                      "c\xa2{}"));
+    assert_false(PDEC("\x96\x02\xa1t\x00\xcb\x3f\xf0\x00\x00\x00\x00\x00\x00\xa1"
+                      "c\xa2{}"));
+    assert_false(PDEC("\x96\x02\xa1t\x00\xc0\xa1"
+                      "c\xa2{}"));
+    assert_false(PDEC("\x96\x02\xa1t\x00\xcf\x00\x00"));
+    /* conn empty, too long, with a space, DEL, a control byte, a NUL, non-ASCII, bin, int. */
+    assert_false(PDEC("\x96\x02\xa1t\x00\x01\xa0\xa2{}"));
+    size_t n = pres_encode(buf, 2, "t", 1, 0, 1,
+                           "0123456789012345678901234567890123456789012345678901234567890123456789"
+                           "012345678901234567890123456",
+                           CLUSTER_CONN_MAX + 1, "{}", 2);
+    assert_false(cluster_presence_decode(buf, n, &e));
+    assert_false(PDEC("\x96\x02\xa1t\x00\x01\xa3"
+                      "a b\xa2{}"));
+    assert_false(PDEC("\x96\x02\xa1t\x00\x01\xa1\x7f\xa2{}"));
+    assert_false(PDEC("\x96\x02\xa1t\x00\x01\xa2"
+                      "a\x0a\xa2{}"));
+    assert_false(PDEC("\x96\x02\xa1t\x00\x01\xa2"
+                      "a\x00\xa2{}"));
+    assert_false(PDEC("\x96\x02\xa1t\x00\x01\xa2\xc3\xa9\xa2{}"));
+    assert_false(PDEC("\x96\x02\xa1t\x00\x01\xc4\x01"
+                      "c\xa2{}"));
+    assert_false(PDEC("\x96\x02\xa1t\x00\x01\x07\xa2{}"));
+    /* member: not JSON, not an object, surrounding whitespace, two values, bad UTF-8,
+     * bin, nil, empty. */
+    assert_false(PDEC("\x96\x02\xa1t\x00\x01\xa1"
+                      "c\xa1{"));
+    assert_false(PDEC("\x96\x02\xa1t\x00\x01\xa1"
+                      "c\xa6{\"a\":}"));
+    assert_false(PDEC("\x96\x02\xa1t\x00\x01\xa1"
+                      "c\xa3{a}"));
+    assert_false(PDEC("\x96\x02\xa1t\x00\x01\xa1"
+                      "c\xa7{\"a\":1,}"));
+    assert_false(PDEC("\x96\x02\xa1t\x00\x01\xa1"
+                      "c\xa3[1]"));
+    assert_false(PDEC("\x96\x02\xa1t\x00\x01\xa1"
+                      "c\xa3\"s\""));
+    assert_false(PDEC("\x96\x02\xa1t\x00\x01\xa1"
+                      "c\xa2"
+                      "12"));
+    assert_false(PDEC("\x96\x02\xa1t\x00\x01\xa1"
+                      "c\xa4null"));
+    assert_false(PDEC("\x96\x02\xa1t\x00\x01\xa1"
+                      "c\xa3 {}"));
+    assert_false(PDEC("\x96\x02\xa1t\x00\x01\xa1"
+                      "c\xa3{} "));
+    assert_false(PDEC("\x96\x02\xa1t\x00\x01\xa1"
+                      "c\xa3{}\n"));
+    assert_false(PDEC("\x96\x02\xa1t\x00\x01\xa1"
+                      "c\xa4{}{}"));
+    assert_false(PDEC("\x96\x02\xa1t\x00\x01\xa1"
+                      "c\xa9{\"a\":\"\xc3\x28\"}"));
+    assert_false(PDEC("\x96\x02\xa1t\x00\x01\xa1"
+                      "c\xa8{\"a\":\"\x01\"}")); /* a raw control character in a string */
+    assert_false(PDEC("\x96\x02\xa1t\x00\x01\xa1"
+                      "c\xa9{\"a\":NaN}"));
+    assert_false(PDEC("\x96\x02\xa1t\x00\x01\xa1"
+                      "c\xa8{\"a\":01}"));
+    assert_false(PDEC("\x96\x02\xa1t\x00\x01\xa1"
+                      "c\xc4\x02{}"));
+    assert_false(PDEC("\x96\x02\xa1t\x00\x01\xa1"
+                      "c\xc0"));
+    assert_false(PDEC("\x96\x02\xa1t\x00\x01\xa1"
+                      "c\xa0"));
+    assert_false(PDEC("\x96\x02\xa1t\x00\x01\xa1"
+                      "c\x81\xa1"
+                      "a\x01")); /* a map, not a str */
+    /* Past the end: member's length, a 4 GiB member. */
+    assert_false(PDEC("\x96\x02\xa1t\x00\x01\xa1"
+                      "c\xa3{}"));
+    assert_false(PDEC("\x96\x02\xa1t\x00\x01\xa1"
+                      "c\xdb\xff\xff\xff\xff{}"));
+    /* Trailing bytes. */
+    assert_false(PDEC("\x96\x02\xa1t\x00\x01\xa1"
+                      "c\xa2{}\xc0"));
+    assert_false(PDEC("\x96\x02\xa1t\x00\x01\xa1"
+                      "c\xa2{}\x96"));
+    /* Two envelopes back to back. */
+    char two[2 * sizeof(redis_join)];
+    memcpy(two, redis_join, sizeof(redis_join) - 1);
+    memcpy(two + sizeof(redis_join) - 1, redis_join, sizeof(redis_join) - 1);
+    assert_false(pdec(two, 2 * (sizeof(redis_join) - 1)));
+    /* Nothing. */
+    assert_false(cluster_presence_decode(NULL, 0, &e));
+    assert_false(PDEC(""));
+}
+
+static void test_presence_every_truncation_fails(void **state)
+{
+    uint8_t buf[256];
+    (void)state;
+    const char *envs[] = {redis_join, redis_leave};
+    size_t lens[] = {sizeof(redis_join) - 1, sizeof(redis_leave) - 1};
+    for (int k = 0; k < 2; k++) {
+        memcpy(buf, envs[k], lens[k]);
+        assert_true(pdec((const char *)buf, lens[k]));
+        for (size_t n = 0; n < lens[k]; n++)
+            assert_false(pdec((const char *)buf, n));
+        for (int c = 0; c < 256; c++) { /* any byte after it */
+            buf[lens[k]] = (uint8_t)c;
+            assert_false(pdec((const char *)buf, lens[k] + 1));
+        }
+    }
+}
+
+static void test_envelope_kind(void **state)
+{
+    uint8_t buf[256];
+    cluster_envelope_t m;
+    cluster_presence_t p;
+    const char *why;
+    (void)state;
+    /* Messages of every tail. */
+    for (uint8_t tail = 0; tail <= 9; tail = tail == 0 ? 8 : (uint8_t)(tail + 1)) {
+        cluster_envelope_t in = sample(tail);
+        size_t n = tail == 9 ? with_position(buf, sizeof(buf), "ep", 2, false, 1, false)
+                             : cluster_envelope_encode(buf, sizeof(buf), &in);
+        assert_true(cluster_envelope_decode(buf, n, 1024, &m, &why));
+        assert_int_equal(cluster_envelope_kind(buf, n), CLUSTER_ENV_MESSAGE);
+        assert_int_equal(cluster_envelope_kind(buf, 1), CLUSTER_ENV_MESSAGE); /* header alone */
+        assert_false(cluster_presence_decode(buf, n, &p));
+    }
+    /* Presence. */
+    const uint8_t *j = (const uint8_t *)redis_join;
+    assert_int_equal(cluster_envelope_kind(j, sizeof(redis_join) - 1), CLUSTER_ENV_PRESENCE);
+    assert_false(cluster_envelope_decode(j, sizeof(redis_join) - 1, 1024, &m, &why));
+    /* Anything else, by its first byte. */
+    for (int c = 0; c < 256; c++) {
+        buf[0] = (uint8_t)c;
+        cluster_env_kind_t want = c >= 0x97 && c <= 0x99 ? CLUSTER_ENV_MESSAGE
+                                  : c == 0x96            ? CLUSTER_ENV_PRESENCE
+                                                         : CLUSTER_ENV_UNKNOWN;
+        assert_int_equal(cluster_envelope_kind(buf, 1), want);
+    }
+    assert_int_equal(cluster_envelope_kind(NULL, 0), CLUSTER_ENV_UNKNOWN);
+    assert_int_equal(cluster_envelope_kind(buf, 0), CLUSTER_ENV_UNKNOWN);
+}
+
+static void test_presence_random_mutations(void **state)
+{
+    uint8_t good[256], buf[256];
+    cluster_presence_t e;
+    (void)state;
+    size_t n = PRES(good, "a.b.c", 1, 300, "00000000000000aa-42",
+                    "{\"conn\":\"x\",\"info\":{\"k\":[1,true,null,\"s\"]}}");
+    int accepted = 0;
+    for (int i = 0; i < 300000; i++) {
+        memcpy(buf, good, n);
+        int flips = 1 + (int)(next() % 3);
+        for (int k = 0; k < flips; k++)
+            buf[next() % n] = (uint8_t)next();
+        size_t len = next() % 8 == 0 ? next() % (n + 1) : n;
+        if (!cluster_presence_decode(buf, len, &e))
+            continue;
+        accepted++;
+        /* Whatever passes is within bounds, in order, valid, and ends the input. */
+        assert_int_equal(cluster_envelope_kind(buf, len), CLUSTER_ENV_PRESENCE);
+        assert_true(e.topic > (const char *)buf && e.topic + e.topic_len <= e.conn);
+        assert_true(e.conn + e.conn_len <= (const char *)e.member);
+        assert_ptr_equal(e.member + e.member_len, buf + len);
+        assert_true(gale_topic_valid(e.topic, e.topic_len));
+        assert_true(e.kind == CLUSTER_PRESENCE_JOIN || e.kind == CLUSTER_PRESENCE_LEAVE);
+        assert_true(e.conn_len >= 1 && e.conn_len <= CLUSTER_CONN_MAX);
+        for (size_t k = 0; k < e.conn_len; k++)
+            assert_true(e.conn[k] > ' ' && e.conn[k] < 0x7f);
+        assert_true(e.member_len >= 2 && e.member[0] == '{' && e.member[e.member_len - 1] == '}');
+        assert_true(gale_json_valid(e.member, e.member_len, CLUSTER_MEMBER_DEPTH));
+    }
+    assert_true(accepted > 0);
+}
+
+static void test_presence_key(void **state)
+{
+    char out[CLUSTER_PRESENCE_KEY_MAX];
+    (void)state;
+    assert_int_equal(cluster_presence_key(out, sizeof(out), "gale:", 5, 'p', "a.b", 3), 10);
+    assert_string_equal(out, "gale:p:a.b");
+    assert_int_equal(cluster_presence_key(out, sizeof(out), "gale:", 5, 'z', "a.b", 3), 11);
+    assert_string_equal(out, "gale:pz:a.b");
+    assert_int_equal(
+        cluster_presence_key(out, sizeof(out), "gale:", 5, 'i', "00000000000000aa", 16), 24);
+    assert_string_equal(out, "gale:pi:00000000000000aa");
+    assert_int_equal(cluster_presence_key(out, sizeof(out), "gale:", 5, 'n', "node-1", 6), 14);
+    assert_string_equal(out, "gale:pn:node-1");
+    assert_int_equal(cluster_presence_key(out, sizeof(out), "", 0, 'z', "t", 1), 4);
+    assert_string_equal(out, "pz:t");
+    /* Other kinds: nothing written. */
+    static const char others[] = {'h', 's', 'm', 'P', 'Z', '\0', 'x'};
+    for (size_t i = 0; i < sizeof(others); i++) {
+        memset(out, '#', 8);
+        assert_int_equal(cluster_presence_key(out, sizeof(out), "g:", 2, others[i], "t", 1), 0);
+        assert_int_equal(out[0], '#');
+    }
+    /* cap: the key and its NUL; one byte less gives 0 and writes nothing. */
+    char small[16];
+    memset(small, '#', sizeof(small));
+    assert_int_equal(cluster_presence_key(small, 11, "gale:", 5, 'z', "a.b", 3), 0);
+    for (size_t i = 0; i < sizeof(small); i++)
+        assert_int_equal(small[i], '#');
+    assert_int_equal(cluster_presence_key(small, 12, "gale:", 5, 'z', "a.b", 3), 11);
+    assert_string_equal(small, "gale:pz:a.b");
+    assert_int_equal(cluster_presence_key(small, 0, "", 0, 'p', "t", 1), 0);
+    /* The longest (prefix and topic at their maxima, "pz:") fits exactly. */
+    char prefix[CLUSTER_PREFIX_MAX], topic[GALE_TOPIC_MAX];
+    memset(prefix, 'p', sizeof(prefix));
+    memset(topic, 't', sizeof(topic));
+    size_t n =
+        cluster_presence_key(out, sizeof(out), prefix, sizeof(prefix), 'z', topic, sizeof(topic));
+    assert_int_equal(n, CLUSTER_PRESENCE_KEY_MAX - 1);
+    assert_int_equal(out[n], '\0');
+    assert_memory_equal(out + CLUSTER_PREFIX_MAX, "pz:", 3);
+    assert_int_equal(cluster_presence_key(out, sizeof(out) - 1, prefix, sizeof(prefix), 'z', topic,
+                                          sizeof(topic)),
+                     0);
+}
+
+/* The scripts are what the broker loads with SCRIPT LOAD, each its own text naming its
+ * keys; their behaviour is tested on a real redis-server (test_redis_scripts.py). */
+static void test_presence_scripts(void **state)
+{
+    const char *scripts[] = {CLUSTER_SCRIPT_PRESENCE_JOIN, CLUSTER_SCRIPT_PRESENCE_LEAVE,
+                             CLUSTER_SCRIPT_PRESENCE_SYNC, CLUSTER_SCRIPT_PRESENCE_REFRESH,
+                             CLUSTER_SCRIPT_PRESENCE_READ, CLUSTER_SCRIPT_PRESENCE_TAKEOVER};
+    (void)state;
+    for (int i = 0; i < 6; i++) {
+        assert_true(strncmp(scripts[i], "-- gale presence ", 17) == 0);
+        assert_non_null(strstr(scripts[i], "cmsgpack.pack({2, topic, kind, n, conn, member})"));
+        for (int j = 0; j < i; j++)
+            assert_string_not_equal(scripts[i], scripts[j]);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -789,6 +1289,14 @@ int main(void)
         cmocka_unit_test(test_tail_9_header_variants_rejected),
         cmocka_unit_test(test_random_mutations_tails),
         cmocka_unit_test(test_cluster_key),
+        cmocka_unit_test(test_presence_decode_valid),
+        cmocka_unit_test(test_presence_decode_bounds),
+        cmocka_unit_test(test_presence_decode_malformed),
+        cmocka_unit_test(test_presence_every_truncation_fails),
+        cmocka_unit_test(test_envelope_kind),
+        cmocka_unit_test(test_presence_random_mutations),
+        cmocka_unit_test(test_presence_key),
+        cmocka_unit_test(test_presence_scripts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
