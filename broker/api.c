@@ -36,8 +36,8 @@ typedef struct api_req {
     bool body_done;  /* the body was taken (lws reports its completion again while bytes that
                         followed it wait in its buffer) */
     bool trailing;   /* bytes followed the body: answer, then close */
-    bool hist;       /* GET /api/history: the answer is `frame` */
-    frame_t *frame;  /* the hist answer (JSON) */
+    bool hist;       /* GET /api/history or /api/presence: the answer is `frame` */
+    frame_t *frame;  /* the hist or presence answer (JSON) */
     bool answered;
     unsigned status; /* an answer decided before publishing (400 ...), else 0 */
     const char *code, *why;
@@ -296,8 +296,11 @@ static int query_arg(struct lws *wsi, const char *name, char *buf, size_t cap)
     return (int)n;
 }
 
-/* GET /api/history?topic=T&limit=N: the `hist` answer a JSON WebSocket client gets. */
-static int history_get(broker_t *b, struct lws *wsi)
+/*
+ * GET /api/history?topic=T&limit=N and GET /api/presence?topic=T (op GALE_OP_HIST or
+ * GALE_OP_PRESENCE): the `hist` or `presence` answer a JSON WebSocket client gets.
+ */
+static int read_get(broker_t *b, struct lws *wsi, gale_op_t op)
 {
     char *u, topic[GALE_TOPIC_MAX + 16], limit[40];
     int ulen;
@@ -307,7 +310,8 @@ static int history_get(broker_t *b, struct lws *wsi)
     if (lws_http_get_uri_and_method(wsi, &u, &ulen) != LWSHUMETH_GET) {
         gale_buf_t o;
         gale_buf_init(&o, LWS_PRE);
-        put_result(&o, GALE_ERR_BAD_REQUEST, "method_not_allowed", "read history with GET");
+        put_result(&o, GALE_ERR_BAD_REQUEST, "method_not_allowed",
+                   op == GALE_OP_HIST ? "read history with GET" : "read presence with GET");
         return respond_allow(wsi, HTTP_STATUS_METHOD_NOT_ALLOWED, &o, true, "GET");
     }
     if (!key_ok(b, wsi))
@@ -318,7 +322,7 @@ static int history_get(broker_t *b, struct lws *wsi)
         return api_refuse(wsi, HTTP_STATUS_BAD_REQUEST, "bad_topic",
                           "topic= must name a concrete topic (percent-encoded)");
     uint64_t n = CORE_HIST_LIMIT;
-    int llen = query_arg(wsi, "limit=", limit, sizeof(limit));
+    int llen = op == GALE_OP_HIST ? query_arg(wsi, "limit=", limit, sizeof(limit)) : -1;
     if (llen >= 0) {
         char *end;
         n = strtoull(limit, &end, 10);
@@ -341,8 +345,8 @@ static int history_get(broker_t *b, struct lws *wsi)
     core_open(b, &r->conn, &api_ops, GALE_ENC_JSON, NULL);
     r->conn.unmetered = 1;
     http_conn_of(wsi)->req = r;
-    /* The `hist` of a JSON WebSocket client: read from the stream when clustered. */
-    gale_request_t req = {.op = GALE_OP_HIST,
+    /* A JSON WebSocket client's request: read from Redis when clustered. */
+    gale_request_t req = {.op = op,
                           .id = 0, /* no "id" in the answer; its result index */
                           .topic = topic,
                           .topic_len = (size_t)tlen,
@@ -372,7 +376,9 @@ int api_http(broker_t *b, struct lws *wsi, const char *uri)
         return api_refuse(wsi, HTTP_STATUS_NOT_FOUND, "not_found",
                           "the publish API is disabled (start the broker with --api-key)");
     if (strcmp(uri, API_HISTORY) == 0)
-        return history_get(b, wsi);
+        return read_get(b, wsi, GALE_OP_HIST);
+    if (strcmp(uri, API_PRESENCE) == 0)
+        return read_get(b, wsi, GALE_OP_PRESENCE);
     if (strcmp(uri, API_PUBLISH) != 0)
         return api_refuse(wsi, HTTP_STATUS_NOT_FOUND, "not_found", "no such endpoint");
     if (lws_http_get_uri_and_method(wsi, &u, &ulen) != LWSHUMETH_POST)
@@ -664,7 +670,7 @@ int api_writeable(broker_t *b, struct lws *wsi)
         gale_buf_append(&o, "]}", 2);
     }
     if (r->hist)
-        log_debug("GET " API_HISTORY ": %u", status);
+        log_debug("GET %s: %u", API_MOUNT "/history or /presence", status);
     else
         log_debug("POST " API_PUBLISH ": %u (%u message%s)", status, r->n, r->n == 1 ? "" : "s");
     bool close = r->trailing;

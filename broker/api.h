@@ -1,5 +1,5 @@
 /*
- * api: the HTTP publish API for backends, POST /api/publish (--api-key).
+ * api: the HTTP API for backends (--api-key): publish, read history and presence.
  *
  *   POST /api/publish
  *   Authorization: Bearer KEY
@@ -15,6 +15,10 @@
  *   GET /api/history?topic=T&limit=N
  *   -> 200 {"op":"hist","ep":E,"off":N,"msgs":[{"off":K,"data":D},...]}, the answer a
  *      JSON WebSocket client gets to `hist`
+ *
+ *   GET /api/presence?topic=T
+ *   -> 200 {"op":"presence","topic":T,"count":C,"members":[...]}, the answer a JSON
+ *      WebSocket client gets to `presence`
  *
  * A message goes the way of a WebSocket `pub`: local subscribers, and in a
  * cluster the Redis bus, whose acceptance the answer waits for. The request
@@ -32,6 +36,7 @@ struct lws;
 #define API_MOUNT "/api"
 #define API_PUBLISH "/api/publish"
 #define API_HISTORY "/api/history"
+#define API_PRESENCE "/api/presence"
 
 /**
  * True when the request (any method) is for API_MOUNT: its path is "/api" or

@@ -96,8 +96,8 @@ static bool claim_member(const gale_json_member_t *m, void *arg)
 }
 
 typedef struct {
-    const uint8_t *sub, *pub;
-    size_t sub_len, pub_len;
+    const uint8_t *sub, *pub, *info;
+    size_t sub_len, pub_len, info_len;
     const char *why;
 } gale_claim_t;
 
@@ -112,6 +112,9 @@ static bool gale_member(const gale_json_member_t *m, void *arg)
     } else if (gale_json_key_is(m, "pub")) {
         v = &g->pub;
         vl = &g->pub_len;
+    } else if (gale_json_key_is(m, "info")) {
+        v = &g->info;
+        vl = &g->info_len;
     } else {
         return true;
     }
@@ -119,7 +122,12 @@ static bool gale_member(const gale_json_member_t *m, void *arg)
         g->why = "duplicate key in the gale claim";
         return false;
     }
-    if (m->kind != GALE_JSON_ARRAY) {
+    if (v == &g->info) {
+        if (m->kind != GALE_JSON_OBJECT) {
+            g->why = "gale.info must be an object";
+            return false;
+        }
+    } else if (m->kind != GALE_JSON_ARRAY) {
         g->why = "gale.sub and gale.pub must be arrays of patterns";
         return false;
     }
@@ -231,6 +239,7 @@ void auth_grant_free(auth_grant_t *g)
     free(g->sub);
     free(g->pub);
     free(g->user);
+    free(g->info);
     free(g->token);
     free(g);
 }
@@ -298,6 +307,14 @@ auth_grant_t *auth_claims_parse(const uint8_t *json, size_t len, int64_t now, co
         if (!pattern_list(gc.sub, gc.sub_len, user, ulen, user_ok, &g->sub, &g->nsub, why) ||
             !pattern_list(gc.pub, gc.pub_len, user, ulen, user_ok, &g->pub, &g->npub, why))
             goto Fail;
+        if (gc.info) { /* presence's member info, kept as the token wrote it */
+            if (!(g->info = malloc(gc.info_len))) {
+                *why = "out of memory";
+                goto Fail;
+            }
+            memcpy(g->info, gc.info, gc.info_len);
+            g->info_len = gc.info_len;
+        }
     }
     if (now >= g->exp) {
         *why = "the token has expired";
@@ -475,6 +492,14 @@ gale_err_t auth_check(const auth_grant_t *g, const gale_request_t *req, const ch
     }
     if (req->op == GALE_OP_HIST && !auth_may_sub(g, req->topic, req->topic_len)) {
         *why = "the token does not allow subscribing to this topic (needed to read its history)";
+        return GALE_ERR_FORBIDDEN;
+    }
+    if (req->op == GALE_OP_PRESENCE && !auth_may_sub(g, req->topic, req->topic_len)) {
+        *why = "the token does not allow subscribing to this topic (needed to see its presence)";
+        return GALE_ERR_FORBIDDEN;
+    }
+    if (req->op == GALE_OP_SUB && req->info) {
+        *why = "a member's info comes from the token's gale.info claim";
         return GALE_ERR_FORBIDDEN;
     }
     if (req->op == GALE_OP_PUB && !auth_may_pub(g, req->topic, req->topic_len)) {

@@ -46,8 +46,10 @@ typedef struct auth_grant {
     uint32_t nsub, npub; /* patterns in sub[], pub[] */
     int64_t exp, nbf;    /* unix seconds, or AUTH_NO_TIME (nbf: INT64_MIN when absent) */
     char *user;          /* the sub claim ("" when absent); printable for logs */
-    const char **sub;    /* allowed subscription patterns (NUL-terminated) */
-    const char **pub;    /* allowed publish patterns */
+    char *info;          /* the gale.info claim, a JSON object as the token has it; NULL: none */
+    size_t info_len;
+    const char **sub; /* allowed subscription patterns (NUL-terminated) */
+    const char **pub; /* allowed publish patterns */
     size_t token_len;
     char *token; /* the token this grant was verified from (cache key) */
 } auth_grant_t;

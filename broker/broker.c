@@ -9,9 +9,11 @@
 #include "api.h"
 #include "auth.h"
 #include "cluster.h"
+#include "core.h"
 #include "dedup.h"
 #include "history.h"
 #include "log.h"
+#include "presence.h"
 #include "server.h"
 #include "session.h"
 
@@ -30,6 +32,8 @@
 #define SWEEP_MS 1000
 /* Milliseconds a graceful stop waits for connections to close before tearing down. */
 #define STOP_GRACE_MS 3000
+/* ... then at most this long for Redis to answer the commands in flight. */
+#define STOP_DRAIN_MS 1000
 
 static void schedule_finish(broker_t *b);
 
@@ -54,6 +58,7 @@ static void on_sweep(uv_timer_t *t)
         auth_cache_sweep(b->auth); /* grants no connection holds any more */
     history_sweep(b->history, broker_uptime_ms(b));
     dedup_sweep(b->dedup, broker_uptime_ms(b));
+    presence_tick(b); /* its count-only messages go out with the next flush */
 }
 
 static void on_handle_closed(uv_handle_t *h)
@@ -81,8 +86,19 @@ static void finish(broker_t *b)
 static void on_stop_timer(uv_timer_t *t)
 {
     broker_t *b = t->data;
-    if (b->nlive)
+    if (b->nlive && !b->drain_ms)
         log_warn("%u connections still open after %d ms: dropping them", b->nlive, STOP_GRACE_MS);
+    /* What the closed connections sent to Redis (their presence leaves) gets its answer. */
+    if (cluster_busy(b->cluster)) {
+        uint64_t now = uv_now(b->loop);
+        if (!b->drain_ms)
+            b->drain_ms = now;
+        if (now - b->drain_ms < STOP_DRAIN_MS) {
+            uv_timer_start(&b->stop_timer, on_stop_timer, 10, 0);
+            return;
+        }
+        log_warn("Redis did not answer within %d ms: stopping without its answers", STOP_DRAIN_MS);
+    }
     finish(b);
 }
 
@@ -98,8 +114,10 @@ void broker_stop(broker_t *b)
         return;
     b->stopping = true;
     log_info("stopping: closing %u connections with 1001", b->nsessions);
-    for (uint32_t i = 0; i < b->nsessions; i++)
+    for (uint32_t i = 0; i < b->nsessions; i++) {
         session_begin_close(b, b->sessions[i], SESSION_CLOSE_GOING_AWAY, false);
+        core_absent(b, &b->sessions[i]->conn); /* presence leaves now, not after the grace */
+    }
     session_flush_all(b);
     /* on_flush finishes once every connection is gone, or this timer does. */
     uv_timer_start(&b->stop_timer, on_stop_timer, STOP_GRACE_MS, 0);
@@ -206,8 +224,10 @@ broker_t *broker_start(const gale_config_t *cfg, uv_loop_t *loop)
         b->history = history_new(cfg->history, cfg->nhistory, cfg->history_memory, b->instance);
     if (local)
         b->dedup = dedup_new(cfg->dedup_window_s * 1000, cfg->dedup_max);
+    if (cfg->npresence)
+        b->presence = presence_new(&b->cfg, !local);
     if (!b->scratch || !b->topics || (local && cfg->nhistory && !b->history) ||
-        (local && !b->dedup) || !server_start(b) ||
+        (local && !b->dedup) || (cfg->npresence && !b->presence) || !server_start(b) ||
         (cfg->redis_urls[0] && !(b->cluster = cluster_new(b)))) {
         b->stopping = true;
         finish(b);
@@ -279,6 +299,7 @@ int broker_free(broker_t *b)
     topics_free(b->topics);
     history_free(b->history);
     dedup_free(b->dedup);
+    presence_free(b->presence);
     auth_free(b->auth);
     free(b->scratch);
     free(b->sessions);

@@ -30,6 +30,7 @@ typedef struct cluster cluster_t;
 typedef struct auth auth_t;
 typedef struct history history_t;
 typedef struct dedup dedup_t;
+typedef struct presence presence_t;
 
 /** Coalescing buffer: frames queued for one connection are sent in writes of up to this size. */
 #define BROKER_SCRATCH_SIZE (64 * 1024)
@@ -41,12 +42,13 @@ typedef struct broker {
     uv_loop_t *loop;
     struct server *srv; /* the lws transport (server.c) */
     topics_t *topics;
-    cluster_t *cluster; /* NULL: single node (no --redis) */
-    bus_t bus;          /* the cluster as the core sees it (bus.h); ops NULL: single node */
-    auth_t *auth;       /* NULL: no --jwt-secret, the broker is open */
-    history_t *history; /* --history (single node); NULL: none */
-    dedup_t *dedup;     /* the mids of recent publishes (single node) */
-    bool tls;           /* --tls-cert: wss:// and https:// */
+    cluster_t *cluster;   /* NULL: single node (no --redis) */
+    bus_t bus;            /* the cluster as the core sees it (bus.h); ops NULL: single node */
+    auth_t *auth;         /* NULL: no --jwt-secret, the broker is open */
+    history_t *history;   /* --history (single node); NULL: none */
+    dedup_t *dedup;       /* the mids of recent publishes (single node) */
+    presence_t *presence; /* --presence; NULL: none */
+    bool tls;             /* --tls-cert: wss:// and https:// */
     metrics_t m;
     char node_id[64];
     uint64_t instance; /* random, non-zero: names this process on the cluster bus */
@@ -73,11 +75,12 @@ typedef struct broker {
     uv_timer_t sweep_timer;
     uv_timer_t stop_timer;
     uv_signal_t sigterm, sigint;
-    int handles_open; /* our uv handles not yet closed */
-    bool stopping;    /* SIGTERM/SIGINT seen: refuse upgrades, close sessions; lws is
-                         torn down once nlive reaches 0 (close frames sent) */
-    bool finishing;   /* stopping and every connection gone: teardown scheduled */
-    bool destroyed;   /* teardown started (server_close) */
+    int handles_open;  /* our uv handles not yet closed */
+    bool stopping;     /* SIGTERM/SIGINT seen: refuse upgrades, close sessions; lws is
+                          torn down once nlive reaches 0 (close frames sent) */
+    bool finishing;    /* stopping and every connection gone: teardown scheduled */
+    bool destroyed;    /* teardown started (server_close) */
+    uint64_t drain_ms; /* stopping: uv_now() when it began waiting for Redis's answers */
     int exit_code;
 } broker_t;
 

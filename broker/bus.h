@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 typedef struct conn conn_t;
+typedef struct pres_member pres_member_t;
 
 /** A publish on the bus. */
 typedef struct bus_pub {
@@ -50,6 +51,13 @@ typedef struct bus_ops {
                        uint64_t id, const char **why);
     /** c closes: recoveries it waits for deliver nothing more to it (cluster_forget). */
     void (*forget)(void *bus, conn_t *c);
+    /** m just became present here: recorded on its topic's shard (cpres_join). */
+    void (*join)(void *bus, pres_member_t *m);
+    /** m stopped being present (presence_detach): its leave; m is the bus's (cpres_leave). */
+    void (*leave)(void *bus, pres_member_t *m);
+    /** The presence answer of a topic with presence, built for enc (cpres_read). */
+    gale_err_t (*presence)(void *bus, pending_t *done, const char *topic, size_t len,
+                           gale_enc_t enc, bool has_id, uint64_t id, const char **why);
 } bus_ops_t;
 
 typedef struct bus {

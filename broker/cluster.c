@@ -403,6 +403,13 @@ static void on_reply(void *owner, redis_conn_reply_t answer, const char *err, si
     case CMD_READ:
         chist_read_reply(c, in.ctx, answer, value);
         return;
+    case CMD_PRESENCE:
+    case CMD_PRESENCE_LEAVE:
+    case CMD_PRESENCE_SYNC:
+    case CMD_PRESENCE_READ:
+    case CMD_PRESENCE_NODE:
+        cpres_reply(c, (cmd_kind_t)in.kind, in.ctx, answer, value);
+        return;
     case CMD_SCRIPT_PUB:
         if (answer == REDIS_CONN_REPLY_OK && !script_pub_result(c, in.ctx, value)) {
             log_error("redis %s: the publish script answered something unexpected", sh->label);
@@ -619,7 +626,10 @@ const bus_ops_t cluster_bus = {.sub = bus_sub,
                                .pub = bus_pub,
                                .recover = cluster_recover,
                                .hist = cluster_hist,
-                               .forget = cluster_forget};
+                               .forget = cluster_forget,
+                               .join = cpres_join,
+                               .leave = cpres_leave,
+                               .presence = cpres_read};
 
 /* --- receiving ------------------------------------------------------------ */
 
@@ -631,6 +641,12 @@ static void on_message(shard_t *sh, const redis_push_t *p)
     const char *why;
 
     b->m.redis_received++;
+    if (p->name && p->data &&
+        cluster_envelope_kind((const uint8_t *)p->data, p->data_len) == CLUSTER_ENV_PRESENCE) {
+        if (!p->pattern) /* watchers hold the topic exactly: its SUBSCRIBE brings the event */
+            cpres_message(c, p->name, p->name_len, (const uint8_t *)p->data, p->data_len);
+        return;
+    }
     if (!p->name || !p->data ||
         !cluster_envelope_decode((const uint8_t *)p->data, p->data_len, CLUSTER_DATA_MAX, &e,
                                  &why)) {
@@ -683,9 +699,10 @@ static void shard_ready(void *owner, bool again)
     sh->auth_error = false;
     /* First on the connection: what EVALSHA names (a restarted Redis has no script). */
     static const char *const scripts[2] = {CLUSTER_SCRIPT_PUB, CLUSTER_SCRIPT_READ};
-    for (int k = 0; k < 2; k++) {
-        const char *argv[3] = {"SCRIPT", "LOAD", scripts[k]};
-        size_t lens[3] = {6, 4, strlen(scripts[k])};
+    for (int k = 0; k < 2 + (c->b->presence ? CPRES_N : 0) && redis_conn_ready(sh->rc); k++) {
+        const char *s = k < 2 ? scripts[k] : cpres_scripts[k - 2];
+        const char *argv[3] = {"SCRIPT", "LOAD", s};
+        size_t lens[3] = {6, 4, strlen(s)};
         if (!cluster_send(sh, CMD_LOAD, NULL, 0, 3, argv, lens))
             redis_conn_fail(sh->rc, "could not queue SCRIPT LOAD");
     }
@@ -695,6 +712,8 @@ static void shard_ready(void *owner, bool again)
                 send_sub(sh, it, true);
     if (redis_conn_ready(sh->rc))
         chist_shard_ready(c, sh);
+    if (redis_conn_ready(sh->rc))
+        cpres_shard_ready(c, sh);
 }
 
 /* sh's connection went down (already logged), or is closing with the cluster. */
@@ -728,6 +747,7 @@ static void on_watchdog(uv_timer_t *t)
             redis_conn_fail(sh->rc, "SUBSCRIBE timed out");
     }
     chist_sweep(c);
+    cpres_sweep(c);
 }
 
 /* --- lifecycle ------------------------------------------------------------ */
@@ -787,6 +807,8 @@ cluster_t *cluster_new(broker_t *b)
     c->rng = b->instance | 1;
     sha1_hex(CLUSTER_SCRIPT_PUB, c->sha_pub);
     sha1_hex(CLUSTER_SCRIPT_READ, c->sha_read);
+    for (int k = 0; k < CPRES_N; k++)
+        sha1_hex(cpres_scripts[k], c->sha_presence[k]);
     c->nbuckets = 64;
     c->buckets = calloc(c->nbuckets, sizeof(*c->buckets));
     c->shards = calloc((size_t)n, sizeof(*c->shards));
@@ -849,6 +871,14 @@ void cluster_free(cluster_t *c)
     free(c->shards);
     free(c->env);
     free(c);
+}
+
+bool cluster_busy(const cluster_t *c)
+{
+    for (uint32_t i = 0; c && !c->closed && i < c->nshards; i++)
+        if (redis_conn_ready(c->shards[i].rc) && c->shards[i].inflight.count)
+            return true;
+    return false;
 }
 
 void cluster_state(const cluster_t *c, uint32_t *shards, uint32_t *up)

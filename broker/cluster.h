@@ -115,6 +115,9 @@ void cluster_forget(void *c, conn_t *k);
 /** The cluster as the core's bus (bus.h): ctx is the cluster_t. */
 extern const bus_ops_t cluster_bus;
 
+/** Whether a shard that is up has commands awaiting Redis's answer. NULL: false. */
+bool cluster_busy(const cluster_t *c);
+
 /** Shards configured and shards up (both connections ready). */
 void cluster_state(const cluster_t *c, uint32_t *shards, uint32_t *up);
 

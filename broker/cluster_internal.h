@@ -17,11 +17,19 @@
 
 /** What a command in flight on a shard's command context is, for its reply. */
 typedef enum {
-    CMD_PUBLISH = 0, /* ctx: the pending_t of a publish without history or mid */
-    CMD_SCRIPT_PUB,  /* ctx: the pending_t of a publish through the publish script */
-    CMD_READ,        /* ctx: a read of cluster_history.c */
-    CMD_LOAD,        /* ctx: NULL; SCRIPT LOAD on a new connection */
+    CMD_PUBLISH = 0,    /* ctx: the pending_t of a publish without history or mid */
+    CMD_SCRIPT_PUB,     /* ctx: the pending_t of a publish through the publish script */
+    CMD_READ,           /* ctx: a read of cluster_history.c */
+    CMD_LOAD,           /* ctx: NULL; SCRIPT LOAD on a new connection */
+    CMD_PRESENCE,       /* ctx: the pres_topic_t a presence script changes (cluster_presence.c) */
+    CMD_PRESENCE_LEAVE, /* ctx: the detached pres_member_t whose leave it is */
+    CMD_PRESENCE_SYNC,  /* ctx: a SYNC of cluster_presence.c (its topic and gone members) */
+    CMD_PRESENCE_READ,  /* ctx: a presence read of cluster_presence.c */
+    CMD_PRESENCE_NODE,  /* ctx: non-NULL for TAKEOVER, NULL for the SET of pn:NODE */
 } cmd_kind_t;
+
+/** The presence scripts, in cluster_t.sha_presence. */
+enum { CPRES_JOIN, CPRES_LEAVE, CPRES_SYNC, CPRES_REFRESH, CPRES_READ, CPRES_TAKEOVER, CPRES_N };
 
 typedef struct {
     void *ctx;
@@ -44,6 +52,7 @@ typedef struct shard {
     uint32_t subs_waiting;     /* SUBSCRIBE/PSUBSCRIBE replies outstanding */
     uint64_t subs_progress_ms; /* when one was last sent (from none) or answered */
     cluster_dedupe_t dedupe;   /* of the messages received from this shard */
+    bool pres_taken;           /* presence TAKEOVER sent on it since start */
 } shard_t;
 
 typedef struct interest interest_t;
@@ -63,9 +72,11 @@ struct cluster {
     uint64_t rng; /* seeds each connection's backoff jitter */
     size_t prefix_len;
     bool closed;
-    chist_t *hist;     /* cluster_history.c's state */
-    char sha_pub[41];  /* SHA1 of CLUSTER_SCRIPT_PUB, hex */
-    char sha_read[41]; /* SHA1 of CLUSTER_SCRIPT_READ, hex */
+    chist_t *hist;                  /* cluster_history.c's state */
+    char sha_pub[41];               /* SHA1 of CLUSTER_SCRIPT_PUB, hex */
+    char sha_read[41];              /* SHA1 of CLUSTER_SCRIPT_READ, hex */
+    char sha_presence[CPRES_N][41]; /* of the presence scripts */
+    uint64_t pres_next_ms;          /* broker uptime of the next presence refresh */
 };
 
 /* --- cluster.c, for cluster_history.c ----------------------------------------------- */
@@ -120,5 +131,30 @@ void chist_released(cluster_t *c, const char *t, size_t len);
 
 /** The 1 s sweep: forgets streams idle for a while. */
 void chist_sweep(cluster_t *c);
+
+/* --- cluster_presence.c, for cluster.c ---------------------------------------------- */
+
+/** The presence scripts' sources, in CPRES_ order. */
+extern const char *const cpres_scripts[CPRES_N];
+
+/** bus.h join, leave and presence (cluster_presence.c). */
+void cpres_join(void *bus, pres_member_t *m);
+void cpres_leave(void *bus, pres_member_t *m);
+gale_err_t cpres_read(void *bus, pending_t *done, const char *topic, size_t len, gale_enc_t enc,
+                      bool has_id, uint64_t id, const char **why);
+
+/** The reply to a CMD_PRESENCE* command. */
+void cpres_reply(cluster_t *c, cmd_kind_t kind, void *ctx, redis_conn_reply_t answer,
+                 const redis_value_t *v);
+
+/** A presence envelope raw[0..len) received on channel[0..channel_len) (not a pmessage). */
+void cpres_message(cluster_t *c, const char *channel, size_t channel_len, const uint8_t *raw,
+                   size_t len);
+
+/** sh is ready (after SCRIPT LOAD): takeover once after start, then SYNC of its topics. */
+void cpres_shard_ready(cluster_t *c, shard_t *sh);
+
+/** From the watchdog: every expiry/3, the node key and REFRESH of the topics with members. */
+void cpres_sweep(cluster_t *c);
 
 #endif

@@ -21,7 +21,8 @@ typedef enum {
     OPT_STR,         /* a string field at off, max = its capacity */
     OPT_SECRET,      /* the JWT secret */
     OPT_SECRET_FILE, /* the JWT secret, read from a file */
-    OPT_HISTORY      /* a --history rule (several in GALE_HISTORY) */
+    OPT_HISTORY,     /* a --history rule (several in GALE_HISTORY) */
+    OPT_PRESENCE     /* a --presence pattern (several in GALE_PRESENCE) */
 } opt_kind_t;
 
 typedef struct {
@@ -133,6 +134,24 @@ static const opt_t options[] = {
      "N",
      "mids remembered at once; a pub with a new mid beyond it answers err limit (default "
      "100000)"},
+    {"--presence", "GALE_PRESENCE", OPT_PRESENCE, 0, 0, 0, "PATTERN",
+     "topics matching PATTERN track who is subscribed (presence op, join and leave events); "
+     "repeatable; the variable holds several separated by spaces (default: none)"},
+    {"--presence-list-max", "GALE_PRESENCE_LIST_MAX", OPT_UINT, 1, 100000,
+     offsetof(gale_config_t, presence_list_max), "N",
+     "members listed in one presence answer; count stays exact (default 1000)"},
+    {"--presence-info-max", "GALE_PRESENCE_INFO_MAX", OPT_SIZE, 16, 65536,
+     offsetof(gale_config_t, presence_info_max), "BYTES",
+     "largest info of one member, as JSON: a larger gale.info claim or sub info answers err "
+     "limit (default 1K)"},
+    {"--presence-expiry", "GALE_PRESENCE_EXPIRY", OPT_UINT, 3, 45,
+     offsetof(gale_config_t, presence_expiry_s), "SECONDS",
+     "cluster: a broker refreshes its members every SECONDS/3; those of a broker that died "
+     "leave within 4/3 of it (default 30: within 40 s)"},
+    {"--presence-events-max", "GALE_PRESENCE_EVENTS_MAX", OPT_UINT, 0, 1000000,
+     offsetof(gale_config_t, presence_events_max), "N",
+     "above N members on a topic, its join and leave events give way to one count-only "
+     "presence message per second (default 1000)"},
 };
 #define NOPTIONS (sizeof(options) / sizeof(options[0]))
 
@@ -161,6 +180,10 @@ void config_defaults(gale_config_t *c)
     c->hist_max_limit = 1000;
     c->dedup_window_s = 120;
     c->dedup_max = 100000;
+    c->presence_list_max = 1000;
+    c->presence_info_max = 1024;
+    c->presence_expiry_s = 30;
+    c->presence_events_max = 1000;
 }
 
 bool config_parse_size(const char *s, uint64_t *out)
@@ -314,24 +337,49 @@ static bool parse_addr(const char *s, gale_config_t *c)
     return true;
 }
 
-/* --history: the first flag replaces the variable's rules; GALE_HISTORY holds several. */
-static bool apply_history(gale_config_t *c, const char *src, const char *v, bool flag, FILE *err)
+/* Adds the --presence pattern s[0..len); false (reported on err) when invalid or too many. */
+static bool add_presence(gale_config_t *c, const char *src, const char *s, size_t len, FILE *err)
 {
-    if (flag && !c->history_from_flags) {
-        c->history_from_flags = true;
-        c->nhistory = 0;
+    const char *why = NULL;
+    bool is_pattern;
+    if (c->npresence >= GALE_PRESENCE_RULES_MAX)
+        why = "too many patterns (at most 64)";
+    else if (len >= sizeof(c->presence[0]) || !gale_pattern_valid(s, len, &is_pattern))
+        why = "not a valid topic pattern";
+    if (why) {
+        fprintf(err, "gale-broker: %s: '%.*s': %s (e.g. 'chat.*.msg')\n", src, (int)len, s, why);
+        return false;
+    }
+    memcpy(c->presence[c->npresence], s, len);
+    c->presence[c->npresence][len] = '\0';
+    c->npresence++;
+    return true;
+}
+
+/*
+ * A repeatable option (--history, --presence): the first flag replaces the variable's
+ * values (*from_flags, *n); the variable holds several separated by white space.
+ */
+static bool apply_repeated(gale_config_t *c, const char *src, const char *v, bool flag,
+                           bool *from_flags, uint32_t *n,
+                           bool (*add)(gale_config_t *, const char *, const char *, size_t, FILE *),
+                           FILE *err)
+{
+    if (flag && !*from_flags) {
+        *from_flags = true;
+        *n = 0;
     }
     if (flag)
-        return add_history(c, src, v, strlen(v), err);
+        return add(c, src, v, strlen(v), err);
     for (const char *p = v;;) {
         while (*p == ' ' || *p == '\t' || *p == '\n')
             p++;
         if (!*p)
             return true;
-        size_t n = strcspn(p, " \t\n");
-        if (!add_history(c, src, p, n, err))
+        size_t len = strcspn(p, " \t\n");
+        if (!add(c, src, p, len, err))
             return false;
-        p += n;
+        p += len;
     }
 }
 
@@ -450,7 +498,11 @@ static bool apply(gale_config_t *c, const opt_t *o, const char *src, const char 
         return true;
     }
     case OPT_HISTORY:
-        return apply_history(c, src, v, src == o->flag, err);
+        return apply_repeated(c, src, v, src == o->flag, &c->history_from_flags, &c->nhistory,
+                              add_history, err);
+    case OPT_PRESENCE:
+        return apply_repeated(c, src, v, src == o->flag, &c->presence_from_flags, &c->npresence,
+                              add_presence, err);
     case OPT_SIZE:
     case OPT_UINT:
         if (!(o->kind == OPT_SIZE ? config_parse_size(v, &n) : parse_uint(v, &n)) || n < o->min ||

@@ -13,6 +13,9 @@
 /** Most --history rules. */
 #define GALE_HISTORY_RULES_MAX 64
 
+/** Most --presence patterns. */
+#define GALE_PRESENCE_RULES_MAX 64
+
 /** One --history PATTERN=SIZE[/TTL]. */
 typedef struct {
     char pattern[256]; /* a valid pattern (NUL-terminated) */
@@ -55,6 +58,14 @@ typedef struct {
     uint64_t hist_max_limit; /* --hist-max-limit, messages one `hist` answer may hold */
     uint64_t dedup_window_s; /* --dedup-window, seconds a `mid` is remembered */
     uint64_t dedup_max;      /* --dedup-max, `mid`s remembered at once */
+    char presence[GALE_PRESENCE_RULES_MAX][256]; /* --presence patterns (valid, NUL-terminated) */
+    uint32_t npresence;
+    bool presence_from_flags;     /* a --presence flag replaced GALE_PRESENCE's patterns */
+    uint64_t presence_list_max;   /* --presence-list-max, members listed in one answer */
+    uint64_t presence_info_max;   /* --presence-info-max, bytes of one member's info (JSON) */
+    uint64_t presence_expiry_s;   /* --presence-expiry, seconds a dead broker's members stay */
+    uint64_t presence_events_max; /* --presence-events-max, members above which join/leave
+                                     events give way to count-only presence messages */
 } gale_config_t;
 
 /** Outcome of config_parse. */

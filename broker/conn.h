@@ -20,6 +20,7 @@ typedef struct broker broker_t;
 typedef struct conn conn_t;
 struct reply_ring;
 struct auth_grant;
+struct pres_member;
 
 /** The close code the core asks for when out of memory (RFC 6455 numbering). */
 #define CONN_CLOSE_INTERNAL 1011
@@ -80,17 +81,18 @@ typedef struct conn_waits {
 /** The core's part of a connection: zeroed by the transport, filled by core_open. */
 struct conn {
     const conn_ops_t *ops;
-    topics_owner_t owner;       /* its subscriptions */
-    struct reply_ring *replies; /* answers held back behind one that waits for the cluster
-                                   (core.c); NULL until the first is held */
-    struct auth_grant *grant;   /* with --jwt-secret: the token's permissions (refcounted) */
-    conn_waits_t *waits;        /* cluster: recoveries in progress; NULL: none */
-    uint64_t id;                /* in logs and in `hello` */
-    uint32_t rl_tokens;         /* --pub-rate bucket, in thousandths of a publish */
-    uint32_t rl_ms;             /* broker_uptime_ms() (truncated) of its last refill */
-    uint8_t enc;                /* gale_enc_t: the encoding of the frames deliver gets */
-    uint8_t closing;            /* set by the transport: deliver nothing more */
-    uint8_t unmetered;          /* set by the transport: --pub-rate does not apply (the API) */
+    topics_owner_t owner;        /* its subscriptions */
+    struct reply_ring *replies;  /* answers held back behind one that waits for the cluster
+                                    (core.c); NULL until the first is held */
+    struct auth_grant *grant;    /* with --jwt-secret: the token's permissions (refcounted) */
+    conn_waits_t *waits;         /* cluster: recoveries in progress; NULL: none */
+    struct pres_member *present; /* its memberships (presence.h); NULL: none */
+    uint64_t id;                 /* in logs and in `hello` */
+    uint32_t rl_tokens;          /* --pub-rate bucket, in thousandths of a publish */
+    uint32_t rl_ms;              /* broker_uptime_ms() (truncated) of its last refill */
+    uint8_t enc;                 /* gale_enc_t: the encoding of the frames deliver gets */
+    uint8_t closing;             /* set by the transport: deliver nothing more */
+    uint8_t unmetered;           /* set by the transport: --pub-rate does not apply (the API) */
 };
 
 /** Whether c waits for stream s. */

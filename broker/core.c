@@ -5,6 +5,7 @@
 #include "history.h"
 #include "log.h"
 #include "pending.h"
+#include "presence.h"
 #include "ring.h"
 #include "router.h"
 
@@ -31,7 +32,8 @@ struct core_reply {
 
 static bool silent(const conn_reply_t *r)
 {
-    return r->err == GALE_OK && r->op != GALE_OP_PING && r->op != GALE_OP_HIST && !r->has_id;
+    return r->err == GALE_OK && r->op != GALE_OP_PING && r->op != GALE_OP_HIST &&
+           r->op != GALE_OP_PRESENCE && !r->has_id;
 }
 
 /* Frees an answer the connection will never get. */
@@ -113,9 +115,23 @@ static void fifo_release(broker_t *b, conn_t *c)
     }
 }
 
+/* Ends membership m: in the cluster, whose leave then owns m. */
+static void member_leave(broker_t *b, pres_member_t *m)
+{
+    if (!b->bus.ops) {
+        presence_leave(b, m);
+        return;
+    }
+    presence_detach(b, m);
+    b->bus.ops->leave(b->bus.ctx, m);
+}
+
 /* Takes back a sub the cluster could not make live, when this request added it. */
 static void undo_sub(broker_t *b, conn_t *c, const char *p, size_t len)
 {
+    pres_member_t *m = presence_of(c, p, len);
+    if (m)
+        member_leave(b, m);
     bool last = false;
     if (topics_unsubscribe(b->topics, &c->owner, p, len, b->bus.ops ? &last : NULL) && last)
         b->bus.ops->release(p, len, b->bus.ctx);
@@ -232,6 +248,66 @@ static void sub_history(broker_t *b, conn_t *c, const gale_request_t *req,
     history_enforce(b->history);
 }
 
+size_t core_conn_name(const broker_t *b, const conn_t *c, char *out)
+{
+    int n = snprintf(out, CORE_CONN_NAME_MAX, "%016" PRIx64 "-%" PRIu64, b->instance, c->id);
+    return n > 0 ? (size_t)n : 0;
+}
+
+/*
+ * The member JSON of c for a sub of a topic with presence (req): its conn id (name, written
+ * to name[0..*name_len)), the token's user, and the token's gale.info or, on an open broker,
+ * the sub's info; into out.
+ */
+static gale_err_t member_json(broker_t *b, conn_t *c, const gale_request_t *req, gale_buf_t *out,
+                              char *name, size_t *name_len, const char **why)
+{
+    *name_len = core_conn_name(b, c, name);
+    const char *user = c->grant && c->grant->user[0] ? c->grant->user : NULL;
+    const uint8_t *info = c->grant ? (const uint8_t *)c->grant->info : req->info;
+    size_t info_len = c->grant ? c->grant->info_len : req->info_len;
+    gale_buf_t conv;
+    gale_buf_init(&conv, 0);
+    gale_err_t e = GALE_OK;
+    if (info && !c->grant && c->enc == GALE_ENC_MSGPACK) {
+        e = gale_convert_data(&conv, GALE_ENC_JSON, GALE_ENC_MSGPACK, info, info_len);
+        info = conv.data;
+        info_len = conv.len;
+        if (e != GALE_OK)
+            *why =
+                e == GALE_ERR_BAD_REQUEST ? "info could not be converted to JSON" : "out of memory";
+    }
+    if (e == GALE_OK && info && info_len > b->cfg.presence_info_max) {
+        *why = c->grant ? "the token's gale.info is over --presence-info-max bytes"
+                        : "info is over --presence-info-max bytes";
+        e = GALE_ERR_LIMIT;
+    }
+    if (e == GALE_OK && (e = gale_encode_member(out, name, *name_len, user, user ? strlen(user) : 0,
+                                                info, info_len)) != GALE_OK)
+        *why = "out of memory";
+    gale_buf_free(&conv);
+    return e;
+}
+
+/*
+ * The presence part of a sub of a topic with presence, already in the index: a new
+ * membership from json (NULL when c already is a member), or the watch flag of the one it
+ * has. False when out of memory.
+ */
+static bool sub_presence(broker_t *b, conn_t *c, const gale_request_t *req, pres_member_t *m,
+                         const gale_buf_t *json, const char *name, size_t name_len)
+{
+    if (m) {
+        presence_watch(b->presence, m, req->presence);
+        return true;
+    }
+    m = presence_join(b, c, req->topic, req->topic_len, name, name_len, (const char *)json->data,
+                      json->len, req->presence);
+    if (m && b->bus.ops)
+        b->bus.ops->join(b->bus.ctx, m);
+    return m != NULL;
+}
+
 static gale_err_t do_sub(broker_t *b, conn_t *c, const gale_request_t *req, conn_reply_t *rep,
                          const char **why, bool *deferred)
 {
@@ -240,7 +316,30 @@ static gale_err_t do_sub(broker_t *b, conn_t *c, const gale_request_t *req, conn
         *why = "too many subscriptions on this connection";
         return GALE_ERR_LIMIT;
     }
-    topics_result_t r = topics_subscribe(b->topics, &c->owner, req->topic, req->topic_len, NULL);
+    bool pres = !req->is_pattern && presence_on(b->presence, req->topic, req->topic_len);
+    if ((req->presence || req->info) && !pres) {
+        *why = "this topic has no presence (--presence)";
+        return GALE_ERR_BAD_REQUEST;
+    }
+    pres_member_t *m = pres ? presence_of(c, req->topic, req->topic_len) : NULL;
+    char name[CORE_CONN_NAME_MAX];
+    size_t name_len = 0;
+    gale_buf_t json;
+    gale_buf_init(&json, 0);
+    gale_err_t e = pres && !m ? member_json(b, c, req, &json, name, &name_len, why) : GALE_OK;
+    topics_result_t r =
+        e == GALE_OK ? topics_subscribe(b->topics, &c->owner, req->topic, req->topic_len, NULL)
+                     : TOPICS_INVALID;
+    if (r == TOPICS_ADDED || r == TOPICS_EXISTS) {
+        if (pres && !sub_presence(b, c, req, m, &json, name, name_len)) {
+            if (r == TOPICS_ADDED)
+                undo_sub(b, c, req->topic, req->topic_len);
+            r = TOPICS_NOMEM;
+        }
+    }
+    gale_buf_free(&json);
+    if (e != GALE_OK)
+        return e;              /* nothing registered */
     if (r == TOPICS_INVALID) { /* from an adapter that did not check it (decode does) */
         *why = "not a valid pattern";
         return GALE_ERR_BAD_TOPIC;
@@ -266,8 +365,8 @@ static gale_err_t do_sub(broker_t *b, conn_t *c, const gale_request_t *req, conn
     q->added = added;
     *deferred = true; /* the entry answers, in order; reply_done undoes a refused sub */
     if (rule) {
-        gale_err_t e = b->bus.ops->recover(b->bus.ctx, &q->p, c, req->topic, req->topic_len, rule,
-                                           req->has_since ? &req->since : NULL, why);
+        e = b->bus.ops->recover(b->bus.ctx, &q->p, c, req->topic, req->topic_len, rule,
+                                req->has_since ? &req->since : NULL, why);
         if (e != GALE_OK)
             pending_finish(b, &q->p, e, *why);
         return GALE_OK;
@@ -276,7 +375,7 @@ static gale_err_t do_sub(broker_t *b, conn_t *c, const gale_request_t *req, conn
         q->r.recovered = 0; /* a topic without history */
         b->m.recoveries[0]++;
     }
-    gale_err_t e = b->bus.ops->sub(b->bus.ctx, &q->p, req->topic, req->topic_len, why, &held);
+    e = b->bus.ops->sub(b->bus.ctx, &q->p, req->topic, req->topic_len, why, &held);
     if (!held)
         pending_finish(b, &q->p, e, e == GALE_OK ? "" : *why);
     return GALE_OK;
@@ -284,6 +383,9 @@ static gale_err_t do_sub(broker_t *b, conn_t *c, const gale_request_t *req, conn
 
 static void do_unsub(broker_t *b, conn_t *c, const gale_request_t *req)
 {
+    pres_member_t *m = req->is_pattern ? NULL : presence_of(c, req->topic, req->topic_len);
+    if (m)
+        member_leave(b, m);
     bool last = false;
     if (topics_unsubscribe(b->topics, &c->owner, req->topic, req->topic_len,
                            b->bus.ops ? &last : NULL) &&
@@ -471,6 +573,41 @@ static gale_err_t do_hist(broker_t *b, conn_t *c, const gale_request_t *req, con
     return GALE_OK;
 }
 
+/* The `presence` answer: built here (single node) or from the topic's shard. */
+static gale_err_t do_presence(broker_t *b, conn_t *c, const gale_request_t *req, conn_reply_t *rep,
+                              const char **why, bool *deferred)
+{
+    gale_enc_t enc = (gale_enc_t)c->enc;
+    if (!presence_on(b->presence, req->topic, req->topic_len)) {
+        *why = "this topic has no presence (--presence)";
+        return GALE_ERR_BAD_REQUEST;
+    }
+    if (b->bus.ops) {
+        core_reply_t *q = defer(c, req);
+        if (!q) {
+            *why = "out of memory";
+            return GALE_ERR_INTERNAL;
+        }
+        *deferred = true;
+        gale_err_t e = b->bus.ops->presence(b->bus.ctx, &q->p, req->topic, req->topic_len, enc,
+                                            req->has_id, req->id, why);
+        if (e != GALE_OK)
+            pending_finish(b, &q->p, e, *why);
+        return GALE_OK;
+    }
+    gale_buf_t buf;
+    gale_buf_init(&buf, FRAME_HEADROOM);
+    if (presence_answer(b, req->topic, req->topic_len, enc, req->has_id, req->id, &buf) == GALE_OK)
+        rep->frame = frame_finish(&buf, enc == GALE_ENC_JSON ? FRAME_TEXT : FRAME_BINARY);
+    else
+        gale_buf_free(&buf);
+    if (!rep->frame) {
+        *why = "out of memory";
+        return GALE_ERR_INTERNAL;
+    }
+    return GALE_OK;
+}
+
 /* The --pub-rate token bucket: true if c may publish now (and takes the token). */
 static bool pub_allowed(broker_t *b, conn_t *c)
 {
@@ -514,6 +651,9 @@ static void run(broker_t *b, conn_t *c, const gale_request_t *req, gale_err_t e,
             break;
         case GALE_OP_HIST:
             e = do_hist(b, c, req, &r, &why, &deferred);
+            break;
+        case GALE_OP_PRESENCE:
+            e = do_presence(b, c, req, &r, &why, &deferred);
             break;
         case GALE_OP_PING:
             break;
@@ -578,6 +718,12 @@ void core_open(broker_t *b, conn_t *c, const conn_ops_t *ops, gale_enc_t enc,
     }
 }
 
+void core_absent(broker_t *b, conn_t *c)
+{
+    while (c->present)
+        member_leave(b, c->present);
+}
+
 void core_close(broker_t *b, conn_t *c)
 {
     /* Free the finished answers; detach those the cluster still holds (reply_done frees). */
@@ -595,6 +741,7 @@ void core_close(broker_t *b, conn_t *c)
     }
     if (c->waits && b->bus.ops)
         b->bus.ops->forget(b->bus.ctx, c); /* recoveries in progress deliver nothing more */
+    core_absent(b, c);                     /* leaves, before the topics are released */
     topics_unsubscribe_all(b->topics, &c->owner, b->bus.ops ? b->bus.ops->release : NULL,
                            b->bus.ctx);
     auth_grant_unref(c->grant);

@@ -4,6 +4,7 @@
 #include "dedup.h"
 #include "history.h"
 #include "log.h"
+#include "presence.h"
 #include "session.h"
 
 #include <inttypes.h>
@@ -143,6 +144,8 @@ static void gauges(const broker_t *b, metrics_gauges_t *g)
     }
     uint64_t unused;
     dedup_stats(b->dedup, &g->dedup_entries, &unused);
+    g->presence = b->presence != NULL;
+    presence_stats(b->presence, &g->presence_topics, &g->presence_members);
 }
 
 /* One complete answer, then the connection closes. */

@@ -107,6 +107,24 @@ gale_err_t metrics_render(const metrics_t *m, const metrics_gauges_t *g, gale_bu
                "Topic states dropped to stay within --history-memory (their epoch ended).",
                g->history_states_lost);
     }
+    if (g->presence) {
+        metric(out, "gale_presence_topics", "gauge",
+               "Topics with members on this node (or presence scripts in flight).",
+               g->presence_topics);
+        metric(out, "gale_presence_members", "gauge",
+               "Memberships (connection, topic) held on this node.", g->presence_members);
+        metric(out, "gale_presence_joins_total", "counter",
+               "Connections that became present on a topic on this node.", m->presence_joins);
+        metric(out, "gale_presence_leaves_total", "counter",
+               "Connections that stopped being present on a topic on this node.",
+               m->presence_leaves);
+        metric(out, "gale_presence_events_total", "counter",
+               "Join and leave events queued to watchers.", m->presence_events);
+        metric(out, "gale_presence_counts_total", "counter",
+               "Count-only presence messages queued to watchers (topics above "
+               "--presence-events-max).",
+               m->presence_counts);
+    }
     if (g->redis_shards) {
         metric(out, "gale_redis_shards", "gauge", "Redis shards configured (--redis).",
                g->redis_shards);

@@ -30,6 +30,10 @@ typedef struct metrics {
     uint64_t publish_duplicates; /* pubs not delivered again: a mid seen before */
     uint64_t recoveries_cached;  /* cluster: recoveries served from a stream's recent messages */
     uint64_t history_gaps;       /* cluster: missed live messages read from the stream */
+    uint64_t presence_joins;     /* connections that became present on a topic (this node) */
+    uint64_t presence_leaves;    /* ... that stopped being present */
+    uint64_t presence_events;    /* join and leave events queued to watchers */
+    uint64_t presence_counts;    /* count-only presence messages queued to watchers */
     uint64_t redis_publishes;    /* PUBLISH commands sent (--redis) */
     uint64_t redis_received;     /* messages received from Redis */
     uint64_t redis_duplicates;   /* ... dropped as copies already delivered */
@@ -53,6 +57,8 @@ typedef struct metrics_gauges {
     uint64_t history_bytes, history_topics, history_messages;
     uint64_t history_evicted, history_expired, history_states_lost;
     uint64_t dedup_entries;
+    bool presence;                              /* --presence: its gauges are rendered */
+    uint64_t presence_topics, presence_members; /* this node's */
 } metrics_gauges_t;
 
 /** Appends the Prometheus text exposition (version 0.0.4) of m and g to out. */

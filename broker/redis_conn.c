@@ -181,10 +181,12 @@ static void on_push(redisAsyncContext *ac, void *reply, void *privdata)
         return; /* NULL: the context is being freed; not READY: failing */
     redisReply **el = r->element;
     size_t at = 1; /* index of the name */
+    p.pattern = false;
     if (r->elements == 3 && is(el[0], "message"))
         p.kind = REDIS_PUSH_MESSAGE;
     else if (r->elements == 4 && is(el[0], "pmessage")) {
         p.kind = REDIS_PUSH_MESSAGE;
+        p.pattern = true;
         at = 2; /* after the pattern */
     } else if (el[1]->type == REDIS_REPLY_STRING && is(el[0], "subscribe"))
         p.kind = REDIS_PUSH_SUBSCRIBED;

@@ -100,6 +100,7 @@ typedef struct {
      * pattern confirmed. NULL when Redis sent something else than a string. */
     const char *name;
     size_t name_len;
+    bool pattern; /* MESSAGE: it came through a PSUBSCRIBE (a pmessage) */
     /* MESSAGE: the message; NULL when Redis sent something else than a string. */
     const char *data;
     size_t data_len;

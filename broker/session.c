@@ -180,8 +180,8 @@ bool session_open(broker_t *b, session_t *s, struct lws *wsi, gale_enc_t enc,
     s->live = 1;
     b->nlive++;
 
-    char conn[24];
-    snprintf(conn, sizeof(conn), "%" PRIu64, s->conn.id);
+    char conn[CORE_CONN_NAME_MAX];
+    core_conn_name(b, &s->conn, conn);
     gale_buf_t buf;
     gale_buf_init(&buf, FRAME_HEADROOM);
     send_frame(b, s,

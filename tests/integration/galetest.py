@@ -399,6 +399,39 @@ class Client:
         finally:
             self.pending.extend(held)
 
+    async def reply(self, rid, timeout=5.0):
+        """The next message whose "id" is rid; every other message read meanwhile (events,
+        deliveries) is kept, in order, for the following recv calls."""
+        for i, m in enumerate(self.pending):
+            if isinstance(m, dict) and m.get("id") == rid:
+                return self.pending.pop(i)
+        held = []
+        deadline = time.monotonic() + timeout
+        try:
+            for _ in range(100000):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    m = decode_frame(await self.recv_raw(left))
+                except AssertionError:   # recv_raw's timeout
+                    break
+                if isinstance(m, dict) and m.get("id") == rid:
+                    return m
+                held.append(m)
+            raise AssertionError("no answer with id %r within %.1fs (read first: %r)"
+                                 % (rid, timeout, held[:5]))
+        finally:
+            self.pending.extend(held)
+
+    async def ask(self, obj, timeout=5.0):
+        """Send obj with a fresh id (unless it has one); return the answer carrying that
+        id, whatever else arrives first (kept for the following recv calls)."""
+        obj = dict(obj)
+        obj.setdefault("id", self.next_id())
+        await self.send(obj)
+        return await self.reply(obj["id"], timeout)
+
     async def sub(self, topic):
         r = await self.request({"op": "sub", "topic": topic})
         assert r.get("op") == "ack", r

@@ -190,6 +190,24 @@ static auth_grant_t *claims(const char *json)
     return g;
 }
 
+/* gale.info: the member's info of presence, kept as the token wrote it. */
+static void test_claims_info(void **state)
+{
+    (void)state;
+    auth_grant_t *g = claims("{\"sub\":\"ann\",\"gale\":{\"sub\":[\"a\"],"
+                             "\"info\":{\"nick\": \"Ann\",\"n\":[1,2]}}}");
+    assert_non_null(g);
+    assert_string_equal(g->user, "ann");
+    assert_int_equal(g->info_len, strlen("{\"nick\": \"Ann\",\"n\":[1,2]}"));
+    assert_memory_equal(g->info, "{\"nick\": \"Ann\",\"n\":[1,2]}", g->info_len);
+    auth_grant_free(g);
+    g = claims("{\"sub\":\"bob\"}");
+    assert_non_null(g);
+    assert_null(g->info);
+    assert_int_equal(g->info_len, 0);
+    auth_grant_free(g);
+}
+
 static void test_claims_hostile(void **state)
 {
     (void)state;
@@ -212,6 +230,10 @@ static void test_claims_hostile(void **state)
         "{\"gale\":{\"sub\":[[\"a\"]]}}",
         "{\"gale\":{\"pub\":[\"a\"],\"pub\":[\"b\"]}}",
         "{\"gale\":{\"sub\":[\"a\"]}} x",
+        "{\"gale\":{\"info\":\"ann\"}}",  /* gale.info must be an object */
+        "{\"gale\":{\"info\":[1]}}",
+        "{\"gale\":{\"info\":null}}",
+        "{\"gale\":{\"info\":{},\"info\":{}}}",
         "{\"a\":\"\xff\"}",
         "{\"a\":[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]}",
     };
@@ -469,6 +491,7 @@ int main(void)
         cmocka_unit_test(test_verify_refused),
         cmocka_unit_test(test_sub_placeholder_dropped),
         cmocka_unit_test(test_claims_hostile),
+        cmocka_unit_test(test_claims_info),
         cmocka_unit_test(test_contains_exhaustive),
         cmocka_unit_test(test_contains_examples),
         cmocka_unit_test(test_check),

@@ -482,6 +482,69 @@ static void test_recovery_and_dedup_options(void **state)
     assert_int_equal(parse(&c, env, 2, "--history-memory", "lots"), CONFIG_ERROR);
 }
 
+/* --- presence options ------------------------------------------------------------------- */
+
+static void test_presence_defaults(void **state)
+{
+    (void)state;
+    gale_config_t c;
+    char *env[] = {NULL};
+    assert_int_equal(parse(&c, env, 0), CONFIG_RUN);
+    assert_int_equal(c.npresence, 0);
+    assert_int_equal(c.presence_list_max, 1000);
+    assert_int_equal(c.presence_info_max, 1024);
+    assert_int_equal(c.presence_expiry_s, 30);
+    assert_int_equal(c.presence_events_max, 1000);
+}
+
+static void test_presence_patterns(void **state)
+{
+    (void)state;
+    gale_config_t c;
+    char *env[] = {"GALE_PRESENCE=chat.*.msg \tdoc.>  ", "GALE_PRESENCE_EXPIRY=3", NULL};
+    assert_int_equal(parse(&c, env, 0), CONFIG_RUN);
+    assert_false(c.presence_from_flags);
+    assert_int_equal(c.npresence, 2);
+    assert_string_equal(c.presence[0], "chat.*.msg");
+    assert_string_equal(c.presence[1], "doc.>");
+    assert_int_equal(c.presence_expiry_s, 3);
+    /* One flag replaces the variable's patterns; more flags add to it. */
+    assert_int_equal(parse(&c, env, 4, "--presence", "a", "--presence", "b.*"), CONFIG_RUN);
+    assert_true(c.presence_from_flags);
+    assert_int_equal(c.npresence, 2);
+    assert_string_equal(c.presence[0], "a");
+    assert_string_equal(c.presence[1], "b.*");
+    char *none[] = {NULL};
+    assert_int_equal(parse(&c, none, 2, "--presence", "a..b"), CONFIG_ERROR);
+    assert_int_equal(parse(&c, none, 2, "--presence", ""), CONFIG_ERROR);
+    assert_int_equal(parse(&c, none, 2, "--presence", "a.>.b"), CONFIG_ERROR);
+    assert_int_equal(parse(&c, none, 2, "--presence-expiry", "2"), CONFIG_ERROR);
+    assert_int_equal(parse(&c, none, 2, "--presence-expiry", "46"), CONFIG_ERROR);
+    assert_int_equal(parse(&c, none, 2, "--presence-list-max", "0"), CONFIG_ERROR);
+    assert_int_equal(parse(&c, none, 2, "--presence-info-max", "64K"), CONFIG_RUN);
+    assert_int_equal(c.presence_info_max, 65536);
+    assert_int_equal(parse(&c, none, 2, "--presence-info-max", "65537"), CONFIG_ERROR);
+    assert_int_equal(parse(&c, none, 2, "--presence-events-max", "0"), CONFIG_RUN);
+    assert_int_equal(c.presence_events_max, 0);
+}
+
+static void test_presence_too_many(void **state)
+{
+    (void)state;
+    gale_config_t c;
+    char *env[] = {NULL};
+    char *args[2 * (GALE_PRESENCE_RULES_MAX + 1)];
+    char names[GALE_PRESENCE_RULES_MAX + 1][16];
+    for (int i = 0; i <= GALE_PRESENCE_RULES_MAX; i++) {
+        snprintf(names[i], sizeof(names[i]), "t%d", i);
+        args[2 * i] = "--presence";
+        args[2 * i + 1] = names[i];
+    }
+    assert_int_equal(parse_argv(&c, env, 2 * GALE_PRESENCE_RULES_MAX, args), CONFIG_RUN);
+    assert_int_equal(c.npresence, GALE_PRESENCE_RULES_MAX);
+    assert_int_equal(parse_argv(&c, env, 2 * (GALE_PRESENCE_RULES_MAX + 1), args), CONFIG_ERROR);
+}
+
 int main(void)
 {
     sink = fopen("/dev/null", "w");
@@ -500,6 +563,9 @@ int main(void)
         cmocka_unit_test(test_history_error_message),
         cmocka_unit_test(test_history_env),
         cmocka_unit_test(test_history_too_many),
+        cmocka_unit_test(test_presence_defaults),
+        cmocka_unit_test(test_presence_patterns),
+        cmocka_unit_test(test_presence_too_many),
         cmocka_unit_test(test_recovery_and_dedup_options),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
