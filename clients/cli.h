@@ -1,8 +1,9 @@
 /*
- * cli: what `gale pub`, `gale sub` and `gale hist` share: exit codes, the
- * common options (--url, --encoding, --token, --cafile, --insecure, --timeout,
- * -v), URL parsing, error reporting, stream positions (EP:OFF), and turning a
- * received message into one line of output (--format).
+ * cli: what `gale pub`, `gale sub`, `gale hist` and `gale presence` share: exit
+ * codes, the common options (--url, --encoding, --token, --cafile, --insecure,
+ * --timeout, -v), URL parsing, error reporting, stream positions (EP:OFF), and
+ * turning a received message or presence member into one line of output
+ * (--format).
  *
  * The connection itself lives in cli_conn.h (libwebsockets client API), the
  * stdin line reader in cli_lines.h.
@@ -34,7 +35,7 @@ extern const char cli_common_help[];
 
 /** The options every connecting command takes. */
 typedef struct {
-    const char *cmd; /* "pub", "sub", "hist": prefixes messages ("gale pub: ...") */
+    const char *cmd; /* "pub", "sub", "hist", "presence": prefixes messages ("gale pub: ...") */
     const char *url; /* --url, else $GALE_URL, else CLI_DEFAULT_URL */
     gale_enc_t enc;
     bool enc_set;      /* --encoding was given */
@@ -163,6 +164,28 @@ typedef struct {
  * DATA is compact JSON (binary: a base64 string). false if the data cannot be converted.
  */
 bool cli_format_message(gale_buf_t *line, cli_format_t fmt, gale_enc_t enc, const cli_message_t *m);
+
+/** A presence member to print: of a `presence` answer, or of a join/leave event. */
+typedef struct {
+    const char *conn;
+    size_t conn_len;
+    bool has_user;
+    const char *user;
+    size_t user_len;
+    const uint8_t *info; /* in the connection's encoding; NULL: none */
+    size_t info_len;
+} cli_member_t;
+
+/**
+ * Appends the member as text, "CONN USER INFO" (no newline): USER is - when the member has
+ * none, and is written as a JSON string when it is empty, is "-", or has whitespace, quotes,
+ * backslashes or control characters; INFO is compact JSON, - when absent. false if info
+ * cannot be converted.
+ */
+bool cli_member_text(gale_buf_t *out, gale_enc_t enc, const cli_member_t *m);
+
+/** Appends the member's fields as JSON object members: "conn":C[,"user":U][,"info":I]. */
+bool cli_member_json(gale_buf_t *out, gale_enc_t enc, const cli_member_t *m);
 
 /**
  * Writes line to stdout and flushes it. Returns 0; 1 when the reader went away (EPIPE:

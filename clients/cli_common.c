@@ -1,6 +1,6 @@
 /*
  * cli_common: the options, errors, URL parsing, positions and output helpers
- * that `gale pub`, `gale sub` and `gale hist` share (see cli.h).
+ * that `gale pub`, `gale sub`, `gale hist` and `gale presence` share (see cli.h).
  */
 #include "cli.h"
 
@@ -13,9 +13,9 @@
 #include <time.h>
 
 const char cli_exit_codes_help[] =
-    "Exit status (pub, sub, hist):\n"
+    "Exit status (pub, sub, hist, presence):\n"
     "  0    success (pub: every message acknowledged; sub: --count reached or stopped cleanly;\n"
-    "       hist: the history printed)\n"
+    "       hist, presence: the answer printed)\n"
     "  1    the broker answered an error (its code and message are printed)\n"
     "  2    usage error: bad option or argument, invalid topic, invalid --json input\n"
     "  3    cannot connect (refused, unreachable, TLS or handshake refused) or connection lost\n"
@@ -441,6 +441,54 @@ bool cli_format_message(gale_buf_t *b, cli_format_t fmt, gale_enc_t enc, const c
     }
     gale_buf_append(b, "\n", 1);
     return !b->oom;
+}
+
+/* ---- printing presence members ---- */
+
+/* A user as one word of a text line: raw when that is unambiguous, else a JSON string. */
+static void put_word(gale_buf_t *out, const char *s, size_t n)
+{
+    bool raw = n > 0 && !(n == 1 && s[0] == '-');
+    for (size_t i = 0; i < n && raw; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        raw = ch > ' ' && ch != '"' && ch != '\\' && ch != 0x7f;
+    }
+    if (raw)
+        gale_buf_append(out, s, n);
+    else
+        cli_json_str(out, s, n);
+}
+
+bool cli_member_text(gale_buf_t *out, gale_enc_t enc, const cli_member_t *m)
+{
+    put_word(out, m->conn, m->conn_len);
+    gale_buf_append(out, " ", 1);
+    if (m->has_user)
+        put_word(out, m->user, m->user_len);
+    else
+        gale_buf_append(out, "-", 1);
+    gale_buf_append(out, " ", 1);
+    if (m->info == NULL)
+        gale_buf_append(out, "-", 1);
+    else if (!cli_data_json(out, enc, m->info, m->info_len))
+        return false;
+    return !out->oom;
+}
+
+bool cli_member_json(gale_buf_t *out, gale_enc_t enc, const cli_member_t *m)
+{
+    gale_buf_append(out, "\"conn\":", 7);
+    cli_json_str(out, m->conn, m->conn_len);
+    if (m->has_user) {
+        gale_buf_append(out, ",\"user\":", 8);
+        cli_json_str(out, m->user, m->user_len);
+    }
+    if (m->info != NULL) {
+        gale_buf_append(out, ",\"info\":", 8);
+        if (!cli_data_json(out, enc, m->info, m->info_len))
+            return false;
+    }
+    return !out->oom;
 }
 
 int cli_write_line(const cli_common_t *c, const gale_buf_t *line)

@@ -6,6 +6,7 @@
 #include "bench.h"
 #include "cli.h"
 #include "hist.h"
+#include "presence.h"
 #include "pub.h"
 #include "sub.h"
 
@@ -24,6 +25,7 @@ static const struct {
     {"pub", pub_main, "publish DATA, stdin lines or a file to a topic"},
     {"sub", sub_main, "subscribe to patterns and print each message as a line"},
     {"hist", hist_main, "print the messages a broker holds for a topic (history)"},
+    {"presence", presence_main, "print who is present on a topic (presence)"},
     {"bench", bench_main, "load generator: fan-out, topics, connections, handshake rate"},
 };
 
@@ -31,7 +33,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: gale COMMAND [options]\n       gale --help | --version\n\nCommands:\n");
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
-        fprintf(f, "  %-8s %s\n", commands[i].name, commands[i].help);
+        fprintf(f, "  %-9s %s\n", commands[i].name, commands[i].help);
     fprintf(f, "\n`gale COMMAND --help` describes a command.\n\n");
     fprintf(f, "Environment: GALE_URL (default " CLI_DEFAULT_URL "), GALE_TOKEN.\n\n");
     fprintf(f, "%s", cli_exit_codes_help);

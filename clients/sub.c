@@ -13,6 +13,11 @@
  * position, then the ack says whether it could. The position of every
  * message received is kept, so a --reconnect resumes after the last one, and
  * it is reported on stderr when the command ends.
+ *
+ * --presence subscribes to topics with `presence: true` (docs/PROTOCOL.md
+ * "Presence") and prints the join, leave and count-only presence updates among
+ * the messages; --info sends the member's info with each sub (a broker without
+ * tokens).
  */
 #include "cli.h"
 #include "cli_conn.h"
@@ -38,6 +43,8 @@ typedef struct {
     cli_pos_t asked; /* the position the last sub with since asked to resume after */
     long replayed;   /* messages received between that sub and its ack */
     bool pos_seen;   /* the broker named a position of the topic (msg or ack) */
+    bool presence;   /* --presence: subs ask for join/leave events */
+    gale_buf_t info; /* --info: the JSON object, compacted (len 0: none) */
 
     cli_conn_t *conn;
     gale_buf_t frame;
@@ -71,7 +78,8 @@ static void usage(FILE *f)
         "                             message of a topic with history also has its\n"
         "                             position, \"ep\" and \"off\", after \"topic\"\n"
         "                       data: the data only, as compact JSON\n"
-        "  -n, --count N        exit 0 after N messages\n"
+        "  -n, --count N        exit 0 after N lines (messages, and with --presence the\n"
+        "                       presence lines too)\n"
         "  --since EP:OFF       recover what was missed: with exactly one TOPIC (no * or\n"
         "                       >) that keeps history, first print the messages published\n"
         "                       after position EP:OFF, then continue live. EP:OFF is the\n"
@@ -87,6 +95,20 @@ static void usage(FILE *f)
         "                       missed while the broker still holds it)\n"
         "  --timeout SECONDS    stop after this long: exit 4 if --count was given and not\n"
         "                       reached (or never subscribed), else 0\n"
+        "  --presence           with topics (no * or >) that the broker tracks presence\n"
+        "                       for (gale-broker --presence): also print who joins and\n"
+        "                       leaves them (never this connection itself), as lines\n"
+        "                       line: TOPIC join CONN USER INFO, TOPIC leave CONN USER INFO\n"
+        "                             (USER: - without one; INFO: compact JSON, - without\n"
+        "                             one), TOPIC count N (a busy topic's member count,\n"
+        "                             instead of joins and leaves)\n"
+        "                       json: the broker's objects, {\"op\":\"join\",\"topic\":...,\n"
+        "                             \"conn\":...,\"user\":...,\"info\":...}, \"leave\" alike,\n"
+        "                             {\"op\":\"presence\",\"topic\":...,\"count\":N}\n"
+        "                       `gale presence TOPIC` prints the members present now\n"
+        "  --info JSON          this connection's info as a member of each topic (a JSON\n"
+        "                       object; topics only), for a broker without tokens (with\n"
+        "                       tokens it comes from the token's gale.info claim)\n"
         "\n"
         "Binary data (MessagePack bin) prints as a base64 JSON string.\n"
         "\n"
@@ -95,7 +117,8 @@ static void usage(FILE *f)
         "  gale sub 'chat.>'\n"
         "  gale sub --format json --count 1 sensors.t1 | jq .data.celsius\n"
         "  gale sub --reconnect --url wss://broker.example/ws --token \"$T\" 'logs.*'\n"
-        "  gale sub --since 1f3a9c:41 --reconnect chat.lobby\n",
+        "  gale sub --since 1f3a9c:41 --reconnect chat.lobby\n"
+        "  gale sub --presence --info '{\"nick\":\"ann\"}' chat.lobby\n",
         cli_common_help, cli_exit_codes_help);
 }
 
@@ -151,6 +174,61 @@ static void print_message(sub_t *s, const gale_reply_t *r)
         return;
     }
     int w = cli_write_line(&s->o, &s->line);
+    if (w != 0) {
+        finish(s, w > 0 ? CLI_EXIT_OK : CLI_EXIT_USAGE);
+        return;
+    }
+    s->received++;
+    if (s->count > 0 && s->received >= s->count)
+        finish(s, CLI_EXIT_OK);
+}
+
+/* ---- presence (--presence) ---- */
+
+/* Prints a join/leave event or a count-only presence update of a topic. */
+static void print_presence(sub_t *s, const gale_reply_t *r)
+{
+    gale_buf_t *b = &s->line;
+    const char *kind = r->op == GALE_REPLY_JOIN    ? "join"
+                       : r->op == GALE_REPLY_LEAVE ? "leave"
+                                                   : "presence";
+    cli_member_t m = {r->conn,     r->conn_len, r->has_user, r->user,
+                      r->user_len, r->info,     r->info_len};
+    char num[32];
+    bool ok = true;
+    b->len = 0;
+    if (s->format == CLI_FMT_JSON) {
+        gale_buf_append(b, "{\"op\":\"", 7);
+        gale_buf_append(b, kind, strlen(kind));
+        gale_buf_append(b, "\",\"topic\":", 10);
+        cli_json_str(b, r->topic, r->topic_len);
+        if (r->op == GALE_REPLY_PRESENCE) {
+            snprintf(num, sizeof(num), ",\"count\":%llu", (unsigned long long)r->count);
+            gale_buf_append(b, num, strlen(num));
+        } else {
+            gale_buf_append(b, ",", 1);
+            ok = cli_member_json(b, s->o.enc, &m);
+        }
+        gale_buf_append(b, "}", 1);
+    } else {
+        gale_buf_append(b, r->topic, r->topic_len);
+        if (r->op == GALE_REPLY_PRESENCE) {
+            snprintf(num, sizeof(num), " count %llu", (unsigned long long)r->count);
+            gale_buf_append(b, num, strlen(num));
+        } else {
+            gale_buf_append(b, " ", 1);
+            gale_buf_append(b, kind, strlen(kind));
+            gale_buf_append(b, " ", 1);
+            ok = cli_member_text(b, s->o.enc, &m);
+        }
+    }
+    gale_buf_append(b, "\n", 1);
+    if (!ok || b->oom) {
+        cli_error(&s->o, "cannot print a %s on %.*s: its info is not convertible to JSON", kind,
+                  (int)r->topic_len, r->topic);
+        return;
+    }
+    int w = cli_write_line(&s->o, b);
     if (w != 0) {
         finish(s, w > 0 ? CLI_EXIT_OK : CLI_EXIT_USAGE);
         return;
@@ -218,13 +296,17 @@ static void on_open(void *arg, const gale_reply_t *hello)
     for (int i = 0; i < s->npatterns; i++) {
         s->frame.len = s->frame.headroom;
         gale_err_t err;
-        if (s->has_since) {
-            /* After the last message received, or the position given. */
-            s->asked = s->pos;
-            s->replayed = 0;
+        if (s->has_since || s->presence || s->info.len > 0) {
+            /* With since: after the last message received, or the position given. */
             gale_pos_t since = {s->pos.ep, s->pos.ep_len, s->pos.off};
-            err = gale_encode_sub_since(&s->frame, s->o.enc, true, s->next_id++, s->patterns[i],
-                                        strlen(s->patterns[i]), &since);
+            if (s->has_since) {
+                s->asked = s->pos;
+                s->replayed = 0;
+            }
+            err = gale_encode_sub_ext(&s->frame, s->o.enc, true, s->next_id++, s->patterns[i],
+                                      strlen(s->patterns[i]), s->has_since ? &since : NULL,
+                                      s->presence, s->info.len > 0 ? s->info.data : NULL,
+                                      s->info.len);
         } else {
             err = gale_encode_sub(&s->frame, s->o.enc, GALE_OP_SUB, true, s->next_id++,
                                   s->patterns[i], strlen(s->patterns[i]));
@@ -248,6 +330,12 @@ static void on_reply(void *arg, const gale_reply_t *r)
     case GALE_REPLY_MSG:
         track_message(s, r);
         print_message(s, r);
+        return;
+    case GALE_REPLY_JOIN:
+    case GALE_REPLY_LEAVE:
+    case GALE_REPLY_PRESENCE:
+        if (s->presence)
+            print_presence(s, r);
         return;
     case GALE_REPLY_ACK:
         if (ours && s->acks_pending > 0 && --s->acks_pending == 0) {
@@ -307,7 +395,14 @@ static void on_wake(void *arg)
 
 /* ---- command line ---- */
 
-enum { OPT_FORMAT = CLI_OPT_FIRST_OWN, OPT_COUNT, OPT_RECONNECT, OPT_SINCE };
+enum {
+    OPT_FORMAT = CLI_OPT_FIRST_OWN,
+    OPT_COUNT,
+    OPT_RECONNECT,
+    OPT_SINCE,
+    OPT_PRESENCE,
+    OPT_INFO
+};
 
 static int parse(sub_t *s, int argc, char **argv)
 {
@@ -317,6 +412,8 @@ static int parse(sub_t *s, int argc, char **argv)
         {"count", required_argument, NULL, 'n'},
         {"reconnect", no_argument, NULL, OPT_RECONNECT},
         {"since", required_argument, NULL, OPT_SINCE},
+        {"presence", no_argument, NULL, OPT_PRESENCE},
+        {"info", required_argument, NULL, OPT_INFO},
         {NULL, 0, NULL, 0},
     };
     int c;
@@ -352,10 +449,59 @@ static int parse(sub_t *s, int argc, char **argv)
             s->has_since = true;
             break;
         }
+        case OPT_PRESENCE:
+            s->presence = true;
+            break;
+        case OPT_INFO: {
+            size_t n = strlen(optarg), i = 0;
+            while (i < n && strchr(" \t\r\n", optarg[i]))
+                i++;
+            if (i == n || optarg[i] != '{' || !gale_json_valid((const uint8_t *)optarg, n, 256))
+                return cli_usage_error("sub", "invalid --info '%s': not a JSON object", optarg);
+            s->info.len = 0;
+            cli_json_compact(&s->info, (const uint8_t *)optarg, n);
+            if (s->info.oom)
+                return cli_usage_error("sub", "out of memory");
+            break;
+        }
         default:
             return cli_bad_option("sub", c, argv);
         }
     }
+    return 0;
+}
+
+/* Checks the operands against the options; returns 0, or CLI_EXIT_USAGE after saying why. */
+static int check_operands(const sub_t *s)
+{
+    if (s->npatterns == 0)
+        return cli_usage_error("sub", "missing PATTERN (e.g. 'chat.>' or '>' for everything)");
+    for (int i = 0; i < s->npatterns; i++) {
+        if (!gale_pattern_valid(s->patterns[i], strlen(s->patterns[i]), NULL))
+            return cli_usage_error("sub",
+                                   "invalid pattern '%s': dot-separated, non-empty segments "
+                                   "without spaces; a segment may be * and the last one >",
+                                   s->patterns[i]);
+    }
+    if (s->has_since) {
+        if (s->npatterns != 1)
+            return cli_usage_error("sub", "--since takes exactly one TOPIC (got %d)", s->npatterns);
+        if (!gale_topic_valid(s->patterns[0], strlen(s->patterns[0])))
+            return cli_usage_error("sub", "--since needs a topic, not a pattern: '%s' has * or >",
+                                   s->patterns[0]);
+    }
+    if (s->presence || s->info.len > 0) {
+        const char *opt = s->presence ? "--presence" : "--info";
+        for (int i = 0; i < s->npatterns; i++)
+            if (!gale_topic_valid(s->patterns[i], strlen(s->patterns[i])))
+                return cli_usage_error("sub",
+                                       "%s needs topics, not patterns: '%s' has * or > "
+                                       "(presence is kept per topic)",
+                                       opt, s->patterns[i]);
+    }
+    if (s->presence && s->format == CLI_FMT_DATA)
+        return cli_usage_error("sub", "--presence needs --format line or json (data has no "
+                                      "room for joins and leaves)");
     return 0;
 }
 
@@ -367,33 +513,25 @@ int sub_main(int argc, char **argv)
     s.next_id = 1;
     gale_buf_init(&s.frame, LWS_PRE);
     gale_buf_init(&s.line, 0);
+    gale_buf_init(&s.info, 0);
     int rc = parse(&s, argc, argv);
-    if (rc != 0)
-        return rc < 0 ? CLI_EXIT_OK : rc;
-    s.patterns = argv + optind;
-    s.npatterns = argc - optind;
-    if (s.npatterns == 0)
-        return cli_usage_error("sub", "missing PATTERN (e.g. 'chat.>' or '>' for everything)");
-    for (int i = 0; i < s.npatterns; i++) {
-        if (!gale_pattern_valid(s.patterns[i], strlen(s.patterns[i]), NULL))
-            return cli_usage_error("sub",
-                                   "invalid pattern '%s': dot-separated, non-empty segments "
-                                   "without spaces; a segment may be * and the last one >",
-                                   s.patterns[i]);
+    if (rc == 0) {
+        s.patterns = argv + optind;
+        s.npatterns = argc - optind;
+        rc = check_operands(&s);
     }
-    if (s.has_since) {
-        if (s.npatterns != 1)
-            return cli_usage_error("sub", "--since takes exactly one TOPIC (got %d)", s.npatterns);
-        if (!gale_topic_valid(s.patterns[0], strlen(s.patterns[0])))
-            return cli_usage_error("sub", "--since needs a topic, not a pattern: '%s' has * or >",
-                                   s.patterns[0]);
+    if (rc != 0) {
+        gale_buf_free(&s.info);
+        return rc < 0 ? CLI_EXIT_OK : rc;
     }
     srand((unsigned)getpid() ^ (unsigned)(cli_now() * 1e6));
 
     static const cli_handler_t h = {on_open, on_reply, on_closed, on_wake};
     s.conn = cli_conn_new(&s.o, &h, &s);
-    if (s.conn == NULL)
+    if (s.conn == NULL) {
+        gale_buf_free(&s.info);
         return CLI_EXIT_USAGE;
+    }
     if (s.o.timeout > 0)
         cli_conn_timer(s.conn, &s.timeout_sul, timeout_timer, s.o.timeout);
     cli_conn_connect(s.conn); /* a failure at once has already stopped the loop (or retries) */
@@ -410,5 +548,6 @@ int sub_main(int argc, char **argv)
     cli_conn_free(s.conn);
     gale_buf_free(&s.frame);
     gale_buf_free(&s.line);
+    gale_buf_free(&s.info);
     return rc;
 }

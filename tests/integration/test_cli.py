@@ -1,8 +1,10 @@
-"""`gale pub`, `gale sub` and `gale hist`, the command-line client, driven as a person or a
-script would, against the real broker: arguments, stdin lines, files, JSON and MessagePack,
-output formats, --count/--timeout, errors and their exit codes, --reconnect across a broker
-restart, signals, the token query parameter and wss://; history, recovery (sub --since),
-positions and idempotent publish (pub --mid) against a broker started with --history.
+"""`gale pub`, `gale sub`, `gale hist` and `gale presence`, the command-line client, driven as
+a person or a script would, against the real broker: arguments, stdin lines, files, JSON and
+MessagePack, output formats, --count/--timeout, errors and their exit codes, --reconnect
+across a broker restart, signals, the token query parameter and wss://; history, recovery
+(sub --since), positions and idempotent publish (pub --mid) against a broker started with
+--history; presence (gale presence, sub --presence, sub --info) against one started with
+--presence.
 
 The binary is $GALE_CLI (ctest sets it), else gale next to $GALE_BROKER, else build/gale.
 Every wait is bounded.
@@ -20,6 +22,8 @@ import ssl
 import subprocess
 import threading
 import time
+
+import re
 
 import pytest
 
@@ -1050,3 +1054,272 @@ def test_sub_since_reconnect_resumes_after_the_last_message(make_broker, topic, 
     s.proc.send_signal(signal.SIGINT)
     assert s.wait() == INTERRUPTED
     assert "last position %s:1 (resume with --since %s:1)" % (new_ep, new_ep) in s.stderr()
+
+
+# ---------------------------------------------------------------------------------------
+# presence: gale presence, gale sub --presence, gale sub --info
+# ---------------------------------------------------------------------------------------
+
+CONN_RE = re.compile(r"^[0-9a-f]{16}-[0-9]+$")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["presence"], "missing TOPIC"),
+    (["presence", "a", "b"], "too many arguments: one TOPIC"),
+    (["presence", "a.*"], "invalid topic 'a.*': presence is kept per topic, not per pattern"),
+    (["presence", "a.>"], "presence is kept per topic, not per pattern"),
+    (["presence", "a..b"], "invalid topic 'a..b'"),
+    (["presence", "--format", "data", "t"], "invalid --format 'data': use line or json"),
+    (["presence", "--limit", "1", "t"], "unknown option '--limit'"),
+    (["sub", "--presence", "a", "b.*"], "--presence needs topics, not patterns: 'b.*'"),
+    (["sub", "--info", "{}", "a.>"], "--info needs topics, not patterns: 'a.>'"),
+    (["sub", "--info", "[1]", "t"], "invalid --info '[1]': not a JSON object"),
+    (["sub", "--info", "{\"a\":", "t"], "invalid --info '{\"a\":': not a JSON object"),
+    (["sub", "--info", "", "t"], "invalid --info '': not a JSON object"),
+    (["sub", "--presence", "--format", "data", "t"], "--presence needs --format line or json"),
+    (["sub", "--info"], "option '--info' needs a value"),
+])
+def test_presence_usage_errors_exit_2(args, needle):
+    p = gale(*args[:1], "--url", "ws://127.0.0.1:1/ws", *args[1:])
+    assert p.returncode == USAGE, (p.returncode, p.stderr)
+    assert needle in p.stderr, p.stderr
+    assert "Try 'gale %s --help'." % args[0] in p.stderr
+    assert p.stdout == b""
+
+
+def test_help_lists_presence():
+    out = gale("--help").stdout.decode()
+    assert re.search(r"^  presence +print who is present on a topic", out, re.M), out
+    assert "hist, presence" in out   # the exit codes cover it
+    p = gale("presence", "--help")
+    assert p.returncode == 0 and p.stdout.decode().startswith("usage: gale presence")
+    assert "--format FMT" in p.stdout.decode() and "Exit status" in p.stdout.decode()
+    sub_help = gale("sub", "--help").stdout.decode()
+    assert "--presence" in sub_help and "--info JSON" in sub_help
+    assert "TOPIC join CONN USER INFO" in sub_help
+
+
+def presence_broker(make_broker, topic, args=()):
+    """A broker tracking presence on every topic under TOPIC.p (TOPIC.plain: none)."""
+    return make_broker(["--presence", "%s.p.>" % topic, *args])
+
+
+def presence_lines(b, t, *args):
+    """`gale presence` of t: (count, {conn: "USER INFO"}) from its line format."""
+    p = gale("presence", "--url", b.url, *args, t)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.decode().splitlines()
+    members = {}
+    for l in lines[1:]:
+        conn, rest = l.split(" ", 1)
+        assert CONN_RE.match(conn), l
+        members[conn] = rest
+    return int(lines[0]), members
+
+
+def wait_count(b, t, n, timeout=10.0):
+    """Waits until `gale presence` of t counts n members; returns its members."""
+    deadline = time.monotonic() + timeout
+    while True:
+        count, members = presence_lines(b, t)
+        if count == n:
+            return members
+        assert time.monotonic() < deadline, "presence of %s: %d members, not %d" % (t, count, n)
+        time.sleep(0.1)
+
+
+def test_presence_and_sub_presence_lines(make_broker, topic, subs):
+    b = presence_broker(make_broker, topic)
+    t = topic + ".p.room"
+    # Nobody yet: a count of 0 and no member lines.
+    p = gale("presence", "--url", b.url, t)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == b"0\n" and p.stderr == ""
+
+    watcher = subs(b, "--presence", t)
+    watcher.wait_subscribed()
+    (w_conn, w_rest), = wait_count(b, t, 1).items()
+    assert w_rest == "- -"   # no token: no user; no info
+    assert watcher.lines() == []   # never about itself
+
+    ann = subs(b, "--info", '{"nick": "Ann", "tags": ["a b", 1.5]}', t)
+    ann.wait_subscribed()
+    line = watcher.wait_lines(1)[0]
+    m = re.match(r"^%s join (\S+) - (.*)$" % re.escape(t), line)
+    assert m, line
+    a_conn, info = m.group(1), m.group(2)
+    assert CONN_RE.match(a_conn) and a_conn != w_conn
+    assert json.loads(info) == {"nick": "Ann", "tags": ["a b", 1.5]}
+    assert info == '{"nick":"Ann","tags":["a b",1.5]}'   # compact
+
+    count, members = presence_lines(b, t)
+    assert count == 2
+    assert members == {w_conn: "- -", a_conn: "- " + info}
+    p = gale("presence", "--url", b.url, "-v", t)
+    assert "* 2 members on %s" % t in p.stderr
+
+    # A pattern subscription does not make a member, nor does a sub of another topic.
+    other = subs(b, topic + ".p.>", topic + ".p.other")
+    other.wait_subscribed()
+    assert presence_lines(b, t)[0] == 2
+
+    ann.proc.send_signal(signal.SIGINT)
+    assert ann.wait() == INTERRUPTED
+    assert watcher.wait_lines(2)[1] == "%s leave %s - %s" % (t, a_conn, info)
+    assert wait_count(b, t, 1) == {w_conn: "- -"}
+    assert len(watcher.lines()) == 2
+    # Messages still print as before, among the presence lines.
+    assert pub(b, t, "hi").returncode == 0
+    assert watcher.wait_lines(3)[2] == '%s "hi"' % t
+
+
+def test_sub_presence_counts_lines_and_json_format(make_broker, topic, subs):
+    b = presence_broker(make_broker, topic)
+    t = topic + ".p.json"
+    watcher = subs(b, "--presence", "--format", "json", "--count", "3", t)
+    watcher.wait_subscribed()
+    p = gale("sub", "--url", b.url, "--info", '{"k": [true, null]}', "--timeout", "0.5", t)
+    assert p.returncode == 0, p.stderr
+    assert pub(b, t, "x").returncode == 0
+    assert watcher.wait() == 0   # join, leave, msg: three lines
+    got = [json.loads(l) for l in watcher.lines()]
+    assert [g.get("op") for g in got] == ["join", "leave", None]
+    conn = got[0]["conn"]
+    assert CONN_RE.match(conn)
+    assert got[0] == {"op": "join", "topic": t, "conn": conn, "info": {"k": [True, None]}}
+    assert got[1] == dict(got[0], op="leave")
+    assert got[2] == {"topic": t, "data": "x"}
+    # Key order as the broker sends it: op, topic, conn, info.
+    assert watcher.lines()[0] == \
+        '{"op":"join","topic":"%s","conn":"%s","info":{"k":[true,null]}}' % (t, conn)
+
+
+@pytest.mark.needs_msgpack
+def test_presence_over_msgpack(make_broker, topic, subs):
+    b = presence_broker(make_broker, topic)
+    t = topic + ".p.mp"
+    watcher = subs(b, "--encoding", "msgpack", "--presence", "--format", "json", t)
+    watcher.wait_subscribed()
+    member = subs(b, "--encoding", "msgpack", "--info", '{"n": 1, "s": "\u00e9"}', t)
+    member.wait_subscribed()
+    join = json.loads(watcher.wait_lines(1)[0])
+    assert join == {"op": "join", "topic": t, "conn": join["conn"], "info": {"n": 1, "s": "\u00e9"}}
+    outs = []
+    for enc in ("json", "msgpack"):
+        p = gale("presence", "--url", b.url, "--encoding", enc, "--format", "json", t)
+        assert p.returncode == 0, p.stderr
+        outs.append(json.loads(p.stdout))
+    for ans in outs:
+        assert set(ans) == {"op", "topic", "count", "members"}
+        assert ans["op"] == "presence" and ans["topic"] == t and ans["count"] == 2
+        by_conn = {m["conn"]: m for m in ans["members"]}
+        assert by_conn[join["conn"]] == {"conn": join["conn"], "info": {"n": 1, "s": "\u00e9"}}
+        assert len(by_conn) == 2
+    assert outs[0] == outs[1]
+    count, members = presence_lines(b, t, "--encoding", "msgpack")
+    assert count == 2 and members[join["conn"]] == '- {"n":1,"s":"\u00e9"}'
+
+
+def test_presence_with_tokens_users_and_errors(make_broker, topic, subs):
+    secret = "test-secret-for-gale-0123456789abcdef"
+    b = presence_broker(make_broker, topic, ["--jwt-secret", secret])
+    t = topic + ".p.team"
+    exp = int(time.time()) + 300
+
+    def token(sub, info=None, rights=(">",)):
+        claims = {"exp": exp, "gale": {"sub": list(rights), "pub": [">"]}}
+        if sub is not None:
+            claims["sub"] = sub
+        if info is not None:
+            claims["gale"]["info"] = info
+        return hs256_token(claims, secret)
+
+    watcher = subs(b, "--presence", "--token", token("watch"), t)
+    watcher.wait_subscribed()
+    bo = subs(b, "--token", token("bo smith", {"role": "dev"}), t)
+    bo.wait_subscribed()
+    anon = subs(b, "--token", token(None), t)
+    anon.wait_subscribed()
+    lines = watcher.wait_lines(2)
+    joins = {l.split(" ")[2]: l for l in lines}
+    assert len(joins) == 2, lines
+    assert sorted(l.split(" ", 3)[3] for l in lines) == sorted(
+        ['"bo smith" {"role":"dev"}', "- -"])   # a user with a space is a JSON string
+    count, members = presence_lines(b, t, "--token", token("reader"))
+    assert count == 3
+    assert sorted(members.values()) == sorted(['"bo smith" {"role":"dev"}', "- -", "watch -"])
+
+    # With tokens, info comes from the token: --info is refused.
+    p = gale("sub", "--url", b.url, "--token", token("eve"), "--info", '{"x":1}', t)
+    assert p.returncode == SERVER, p.stderr
+    assert "gale sub: server error forbidden:" in p.stderr
+    # Reading presence needs the right to subscribe to the topic.
+    p = gale("presence", "--url", b.url, "--token", token("eve", rights=("other.>",)), t)
+    assert p.returncode == SERVER, p.stderr
+    assert "gale presence: server error forbidden:" in p.stderr
+    assert p.stdout == b""
+
+
+def test_presence_errors(make_broker, topic, subs):
+    b = presence_broker(make_broker, topic)
+    plain = topic + ".plain"
+    # A topic without presence: the broker's err, exit 1, for both commands.
+    p = gale("presence", "--url", b.url, plain)
+    assert p.returncode == SERVER, p.stderr
+    assert "gale presence: server error bad_request:" in p.stderr
+    assert p.stdout == b""
+    p = gale("sub", "--url", b.url, "--presence", "--timeout", "5", plain)
+    assert p.returncode == SERVER, p.stderr
+    assert "gale sub: server error bad_request:" in p.stderr
+    assert "(pattern '%s')" % plain in p.stderr
+    p = gale("sub", "--url", b.url, "--info", "{}", "--timeout", "5", plain)
+    assert p.returncode == SERVER, p.stderr
+    # Without --presence, a sub of a presence topic prints no presence lines.
+    quiet = subs(b, "--count", "1", topic + ".p.q")
+    quiet.wait_subscribed()
+    other = subs(b, topic + ".p.q")
+    other.wait_subscribed()
+    assert pub(b, topic + ".p.q", "m").returncode == 0
+    assert quiet.wait() == 0
+    assert quiet.lines() == ['%s.p.q "m"' % topic]
+    # Nobody listening.
+    url = "ws://127.0.0.1:%d/ws" % galetest.free_port()
+    p = gale("presence", "--url", url, topic + ".p.x")
+    assert p.returncode == CONNECT, p.stderr
+    assert "cannot connect to %s: connection refused" % url in p.stderr
+
+
+def test_presence_count_lines_above_events_max(make_broker, topic, subs):
+    b = presence_broker(make_broker, topic, ["--presence-events-max", "1"])
+    t = topic + ".p.busy"
+    line = subs(b, "--presence", t)
+    js = subs(b, "--presence", "--format", "json", t)
+    for s in (line, js):
+        s.wait_subscribed()
+    # Two members already (the watchers): above the max, a count instead of joins.
+    extra = subs(b, t)
+    extra.wait_subscribed()
+    line.wait_for(lambda: any(l.endswith(b" count 3\n") for l in line.out), what="count 3")
+    js.wait_for(lambda: any(b'"count":3' in l for l in js.out), what="count 3")
+    assert "%s count 3" % t in line.lines()
+    assert {"op": "presence", "topic": t, "count": 3} in [json.loads(l) for l in js.lines()]
+    assert not any(" join " in l for l in line.lines())
+    p = gale("presence", "--url", b.url, t)
+    assert p.returncode == 0 and p.stdout.decode().splitlines()[0] == "3", p.stderr
+
+
+def test_presence_list_capped(make_broker, topic, subs):
+    b = presence_broker(make_broker, topic, ["--presence-list-max", "2"])
+    t = topic + ".p.big"
+    members = [subs(b, t) for _ in range(3)]
+    for m in members:
+        m.wait_subscribed()
+    p = gale("presence", "--url", b.url, t)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.decode().splitlines()
+    assert lines[0] == "3" and len(lines) == 3
+    assert "gale presence: 2 of 3 members listed (the broker lists at most its " \
+        "--presence-list-max)" in p.stderr
+    p = gale("presence", "--url", b.url, "--format", "json", t)
+    ans = json.loads(p.stdout)
+    assert ans["count"] == 3 and len(ans["members"]) == 2
