@@ -12,8 +12,8 @@ const el = (tag, cls, text) => {
 
 const MAX_ROWS = 300; // rows kept in the live stream
 const MAX_CHAT = 200; // chat messages kept
-const PRESENCE_EVERY = 10000; // ms between presence beats
-const PRESENCE_TTL = 30000; // a tab not heard of for this long is gone
+const MAX_MEMBERS = 60; // names shown in a room's member list
+const RENAME_WINDOW = 1500; // ms: a leave followed by a join of the same connection is a rename
 
 // A token in the page's own URL (?token=...) is passed on to the broker.
 const token = new URLSearchParams(location.search).get('token') || undefined;
@@ -304,9 +304,13 @@ $('pub-form').addEventListener('submit', async (ev) => {
 
 // ---- chat -------------------------------------------------------------------------
 //
-// A room is two exact topics: chat.ROOM.msg (the lines; a broker started with
-// --history 'chat.*.msg=...' keeps the last ones, so gale.js recovers what a reconnect
-// missed and history() shows a newcomer the last lines) and chat.ROOM.presence (beats).
+// A room is one exact topic, chat.ROOM.msg: its lines (a broker started with --history
+// 'chat.*.msg=...' keeps the last ones, so gale.js recovers what a reconnect missed and
+// history() shows a newcomer the last lines) and, on a broker started with --presence
+// 'chat.*.msg', who is in it: every connection subscribed to the topic is a member; this
+// tab subscribes with presence (join/leave events, gale.js keeps the list) and, on a
+// broker without tokens, with info {nick} (with tokens the nick comes from the token's
+// gale.info claim, or its sub).
 
 const ADJ = ['swift', 'calm', 'brisk', 'bright', 'bold', 'keen', 'lucky', 'quiet', 'sunny', 'witty'];
 const NOUN = ['otter', 'falcon', 'lynx', 'heron', 'fox', 'badger', 'gecko', 'orca', 'puffin', 'wren'];
@@ -314,11 +318,14 @@ const HISTORY_LINES = 50; // lines of the room's history shown on joining
 const pick = (a) => a[Math.floor(Math.random() * a.length)];
 const me = Math.random().toString(36).slice(2, 10); // this tab
 const messages = $('messages');
-const peers = new Map(); // tab id -> last seen (ms)
-// The room joined: { name, msgTopic, presenceTopic, ep (epoch of the lines shown),
-//   seen: Set of 'ep:off' shown, own: Map mid -> li of this tab's lines, loading (history
-//   asked: live lines wait in buffer), loads (counter, a newer load wins), offs
-//   (unsubscribe functions), missed (lines replayed since the last disconnect) }
+const membersList = $('members');
+// The room joined: { name, msgTopic, ep (epoch of the lines shown), seen: Set of 'ep:off'
+//   shown, own: Map mid -> li of this tab's lines, loading (history asked: live lines
+//   wait in buffer), loads (counter, a newer load wins), off (unsubscribe function of the
+//   room's topic), missed (lines replayed since the last disconnect), presence (true: the
+//   broker has presence for the room; false: it has not; undefined: not known yet), nick
+//   (the info its subscription carries), busy (subscribing), leaving: Map conn -> a leave
+//   not shown yet (it may be a rename) }
 let room = null;
 let nextMid = 0;
 
@@ -329,7 +336,7 @@ sessionStorage.setItem('gale.nick', nickInput.value);
 nickInput.addEventListener('change', () => {
   nickInput.value = nickInput.value.trim() || `${pick(ADJ)}-${pick(NOUN)}`;
   sessionStorage.setItem('gale.nick', nickInput.value);
-  beat();
+  if (room) syncMember(room);
 });
 
 function scrollChat() {
@@ -406,10 +413,6 @@ function onChatMsg(data, topic, pos) {
     r.buffer.push([data, pos]); // shown after the history, which may hold it too
     return;
   }
-  if (gale.state === 'open' && data.tab !== me) {
-    peers.set(data.tab, Date.now()); // live, not replayed after a reconnect
-    updateOnline();
-  }
   if (showLine(r, data, pos) && gale.state !== 'open') r.missed++;
 }
 
@@ -463,74 +466,199 @@ function onRecover(r, { recovered, ep }) {
 }
 gale.on('disconnect', () => {
   if (room) room.missed = 0;
+  membersList.dataset.stale = 'true'; // until gale.js has read the list again
 });
 
-function updateOnline() {
-  const now = Date.now();
-  for (const [id, seen] of peers) if (now - seen > PRESENCE_TTL) peers.delete(id);
-  const n = peers.size + 1;
-  $('online').textContent = `${n} online`;
-}
-setInterval(updateOnline, 2000);
+// ---- who is in the room (the broker's presence) ----
 
-function onPresence(data, topic) {
-  if (!room || topic !== room.presenceTopic || !data || typeof data !== 'object') return;
-  if (data.tab === me) return;
-  const known = peers.has(data.tab);
-  if (data.left) {
-    peers.delete(data.tab);
-    sysLine(`${data.nick} left`);
-  } else {
-    peers.set(data.tab, Date.now());
-    if (!known && data.hello) sysLine(`${data.nick} joined`);
+/** A member's name: the nick of its info, else the token's user, else a guest number. */
+function nickOf(m) {
+  const nick = m.info && typeof m.info.nick === 'string' ? m.info.nick.trim().slice(0, 24) : '';
+  if (nick) return nick;
+  if (typeof m.user === 'string' && m.user) return m.user.slice(0, 24);
+  return `guest-${String(m.conn).split('-').pop()}`;
+}
+
+/** Shows the room's members (state: gale.js's {count, members, exact}; null: the broker
+ * has no presence for the room; undefined: not known yet). Names are listed once (a
+ * reconnecting tab can be listed twice for a while in a cluster: its old connection
+ * leaves when its broker is known dead), this tab's own connection first, marked. */
+function showMembers(r, state) {
+  if (room !== r) return;
+  const online = $('online');
+  delete membersList.dataset.stale;
+  if (state === null) {
+    online.textContent = 'presence off';
+    online.title = `The broker has no presence for ${r.msgTopic} (--presence 'chat.*.msg')`;
+    membersList.replaceChildren();
+    membersList.hidden = true;
+    return;
   }
-  updateOnline();
+  online.title = `Connections subscribed to ${r.msgTopic} (the broker's presence)`;
+  if (state === undefined) {
+    online.textContent = '… online';
+    membersList.replaceChildren();
+    membersList.hidden = true;
+    return;
+  }
+  online.textContent = `${state.count} online`;
+  const names = new Map(); // name -> { you, conns }
+  for (const m of state.members) {
+    const name = nickOf(m);
+    const e = names.get(name) || { you: false, conns: [] };
+    e.you ||= m.conn === gale.conn;
+    e.conns.push(m.conn);
+    names.set(name, e);
+  }
+  const sorted = [...names].sort(([a, x], [b, y]) => Number(y.you) - Number(x.you) || a.localeCompare(b));
+  const items = sorted.slice(0, MAX_MEMBERS).map(([name, e]) => {
+    const li = el('li', e.you ? 'member you' : 'member', name);
+    li.dataset.conn = e.conns.join(' ');
+    li.title = e.conns.map((c) => `connection ${c}`).join('\n');
+    if (e.you) li.append(el('small', '', ' (you)'));
+    if (e.conns.length > 1) li.append(el('small', '', ` ×${e.conns.length}`));
+    return li;
+  });
+  const unlisted = state.count - state.members.length + Math.max(0, sorted.length - MAX_MEMBERS);
+  if (unlisted > 0) items.push(el('li', 'member more', `+${unlisted} more`));
+  membersList.replaceChildren(...items);
+  membersList.hidden = false;
 }
 
-function beat(extra = {}) {
-  if (!room || gale.state !== 'open') return;
-  gale.publish(room.presenceTopic, { nick: nickInput.value, ...extra, tab: me }).catch(() => {});
+/** Whether another connection with this member's name is in the room (a tab that came
+ * back on a new connection, its old one not gone yet). */
+function namesake(m) {
+  const name = nickOf(m);
+  return (gale.members(room.msgTopic)?.members || []).some((x) => x.conn !== m.conn && nickOf(x) === name);
 }
-setInterval(beat, PRESENCE_EVERY);
+
+function memberJoined(r, m) {
+  if (room !== r) return;
+  const name = nickOf(m);
+  // A leave just before: the same connection with a new nick (its subscription made
+  // again), or the same name on a new connection (a tab that reconnected).
+  let conn = r.leaving.has(m.conn) ? m.conn : undefined;
+  if (conn === undefined) conn = [...r.leaving].find(([, x]) => x.name === name)?.[0];
+  if (conn !== undefined) {
+    const left = r.leaving.get(conn);
+    clearTimeout(left.timer);
+    r.leaving.delete(conn);
+    if (left.name !== name) sysLine(`${left.name} is now ${name}`);
+    return;
+  }
+  if (!namesake(m)) sysLine(`${name} joined`);
+}
+
+function memberLeft(r, m) {
+  if (room !== r) return;
+  const name = nickOf(m);
+  const timer = setTimeout(() => {
+    r.leaving.delete(m.conn);
+    if (room === r && !namesake(m)) sysLine(`${name} left`);
+  }, RENAME_WINDOW);
+  r.leaving.set(m.conn, { name, timer });
+}
+
+/** The options of the room's subscription: recovery, and presence unless the broker has
+ * none for the room. */
+function roomOptions(r, since) {
+  const opts = { onRecover: (info) => onRecover(r, info) };
+  if (since) opts.since = since;
+  if (r.presence === false) return opts;
+  opts.presence = true;
+  opts.onPresence = (state) => showMembers(r, state);
+  opts.onJoin = (m) => memberJoined(r, m);
+  opts.onLeave = (m) => memberLeft(r, m);
+  if (!token) opts.info = { nick: r.nick };
+  return opts;
+}
+
+/** Subscribes the room's topic; with presence, or without on a broker that has none. */
+async function subscribeRoom(r, since) {
+  try {
+    return await gale.subscribe(r.msgTopic, onChatMsg, roomOptions(r, since));
+  } catch (e) {
+    if (e.code !== 'bad_request' || r.presence === false) throw e;
+    r.presence = false; // a broker without --presence for chat.*.msg: no member list
+    showMembers(r, null);
+    return gale.subscribe(r.msgTopic, onChatMsg, roomOptions(r, since));
+  }
+}
+
+/** Makes the room's member info carry the current nick. A subscription's info is set
+ * when it is made: unsubscribe, then subscribe again from the last position seen (the
+ * broker replays what came in between; others see this tab leave and come back, shown as
+ * a rename). When not connected: on the next 'open'. */
+async function syncMember(r) {
+  if (room !== r || r.busy || r.presence === false || token || gale.state !== 'open') return;
+  if (r.off && r.nick === nickInput.value) return;
+  r.busy = true;
+  try {
+    const since = gale.position(r.msgTopic) ?? undefined;
+    if (r.off) {
+      const off = r.off;
+      r.off = null;
+      await off().catch(() => {});
+    }
+    if (room !== r) return;
+    r.nick = nickInput.value;
+    const off = await subscribeRoom(r, since);
+    if (room === r) r.off = off;
+    else await off().catch(() => {});
+  } catch (e) {
+    if (room === r) sysLine(`Could not join chat.${r.name} again: ${e.code || e.message}`, 'warn');
+  } finally {
+    r.busy = false;
+  }
+  if (room === r && r.off && r.nick !== nickInput.value) syncMember(r); // changed meanwhile
+}
+gale.on('open', () => {
+  if (room) syncMember(room);
+});
 
 async function joinRoom(name) {
   if (room && name === room.name) return;
   const old = room;
   if (old) {
-    beat({ left: true });
     room = null;
-    await Promise.all(old.offs.map((off) => off().catch(() => {})));
+    for (const { timer } of old.leaving.values()) clearTimeout(timer);
+    if (old.off) {
+      const off = old.off;
+      old.off = null;
+      await off().catch(() => {});
+    }
   }
   const r = {
-    name, msgTopic: `chat.${name}.msg`, presenceTopic: `chat.${name}.presence`, ep: undefined,
-    seen: new Set(), own: new Map(), loading: true, buffer: [], loads: 0, offs: [], missed: 0,
+    name, msgTopic: `chat.${name}.msg`, ep: undefined, seen: new Set(), own: new Map(), loading: true,
+    buffer: [], loads: 0, off: null, missed: 0, presence: undefined, nick: nickInput.value, busy: true,
+    leaving: new Map(),
   };
   room = r;
-  peers.clear();
+  showMembers(r, undefined);
   messages.replaceChildren();
   try {
-    r.offs.push(await gale.subscribe(r.msgTopic, onChatMsg, { onRecover: (info) => onRecover(r, info) }));
-    r.offs.push(await gale.subscribe(r.presenceTopic, onPresence));
+    const off = await subscribeRoom(r);
+    if (room !== r) {
+      // Another room was chosen meanwhile.
+      await off().catch(() => {});
+      return;
+    }
+    r.off = off;
+    if (r.presence === undefined) r.presence = true;
   } catch (e) {
     if (room === r) {
       room = null;
       sysLine(`Could not join chat.${name}: ${e.code || e.message}`, 'warn');
     }
-    await Promise.all(r.offs.map((off) => off().catch(() => {})));
     return;
-  }
-  if (room !== r) {
-    // Another room was chosen meanwhile.
-    await Promise.all(r.offs.map((off) => off().catch(() => {})));
-    return;
+  } finally {
+    r.busy = false;
   }
   await loadRoom(r, () => {
     sysLine(`You joined chat.${name} as ${nickInput.value}`);
     sysLine('Open this page in another tab or on your phone and say hi.');
   });
-  if (room !== r) return;
-  beat({ hello: true });
-  updateOnline();
+  syncMember(r); // the nick changed meanwhile
 }
 
 $('room-form').addEventListener('submit', (ev) => {
@@ -564,11 +692,6 @@ $('chat-form').addEventListener('submit', async (ev) => {
     li.querySelector('.meta').append(el('span', 'note', ` · not sent (${e.code})`));
   }
 });
-
-// Announce the join again after every reconnect (the subscriptions themselves are
-// renewed by gale.js).
-gale.on('open', () => beat({ hello: true }));
-window.addEventListener('pagehide', () => beat({ left: true }));
 
 // ---- start ------------------------------------------------------------------------
 

@@ -33,24 +33,47 @@
 //   same mid, after the reconnect instead of failing: the broker delivers it once and
 //   answers dup: true. Likewise an unanswered history() is asked again.
 //
+// Presence (topics the broker tracks members of, `--presence PATTERN`):
+//
+//   const { count, members } = await c.presence('chat.lobby'); // [{ conn, user?, info? }]
+//   await c.subscribe('chat.lobby', show, {
+//     presence: true, // join/leave events; the client keeps the member list
+//     info: { nick: 'ann' }, // on a broker without tokens: this member's info
+//     onPresence({ count, members, exact }) { render(members, count); },
+//     onJoin(member) { say(`${member.info?.nick} joined`); },
+//     onLeave(member) { say(`${member.info?.nick} left`); },
+//   });
+//   c.members('chat.lobby'); // { topic, count, members, exact }, or null
+//   c.conn; // this connection's id, as members list it (a string), or null
+//
+// - A subscription with presence reads the member list (presence()) once the sub is
+//   acked, before subscribe() resolves, and applies each join and leave to it (by conn:
+//   a join of a conn listed is ignored, a leave of one not listed too). After a reconnect
+//   the broker has forgotten the old connection: the client subscribes again with the
+//   same presence and info, reads the list again, and reports the differences through
+//   onJoin/onLeave. A count-only presence message (a topic past the broker's
+//   --presence-events-max: no more join/leave) sets count and exact: false, and the list
+//   is read again once such messages stop for presenceDelay ms (at the latest 10 x that).
+//
 // Protocol: gale v1 with its additions (one JSON object per text frame, or one
 // MessagePack map per binary frame). See docs/PROTOCOL.md and docs/PROTOCOL-NOTES.md in
 // the gale repository.
 
-export const VERSION = '0.2.0';
+export const VERSION = '0.3.0';
 
 const SUBPROTOCOLS = { json: 'gale.v1.json', msgpack: 'gale.v1.msgpack' };
 const MSGPACK_MODULE = '@msgpack/msgpack';
 
 const DEFAULTS = {
   encoding: 'json',
-  timeout: 10000, // ms: a request (sub, unsub, pub, hist, ping) unanswered this long rejects
+  timeout: 10000, // ms: a request (sub, unsub, pub, hist, presence, ping) unanswered this long rejects
   minDelay: 250, // ms: first reconnect delay (before jitter)
   maxDelay: 15000, // ms: cap of the exponential backoff
   jitter: 0.5, // each delay is scaled by a random factor in [1 - jitter, 1]
   maxQueue: 1000, // publishes (and history calls) held while not connected; more: 'queue_full'
   heartbeat: 25000, // ms of silence after which a ping checks the connection; 0: off
   idempotent: true, // publishes carry a generated mid (and are re-sent after a lost ack)
+  presenceDelay: 2000, // ms without count-only presence messages before the list is read again
 };
 
 /** An error from the broker (`code` is its error code) or from the client itself
@@ -156,6 +179,53 @@ function dataOf(m) {
   return m.data;
 }
 
+function isObject(v) {
+  return v !== null && typeof v === 'object' && !Array.isArray(v) && !(v instanceof Uint8Array);
+}
+
+/** A member as the broker lists it: { conn (a string), user?, info? }. */
+function memberOf(m) {
+  const out = { conn: typeof m.conn === 'string' ? m.conn : String(m.conn) };
+  if (m.user !== undefined && m.user !== null) out.user = m.user;
+  if (m.info !== undefined && m.info !== null) out.info = m.info;
+  return out;
+}
+
+/** Applies a join or leave event to a member list; returns the member added or removed,
+ * or null when it changes nothing (a join of a conn listed, a leave of one not listed). */
+function applyPresence(t, m) {
+  const member = memberOf(m);
+  if (m.op === 'join') {
+    if (t.members.has(member.conn)) return null;
+    t.members.set(member.conn, member);
+    t.count = Math.max(t.count + 1, t.members.size);
+    return member;
+  }
+  if (m.op !== 'leave') return null;
+  const known = t.members.get(member.conn);
+  if (!known) return null;
+  t.members.delete(member.conn);
+  t.count = Math.max(t.count - 1, t.members.size);
+  return { ...known, ...member };
+}
+
+/** The member list of a subscription with presence. */
+function newTracker() {
+  return {
+    members: new Map(), // conn -> member
+    count: 0,
+    exact: false, // the whole list, followed event by event
+    complete: false, // the last read listed every member
+    loaded: false, // read at least once
+    reading: false, // a read is due or under way: events wait in queue
+    queue: [],
+    gen: 0, // of the latest read
+    timer: null, // the re-read after count-only messages
+    first: 0, // time of the first count-only message not followed by a read yet
+    again: false, // a count-only message came during a read
+  };
+}
+
 async function loadCodec(opts) {
   if (opts.codec) return opts.codec;
   try {
@@ -192,10 +262,13 @@ export class GaleClient {
     this._ws = null;
     this._nextId = 1;
     this._pending = new Map(); // id -> { resolve, reject, timer, req (as sent), item }
-    this._queue = []; // requests (publishes, history calls) waiting for a connection
-    // pattern -> { handlers: Set<{handler, onRecover}>, live, waiters: [], concrete,
-    //   pos: {ep, off} | null (concrete topics with history), wasLive, seen }
+    this._queue = []; // requests (publishes, history and presence calls) waiting for a connection
+    // pattern -> { handlers: Set<{handler, onRecover, presence, onJoin, onLeave,
+    //   onPresence}>, live, waiters: [], concrete, pos: {ep, off} | null (concrete topics
+    //   with history), wasLive, seen, presence (sub with presence: true), info (sent with
+    //   each sub), tracker (the member list, with presence) }
     this._subs = new Map();
+    this._ownConns = new Set(); // conn ids of this client's connections (the last few)
     this._midPrefix = midPrefix();
     this._midCount = 0;
     this._attempt = 0;
@@ -223,8 +296,10 @@ export class GaleClient {
   /** Listens to an event: 'connecting' ({attempt, delay}), 'open' (hello),
    * 'disconnect' ({code, reason}), 'closed' ({code, reason}), 'state' (state, detail),
    * 'recover' ({topic, recovered, ep, off}: a subscription is back after a reconnect, or
-   * was made with `since`; see subscribe), 'error' (Error). Returns a function that
-   * removes the listener. */
+   * was made with `since`; see subscribe), 'join' and 'leave' ((member, topic)) and
+   * 'presence' ({topic, count, members, exact}): for every subscription with presence, as
+   * its onJoin, onLeave and onPresence; 'error' (Error). Returns a function that removes
+   * the listener. */
   on(event, fn) {
     if (!this._listeners.has(event)) this._listeners.set(event, new Set());
     this._listeners.get(event).add(fn);
@@ -256,6 +331,12 @@ export class GaleClient {
     }
   }
 
+  /** This connection's id (a string, as presence lists it: "<16 hex>-<n>"), or null while
+   * not connected. */
+  get conn() {
+    return this.hello && this.hello.conn !== undefined ? String(this.hello.conn) : null;
+  }
+
   /** Whether requests can go out now: connected and greeted (resubscribing counts). */
   _canSend() {
     return this._ws !== null && this.hello !== null;
@@ -284,19 +365,55 @@ export class GaleClient {
    * a reconnect (after the replayed messages, before the promise resolves). recovered
    * true: nothing was missed. false: messages were missed for good (another epoch,
    * expired, a pattern, a topic without history): reload the state. ep/off: the
-   * position the broker reported (absent without history). */
+   * position the broker reported (absent without history).
+   *
+   * Presence (concrete topics the broker has --presence for; else the sub fails with
+   * 'bad_request'):
+   * options.presence (true; implied by onJoin, onLeave or onPresence): the broker also
+   * sends join/leave events of this topic, and the client keeps its member list (see
+   * members()): read with presence() once the sub is acked, before the promise resolves,
+   * and again after each reconnect (the subscription is made again with the same presence
+   * and info: the broker forgot the old connection). A subscription keeps presence until
+   * the topic is unsubscribed; a later call asking for it on a topic subscribed without
+   * it sends the sub again with presence: true.
+   * options.info (an object; brokers without tokens only, with tokens the broker takes it
+   * from the token): this connection's info as a member of the topic, sent with every
+   * sub of it. Like since it counts when this call creates the subscription.
+   * options.onJoin(member, topic) / onLeave(member, topic): a member {conn, user?, info?}
+   * was added to / removed from the list: by a join/leave event (a join of a conn listed
+   * already, or a leave of one not listed, changes nothing and is not reported), or, when
+   * the list is read again (after a reconnect, after count-only messages), by the
+   * differences found (when both lists are complete). Never about this client's own
+   * connections.
+   * options.onPresence({topic, count, members, exact}): after every change: the list read,
+   * each join/leave applied, each count-only message. */
   subscribe(pattern, handler, options = {}) {
     if (typeof pattern !== 'string') return Promise.reject(new TypeError('gale: pattern must be a string'));
     if (typeof handler !== 'function') return Promise.reject(new TypeError('gale: handler must be a function'));
-    const { since, onRecover } = options ?? {};
-    if (onRecover !== undefined && typeof onRecover !== 'function') {
-      return Promise.reject(new TypeError('gale: onRecover must be a function'));
+    const { since, onRecover, presence, info, onJoin, onLeave, onPresence } = options ?? {};
+    const callbacks = { onRecover, onJoin, onLeave, onPresence };
+    for (const [name, fn] of Object.entries(callbacks)) {
+      if (fn !== undefined && typeof fn !== 'function') {
+        return Promise.reject(new TypeError(`gale: ${name} must be a function`));
+      }
     }
     if (since !== undefined && since !== null) {
       if (!isPosition(since)) {
         return Promise.reject(new TypeError('gale: since must be { ep: string, off: integer >= 0 }'));
       }
       if (!isConcrete(pattern)) return Promise.reject(new TypeError('gale: since needs a concrete topic'));
+    }
+    if (presence !== undefined && typeof presence !== 'boolean') {
+      return Promise.reject(new TypeError('gale: presence must be a boolean'));
+    }
+    const watching = onJoin !== undefined || onLeave !== undefined || onPresence !== undefined;
+    if (presence === false && watching) {
+      return Promise.reject(new TypeError('gale: onJoin, onLeave and onPresence need presence'));
+    }
+    const wantsPresence = presence === true || watching;
+    if (info !== undefined && !isObject(info)) return Promise.reject(new TypeError('gale: info must be an object'));
+    if ((wantsPresence || info !== undefined) && !isConcrete(pattern)) {
+      return Promise.reject(new TypeError('gale: presence and info need a concrete topic'));
     }
     if (this.state === 'closed') return Promise.reject(new GaleError('closed', 'the client is closed'));
     let sub = this._subs.get(pattern);
@@ -306,18 +423,32 @@ export class GaleClient {
       sub.wasLive = false; // live on an earlier connection: the next sub is a recovery
       sub.seen = false; // pos moved by a msg since the last sub went out
       if (since) sub.pos = { ep: since.ep, off: since.off };
+      sub.presence = wantsPresence;
+      sub.info = info;
+      sub.tracker = wantsPresence ? newTracker() : null;
       this._subs.set(pattern, sub);
     }
-    const entry = { handler, onRecover };
+    const entry = { handler, onRecover, presence: wantsPresence, onJoin, onLeave, onPresence };
     sub.handlers.add(entry);
     const unsubscribe = () => this._unsubscribe(pattern, entry);
-    if (sub.live) return Promise.resolve(unsubscribe);
+    // A topic subscribed without presence: subscribed again with it (now, or with the
+    // next sub when not connected).
+    const upgrade = !fresh && wantsPresence && !sub.presence;
+    if (upgrade) {
+      sub.presence = true;
+      sub.tracker = newTracker();
+    }
+    if (sub.live && !upgrade) return Promise.resolve(unsubscribe);
     return new Promise((resolve, reject) => {
       const waiter = { resolve: () => resolve(unsubscribe), reject, entry };
       waiter.timer = setTimeout(() => {
         this._dropWaiter(pattern, waiter);
         reject(new GaleError('timeout', `no ack for sub ${pattern}`));
       }, this.options.timeout);
+      if (upgrade && this._canSend()) {
+        this._sendPresenceSub(pattern, sub, waiter);
+        return;
+      }
       sub.waiters.push(waiter);
       if (fresh && this._canSend()) this._sendSub(pattern);
     });
@@ -368,6 +499,31 @@ export class GaleClient {
       off: Number.isSafeInteger(m.off) ? m.off : 0,
       messages: (Array.isArray(m.msgs) ? m.msgs : []).map((x) => ({ off: x.off, data: dataOf(x) })),
     }));
+  }
+
+  /** Who is present on a concrete topic (the broker's --presence): resolves with {count,
+   * members: [{conn, user?, info?}]}; count is exact, members at most the broker's
+   * --presence-list-max. user: the token's sub; info: the token's gale.info, or the info
+   * given to subscribe() on a broker without tokens. Rejects with 'bad_request' (a topic
+   * without presence), 'bad_topic' (a pattern), 'forbidden'. Waits for the connection
+   * like a publish; asked again after a reconnect when the answer is lost. */
+  presence(topic) {
+    if (typeof topic !== 'string') return Promise.reject(new TypeError('gale: topic must be a string'));
+    if (this.state === 'closed') return Promise.reject(new GaleError('closed', 'the client is closed'));
+    return this._enqueue({ op: 'presence', topic }, true).then((m) => {
+      const members = (Array.isArray(m.members) ? m.members : []).filter(isObject).map(memberOf);
+      return { count: Number.isSafeInteger(m.count) ? m.count : members.length, members };
+    });
+  }
+
+  /** The member list kept for a topic subscribed with presence: {topic, count, members,
+   * exact}, or null (not subscribed with presence). exact: members is the whole list,
+   * followed event by event; false while not connected, after a count-only presence
+   * message (until the list is read again), or when the broker capped the list (count >
+   * members.length). */
+  members(topic) {
+    const sub = this._subs.get(topic);
+    return sub?.tracker ? this._presenceState(topic, sub.tracker) : null;
   }
 
   /** The stream position {ep, off} of the last message received on a subscribed concrete
@@ -434,6 +590,7 @@ export class GaleClient {
       item.reject(err);
     }
     for (const sub of this._subs.values()) {
+      this._forget(sub);
       for (const w of sub.waiters) {
         clearTimeout(w.timer);
         w.reject(err);
@@ -501,6 +658,12 @@ export class GaleClient {
     for (const sub of this._subs.values()) {
       if (sub.live) sub.wasLive = true;
       sub.live = false;
+      const t = sub.tracker;
+      if (t) {
+        // The broker forgets this connection: the list is read again after the reconnect.
+        clearTimeout(t.timer);
+        Object.assign(t, { exact: false, reading: false, queue: [], timer: null, first: 0, again: false });
+      }
     }
     if (wasOpen || this.hello) this._emit('disconnect', info);
     if (info.code === 1008) {
@@ -608,8 +771,12 @@ export class GaleClient {
     const sub = this._subs.get(pattern);
     const req = { op: 'sub', topic: pattern };
     if (sub.concrete && sub.pos) req.since = { ep: sub.pos.ep, off: sub.pos.off };
+    if (sub.presence) req.presence = true;
+    if (sub.info !== undefined) req.info = sub.info;
     const report = req.since !== undefined || sub.wasLive;
     sub.seen = false;
+    // Events that come before the list is read are applied to it once it is.
+    if (sub.tracker) sub.tracker.reading = true;
     return new Promise((resolve) => {
       this._request({
         req,
@@ -618,16 +785,20 @@ export class GaleClient {
             if (sub.concrete) this._ackPosition(sub, ack);
             sub.live = true;
             if (report) this._recovered(pattern, sub, ack);
-            for (const w of sub.waiters.splice(0)) {
-              clearTimeout(w.timer);
-              w.resolve();
-            }
+            const waiters = sub.waiters.splice(0);
+            for (const w of waiters) clearTimeout(w.timer);
+            const done = () => {
+              for (const w of waiters) w.resolve();
+            };
+            if (sub.tracker) this._readPresence(pattern, sub).then(done);
+            else done();
           }
           resolve();
         },
         reject: (err) => {
           if (this._subs.get(pattern) === sub && err.code !== 'disconnected') {
             // The broker refused the pattern: nobody gets it.
+            this._forget(sub);
             this._subs.delete(pattern);
             for (const w of sub.waiters.splice(0)) {
               clearTimeout(w.timer);
@@ -670,12 +841,185 @@ export class GaleClient {
     this._emit('recover', { ...info });
   }
 
+  // ---- presence ----
+
+  /** Subscribes a topic held without presence again, with presence: true (the broker
+   * keeps the membership and its info; the latest sub decides about events). Settles the
+   * waiter of the subscribe() call that asked for it once the list is read. */
+  _sendPresenceSub(pattern, sub, waiter) {
+    const t = sub.tracker;
+    t.reading = true;
+    this._request({
+      req: { op: 'sub', topic: pattern, presence: true },
+      resolve: () => {
+        if (this._subs.get(pattern) !== sub) return;
+        clearTimeout(waiter.timer);
+        this._readPresence(pattern, sub).then(() => waiter.resolve());
+      },
+      reject: (err) => {
+        if (this._subs.get(pattern) !== sub) return;
+        if (err.code === 'disconnected') {
+          sub.waiters.push(waiter); // settled by the sub after the reconnect (with presence)
+          return;
+        }
+        // Refused (e.g. a topic without presence): the subscription stays as it was.
+        clearTimeout(waiter.timer);
+        if (sub.tracker === t && ![...sub.handlers].some((e) => e.presence && e !== waiter.entry)) {
+          this._forget(sub);
+          sub.presence = false;
+        }
+        this._dropWaiter(pattern, waiter);
+        waiter.reject(err);
+      },
+    });
+  }
+
+  /** Reads the member list of a subscription with presence; resolves once it is applied
+   * (or the read failed). */
+  _readPresence(pattern, sub) {
+    const t = sub.tracker;
+    if (!t || !this._canSend()) return Promise.resolve();
+    clearTimeout(t.timer);
+    Object.assign(t, { timer: null, first: 0, again: false, reading: true });
+    const gen = ++t.gen;
+    return new Promise((resolve) => {
+      this._request({
+        req: { op: 'presence', topic: pattern },
+        resolve: (m) => {
+          if (sub.tracker === t && t.gen === gen) this._presenceLoaded(pattern, sub, m);
+          resolve();
+        },
+        reject: (err) => {
+          if (sub.tracker === t && t.gen === gen && err.code !== 'disconnected' && err.code !== 'closed') {
+            // The list stays as it was, with the events that came meanwhile.
+            t.reading = false;
+            for (const ev of t.queue.splice(0)) this._presenceEvent(ev);
+            this._emit('error', err);
+          }
+          resolve();
+        },
+      });
+    });
+  }
+
+  /** The answer to a read: the new list, with the events that came meanwhile applied on
+   * top (those already in it change nothing), then the differences reported. */
+  _presenceLoaded(pattern, sub, m) {
+    const t = sub.tracker;
+    const old = t.members;
+    const wasComplete = t.loaded && t.complete;
+    t.members = new Map();
+    for (const x of Array.isArray(m.members) ? m.members : []) {
+      if (!isObject(x)) continue;
+      const member = memberOf(x);
+      t.members.set(member.conn, member);
+    }
+    t.count = Math.max(Number.isSafeInteger(m.count) ? m.count : 0, t.members.size);
+    t.complete = t.count <= t.members.size;
+    t.reading = false;
+    for (const ev of t.queue.splice(0)) applyPresence(t, ev);
+    t.exact = t.complete && !t.again;
+    const first = !t.loaded;
+    t.loaded = true;
+    if (t.again) this._presenceRefresh(pattern, sub);
+    if (!first && wasComplete && t.complete) {
+      for (const [conn, member] of old) if (!t.members.has(conn)) this._presenceMember(pattern, sub, 'leave', member);
+      for (const [conn, member] of t.members) if (!old.has(conn)) this._presenceMember(pattern, sub, 'join', member);
+    }
+    this._presenceChanged(pattern, sub);
+  }
+
+  /** A join or leave event. */
+  _presenceEvent(m) {
+    const sub = typeof m.topic === 'string' ? this._subs.get(m.topic) : undefined;
+    const t = sub?.tracker;
+    if (!t || m.conn === undefined) return;
+    if (t.reading) {
+      t.queue.push(m);
+      return;
+    }
+    const member = applyPresence(t, m);
+    if (!member) return; // a join of a conn listed, a leave of one not listed
+    this._presenceMember(m.topic, sub, m.op, member);
+    this._presenceChanged(m.topic, sub);
+  }
+
+  /** A count-only presence message: the topic is past the broker's
+   * --presence-events-max, join/leave events no longer come. The list is read again
+   * once these messages stop for presenceDelay ms, at the latest 10 x that after the
+   * first. */
+  _presenceCount(m) {
+    const sub = typeof m.topic === 'string' ? this._subs.get(m.topic) : undefined;
+    const t = sub?.tracker;
+    if (!t || !Number.isSafeInteger(m.count)) return;
+    t.count = m.count;
+    t.exact = false;
+    if (t.reading) t.again = true;
+    else this._presenceRefresh(m.topic, sub);
+    this._presenceChanged(m.topic, sub);
+  }
+
+  _presenceRefresh(pattern, sub) {
+    const t = sub.tracker;
+    const delay = Math.max(0, this.options.presenceDelay);
+    const now = Date.now();
+    if (!t.first) t.first = now;
+    clearTimeout(t.timer);
+    t.timer = setTimeout(
+      () => {
+        t.timer = null;
+        if (sub.tracker === t && sub.live && this._subs.get(pattern) === sub) this._readPresence(pattern, sub);
+      },
+      Math.max(0, Math.min(delay, t.first + 10 * delay - now)),
+    );
+  }
+
+  _presenceState(topic, t) {
+    return { topic, count: t.count, members: [...t.members.values()].map((x) => ({ ...x })), exact: t.exact };
+  }
+
+  /** Reports a member added (op 'join') or removed ('leave') to the subscription's
+   * onJoin/onLeave and the client's event; not about this client's own connections. */
+  _presenceMember(topic, sub, op, member) {
+    if (this._ownConns.has(member.conn)) return;
+    const key = op === 'join' ? 'onJoin' : 'onLeave';
+    for (const entry of [...sub.handlers]) {
+      if (!entry[key]) continue;
+      try {
+        entry[key]({ ...member }, topic);
+      } catch (e) {
+        this._emit('error', e);
+      }
+    }
+    this._emit(op, { ...member }, topic);
+  }
+
+  _presenceChanged(topic, sub) {
+    const t = sub.tracker;
+    for (const entry of [...sub.handlers]) {
+      if (!entry.onPresence) continue;
+      try {
+        entry.onPresence(this._presenceState(topic, t));
+      } catch (e) {
+        this._emit('error', e);
+      }
+    }
+    if (this._listeners.get('presence')?.size) this._emit('presence', this._presenceState(topic, t));
+  }
+
+  /** A subscription is gone (or its presence): its list with it. */
+  _forget(sub) {
+    if (sub.tracker) clearTimeout(sub.tracker.timer);
+    sub.tracker = null;
+  }
+
   _dropWaiter(pattern, waiter) {
     const sub = this._subs.get(pattern);
     if (!sub) return;
     sub.waiters = sub.waiters.filter((w) => w !== waiter);
     sub.handlers.delete(waiter.entry);
     if (sub.handlers.size === 0) {
+      this._forget(sub);
       this._subs.delete(pattern);
       if (this._canSend()) this._request({ req: { op: 'unsub', topic: pattern }, resolve() {}, reject() {} });
     }
@@ -685,6 +1029,7 @@ export class GaleClient {
     const sub = this._subs.get(pattern);
     if (!sub || !sub.handlers.delete(entry)) return Promise.resolve();
     if (sub.handlers.size > 0) return Promise.resolve();
+    this._forget(sub);
     this._subs.delete(pattern);
     if (!this._canSend()) return Promise.resolve(); // nothing held on the broker
     return new Promise((resolve, reject) => {
@@ -719,6 +1064,16 @@ export class GaleClient {
       case 'msg':
         this._deliver(m);
         break;
+      case 'join':
+      case 'leave':
+        this._presenceEvent(m);
+        break;
+      case 'presence':
+        if (m.id === undefined) {
+          this._presenceCount(m); // count-only: the topic is past --presence-events-max
+          break;
+        }
+      // falls through: the answer to a presence request
       case 'ack':
       case 'hist':
       case 'pong': {
@@ -746,6 +1101,10 @@ export class GaleClient {
       case 'hello':
         clearTimeout(this._connectTimer);
         this.hello = m;
+        if (m.conn !== undefined) {
+          this._ownConns.add(String(m.conn));
+          if (this._ownConns.size > 16) this._ownConns.delete(this._ownConns.values().next().value);
+        }
         this._greeted(m);
         break;
       default:

@@ -46,8 +46,8 @@ export interface GaleOptions {
   maxDelay?: number;
   /** Each delay is scaled by a random factor in [1 - jitter, 1]. Default 0.5. */
   jitter?: number;
-  /** Publishes (and history calls) held while not connected; more reject with
-   * 'queue_full'. Default 1000. */
+  /** Publishes (and history and presence calls) held while not connected; more reject
+   * with 'queue_full'. Default 1000. */
   maxQueue?: number;
   /** ms of silence after which a ping checks the connection; 0 turns it off. Default 25000. */
   heartbeat?: number;
@@ -57,6 +57,10 @@ export interface GaleOptions {
    * so that one whose ack the connection took with it is sent again after the reconnect
    * and delivered once. false: only publishes given a mid carry one. Default true. */
   idempotent?: boolean;
+  /** ms without count-only presence messages after which the member list of a topic past
+   * the broker's --presence-events-max is read again (at the latest 10 x this after the
+   * first such message). Default 2000. */
+  presenceDelay?: number;
 }
 
 /** The broker's greeting. */
@@ -64,6 +68,7 @@ export interface GaleHello {
   op: 'hello';
   v: number;
   node: string;
+  /** This connection's id, unique in the cluster: "<16 lowercase hex>-<n>". */
   conn: string;
   max_msg: number;
 }
@@ -116,7 +121,41 @@ export interface GaleRecovery {
   off?: number;
 }
 
-export interface GaleSubscribeOptions {
+/** A connection present on a topic (holding a sub of exactly it). */
+export interface GaleMember<I = any> {
+  /** The connection's id, unique in the cluster ("<16 hex>-<n>"; compare with
+   * GaleClient.conn to find this client). */
+  conn: string;
+  /** The token's `sub` claim (brokers with tokens). */
+  user?: string;
+  /** The token's `gale.info` claim, or on a broker without tokens the `info` given to
+   * subscribe(). */
+  info?: I;
+}
+
+/** The broker's answer to presence(). */
+export interface GalePresence<I = any> {
+  /** How many connections are present (exact). */
+  count: number;
+  /** Them, at most the broker's --presence-list-max. */
+  members: GaleMember<I>[];
+}
+
+/** The member list the client keeps for a subscription with presence. */
+export interface GalePresenceState<I = any> {
+  topic: string;
+  /** How many are present: from the last list read, the events since, or the last
+   * count-only message. */
+  count: number;
+  members: GaleMember<I>[];
+  /** true: members is the whole list, followed event by event. false: not connected, a
+   * count-only message came (the topic is past the broker's --presence-events-max; the
+   * list is read again once they stop for presenceDelay), or the broker capped the list
+   * (count > members.length). */
+  exact: boolean;
+}
+
+export interface GaleSubscribeOptions<I = any> {
   /** Resume from this position (concrete topics only): the last message the application
    * has, e.g. saved from position() or a handler's info. The broker replays what came
    * after it before the ack. Counts when this call creates the subscription. */
@@ -124,6 +163,28 @@ export interface GaleSubscribeOptions {
   /** Called after the ack of a subscription made with `since`, and each time the
    * subscription is made again after a reconnect; before subscribe() resolves. */
   onRecover?: (recovery: GaleRecovery) => void;
+  /** Concrete topics the broker has --presence for (else the sub fails with
+   * 'bad_request'): also receive join/leave events; the client keeps the member list
+   * (members()), read before subscribe() resolves and again after every reconnect (the
+   * sub is made again with the same presence and info). Implied by onJoin, onLeave and
+   * onPresence. Asked for on a topic subscribed without it, the sub is sent again with
+   * presence: true; kept until the topic is unsubscribed. */
+  presence?: boolean;
+  /** On a broker without tokens: this connection's info as a member of the topic (with
+   * tokens it comes from the token's gale.info claim, and the broker refuses this with
+   * 'forbidden'). Sent with every sub of the topic; counts when this call creates the
+   * subscription. */
+  info?: Record<string, unknown>;
+  /** A member was added to the list: a join event (not for a conn listed already), or
+   * found when the list is read again (after a reconnect, after count-only messages; when
+   * both lists are complete). Never this client's own connections. */
+  onJoin?: (member: GaleMember<I>, topic: string) => void;
+  /** A member was removed from the list: a leave event (not for a conn not listed), or
+   * gone when the list is read again. Never this client's own connections. */
+  onLeave?: (member: GaleMember<I>, topic: string) => void;
+  /** After every change of the list or the count: the list read, a join or leave applied,
+   * a count-only message. */
+  onPresence?: (state: GalePresenceState<I>) => void;
 }
 
 export interface GaleHistoryOptions {
@@ -173,6 +234,10 @@ export interface GaleEvents {
   state: (state: GaleState, detail: GaleConnectingInfo | GaleHello | GaleCloseInfo) => void;
   /** For every subscription, as its onRecover (see GaleSubscribeOptions). */
   recover: (recovery: GaleRecovery) => void;
+  /** For every subscription with presence, as its onJoin, onLeave and onPresence. */
+  join: (member: GaleMember, topic: string) => void;
+  leave: (member: GaleMember, topic: string) => void;
+  presence: (state: GalePresenceState) => void;
   error: (error: Error) => void;
 }
 
@@ -200,17 +265,26 @@ export declare class GaleClient {
   readonly state: GaleState;
   /** The current connection's hello, or null. */
   readonly hello: GaleHello | null;
-  /** Resolves on the broker's ack with a function that unsubscribes this handler. */
-  subscribe<T = any>(
+  /** The current connection's id (as members list it), or null while not connected. */
+  readonly conn: string | null;
+  /** Resolves on the broker's ack (with presence: once the member list is read too) with
+   * a function that unsubscribes this handler. */
+  subscribe<T = any, I = any>(
     pattern: string,
     handler: GaleHandler<T>,
-    options?: GaleSubscribeOptions,
+    options?: GaleSubscribeOptions<I>,
   ): Promise<GaleUnsubscribe>;
   /** Resolves on the broker's ack; rejects with a GaleError carrying the error code (a
    * rejected publish's `request.mid` lets the application retry it idempotently). */
   publish(topic: string, data: unknown, options?: GalePublishOptions): Promise<GaleAck>;
   /** The messages the broker holds for a topic with history, oldest first. */
   history<T = any>(topic: string, options?: GaleHistoryOptions): Promise<GaleHistory<T>>;
+  /** Who is present on a concrete topic with presence (the broker's --presence); waits for
+   * the connection like a publish. Rejects with 'bad_request' (no presence), 'bad_topic'
+   * (a pattern), 'forbidden'. */
+  presence<I = any>(topic: string): Promise<GalePresence<I>>;
+  /** The member list kept for a topic subscribed with presence, or null. */
+  members<I = any>(topic: string): GalePresenceState<I> | null;
   /** The position of the last message received on a subscribed concrete topic with
    * history (or its sub's ack, or the `since` given), or null. */
   position(topic: string): GalePosition | null;

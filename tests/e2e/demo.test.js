@@ -8,6 +8,10 @@
 // in a cluster (two brokers with --redis on a redis-server started here, skipped without
 // one) the broker the page is on is killed and the page recovers on the other broker, or
 // on the same one restarted.
+// Presence (brokers with --presence 'chat.*.msg', as scripts/run and deploy start them):
+// two tabs in a room each see the other in its member list (their own entry marked),
+// "N online" counts them, a rename shows, the lists come back after a broker restart, and
+// a closed tab leaves the other's list.
 //
 //   GALE_BROKER=build/gale-broker node --experimental-websocket --test tests/e2e/
 //   GALE_E2E_ARTIFACTS=dir (default tests/e2e/artifacts), GALE_CHROMIUM=/usr/bin/chromium
@@ -30,9 +34,14 @@ const STEP = 15000; // ms for any one thing the page must show
 // What scripts/run and deploy/docker-compose.yml give the brokers: the chat rooms keep
 // their last 100 lines for a day.
 const HISTORY = ['--history', 'chat.*.msg=100/1d'];
+// ... and track who is in them (a broker without --presence: the page chats without a
+// member list, and the presence checks are skipped).
+const HAS_PRESENCE = brokerHas('--presence-list-max') !== false;
+const PRESENCE = HAS_PRESENCE ? ['--presence', 'chat.*.msg'] : [];
+const SERVED = [...HISTORY, ...PRESENCE];
 // Phases in which the page is meant to lose its broker: the browser's report of the
 // WebSocket connections that fail meanwhile is expected there, and nothing else.
-const BROKER_AWAY = new Set(['restart', 'offline', 'ack lost', 'cluster kill', 'cluster restart']);
+const BROKER_AWAY = new Set(['restart', 'offline', 'ack lost', 'cluster kill', 'cluster restart', 'presence restart']);
 const expectedProblem = (p) => BROKER_AWAY.has(p.phase) && /WebSocket connection to .* failed/.test(p.text);
 
 let broker;
@@ -81,6 +90,34 @@ function chatLines(page) {
       off: li.dataset.off ? Number(li.dataset.off) : null,
     })),
   );
+}
+
+/** The room's member list as the page shows it: each entry's text ("ann (you)" for the
+ * tab's own) and its connection ids. */
+function memberList(page) {
+  return page.evaluate(() =>
+    [...document.querySelectorAll('#members li.member:not(.more)')].map((li) => ({
+      text: li.textContent,
+      you: li.classList.contains('you'),
+      conns: li.dataset.conn.split(' '),
+    })),
+  );
+}
+
+/** Waits until the page's member list reads texts, in order (its own entry first). */
+async function membersShown(page, texts, what) {
+  let last;
+  await waitFor(async () => {
+    last = (await memberList(page)).map((m) => m.text);
+    return JSON.stringify(last) === JSON.stringify(texts);
+  }, STEP, `${what}: ${JSON.stringify(texts)}`).catch((e) => {
+    throw new Error(`${e.message}; shown: ${JSON.stringify(last)}`);
+  });
+}
+
+async function setNick(page, nick) {
+  await page.fill('#nick', nick);
+  await page.dispatchEvent('#nick', 'change');
 }
 
 /** The system lines the page shows, in order. */
@@ -195,7 +232,7 @@ async function fullShot(page, width, file) {
 
 before(async () => {
   mkdirSync(ARTIFACTS, { recursive: true });
-  broker = new Broker(await freePort(), HISTORY);
+  broker = new Broker(await freePort(), SERVED);
   await broker.start();
   userDataDir = mkdtempSync(path.join(os.tmpdir(), 'gale-e2e-chromium-'));
   context = await chromium.launchPersistentContext(userDataDir, {
@@ -252,7 +289,9 @@ test('two tabs chat; the inspector shows another client; a broker restart is sur
     await page.fill('#nick', nick);
     await page.dispatchEvent('#nick', 'change');
   }
-  await waitFor(async () => (await alice.textContent('#online')) === '2 online', STEP, 'alice to see bob online');
+  if (HAS_PRESENCE) {
+    await waitFor(async () => (await alice.textContent('#online')) === '2 online', STEP, 'alice to see bob online');
+  }
 
   await say(alice, 'Hi Bob, this goes through gale');
   await bob.locator('#messages .msg:not(.mine) .bubble', { hasText: 'Hi Bob, this goes through gale' }).waitFor({ timeout: STEP });
@@ -350,7 +389,7 @@ test('first start: a fresh page shows no console errors', async () => {
 test('a room shows its last lines; what a cut-off page missed arrives once', { timeout: 120000 }, async () => {
   phase = 'history';
   const before = problems.length;
-  const hb = new Broker(await freePort(), HISTORY);
+  const hb = new Broker(await freePort(), SERVED);
   await hb.start();
   // The page reaches the broker through a TCP proxy that can cut its connections, refuse
   // new ones, or swallow what the broker sends (acks get lost).
@@ -448,11 +487,88 @@ test('a room shows its last lines; what a cut-off page missed arrives once', { t
   assert.deepEqual(unexpected, [], JSON.stringify(unexpected, null, 2));
 });
 
+test('presence: two tabs see each other in the member list; a closed tab leaves it', {
+  timeout: 120000,
+  skip: !HAS_PRESENCE && 'gale-broker has no --presence',
+}, async () => {
+  phase = 'presence';
+  const before = problems.length;
+  const pb = new Broker(await freePort(), SERVED);
+  await pb.start();
+  const fred = connect(pb.wsUrl, { minDelay: 50, maxDelay: 300 });
+  let ann;
+  let ben;
+  try {
+    ann = await openDemo('ann', pb.httpUrl);
+    await setNick(ann, 'ann');
+    await membersShown(ann, ['ann (you)'], 'ann alone');
+    assert.equal(await ann.textContent('#online'), '1 online');
+
+    // ben comes (with the nick the page drew), then takes his own: ann sees both.
+    ben = await openDemo('ben', pb.httpUrl);
+    await setNick(ben, 'ben');
+    await membersShown(ann, ['ann (you)', 'ben'], "ann's list");
+    await membersShown(ben, ['ben (you)', 'ann'], "ben's list");
+    for (const page of [ann, ben]) {
+      await waitFor(async () => (await page.textContent('#online')) === '2 online', STEP, '2 online');
+    }
+    await ann.locator('#messages .sys', { hasText: / is now ben$/ }).waitFor({ timeout: STEP });
+    assert.ok((await sysLines(ann)).some((l) => / joined$/.test(l)), (await sysLines(ann)).join(' | '));
+
+    // The entries are the tabs' connections (the one marked "you" is the tab's own), and
+    // the broker lists the nicks each gave as its info.
+    const annConn = await ann.evaluate(() => window.gale.conn);
+    const benConn = await ben.evaluate(() => window.gale.conn);
+    assert.match(annConn, /^[0-9a-f]{16}-\d+$/);
+    assert.deepEqual((await memberList(ann)).map((m) => m.conns), [[annConn], [benConn]]);
+    assert.deepEqual((await memberList(ben)).map((m) => m.conns), [[benConn], [annConn]]);
+    const seen = await fred.presence('chat.lobby.msg');
+    assert.equal(seen.count, 2);
+    assert.deepEqual(seen.members.map((m) => [m.conn, m.info?.nick]).sort(), [[annConn, 'ann'], [benConn, 'ben']].sort());
+
+    // They chat; the lines come with the names the lists show.
+    await say(ben, 'hi ann, I can see you in the list');
+    await ann.locator('#messages .msg:not(.mine) .bubble', { hasText: 'I can see you in the list' }).waitFor({ timeout: STEP });
+    await ann.screenshot({ path: path.join(ARTIFACTS, 'presence.png') });
+
+    // A broker restart: it forgets everyone; the tabs come back on new connections,
+    // subscribed again with their nicks, and read the list again.
+    phase = 'presence restart';
+    await pb.stop();
+    await ann.locator('#status[data-state="connecting"]').waitFor({ timeout: STEP });
+    await pb.start();
+    for (const page of [ann, ben]) await page.locator('#status[data-state="open"]').waitFor({ timeout: STEP });
+    await membersShown(ann, ['ann (you)', 'ben'], "ann's list after the restart");
+    await membersShown(ben, ['ben (you)', 'ann'], "ben's list after the restart");
+    const annConn2 = await ann.evaluate(() => window.gale.conn);
+    const benConn2 = await ben.evaluate(() => window.gale.conn);
+    assert.notEqual(annConn2, annConn);
+    assert.deepEqual((await memberList(ann)).map((m) => m.conns), [[annConn2], [benConn2]]);
+    assert.equal(await ann.textContent('#online'), '2 online');
+    phase = 'presence';
+
+    // ben closes his tab: ann sees him leave.
+    await ben.close();
+    ben = null;
+    await membersShown(ann, ['ann (you)'], "ann's list once ben left");
+    assert.equal(await ann.textContent('#online'), '1 online');
+    await ann.locator('#messages .sys', { hasText: /^ben left$/ }).waitFor({ timeout: STEP });
+    assert.equal((await fred.presence('chat.lobby.msg')).count, 1);
+  } finally {
+    await ben?.close();
+    await ann?.close();
+    await fred.close();
+    await pb.stop();
+  }
+  const unexpected = problems.slice(before).filter((p) => !expectedProblem(p));
+  assert.deepEqual(unexpected, [], JSON.stringify(unexpected, null, 2));
+});
+
 test('cluster: a killed broker; the page recovers on the other one, or on it restarted', { timeout: 150000, skip: clusterSkip }, async () => {
   phase = 'cluster';
   const before = problems.length;
   const redis = await new Redis().start();
-  const node = (id) => ['--redis', redis.url, '--node-id', id, ...HISTORY];
+  const node = (id) => ['--redis', redis.url, '--node-id', id, ...SERVED];
   const a = new Broker(await freePort(), node('e2e-a'));
   const b = new Broker(await freePort(), node('e2e-b'));
   let proxy;
@@ -483,6 +599,13 @@ test('cluster: a killed broker; the page recovers on the other one, or on it res
     assert.deepEqual((await chatLines(alice)).map((l) => [l.text, l.off]), [['before anyone came', 1], ['published on B', 2]]);
     const bob = await open('bob', b.httpUrl);
     assert.equal(await bob.textContent('#node'), 'e2e-b');
+    if (HAS_PRESENCE) {
+      // Presence is the cluster's: alice (on A) and bob (on B) see each other.
+      const shows = (page, name) => async () => (await memberList(page)).some((m) => m.text === name && !m.you);
+      await waitFor(shows(alice, 'bob'), STEP, 'alice to list bob');
+      await waitFor(shows(bob, 'alice'), STEP, 'bob to list alice');
+      assert.ok((await memberList(alice)).some((m) => m.text === 'alice (you)'));
+    }
     await say(alice, 'hi from A');
     await onceShown(bob, 'hi from A');
 

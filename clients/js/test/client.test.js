@@ -885,6 +885,375 @@ describe('idempotent publish and history (fake broker)', () => {
   });
 });
 
+// ---- presence: against the fake broker ------------------------------------------------
+
+/** Records what a subscription with presence reports: joins, leaves (conn and info) and
+ * the states passed to onPresence. Spread into subscribe()'s options. */
+function watcher() {
+  const w = { joins: [], leaves: [], states: [] };
+  w.opts = {
+    presence: true,
+    onJoin: (m, topic) => w.joins.push({ ...m, topic }),
+    onLeave: (m, topic) => w.leaves.push({ ...m, topic }),
+    onPresence: (s) => w.states.push(s),
+  };
+  w.last = () => w.states.at(-1);
+  w.conns = () => w.last().members.map((m) => m.conn).sort();
+  return w;
+}
+
+const byConn = (a, b) => (a.conn < b.conn ? -1 : a.conn > b.conn ? 1 : 0);
+const sorted = (members) => [...members].sort(byConn);
+
+/** The broker-side connection of a client. */
+const connOf = (broker, c) => [...broker.conns].find((x) => x.id === c.conn);
+
+describe('presence (fake broker)', () => {
+  afterEach(closeAll);
+  for (const [enc, encOpts] of ENCODINGS) {
+    test(`${enc}: presence() asks the broker; conn ids are strings; errors reject`, T, async () => {
+      const broker = new FakeBroker({ presence: ['room.*'] });
+      const a = fakeClient(broker, encOpts);
+      const b = fakeClient(broker, encOpts);
+      assert.equal(a.conn, null, 'no conn before the hello');
+      await Promise.all([opened(a), opened(b)]);
+      assert.match(a.conn, /^[0-9a-f]{16}-\d+$/);
+      assert.equal(a.conn, a.hello.conn);
+      assert.notEqual(a.conn, b.conn);
+      // b is a member with info, without presence events: its sub carries info only.
+      await b.subscribe('room.a', () => {}, { info: { nick: 'bob', tags: ['x'] } });
+      assert.deepEqual(
+        broker.requests('sub', 'room.a').map(({ id, ...r }) => r),
+        [{ op: 'sub', topic: 'room.a', info: { nick: 'bob', tags: ['x'] } }],
+      );
+      const p = await a.presence('room.a');
+      assert.deepEqual(p, { count: 1, members: [{ conn: b.conn, info: { nick: 'bob', tags: ['x'] } }] });
+      const req = broker.requests('presence').at(-1);
+      assert.deepEqual(Object.keys(req).sort(), ['id', 'op', 'topic']);
+      assert.equal(req.topic, 'room.a');
+      assert.deepEqual(await a.presence('room.empty'), { count: 0, members: [] });
+      await assert.rejects(a.presence('room.*'), { code: 'bad_topic' });
+      await assert.rejects(a.presence('other'), { code: 'bad_request' });
+      await assert.rejects(a.presence(42), TypeError);
+      // While not connected it waits in the queue; an answer lost is asked again.
+      broker.down = true;
+      connOf(broker, a).drop();
+      await waitFor(() => a.state === 'connecting', 5000, 'a to notice');
+      const later = a.presence('room.a');
+      let lost = 0;
+      broker.onRequest = (conn, msg) => (msg.op === 'presence' && lost++ === 0 ? 'lose-ack' : undefined);
+      broker.down = false;
+      assert.deepEqual(await later, { count: 1, members: [{ conn: b.conn, info: { nick: 'bob', tags: ['x'] } }] });
+      assert.equal(lost, 2, 'asked again after the answer was lost');
+      await Promise.all([a.close(), b.close()]);
+      await assert.rejects(a.presence('room.a'), { code: 'closed' });
+    });
+
+    test(`${enc}: subscribe with presence keeps the member list; join and leave are applied`, T, async () => {
+      const broker = new FakeBroker({ presence: ['room.*'] });
+      const a = fakeClient(broker, encOpts);
+      const b = fakeClient(broker, encOpts);
+      const c = fakeClient(broker, encOpts);
+      await Promise.all([opened(b), opened(c)]);
+      await b.subscribe('room.a', () => {}, { info: { nick: 'bob' } });
+      const w = watcher();
+      const events = [];
+      a.on('join', (m, topic) => events.push(['join', m.conn, topic]));
+      a.on('leave', (m, topic) => events.push(['leave', m.conn, topic]));
+      a.on('presence', (s) => events.push(['presence', s.count]));
+      const box = inbox();
+      await a.subscribe('room.a', box, { ...w.opts, info: { nick: 'ann' } });
+      const sub = broker.requests('sub', 'room.a').at(-1);
+      assert.deepEqual({ ...sub, id: 0 }, { op: 'sub', topic: 'room.a', id: 0, presence: true, info: { nick: 'ann' } });
+      // The list is read before subscribe() resolves.
+      assert.equal(broker.requests('presence', 'room.a').length, 1);
+      assert.equal(w.states.length, 1);
+      const ann = { conn: a.conn, info: { nick: 'ann' } };
+      const bob = { conn: b.conn, info: { nick: 'bob' } };
+      assert.deepEqual({ ...w.last(), members: sorted(w.last().members) },
+        { topic: 'room.a', count: 2, members: sorted([ann, bob]), exact: true });
+      assert.deepEqual(a.members('room.a'), w.last());
+      assert.deepEqual(w.joins, [], 'the first list reports no joins');
+      // c joins without info, then b leaves (closes), then c unsubscribes.
+      const offC = await c.subscribe('room.a', () => {});
+      await waitFor(() => w.joins.length === 1, 5000, 'the join');
+      assert.deepEqual(w.joins, [{ conn: c.conn, topic: 'room.a' }]);
+      assert.equal(a.members('room.a').count, 3);
+      await b.close();
+      await waitFor(() => w.leaves.length === 1, 5000, 'the leave on close');
+      assert.deepEqual(w.leaves, [{ ...bob, topic: 'room.a' }]);
+      await offC();
+      await waitFor(() => w.leaves.length === 2, 5000, 'the leave on unsub');
+      assert.deepEqual(a.members('room.a'), { topic: 'room.a', count: 1, members: [ann], exact: true });
+      assert.deepEqual(events, [['presence', 2], ['join', c.conn, 'room.a'], ['presence', 3],
+        ['leave', b.conn, 'room.a'], ['presence', 2], ['leave', c.conn, 'room.a'], ['presence', 1]]);
+      assert.deepEqual(w.states.map((s) => s.count), [2, 3, 2, 1]);
+      // Messages still reach the handler; members() is null for topics without presence.
+      broker.publish('room.a', 'hi');
+      await box.wait(1);
+      assert.equal(a.members('room.b'), null);
+      assert.deepEqual(a.errors, []);
+      await Promise.all([a.close(), c.close()]);
+      assert.equal(a.members('room.a'), null, 'closed: no subscriptions');
+    });
+
+    test(`${enc}: after a reconnect it subscribes again with presence and info, reads the list, reports the differences`, T, async () => {
+      const broker = new FakeBroker({ presence: ['room.*'], history: { 'room.*': 10 } });
+      const a = fakeClient(broker, encOpts);
+      const b = fakeClient(broker, encOpts);
+      const d = fakeClient(broker, encOpts);
+      await Promise.all([opened(b), opened(d)]);
+      await b.subscribe('room.a', () => {}, { info: { nick: 'bob' } });
+      const w = watcher();
+      const recoveries = [];
+      await a.subscribe('room.a', () => {}, { ...w.opts, info: { nick: 'ann' }, onRecover: (r) => recoveries.push(r) });
+      const oldConn = a.conn;
+      // a is cut off; meanwhile b leaves and d comes.
+      broker.down = true;
+      connOf(broker, a).drop();
+      await waitFor(() => a.state === 'connecting', 5000, 'a to notice');
+      assert.equal(a.members('room.a').exact, false, 'not followed while disconnected');
+      await b.close();
+      await d.subscribe('room.a', () => {}, { info: { nick: 'dan' } });
+      broker.down = false;
+      await waitFor(() => recoveries.length === 1 && w.states.length === 2, 5000, 'the resubscription and the new list');
+      assert.notEqual(a.conn, oldConn);
+      const subs = broker.requests('sub', 'room.a').filter((s) => s.info?.nick === 'ann');
+      assert.equal(subs.length, 2);
+      assert.equal(subs[1].presence, true);
+      assert.deepEqual(subs[1].info, { nick: 'ann' });
+      assert.ok(subs[1].since, 'and since, for the history');
+      assert.equal(broker.requests('presence', 'room.a').length, 2, 'the list is read again');
+      assert.deepEqual(recoveries.map((r) => r.recovered), [true]);
+      // Differences: b left, d came; a's own old and new connections are not reported.
+      assert.deepEqual(w.leaves, [{ conn: b.conn, info: { nick: 'bob' }, topic: 'room.a' }]);
+      assert.deepEqual(w.joins, [{ conn: d.conn, info: { nick: 'dan' }, topic: 'room.a' }]);
+      assert.deepEqual(sorted(a.members('room.a').members),
+        sorted([{ conn: a.conn, info: { nick: 'ann' } }, { conn: d.conn, info: { nick: 'dan' } }]));
+      assert.equal(a.members('room.a').exact, true);
+      // Live again: events are applied.
+      await d.close();
+      await waitFor(() => w.leaves.length === 2, 5000, "d's leave");
+      assert.deepEqual(a.members('room.a').members, [{ conn: a.conn, info: { nick: 'ann' } }]);
+      await a.close();
+    });
+  }
+
+  test('a join of a conn listed and a leave of one not listed change nothing', T, async () => {
+    const broker = new FakeBroker({ presence: ['room.*'] });
+    const a = fakeClient(broker);
+    const b = fakeClient(broker);
+    await opened(b);
+    await b.subscribe('room.a', () => {}, { info: { nick: 'bob' } });
+    const w = watcher();
+    await a.subscribe('room.a', () => {}, w.opts);
+    const say = (msg) => connOf(broker, a).send({ topic: 'room.a', ...msg });
+    say({ op: 'join', conn: b.conn, info: { nick: 'bob' } }); // listed already
+    say({ op: 'leave', conn: 'ffffffffffffffff-9' }); // not listed
+    say({ op: 'leave', conn: 'ffffffffffffffff-9', info: { nick: 'ghost' } });
+    say({ op: 'join', conn: 'ffffffffffffffff-7', user: 'u7' }); // new: applied
+    say({ op: 'join', conn: 'ffffffffffffffff-7', user: 'u7' }); // twice: once
+    say({ op: 'join', topic: 'room.other', conn: 'ffffffffffffffff-8' }); // another topic
+    await a.ping();
+    assert.deepEqual(w.joins, [{ conn: 'ffffffffffffffff-7', user: 'u7', topic: 'room.a' }]);
+    assert.deepEqual(w.leaves, []);
+    assert.equal(a.members('room.a').count, 3);
+    say({ op: 'leave', conn: 'ffffffffffffffff-7', user: 'u7' });
+    say({ op: 'leave', conn: 'ffffffffffffffff-7', user: 'u7' }); // once
+    await a.ping();
+    assert.deepEqual(w.leaves, [{ conn: 'ffffffffffffffff-7', user: 'u7', topic: 'room.a' }]);
+    assert.deepEqual(a.members('room.a').members.map((m) => m.conn).sort(), [a.conn, b.conn].sort());
+    assert.equal(a.members('room.a').count, 2);
+    assert.deepEqual(w.states.map((s) => s.count), [2, 3, 2], 'onPresence only for changes');
+    await Promise.all([a.close(), b.close()]);
+  });
+
+  test('events that come before the list are applied to it once it is read', T, async () => {
+    const broker = new FakeBroker({ presence: ['room.*'] });
+    const a = fakeClient(broker);
+    let read;
+    broker.onRequest = (conn, msg) => {
+      if (msg.op !== 'presence') return undefined;
+      read = { conn, id: msg.id };
+      return 'ignore'; // answered below, late, with a list older than the events
+    };
+    const w = watcher();
+    let resolved = false;
+    const subscribed = a.subscribe('room.a', () => {}, w.opts).then((off) => {
+      resolved = true;
+      return off;
+    });
+    await waitFor(() => read, 5000, 'the presence request');
+    const x = 'ffffffffffffffff-1';
+    const y = 'ffffffffffffffff-2';
+    const z = 'ffffffffffffffff-3';
+    read.conn.send({ op: 'join', topic: 'room.a', conn: x }); // not in the list (it came after)
+    read.conn.send({ op: 'leave', topic: 'room.a', conn: y }); // in the list (it left after)
+    read.conn.send({ op: 'join', topic: 'room.a', conn: z }); // in the list already
+    await a.ping();
+    assert.equal(resolved, false, 'subscribe() waits for the list');
+    assert.equal(w.states.length, 0);
+    read.conn.send({ op: 'presence', id: read.id, topic: 'room.a', count: 3,
+      members: [{ conn: a.conn }, { conn: y }, { conn: z }] });
+    await subscribed;
+    assert.deepEqual(w.states.length, 1);
+    assert.deepEqual(w.conns(), [a.conn, x, z].sort());
+    assert.equal(w.last().count, 3);
+    assert.equal(w.last().exact, true);
+    assert.deepEqual([w.joins, w.leaves], [[], []], 'the first list reports no changes');
+    await a.close();
+  });
+
+  test('count-only messages: count and exact: false, then the list is read again (debounced)', T, async () => {
+    const broker = new FakeBroker({ presence: ['room.*'], presenceEventsMax: 2 });
+    const delay = 400;
+    const a = fakeClient(broker, { presenceDelay: delay });
+    const others = [fakeClient(broker), fakeClient(broker), fakeClient(broker)];
+    const w = watcher();
+    await a.subscribe('room.a', () => {}, w.opts);
+    await others[0].subscribe('room.a', () => {}); // 2 members: an event
+    await waitFor(() => w.joins.length === 1, 5000, 'the join');
+    await others[1].subscribe('room.a', () => {}); // 3 > presenceEventsMax: no event
+    await others[2].subscribe('room.a', () => {});
+    await a.ping();
+    assert.equal(w.joins.length, 1);
+    const reads = broker.requests('presence').length;
+    // Several count-only messages in a row: one read, presenceDelay after the last.
+    broker.presenceCount('room.a');
+    await waitFor(() => w.last().count === 4, 5000, 'the count');
+    assert.equal(w.last().exact, false);
+    assert.equal(w.last().members.length, 2, 'the list is not followed any more');
+    assert.deepEqual(a.members('room.a').exact, false);
+    broker.presenceCount('room.a');
+    await sleep(delay / 4);
+    broker.presenceCount('room.a');
+    await sleep(delay / 4);
+    assert.equal(broker.requests('presence').length, reads, 'not read while they come');
+    await waitFor(() => broker.requests('presence').length === reads + 1, 5000, 'the read');
+    await waitFor(() => w.last().exact, 5000, 'the list read again');
+    await sleep(delay * 2);
+    assert.equal(broker.requests('presence').length, reads + 1, 'read once');
+    assert.equal(w.last().count, 4);
+    assert.deepEqual(w.conns(), [a.conn, ...others.map((o) => o.conn)].sort());
+    // Both lists were complete: the members found are reported as joins.
+    assert.deepEqual(w.joins.map((j) => j.conn), others.map((o) => o.conn));
+    // A list the broker capped (count > members) is not exact, and reports no differences.
+    broker.presenceListMax = 2;
+    await others[2].close();
+    broker.presenceCount('room.a');
+    await waitFor(() => broker.requests('presence').length === reads + 2, 5000, 'the second read');
+    await waitFor(() => w.last().members.length === 2, 5000, 'the capped list');
+    assert.deepEqual([w.last().count, w.last().exact], [3, false]);
+    assert.equal(w.leaves.length, 0);
+    await a.close();
+  });
+
+  test('a count-only message during a read: read again after it', T, async () => {
+    const broker = new FakeBroker({ presence: ['room.*'] });
+    const a = fakeClient(broker, { presenceDelay: 20 });
+    let held = null;
+    broker.onRequest = (conn, msg) => {
+      if (msg.op !== 'presence' || held) return undefined;
+      held = { conn, id: msg.id };
+      return 'ignore';
+    };
+    const w = watcher();
+    const subscribed = a.subscribe('room.a', () => {}, w.opts);
+    await waitFor(() => held, 5000, 'the presence request');
+    held.conn.send({ op: 'presence', topic: 'room.a', count: 5 });
+    await a.ping();
+    held.conn.send({ op: 'presence', id: held.id, topic: 'room.a', count: 1, members: [{ conn: a.conn }] });
+    await subscribed;
+    assert.equal(w.states[0].count, 5, 'the count-only message');
+    assert.equal(w.states[1].exact, false, 'a count-only message came meanwhile');
+    await waitFor(() => broker.requests('presence').length === 2, 5000, 'the second read');
+    await waitFor(() => w.last().exact, 5000, 'exact again');
+    assert.equal(w.last().count, 1);
+    await a.close();
+  });
+
+  test('presence asked for a topic subscribed without it: the sub goes again with presence', T, async () => {
+    const broker = new FakeBroker({ presence: ['room.*'] });
+    const a = fakeClient(broker);
+    const b = fakeClient(broker);
+    await opened(b);
+    const box = inbox();
+    await a.subscribe('room.a', box);
+    assert.equal(a.members('room.a'), null);
+    const w = watcher();
+    await a.subscribe('room.a', () => {}, { ...w.opts, info: { ignored: true } });
+    const subs = broker.requests('sub', 'room.a');
+    assert.deepEqual(subs.map(({ id, ...r }) => r), [{ op: 'sub', topic: 'room.a' }, { op: 'sub', topic: 'room.a', presence: true }],
+      'no info: it counts when the subscription is made');
+    assert.deepEqual(w.last().members, [{ conn: a.conn }]);
+    await b.subscribe('room.a', () => {});
+    await waitFor(() => w.joins.length === 1, 5000, 'the join');
+    // Refused (a topic without presence): that call rejects, the subscription stays.
+    const plain = inbox();
+    await a.subscribe('plain.a', plain);
+    await assert.rejects(a.subscribe('plain.a', () => {}, { presence: true }), { code: 'bad_request' });
+    assert.equal(a.members('plain.a'), null);
+    assert.deepEqual(a.patterns().sort(), ['plain.a', 'room.a']);
+    broker.publish('plain.a', 'still here');
+    await plain.wait(1);
+    // A fresh subscription of a topic without presence is refused as a whole.
+    await assert.rejects(a.subscribe('plain.b', () => {}, { presence: true }), { code: 'bad_request' });
+    await assert.rejects(a.subscribe('plain.c', () => {}, { info: { n: 1 } }), { code: 'bad_request' });
+    assert.deepEqual(a.patterns().sort(), ['plain.a', 'room.a']);
+    // Asked while the first sub is still on its way: a second sub, with presence.
+    const w2 = watcher();
+    const first = a.subscribe('room.b', () => {});
+    const second = a.subscribe('room.b', () => {}, w2.opts);
+    await Promise.all([first, second]);
+    assert.deepEqual(broker.requests('sub', 'room.b').map((r) => r.presence), [undefined, true]);
+    assert.deepEqual(w2.last().members, [{ conn: a.conn }]);
+    await Promise.all([a.close(), b.close()]);
+  });
+
+  test('presence options are checked before anything is sent', T, async () => {
+    const broker = new FakeBroker({ presence: ['room.*'] });
+    const a = fakeClient(broker);
+    await opened(a);
+    const bad = [
+      ['room.*', { presence: true }],
+      ['room.>', { info: { nick: 'x' } }],
+      ['room.a', { presence: 'yes' }],
+      ['room.a', { presence: 1 }],
+      ['room.a', { info: 'ann' }],
+      ['room.a', { info: ['ann'] }],
+      ['room.a', { info: null }],
+      ['room.a', { onJoin: 'x' }],
+      ['room.a', { presence: true, onLeave: 1 }],
+      ['room.a', { onPresence: {} }],
+      ['room.a', { presence: false, onJoin() {} }],
+    ];
+    for (const [topic, opts] of bad) await assert.rejects(a.subscribe(topic, () => {}, opts), TypeError, JSON.stringify(opts));
+    await a.ping();
+    assert.equal(broker.requests('sub').length, 0);
+    // onJoin alone implies presence: true.
+    await a.subscribe('room.a', () => {}, { onJoin() {} });
+    assert.equal(broker.requests('sub').at(-1).presence, true);
+    assert.notEqual(a.members('room.a'), null);
+    await a.close();
+  });
+
+  test('exceptions in onJoin, onLeave and onPresence go to the error event', T, async () => {
+    const broker = new FakeBroker({ presence: ['room.*'] });
+    const a = fakeClient(broker);
+    const b = fakeClient(broker);
+    const boom = (what) => () => {
+      throw new Error(what);
+    };
+    await a.subscribe('room.a', () => {}, { onJoin: boom('join'), onLeave: boom('leave'), onPresence: boom('presence') });
+    await b.subscribe('room.a', () => {});
+    await b.close();
+    await waitFor(() => a.errors.length === 5, 5000, 'the errors');
+    assert.deepEqual(a.errors.map((e) => e.message), ['presence', 'join', 'presence', 'leave', 'presence']);
+    assert.equal(a.members('room.a').count, 1, 'the list is kept all the same');
+    await a.close();
+  });
+});
+
 // ---- history, recovery, idempotent publish: against a real broker with --history -----
 
 const HAS_HISTORY = brokerHas('--history');
@@ -1057,6 +1426,124 @@ describe('history and recovery against a broker (--history)', {
     await box.wait(2);
     assert.deepEqual(box.data(), [1, 2]);
     await c.close();
+    await b.stop();
+  });
+});
+
+// ---- presence: against a real broker with --presence ----------------------------------
+
+const HAS_PRESENCE = brokerHas('--presence-list-max');
+const PRESENCE_ARGS = ['--presence', 'pres.>'];
+const CONN_ID = /^[0-9a-f]{16}-\d+$/;
+
+describe('presence against a broker (--presence)', {
+  skip: HAS_PRESENCE === false && 'this gale-broker has no --presence flag',
+}, () => {
+  let broker;
+  before(async () => {
+    broker = await startBroker(PRESENCE_ARGS);
+  });
+  after(() => broker?.stop());
+  afterEach(closeAll);
+
+  test('JSON and MessagePack members with info: presence(), join and leave, the list kept', T, async () => {
+    const j = client(broker.wsUrl);
+    const m = client(broker.wsUrl, { encoding: 'msgpack', codec: msgpack });
+    const w = watcher();
+    await j.subscribe('pres.p1', () => {}, { ...w.opts, info: { nick: 'jay' } });
+    assert.match(j.conn, CONN_ID);
+    const jay = { conn: j.conn, info: { nick: 'jay' } };
+    assert.deepEqual(w.last(), { topic: 'pres.p1', count: 1, members: [jay], exact: true });
+    await m.subscribe('pres.p1', () => {}, { info: { nick: 'em', n: 2 } });
+    assert.match(m.conn, CONN_ID);
+    const em = { conn: m.conn, info: { nick: 'em', n: 2 } };
+    await waitFor(() => w.joins.length === 1, 5000, "em's join");
+    assert.deepEqual(w.joins, [{ ...em, topic: 'pres.p1' }]);
+    for (const c of [j, m]) {
+      const p = await c.presence('pres.p1');
+      assert.deepEqual({ count: p.count, members: sorted(p.members) }, { count: 2, members: sorted([jay, em]) }, c.encoding);
+    }
+    assert.deepEqual(sorted(j.members('pres.p1').members), sorted([jay, em]));
+    // A plain subscriber of a pattern is not present; an unsubscribe is a leave.
+    const p = client(broker.wsUrl);
+    await p.subscribe('pres.>', () => {});
+    assert.equal((await p.presence('pres.p1')).count, 2);
+    await m.close();
+    await waitFor(() => w.leaves.length === 1, 5000, "em's leave");
+    assert.deepEqual(w.leaves, [{ ...em, topic: 'pres.p1' }]);
+    assert.deepEqual(j.members('pres.p1'), { topic: 'pres.p1', count: 1, members: [jay], exact: true });
+    assert.deepEqual(w.joins.length, 1, 'no events about itself');
+    assert.deepEqual(j.errors, []);
+    await Promise.all([j.close(), p.close()]);
+  });
+
+  test('errors: a pattern, a topic without presence; presence asked for a topic held without it', T, async () => {
+    const c = client(broker.wsUrl);
+    await opened(c);
+    await assert.rejects(c.presence('pres.*'), { code: 'bad_topic' });
+    await assert.rejects(c.presence('nopres.a'), { code: 'bad_request' });
+    await assert.rejects(c.subscribe('nopres.a', () => {}, { presence: true }), { code: 'bad_request' });
+    await assert.rejects(c.subscribe('nopres.b', () => {}, { info: { a: 1 } }), { code: 'bad_request' });
+    // A topic subscribed without presence, then with it: the broker takes the second sub.
+    const w = watcher();
+    await c.subscribe('pres.p2', () => {});
+    await c.subscribe('pres.p2', () => {}, w.opts);
+    const o = client(broker.wsUrl);
+    await o.subscribe('pres.p2', () => {});
+    await waitFor(() => w.joins.length === 1, 5000, 'the join after the second sub');
+    assert.equal(c.members('pres.p2').count, 2);
+    await Promise.all([c.close(), o.close()]);
+  });
+
+  for (const [enc, encOpts] of ENCODINGS) {
+    test(`${enc}: a cut connection subscribes again with presence and info and reads the list again`, T, async () => {
+      const topic = `pres.p3.${enc}`;
+      const proxy = await proxyTo(broker.port);
+      const c = client(proxy.wsUrl, { heartbeat: 0, ...encOpts });
+      const o = client(broker.wsUrl);
+      const w = watcher();
+      const ow = watcher();
+      await o.subscribe(topic, () => {}, { ...ow.opts, info: { nick: 'o' } });
+      await c.subscribe(topic, () => {}, { ...w.opts, info: { nick: 'c' } });
+      const first = c.conn;
+      await waitFor(() => ow.joins.length === 1, 5000, "c's join");
+      proxy.refusing = true;
+      proxy.cut();
+      await waitFor(() => ow.leaves.length === 1, 5000, "the broker forgets c's connection");
+      assert.deepEqual(ow.leaves[0], { conn: first, info: { nick: 'c' }, topic });
+      const late = client(broker.wsUrl);
+      await late.subscribe(topic, () => {}, { info: { nick: 'late' } });
+      proxy.refusing = false;
+      await waitFor(() => ow.joins.length === 3, 10000, "c's join again");
+      assert.notEqual(c.conn, first);
+      assert.deepEqual(ow.joins.at(-1), { conn: c.conn, info: { nick: 'c' }, topic });
+      await waitFor(() => c.members(topic)?.exact && c.members(topic).count === 3, 5000, "c's list read again");
+      assert.deepEqual(w.joins.map((j) => j.info.nick), ['late'], 'the difference, reported');
+      assert.deepEqual(sorted(c.members(topic).members).map((x) => x.info.nick).sort(), ['c', 'late', 'o']);
+      await Promise.all([c.close(), o.close(), late.close()]);
+      await proxy.stop();
+    });
+  }
+
+  test('past --presence-events-max: count-only messages, the list read again', T, async () => {
+    const b = new Broker(await freePort(), [...PRESENCE_ARGS, '--presence-events-max', '2']);
+    openThings.add(b);
+    await b.start();
+    const c = client(b.wsUrl, { presenceDelay: 100 });
+    const w = watcher();
+    await c.subscribe('pres.big', () => {}, w.opts);
+    const others = [];
+    for (let i = 0; i < 4; i++) {
+      const o = client(b.wsUrl);
+      others.push(o);
+      await o.subscribe('pres.big', () => {});
+    }
+    // Two members: one join event; past two: count-only messages, then a read.
+    await waitFor(() => w.states.some((s) => s.count === 5 && !s.exact), 10000, 'a count-only message');
+    await waitFor(() => w.last().count === 5 && w.last().members.length === 5, 10000, 'the list read again');
+    assert.deepEqual(w.conns(), [c.conn, ...others.map((o) => o.conn)].sort());
+    assert.ok(w.joins.length >= 1);
+    await Promise.all([c.close(), ...others.map((o) => o.close())]);
     await b.stop();
   });
 });

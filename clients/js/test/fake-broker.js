@@ -1,10 +1,12 @@
 // An in-process stand-in for gale-broker, for unit tests of gale.js: a WebSocket class
 // (passed to connect() as options.WebSocket) whose sockets talk to a FakeBroker that
-// speaks protocol v1 with the additions (history, `sub` with `since`, `hist`, `mid`), in
-// JSON and MessagePack. Tests drive what a real broker makes hard to provoke: dropped
-// connections at exact moments, lost acks, epoch changes, trimmed history, duplicates.
+// speaks protocol v1 with the additions (history, `sub` with `since`, `hist`, `mid`,
+// presence: `presence`, `sub` with `presence`/`info`, join/leave, count-only messages),
+// in JSON and MessagePack. Tests drive what a real broker makes hard to provoke: dropped
+// connections at exact moments, lost acks, epoch changes, trimmed history, duplicates,
+// duplicate or stray presence events, events racing a presence answer.
 //
-//   const broker = new FakeBroker({ history: { 'chat.>': 100 } });
+//   const broker = new FakeBroker({ history: { 'chat.>': 100 }, presence: ['chat.*.msg'] });
 //   const c = connect('ws://fake/ws', { WebSocket: broker.WebSocket });
 import * as msgpack from '@msgpack/msgpack';
 import { matchPattern } from '../../../web/gale.js';
@@ -27,6 +29,8 @@ class Conn {
     this.id = id;
     this.encoding = PROTOCOLS[socket.protocol];
     this.subs = new Set();
+    this.watching = new Set(); // topics subscribed with presence: true
+    this.info = new Map(); // topic -> the info of its sub
     this.open = true;
   }
 
@@ -61,6 +65,7 @@ class Conn {
     if (!this.open) return;
     this.open = false;
     this.broker.conns.delete(this);
+    this.broker._gone(this);
     // With broker.dropDelay the socket is CLOSING for that long before its close event.
     const delay = this.broker.dropDelay;
     this.socket.readyState = delay > 0 ? 2 : 3;
@@ -71,10 +76,19 @@ class Conn {
   }
 }
 
+/** The instance part of the fake broker's conn ids ("<16 hex>-<n>", as gale-broker's). */
+export const INSTANCE = '0123456789abcdef';
+
 export class FakeBroker {
-  /** history: { PATTERN: SIZE }, the first matching pattern wins (like --history). */
-  constructor({ history = {}, maxMsg = 1 << 20 } = {}) {
+  /** history: { PATTERN: SIZE }, the first matching pattern wins (like --history).
+   * presence: [PATTERN, ...] (like --presence); presenceListMax, presenceEventsMax: like
+   * --presence-list-max and --presence-events-max (past it no join/leave events: a test
+   * sends count-only messages with presenceCount()). */
+  constructor({ history = {}, maxMsg = 1 << 20, presence = [], presenceListMax = 1000, presenceEventsMax = 1000 } = {}) {
     this.history = Object.entries(history);
+    this.presence = presence;
+    this.presenceListMax = presenceListMax;
+    this.presenceEventsMax = presenceEventsMax;
     this.maxMsg = maxMsg;
     this.conns = new Set();
     this.streams = new Map(); // topic -> { ep, off, msgs: [{ off, data }] }
@@ -133,9 +147,10 @@ export class FakeBroker {
         this.readyState = 2;
         const conn = this._conn;
         setTimeout(() => {
-          if (conn) {
+          if (conn && conn.open) {
             conn.open = false;
             broker.conns.delete(conn);
+            broker._gone(conn);
           }
           this.readyState = 3;
           this._dispatch('close', { code, reason });
@@ -152,7 +167,7 @@ export class FakeBroker {
       socket._dispatch('close', { code: 1006, reason: '' });
       return;
     }
-    const conn = new Conn(this, socket, `c${++this.connCount}`);
+    const conn = new Conn(this, socket, `${INSTANCE}-${++this.connCount}`);
     socket._conn = conn;
     socket.readyState = 1;
     this.conns.add(conn);
@@ -175,6 +190,44 @@ export class FakeBroker {
       this.streams.set(topic, s);
     }
     return s;
+  }
+
+  /** Whether a topic has presence. */
+  hasPresence(topic) {
+    return this.presence.some((p) => matchPattern(p, topic));
+  }
+
+  /** The members of a topic: every connection holding a sub of exactly it. */
+  members(topic) {
+    return [...this.conns].filter((c) => c.subs.has(topic)).map((c) => this.member(c, topic));
+  }
+
+  member(conn, topic) {
+    const m = { conn: conn.id };
+    if (conn.info.has(topic)) m.info = conn.info.get(topic);
+    return m;
+  }
+
+  /** Sends msg to every connection watching topic (presence: true), but the one it is
+   * about; as the broker does, nothing past presenceEventsMax members. */
+  presenceEvent(topic, msg, { force = false } = {}) {
+    if (!force && this.members(topic).length > this.presenceEventsMax) return;
+    for (const c of this.conns) {
+      if (c.watching.has(topic) && c.id !== msg.conn) c.send({ ...msg, topic });
+    }
+  }
+
+  /** Sends the count-only presence message of a topic to its watchers. */
+  presenceCount(topic) {
+    const count = this.members(topic).length;
+    for (const c of this.conns) if (c.watching.has(topic)) c.send({ op: 'presence', topic, count });
+  }
+
+  /** A connection closed: it leaves every topic it was present on. */
+  _gone(conn) {
+    for (const t of conn.subs) {
+      if (!isPattern(t) && this.hasPresence(t)) this.presenceEvent(t, { op: 'leave', ...this.member(conn, t) });
+    }
   }
 
   /** Every client frame of op (optionally only those of one topic). */
@@ -259,6 +312,18 @@ export class FakeBroker {
         return;
       case 'sub': {
         const t = msg.topic;
+        if (msg.presence !== undefined && typeof msg.presence !== 'boolean') {
+          err('bad_request', 'presence must be a boolean');
+          return;
+        }
+        if (msg.info !== undefined && (msg.info === null || typeof msg.info !== 'object' || Array.isArray(msg.info))) {
+          err('bad_request', 'info must be an object');
+          return;
+        }
+        if ((msg.presence === true || msg.info !== undefined) && (isPattern(t) || !this.hasPresence(t))) {
+          err('bad_request', 'topic has no presence (--presence)');
+          return;
+        }
         if (msg.since !== undefined) {
           const ok =
             msg.since !== null && typeof msg.since === 'object' && typeof msg.since.ep === 'string' &&
@@ -268,7 +333,14 @@ export class FakeBroker {
             return;
           }
         }
+        const joined = !conn.subs.has(t);
         conn.subs.add(t);
+        if (msg.presence === true) conn.watching.add(t);
+        else conn.watching.delete(t);
+        if (joined && !isPattern(t) && this.hasPresence(t)) {
+          if (msg.info !== undefined) conn.info.set(t, msg.info);
+          this.presenceEvent(t, { op: 'join', ...this.member(conn, t) });
+        }
         const s = isPattern(t) ? null : this.stream(t);
         if (msg.since === undefined) {
           reply(s ? { op: 'ack', ep: s.ep, off: s.off } : { op: 'ack' });
@@ -290,10 +362,32 @@ export class FakeBroker {
         }
         return;
       }
-      case 'unsub':
-        conn.subs.delete(msg.topic);
+      case 'unsub': {
+        const t = msg.topic;
+        if (conn.subs.has(t) && !isPattern(t) && this.hasPresence(t)) {
+          const member = this.member(conn, t);
+          conn.subs.delete(t);
+          this.presenceEvent(t, { op: 'leave', ...member });
+        }
+        conn.subs.delete(t);
+        conn.watching.delete(t);
+        conn.info.delete(t);
         reply({ op: 'ack' });
         return;
+      }
+      case 'presence': {
+        if (isPattern(msg.topic)) {
+          err('bad_topic', 'presence of a pattern');
+          return;
+        }
+        if (!this.hasPresence(msg.topic)) {
+          err('bad_request', 'topic has no presence (--presence)');
+          return;
+        }
+        const all = this.members(msg.topic);
+        reply({ op: 'presence', topic: msg.topic, count: all.length, members: all.slice(0, this.presenceListMax) });
+        return;
+      }
       case 'pub': {
         if (isPattern(msg.topic)) {
           err('bad_topic', 'pub to a pattern');
