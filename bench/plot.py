@@ -3,14 +3,15 @@
 
     bench/plot.py build-bench/benchmarks.jsonl --png-dir docs/bench \\
         --markdown docs/BENCHMARKS.md --optimisations docs/bench/optimisations.md \\
-        --history docs/bench/history.md
+        --history docs/bench/history.md --presence docs/bench/presence.md
 
 Reads the records benchmarks.sh appends (type meta, run, skip, end; a run holds the server,
 the measurement, its parameters, the exact `gale bench` command and gale bench's --json
 report), draws PNGs with matplotlib (Agg backend, no display, no network) and writes the
 markdown: machine and versions, one table per measurement with the command of every row,
 the plots, the targets with met / not met computed from the data, the history and recovery
-section written by bench/history.py and the optimisation log, both included verbatim.
+section written by bench/history.py, the presence section written by bench/presence.py and
+the optimisation log, all three included verbatim.
 Without --png-dir it writes the tables alone; without matplotlib it keeps the PNGs already
 in --png-dir.
 """
@@ -485,7 +486,7 @@ def targets(runs):
 
 
 # ---- markdown ------------------------------------------------------------------------------
-def markdown(meta, end, runs, skips, made, png_rel, optimisations, history=""):
+def markdown(meta, end, runs, skips, made, png_rel, optimisations, history="", presence=""):
     md = []
     add = md.append
     quick = bool(meta.get("quick"))
@@ -496,10 +497,11 @@ def markdown(meta, end, runs, skips, made, png_rel, optimisations, history=""):
         + (f" in {elapsed / 60:.0f} min" if elapsed else "") + ". Do not edit by hand: run "
         "`bench/benchmarks.sh` again (about as long again), or "
         "`bench/plot.py docs/bench/benchmarks.jsonl --png-dir docs/bench --markdown docs/BENCHMARKS.md "
-        "--optimisations docs/bench/optimisations.md --history docs/bench/history.md` to redraw "
-        "from the raw JSON. The optimisation log is hand-written in "
-        "`docs/bench/optimisations.md`; the history section is written by `bench/history.py` "
-        "(`docs/bench/history.md`).\n")
+        "--optimisations docs/bench/optimisations.md --history docs/bench/history.md "
+        "--presence docs/bench/presence.md` to redraw from the raw JSON. The optimisation log "
+        "is hand-written in `docs/bench/optimisations.md`; the history section is written by "
+        "`bench/history.py` (`docs/bench/history.md`), the presence section by "
+        "`bench/presence.py` (`docs/bench/presence.md`).\n")
     if quick:
         add("> **QUICK run** (`QUICK=1`): small counts and 2-second measurements to check the "
             "script and the format. None of these figures is representative.\n")
@@ -726,6 +728,8 @@ def markdown(meta, end, runs, skips, made, png_rel, optimisations, history=""):
 
     if history:
         add(history.rstrip() + "\n")
+    if presence:
+        add(presence.rstrip() + "\n")
     if optimisations:
         add(optimisations.rstrip() + "\n")
     add("## Raw data\n")
@@ -734,8 +738,10 @@ def markdown(meta, end, runs, skips, made, png_rel, optimisations, history=""):
         "commands of the server and of gale bench, exit status, load average before the run, "
         "and gale bench's `--json` report. `bench/plot.py docs/bench/benchmarks.jsonl "
         "--png-dir docs/bench --markdown docs/BENCHMARKS.md --optimisations "
-        "docs/bench/optimisations.md --history docs/bench/history.md` redraws everything from "
-        "it; the history section's runs are in [`bench/history.jsonl`](bench/history.jsonl).")
+        "docs/bench/optimisations.md --history docs/bench/history.md --presence "
+        "docs/bench/presence.md` redraws everything from it; the history section's runs are in "
+        "[`bench/history.jsonl`](bench/history.jsonl), the presence section's in "
+        "[`bench/presence.jsonl`](bench/presence.jsonl).")
     return "\n".join(md) + "\n"
 
 
@@ -762,6 +768,8 @@ def main():
     ap.add_argument("--markdown", help="write the report here")
     ap.add_argument("--optimisations", help="markdown file included verbatim")
     ap.add_argument("--history", help="markdown file included verbatim (bench/history.py)")
+    ap.add_argument("--presence", help="markdown file included verbatim after the history "
+                    "section (bench/presence.py)")
     a = ap.parse_args()
     meta, end, runs, skips = load(a.jsonl)
     made = drawn = {}
@@ -775,17 +783,20 @@ def main():
                 made = {f: os.path.join(a.png_dir, f) for f in os.listdir(a.png_dir)
                         if f.endswith(".png")}
     if a.markdown:
-        opt = hist = ""
+        opt = hist = pres = ""
         if a.optimisations and os.path.exists(a.optimisations):
             with open(a.optimisations) as f:
                 opt = f.read()
         if a.history and os.path.exists(a.history):
             with open(a.history) as f:
                 hist = f.read()
+        if a.presence and os.path.exists(a.presence):
+            with open(a.presence) as f:
+                pres = f.read()
         rel = os.path.relpath(a.png_dir, os.path.dirname(os.path.abspath(a.markdown))) \
             if a.png_dir else "bench"
         with open(a.markdown, "w") as f:
-            f.write(markdown(meta, end, runs, skips, made, rel, opt, hist))
+            f.write(markdown(meta, end, runs, skips, made, rel, opt, hist, pres))
     for name in sorted(drawn):
         print(drawn[name])
 
