@@ -882,11 +882,8 @@ static void hist_reply(cluster_t *c, hist_read_t *h, redis_conn_reply_t answer,
         }
         if (e == GALE_OK)
             e = gale_encode_hist_end(&buf, enc);
-        frame_t *f = e == GALE_OK
-                         ? frame_finish(&buf, enc == GALE_ENC_JSON ? FRAME_TEXT : FRAME_BINARY)
-                         : NULL;
+        frame_t *f = frame_built(&buf, e, enc);
         if (!f) {
-            gale_buf_free(&buf);
             e = GALE_ERR_INTERNAL;
             why = "out of memory";
         } else if (h->done->out) {

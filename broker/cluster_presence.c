@@ -383,11 +383,8 @@ void cpres_reply(cluster_t *c, cmd_kind_t kind, void *ctx, redis_conn_reply_t an
         }
         if (e == GALE_OK)
             e = gale_encode_presence_end(&buf, enc);
-        frame_t *f = e == GALE_OK
-                         ? frame_finish(&buf, enc == GALE_ENC_JSON ? FRAME_TEXT : FRAME_BINARY)
-                         : NULL;
+        frame_t *f = frame_built(&buf, e, enc);
         if (!f) {
-            gale_buf_free(&buf);
             e = GALE_ERR_INTERNAL;
             why = "out of memory";
         } else if (r->done->out) {

@@ -560,12 +560,10 @@ static gale_err_t do_hist(broker_t *b, conn_t *c, const gale_request_t *req, con
     }
     gale_buf_t buf;
     gale_buf_init(&buf, FRAME_HEADROOM);
-    gale_err_t e =
-        hist_answer(b, req->topic, req->topic_len, rule, limit, enc, req->has_id, req->id, &buf);
-    if (e == GALE_OK)
-        rep->frame = frame_finish(&buf, enc == GALE_ENC_JSON ? FRAME_TEXT : FRAME_BINARY);
-    else
-        gale_buf_free(&buf);
+    rep->frame = frame_built(
+        &buf,
+        hist_answer(b, req->topic, req->topic_len, rule, limit, enc, req->has_id, req->id, &buf),
+        enc);
     if (!rep->frame) {
         *why = "out of memory";
         return GALE_ERR_INTERNAL;
@@ -597,10 +595,8 @@ static gale_err_t do_presence(broker_t *b, conn_t *c, const gale_request_t *req,
     }
     gale_buf_t buf;
     gale_buf_init(&buf, FRAME_HEADROOM);
-    if (presence_answer(b, req->topic, req->topic_len, enc, req->has_id, req->id, &buf) == GALE_OK)
-        rep->frame = frame_finish(&buf, enc == GALE_ENC_JSON ? FRAME_TEXT : FRAME_BINARY);
-    else
-        gale_buf_free(&buf);
+    rep->frame = frame_built(
+        &buf, presence_answer(b, req->topic, req->topic_len, enc, req->has_id, req->id, &buf), enc);
     if (!rep->frame) {
         *why = "out of memory";
         return GALE_ERR_INTERNAL;

@@ -42,6 +42,15 @@ frame_t *frame_finish(gale_buf_t *b, int opcode)
     return f;
 }
 
+frame_t *frame_built(gale_buf_t *b, gale_err_t e, gale_enc_t enc)
+{
+    if (e != GALE_OK) {
+        gale_buf_free(b);
+        return NULL;
+    }
+    return frame_finish(b, enc == GALE_ENC_JSON ? FRAME_TEXT : FRAME_BINARY);
+}
+
 void frame_unref(frame_t *f)
 {
     if (!f || f->refs == FRAME_STATIC)

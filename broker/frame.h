@@ -39,6 +39,13 @@ enum { FRAME_TEXT = 0x1, FRAME_BINARY = 0x2, FRAME_CLOSE = 0x8, FRAME_PING = 0x9
  */
 frame_t *frame_finish(gale_buf_t *b, int opcode);
 
+/**
+ * An answer or event encoded into b (initialised with FRAME_HEADROOM) for a connection of
+ * encoding enc: when e is GALE_OK, frame_finish as a text frame (JSON) or a binary one
+ * (MessagePack); otherwise b is freed. NULL when e was an error or memory ran out.
+ */
+frame_t *frame_built(gale_buf_t *b, gale_err_t e, gale_enc_t enc);
+
 /** The frame's bytes: header then payload. */
 static inline const uint8_t *frame_bytes(const frame_t *f)
 {

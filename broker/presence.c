@@ -185,6 +185,46 @@ static void mark_dirty(presence_t *p, pres_topic_t *t)
     p->dirty = t;
 }
 
+/* What a topic's watchers are told. */
+typedef enum { TELL_JOIN, TELL_LEAVE, TELL_COUNT } tell_t;
+
+/*
+ * Queues to each watcher of t but the member named skip[0..skip_len) (NULL: none) a join or
+ * leave of the member json[0..json_len), or t's count alone, built once per encoding.
+ * Returns how many watchers took it.
+ */
+static uint64_t tell_watchers(broker_t *b, pres_topic_t *t, tell_t what, const char *skip,
+                              size_t skip_len, const char *json, size_t json_len)
+{
+    frame_t *f[GALE_ENC_COUNT] = {NULL};
+    bool failed[GALE_ENC_COUNT] = {false};
+    uint64_t n = 0;
+    for (pres_member_t *w = t->watchers; w; w = w->wnext) {
+        conn_t *c = w->c;
+        gale_enc_t enc = (gale_enc_t)c->enc;
+        if (c->closing || failed[enc] ||
+            (skip && w->conn_len == skip_len && memcmp(w->conn, skip, skip_len) == 0))
+            continue;
+        if (!f[enc]) {
+            gale_buf_t buf;
+            gale_buf_init(&buf, FRAME_HEADROOM);
+            gale_err_t e =
+                what == TELL_COUNT
+                    ? gale_encode_presence_count(&buf, enc, t->name, t->len, t->count)
+                    : gale_encode_presence_event(&buf, enc, what == TELL_JOIN, t->name, t->len,
+                                                 (const uint8_t *)json, json_len);
+            if (!(f[enc] = frame_built(&buf, e, enc))) {
+                failed[enc] = true; /* out of memory, or a member that is not an object */
+                continue;
+            }
+        }
+        n += c->ops->deliver(b, c, f[enc]);
+    }
+    for (int e = 0; e < GALE_ENC_COUNT; e++)
+        frame_unref(f[e]);
+    return n;
+}
+
 /*
  * t now has `count` members after a join (or leave) of member json whose id is conn: the
  * event to every local watcher but that member, or, above --presence-events-max, a
@@ -205,30 +245,8 @@ static void notify(broker_t *b, pres_topic_t *t, bool join, const char *conn, si
         t->over = 0;
         mark_dirty(p, t);
     }
-    frame_t *f[GALE_ENC_COUNT] = {NULL};
-    bool failed[GALE_ENC_COUNT] = {false};
-    for (pres_member_t *w = t->watchers; w; w = w->wnext) {
-        conn_t *c = w->c;
-        if (c->closing || failed[c->enc] ||
-            (w->conn_len == conn_len && memcmp(w->conn, conn, conn_len) == 0))
-            continue;
-        if (!f[c->enc]) {
-            gale_buf_t buf;
-            gale_buf_init(&buf, FRAME_HEADROOM);
-            if (gale_encode_presence_event(&buf, (gale_enc_t)c->enc, join, t->name, t->len,
-                                           (const uint8_t *)json, json_len) != GALE_OK ||
-                !(f[c->enc] =
-                      frame_finish(&buf, c->enc == GALE_ENC_JSON ? FRAME_TEXT : FRAME_BINARY))) {
-                gale_buf_free(&buf);
-                failed[c->enc] = true;
-                continue;
-            }
-        }
-        if (c->ops->deliver(b, c, f[c->enc]))
-            b->m.presence_events++;
-    }
-    for (int e = 0; e < GALE_ENC_COUNT; e++)
-        frame_unref(f[e]);
+    b->m.presence_events +=
+        tell_watchers(b, t, join ? TELL_JOIN : TELL_LEAVE, conn, conn_len, json, json_len);
 }
 
 pres_member_t *presence_join(broker_t *b, conn_t *c, const char *topic, size_t len,
@@ -405,27 +423,7 @@ void presence_tick(broker_t *b)
         list = t->dnext;
         t->dirty = 0;
         t->dnext = NULL;
-        frame_t *f[GALE_ENC_COUNT] = {NULL};
-        for (pres_member_t *w = t->watchers; w; w = w->wnext) {
-            conn_t *c = w->c;
-            if (c->closing)
-                continue;
-            if (!f[c->enc]) {
-                gale_buf_t buf;
-                gale_buf_init(&buf, FRAME_HEADROOM);
-                if (gale_encode_presence_count(&buf, (gale_enc_t)c->enc, t->name, t->len,
-                                               t->count) != GALE_OK ||
-                    !(f[c->enc] = frame_finish(&buf, c->enc == GALE_ENC_JSON ? FRAME_TEXT
-                                                                             : FRAME_BINARY))) {
-                    gale_buf_free(&buf);
-                    continue;
-                }
-            }
-            if (c->ops->deliver(b, c, f[c->enc]))
-                b->m.presence_counts++;
-        }
-        for (int e = 0; e < GALE_ENC_COUNT; e++)
-            frame_unref(f[e]);
+        b->m.presence_counts += tell_watchers(b, t, TELL_COUNT, NULL, 0, NULL, 0);
         topic_maybe_free(p, t);
     }
 }

@@ -55,15 +55,6 @@ static void mark_dirty(broker_t *b, session_t *s)
     }
 }
 
-static frame_t *finish_reply(gale_buf_t *buf, gale_err_t e, gale_enc_t enc)
-{
-    if (e != GALE_OK) {
-        gale_buf_free(buf);
-        return NULL;
-    }
-    return frame_finish(buf, enc == GALE_ENC_JSON ? FRAME_TEXT : FRAME_BINARY);
-}
-
 /* Queues a frame built for s (hello, an answer); frees it. */
 static void send_frame(broker_t *b, session_t *s, frame_t *f)
 {
@@ -112,7 +103,7 @@ static void op_reply(broker_t *b, conn_t *c, const conn_reply_t *r)
                             .dup = r->dup};
         e = gale_encode_ack_ext(&buf, enc, r->id, &x);
     }
-    send_frame(b, session_of(c), finish_reply(&buf, e, enc));
+    send_frame(b, session_of(c), frame_built(&buf, e, enc));
 }
 
 /* conn_ops_t.close */
@@ -184,9 +175,9 @@ bool session_open(broker_t *b, session_t *s, struct lws *wsi, gale_enc_t enc,
     core_conn_name(b, &s->conn, conn);
     gale_buf_t buf;
     gale_buf_init(&buf, FRAME_HEADROOM);
-    send_frame(b, s,
-               finish_reply(
-                   &buf, gale_encode_hello(&buf, enc, b->node_id, conn, b->cfg.max_message), enc));
+    send_frame(
+        b, s,
+        frame_built(&buf, gale_encode_hello(&buf, enc, b->node_id, conn, b->cfg.max_message), enc));
     if (grant)
         log_info("conn %" PRIu64 ": open (%s), user '%s'", s->conn.id, gale_enc_subprotocol(enc),
                  grant->user);
