@@ -70,6 +70,8 @@ enum {
     }
 /** Short options shared by the commands (for getopt_long's optstring). */
 #define CLI_COMMON_SHORTOPTS "vh"
+/** getopt_long's optstring for a command with its own short options `own` (e.g. "n:" or ""). */
+#define CLI_SHORTOPTS(own) ":" own CLI_COMMON_SHORTOPTS
 
 /** Sets defaults (from the environment too) before option parsing. */
 void cli_common_init(cli_common_t *c, const char *cmd);
@@ -83,6 +85,32 @@ int cli_common_option(cli_common_t *c, int opt, const char *arg);
 
 /** Prints "gale CMD: unknown option ..." for getopt's '?' or ':' result; returns CLI_EXIT_USAGE. */
 int cli_bad_option(const char *cmd, int opt, char **argv);
+
+/**
+ * Parses a command's options with getopt_long (options may follow operands; "--" ends
+ * them): the common ones go into *c (cli_common_option), -h/--help prints usage(stdout),
+ * an unknown option or a missing value is a usage error (cli_bad_option), and each of the
+ * command's own options is handed to own(arg, its val, optarg), which returns 0 or, after
+ * printing a usage error, an exit code. shortopts: CLI_SHORTOPTS(...); longopts:
+ * CLI_COMMON_LONGOPTS, the command's own, then {NULL, 0, NULL, 0}.
+ * Returns 0 (the operands are argv[optind..argc)), -1 after --help, or an exit code.
+ */
+int cli_parse_options(cli_common_t *c, int argc, char **argv, const char *shortopts,
+                      const struct option *longopts, void (*usage)(FILE *f),
+                      int (*own)(void *arg, int opt, const char *val), void *arg);
+
+/**
+ * Checks a TOPIC operand. Returns 0 if topic is a valid topic, else CLI_EXIT_USAGE after
+ * "invalid topic 'TOPIC': ...", saying pattern_why when it is a valid pattern (has * or >).
+ */
+int cli_check_topic(const char *cmd, const char *topic, const char *pattern_why);
+
+/**
+ * Takes the operands argv[optind..argc) as exactly one TOPIC (checked as by
+ * cli_check_topic). Returns 0 with *topic set, or CLI_EXIT_USAGE after saying why.
+ */
+int cli_topic_operand(const char *cmd, int argc, char **argv, const char *pattern_why,
+                      const char **topic);
 
 /** Prints "gale CMD: " + message + "\n" on stderr. */
 void cli_error(const cli_common_t *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

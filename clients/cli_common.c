@@ -126,6 +126,53 @@ int cli_bad_option(const char *cmd, int opt, char **argv)
     return cli_usage_error(cmd, "unknown option '%s'", arg);
 }
 
+int cli_parse_options(cli_common_t *c, int argc, char **argv, const char *shortopts,
+                      const struct option *longopts, void (*usage)(FILE *f),
+                      int (*own)(void *arg, int opt, const char *val), void *arg)
+{
+    int opt;
+    opterr = 0;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, shortopts, longopts, NULL)) != -1) {
+        int r = cli_common_option(c, opt, optarg);
+        if (r < 0)
+            return CLI_EXIT_USAGE;
+        if (r > 0)
+            continue;
+        if (opt == 'h' || opt == CLI_OPT_HELP) {
+            usage(stdout);
+            return -1;
+        }
+        if (opt == '?' || opt == ':')
+            return cli_bad_option(c->cmd, opt, argv);
+        if ((r = own(arg, opt, optarg)) != 0)
+            return r;
+    }
+    return 0;
+}
+
+int cli_check_topic(const char *cmd, const char *topic, const char *pattern_why)
+{
+    if (gale_topic_valid(topic, strlen(topic)))
+        return 0;
+    bool pattern = gale_pattern_valid(topic, strlen(topic), NULL);
+    return cli_usage_error(cmd, "invalid topic '%s': %s", topic,
+                           pattern ? pattern_why
+                                   : "a topic is 1-255 bytes of dot-separated, non-empty "
+                                     "segments without spaces, '*' or '>'");
+}
+
+int cli_topic_operand(const char *cmd, int argc, char **argv, const char *pattern_why,
+                      const char **topic)
+{
+    if (argc - optind == 0)
+        return cli_usage_error(cmd, "missing TOPIC");
+    if (argc - optind > 1)
+        return cli_usage_error(cmd, "too many arguments: one TOPIC");
+    *topic = argv[optind];
+    return cli_check_topic(cmd, *topic, pattern_why);
+}
+
 bool cli_parse_double(const char *arg, double *out)
 {
     char *end;

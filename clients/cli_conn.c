@@ -605,3 +605,115 @@ void cli_report_end(const cli_common_t *opts, const cli_end_info_t *e)
         break;
     }
 }
+
+/* ---- one request, one answer ---- */
+
+typedef struct {
+    const cli_common_t *o;
+    const cli_request_t *req;
+    void *arg;
+    cli_conn_t *conn;
+    gale_buf_t frame;
+    bool finished;
+    int exit_code;
+    lws_sorted_usec_list_t timeout_sul;
+} request_t;
+
+static void request_finish(request_t *q, int code)
+{
+    if (q->finished)
+        return;
+    q->finished = true;
+    q->exit_code = code;
+    if (cli_conn_active(q->conn))
+        cli_conn_close(q->conn); /* on_closed stops the loop */
+    else
+        cli_conn_stop(q->conn);
+}
+
+static void request_timeout(lws_sorted_usec_list_t *sul)
+{
+    request_t *q = lws_container_of(sul, request_t, timeout_sul);
+    if (q->finished)
+        return;
+    cli_error(q->o, "timed out after %g s %s", q->o->timeout,
+              cli_conn_ready(q->conn) ? q->req->awaited : "connecting");
+    request_finish(q, CLI_EXIT_TIMEOUT);
+}
+
+static void request_open(void *arg, const gale_reply_t *hello)
+{
+    request_t *q = arg;
+    (void)hello;
+    q->frame.len = q->frame.headroom;
+    if (!q->req->encode(q->arg, &q->frame)) {
+        cli_error(q->o, "out of memory");
+        request_finish(q, CLI_EXIT_USAGE);
+        return;
+    }
+    cli_conn_send(q->conn, &q->frame);
+}
+
+static void request_reply(void *arg, const gale_reply_t *r)
+{
+    request_t *q = arg;
+    if (q->finished)
+        return;
+    if (r->op == q->req->answer && r->has_id && r->id == CLI_REQUEST_ID) {
+        request_finish(q, q->req->print(q->arg, r));
+    } else if (r->op == GALE_REPLY_ERR) {
+        cli_error(q->o, "server error %.*s: %.*s%s", (int)r->code_name_len, r->code_name,
+                  (int)r->msg_len, r->msg, r->msg_truncated ? "..." : "");
+        request_finish(q, CLI_EXIT_SERVER);
+    }
+}
+
+static void request_closed(void *arg, const cli_end_info_t *end)
+{
+    request_t *q = arg;
+    if (!q->finished && end->kind != CLI_END_CLOSED) {
+        cli_report_end(q->o, end);
+        q->exit_code = CLI_EXIT_CONNECT;
+    }
+    q->finished = true;
+    cli_conn_stop(q->conn);
+}
+
+static void request_wake(void *arg)
+{
+    request_t *q = arg;
+    if (cli_interrupted() && !q->finished)
+        request_finish(q, CLI_EXIT_INTERRUPTED);
+}
+
+int cli_request_run(const cli_common_t *opts, const cli_request_t *req, void *arg)
+{
+    request_t q;
+    memset(&q, 0, sizeof(q));
+    q.o = opts;
+    q.req = req;
+    q.arg = arg;
+    gale_buf_init(&q.frame, LWS_PRE);
+
+    static const cli_handler_t handler = {request_open, request_reply, request_closed,
+                                          request_wake};
+    int rc;
+    q.conn = cli_conn_new(opts, &handler, &q);
+    if (q.conn == NULL) {
+        rc = CLI_EXIT_USAGE;
+        goto out;
+    }
+    if (opts->timeout > 0)
+        cli_conn_timer(q.conn, &q.timeout_sul, request_timeout, opts->timeout);
+    cli_conn_connect(q.conn); /* a failure at once has already stopped the loop */
+    if (cli_conn_run(q.conn) < 0 && q.exit_code == CLI_EXIT_OK) {
+        cli_error(opts, "libwebsockets service loop failed");
+        q.exit_code = CLI_EXIT_CONNECT;
+    }
+    rc = q.exit_code;
+out:
+    lws_sul_cancel(&q.timeout_sul);
+    cli_conn_free(q.conn);
+    gale_buf_free(&q.frame);
+    return rc;
+}

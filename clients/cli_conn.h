@@ -8,6 +8,8 @@
  * (another thread has work for the loop, or a signal arrived: see
  * cli_interrupted). A connection can be opened again after on_closed
  * (--reconnect).
+ *
+ * cli_request_run drives a whole command that sends one request and prints its answer.
  */
 #ifndef GALE_CLI_CONN_H
 #define GALE_CLI_CONN_H
@@ -89,5 +91,32 @@ bool cli_interrupted(void);
 
 /** Prints "cannot connect to URL: ..." or "connection to URL lost: ..." for end. */
 void cli_report_end(const cli_common_t *opts, const cli_end_info_t *end);
+
+/* ---- one request, one answer (`gale hist`, `gale presence`) ---- */
+
+/** The id the request of cli_request_run carries. */
+#define CLI_REQUEST_ID 1
+
+/** One request and what answers it. */
+typedef struct {
+    /**
+     * Encodes the request, with id CLI_REQUEST_ID, at the end of frame (empty, LWS_PRE
+     * headroom). false: out of memory.
+     */
+    bool (*encode)(void *arg, gale_buf_t *frame);
+    gale_reply_op_t answer; /* the op of the answer (with id CLI_REQUEST_ID) */
+    /** Prints the answer; returns the exit code. */
+    int (*print)(void *arg, const gale_reply_t *answer);
+    const char *awaited; /* --timeout once connected: "timed out after N s AWAITED" */
+} cli_request_t;
+
+/**
+ * Runs a command that sends one request and prints its answer: connects (opts), sends the
+ * request once hello has arrived, hands the answer to req->print and closes the connection
+ * cleanly. An err from the broker ("server error CODE: MSG") ends it with CLI_EXIT_SERVER;
+ * --timeout, SIGINT/SIGTERM and connection failures as for the other commands. Returns the
+ * exit code.
+ */
+int cli_request_run(const cli_common_t *opts, const cli_request_t *req, void *arg);
 
 #endif

@@ -3,8 +3,8 @@
  * count, then one line per member, or the answer as one JSON line; then exit.
  *
  * One connection, one `presence` request (id 1) once hello has arrived; its answer is
- * printed and the connection closed cleanly. An err (e.g. a topic without presence) ends
- * the command with exit 1, like any broker error.
+ * printed and the connection closed cleanly (cli_request_run). An err (e.g. a topic
+ * without presence) ends the command with exit 1, like any broker error.
  */
 #include "presence.h"
 #include "cli.h"
@@ -16,16 +16,8 @@ typedef struct {
     cli_common_t o;
     const char *topic;
     cli_format_t format;
-
-    cli_conn_t *conn;
-    gale_buf_t frame;
     gale_buf_t line;
-    bool finished;
-    int exit_code;
-    lws_sorted_usec_list_t timeout_sul;
 } presence_t;
-
-#define PRESENCE_ID 1
 
 static void usage(FILE *f)
 {
@@ -58,31 +50,15 @@ static void usage(FILE *f)
         cli_common_help, cli_exit_codes_help);
 }
 
-/* ---- ending ---- */
+/* ---- the request and its answer ---- */
 
-static void finish(presence_t *p, int code)
+/* The presence request (id CLI_REQUEST_ID). */
+static bool encode(void *arg, gale_buf_t *frame)
 {
-    if (p->finished)
-        return;
-    p->finished = true;
-    p->exit_code = code;
-    if (cli_conn_active(p->conn))
-        cli_conn_close(p->conn); /* on_closed stops the loop */
-    else
-        cli_conn_stop(p->conn);
+    const presence_t *p = arg;
+    return gale_encode_presence(frame, p->o.enc, true, CLI_REQUEST_ID, p->topic,
+                                strlen(p->topic)) == GALE_OK;
 }
-
-static void timeout_timer(lws_sorted_usec_list_t *sul)
-{
-    presence_t *p = lws_container_of(sul, presence_t, timeout_sul);
-    if (p->finished)
-        return;
-    cli_error(&p->o, "timed out after %g s %s", p->o.timeout,
-              cli_conn_ready(p->conn) ? "waiting for the answer" : "connecting");
-    finish(p, CLI_EXIT_TIMEOUT);
-}
-
-/* ---- the answer ---- */
 
 /* Writes the line; returns -1 to go on, else the exit code. */
 static int write_line(presence_t *p)
@@ -152,8 +128,10 @@ static int print_lines(presence_t *p, const gale_reply_t *r, long *listed)
     return CLI_EXIT_OK;
 }
 
-static int print_answer(presence_t *p, const gale_reply_t *r)
+/* Prints the answer in p->format; returns the exit code. */
+static int print_answer(void *arg, const gale_reply_t *r)
 {
+    presence_t *p = arg;
     long listed = 0;
     if (p->format == CLI_FMT_JSON)
         return print_json(p, r);
@@ -170,133 +148,40 @@ static int print_answer(presence_t *p, const gale_reply_t *r)
     return CLI_EXIT_OK;
 }
 
-/* ---- connection events ---- */
-
-static void on_open(void *arg, const gale_reply_t *hello)
-{
-    presence_t *p = arg;
-    (void)hello;
-    p->frame.len = p->frame.headroom;
-    if (gale_encode_presence(&p->frame, p->o.enc, true, PRESENCE_ID, p->topic, strlen(p->topic)) !=
-        GALE_OK) {
-        cli_error(&p->o, "out of memory");
-        finish(p, CLI_EXIT_USAGE);
-        return;
-    }
-    cli_conn_send(p->conn, &p->frame);
-}
-
-static void on_reply(void *arg, const gale_reply_t *r)
-{
-    presence_t *p = arg;
-    if (p->finished)
-        return;
-    if (r->op == GALE_REPLY_PRESENCE && r->has_id && r->id == PRESENCE_ID) {
-        finish(p, print_answer(p, r));
-    } else if (r->op == GALE_REPLY_ERR) {
-        cli_error(&p->o, "server error %.*s: %.*s%s", (int)r->code_name_len, r->code_name,
-                  (int)r->msg_len, r->msg, r->msg_truncated ? "..." : "");
-        finish(p, CLI_EXIT_SERVER);
-    }
-}
-
-static void on_closed(void *arg, const cli_end_info_t *end)
-{
-    presence_t *p = arg;
-    if (!p->finished && end->kind != CLI_END_CLOSED) {
-        cli_report_end(&p->o, end);
-        p->exit_code = CLI_EXIT_CONNECT;
-    }
-    p->finished = true;
-    cli_conn_stop(p->conn);
-}
-
-static void on_wake(void *arg)
-{
-    presence_t *p = arg;
-    if (cli_interrupted() && !p->finished)
-        finish(p, CLI_EXIT_INTERRUPTED);
-}
-
 /* ---- command line ---- */
 
 enum { OPT_FORMAT = CLI_OPT_FIRST_OWN };
 
-static int parse(presence_t *p, int argc, char **argv)
+/* One of presence's own options (cli_parse_options); returns 0 or an exit code. */
+static int option(void *arg, int opt, const char *val)
+{
+    presence_t *p = arg;
+    if (opt == OPT_FORMAT && (!cli_format_parse(val, &p->format) || p->format == CLI_FMT_DATA))
+        return cli_usage_error("presence", "invalid --format '%s': use line or json", val);
+    return 0;
+}
+
+int presence_main(int argc, char **argv)
 {
     static const struct option lo[] = {
         CLI_COMMON_LONGOPTS,
         {"format", required_argument, NULL, OPT_FORMAT},
         {NULL, 0, NULL, 0},
     };
-    int c;
-    opterr = 0;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, ":" CLI_COMMON_SHORTOPTS, lo, NULL)) != -1) {
-        int r = cli_common_option(&p->o, c, optarg);
-        if (r < 0)
-            return CLI_EXIT_USAGE;
-        if (r > 0)
-            continue;
-        switch (c) {
-        case 'h':
-        case CLI_OPT_HELP:
-            usage(stdout);
-            return -1;
-        case OPT_FORMAT:
-            if (!cli_format_parse(optarg, &p->format) || p->format == CLI_FMT_DATA)
-                return cli_usage_error("presence", "invalid --format '%s': use line or json",
-                                       optarg);
-            break;
-        default:
-            return cli_bad_option("presence", c, argv);
-        }
-    }
-    return 0;
-}
-
-int presence_main(int argc, char **argv)
-{
+    static const cli_request_t req = {encode, GALE_REPLY_PRESENCE, print_answer,
+                                      "waiting for the answer"};
     presence_t p;
     memset(&p, 0, sizeof(p));
     cli_common_init(&p.o, "presence");
-    int rc = parse(&p, argc, argv);
+    int rc = cli_parse_options(&p.o, argc, argv, CLI_SHORTOPTS(""), lo, usage, option, &p);
     if (rc != 0)
         return rc < 0 ? CLI_EXIT_OK : rc;
-    if (argc - optind == 0)
-        return cli_usage_error("presence", "missing TOPIC");
-    if (argc - optind > 1)
-        return cli_usage_error("presence", "too many arguments: one TOPIC");
-    p.topic = argv[optind];
-    if (!gale_topic_valid(p.topic, strlen(p.topic))) {
-        bool pattern = gale_pattern_valid(p.topic, strlen(p.topic), NULL);
-        return cli_usage_error(
-            "presence", "invalid topic '%s': %s", p.topic,
-            pattern ? "presence is kept per topic, not per pattern (no * or >)"
-                    : "a topic is 1-255 bytes of dot-separated, non-empty segments without "
-                      "spaces, '*' or '>'");
-    }
-    gale_buf_init(&p.frame, LWS_PRE);
+    rc = cli_topic_operand("presence", argc, argv,
+                           "presence is kept per topic, not per pattern (no * or >)", &p.topic);
+    if (rc != 0)
+        return rc;
     gale_buf_init(&p.line, 0);
-
-    static const cli_handler_t handler = {on_open, on_reply, on_closed, on_wake};
-    p.conn = cli_conn_new(&p.o, &handler, &p);
-    if (p.conn == NULL) {
-        rc = CLI_EXIT_USAGE;
-        goto out;
-    }
-    if (p.o.timeout > 0)
-        cli_conn_timer(p.conn, &p.timeout_sul, timeout_timer, p.o.timeout);
-    cli_conn_connect(p.conn); /* a failure at once has already stopped the loop */
-    if (cli_conn_run(p.conn) < 0 && p.exit_code == CLI_EXIT_OK) {
-        cli_error(&p.o, "libwebsockets service loop failed");
-        p.exit_code = CLI_EXIT_CONNECT;
-    }
-    rc = p.exit_code;
-out:
-    lws_sul_cancel(&p.timeout_sul);
-    cli_conn_free(p.conn);
-    gale_buf_free(&p.frame);
+    rc = cli_request_run(&p.o, &req, &p);
     gale_buf_free(&p.line);
     return rc;
 }

@@ -414,58 +414,32 @@ static void lines_wake(void *arg)
 
 enum { OPT_JSON = CLI_OPT_FIRST_OWN, OPT_FILE, OPT_REPEAT, OPT_RATE, OPT_MID };
 
-/* Parses options (GNU getopt_long: options may follow operands; "--" ends them). Returns 0,
- * -1 after --help, or an exit code. */
-static int parse(pub_t *p, int argc, char **argv)
+/* One of pub's own options (cli_parse_options); returns 0 or an exit code. */
+static int option(void *arg, int opt, const char *val)
 {
-    static const struct option lo[] = {
-        CLI_COMMON_LONGOPTS,
-        {"json", no_argument, NULL, OPT_JSON},
-        {"file", required_argument, NULL, OPT_FILE},
-        {"repeat", required_argument, NULL, OPT_REPEAT},
-        {"rate", required_argument, NULL, OPT_RATE},
-        {"mid", required_argument, NULL, OPT_MID},
-        {NULL, 0, NULL, 0},
-    };
-    int c;
-    opterr = 0;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, ":" CLI_COMMON_SHORTOPTS, lo, NULL)) != -1) {
-        int r = cli_common_option(&p->o, c, optarg);
-        if (r < 0)
-            return CLI_EXIT_USAGE;
-        if (r > 0)
-            continue;
-        switch (c) {
-        case 'h':
-        case CLI_OPT_HELP:
-            usage(stdout);
-            return -1;
-        case OPT_JSON:
-            p->json = true;
-            break;
-        case OPT_FILE:
-            p->file = optarg;
-            break;
-        case OPT_REPEAT:
-            if (!cli_parse_long(optarg, 1, &p->repeat))
-                return cli_usage_error("pub", "invalid --repeat '%s': a whole number >= 1", optarg);
-            break;
-        case OPT_RATE:
-            if (!cli_parse_double(optarg, &p->rate))
-                return cli_usage_error("pub", "invalid --rate '%s': messages per second > 0",
-                                       optarg);
-            break;
-        case OPT_MID:
-            if (!*optarg || strlen(optarg) > GALE_MID_MAX ||
-                !gale_utf8_valid((const uint8_t *)optarg, strlen(optarg)))
-                return cli_usage_error("pub", "invalid --mid '%s': 1 to %d bytes of UTF-8", optarg,
-                                       GALE_MID_MAX);
-            p->mid = optarg;
-            break;
-        default:
-            return cli_bad_option("pub", c, argv);
-        }
+    pub_t *p = arg;
+    switch (opt) {
+    case OPT_JSON:
+        p->json = true;
+        break;
+    case OPT_FILE:
+        p->file = val;
+        break;
+    case OPT_REPEAT:
+        if (!cli_parse_long(val, 1, &p->repeat))
+            return cli_usage_error("pub", "invalid --repeat '%s': a whole number >= 1", val);
+        break;
+    case OPT_RATE:
+        if (!cli_parse_double(val, &p->rate))
+            return cli_usage_error("pub", "invalid --rate '%s': messages per second > 0", val);
+        break;
+    case OPT_MID:
+        if (!*val || strlen(val) > GALE_MID_MAX ||
+            !gale_utf8_valid((const uint8_t *)val, strlen(val)))
+            return cli_usage_error("pub", "invalid --mid '%s': 1 to %d bytes of UTF-8", val,
+                                   GALE_MID_MAX);
+        p->mid = val;
+        break;
     }
     return 0;
 }
@@ -537,14 +511,8 @@ static int check_args(pub_t *p, const char **ops, int nops)
         return cli_usage_error("pub", "too many arguments (quote DATA if it has spaces)");
     p->topic = ops[0];
     p->data = nops == 2 ? ops[1] : NULL;
-    if (!gale_topic_valid(p->topic, strlen(p->topic))) {
-        bool pattern = gale_pattern_valid(p->topic, strlen(p->topic), NULL);
-        return cli_usage_error(
-            "pub", "invalid topic '%s': %s", p->topic,
-            pattern ? "cannot publish to a pattern (* and > are for gale sub)"
-                    : "a topic is 1-255 bytes of dot-separated, non-empty segments without "
-                      "spaces, '*' or '>'");
-    }
+    if (cli_check_topic("pub", p->topic, "cannot publish to a pattern (* and > are for gale sub)"))
+        return CLI_EXIT_USAGE;
     if (p->file != NULL) {
         if (p->data != NULL)
             return cli_usage_error("pub", "give either DATA or --file, not both");
@@ -579,6 +547,15 @@ static int check_args(pub_t *p, const char **ops, int nops)
 
 int pub_main(int argc, char **argv)
 {
+    static const struct option lo[] = {
+        CLI_COMMON_LONGOPTS,
+        {"json", no_argument, NULL, OPT_JSON},
+        {"file", required_argument, NULL, OPT_FILE},
+        {"repeat", required_argument, NULL, OPT_REPEAT},
+        {"rate", required_argument, NULL, OPT_RATE},
+        {"mid", required_argument, NULL, OPT_MID},
+        {NULL, 0, NULL, 0},
+    };
     pub_t p;
     memset(&p, 0, sizeof(p));
     cli_common_init(&p.o, "pub");
@@ -586,7 +563,7 @@ int pub_main(int argc, char **argv)
     p.next_id = 1;
     gale_buf_init(&p.frame, LWS_PRE);
     gale_buf_init(&p.scratch, 0);
-    int rc = parse(&p, argc, argv);
+    int rc = cli_parse_options(&p.o, argc, argv, CLI_SHORTOPTS(""), lo, usage, option, &p);
     if (rc != 0)
         return rc < 0 ? CLI_EXIT_OK : rc;
     rc = check_args(&p, (const char **)argv + optind, argc - optind);

@@ -404,69 +404,44 @@ enum {
     OPT_INFO
 };
 
-static int parse(sub_t *s, int argc, char **argv)
+/* One of sub's own options (cli_parse_options); returns 0 or an exit code. */
+static int option(void *arg, int opt, const char *val)
 {
-    static const struct option lo[] = {
-        CLI_COMMON_LONGOPTS,
-        {"format", required_argument, NULL, OPT_FORMAT},
-        {"count", required_argument, NULL, 'n'},
-        {"reconnect", no_argument, NULL, OPT_RECONNECT},
-        {"since", required_argument, NULL, OPT_SINCE},
-        {"presence", no_argument, NULL, OPT_PRESENCE},
-        {"info", required_argument, NULL, OPT_INFO},
-        {NULL, 0, NULL, 0},
-    };
-    int c;
-    opterr = 0;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, ":n:" CLI_COMMON_SHORTOPTS, lo, NULL)) != -1) {
-        int r = cli_common_option(&s->o, c, optarg);
-        if (r < 0)
-            return CLI_EXIT_USAGE;
-        if (r > 0)
-            continue;
-        switch (c) {
-        case 'h':
-        case CLI_OPT_HELP:
-            usage(stdout);
-            return -1;
-        case OPT_FORMAT:
-            if (!cli_format_parse(optarg, &s->format))
-                return cli_usage_error("sub", "invalid --format '%s': use line, json or data",
-                                       optarg);
-            break;
-        case 'n':
-            if (!cli_parse_long(optarg, 1, &s->count))
-                return cli_usage_error("sub", "invalid --count '%s': a whole number >= 1", optarg);
-            break;
-        case OPT_RECONNECT:
-            s->reconnect = true;
-            break;
-        case OPT_SINCE: {
-            const char *why;
-            if (!cli_pos_parse(optarg, &s->pos, &why))
-                return cli_usage_error("sub", "invalid --since '%s': %s (use EP:OFF)", optarg, why);
-            s->has_since = true;
-            break;
-        }
-        case OPT_PRESENCE:
-            s->presence = true;
-            break;
-        case OPT_INFO: {
-            size_t n = strlen(optarg), i = 0;
-            while (i < n && strchr(" \t\r\n", optarg[i]))
-                i++;
-            if (i == n || optarg[i] != '{' || !gale_json_valid((const uint8_t *)optarg, n, 256))
-                return cli_usage_error("sub", "invalid --info '%s': not a JSON object", optarg);
-            s->info.len = 0;
-            cli_json_compact(&s->info, (const uint8_t *)optarg, n);
-            if (s->info.oom)
-                return cli_usage_error("sub", "out of memory");
-            break;
-        }
-        default:
-            return cli_bad_option("sub", c, argv);
-        }
+    sub_t *s = arg;
+    switch (opt) {
+    case OPT_FORMAT:
+        if (!cli_format_parse(val, &s->format))
+            return cli_usage_error("sub", "invalid --format '%s': use line, json or data", val);
+        break;
+    case 'n':
+        if (!cli_parse_long(val, 1, &s->count))
+            return cli_usage_error("sub", "invalid --count '%s': a whole number >= 1", val);
+        break;
+    case OPT_RECONNECT:
+        s->reconnect = true;
+        break;
+    case OPT_SINCE: {
+        const char *why;
+        if (!cli_pos_parse(val, &s->pos, &why))
+            return cli_usage_error("sub", "invalid --since '%s': %s (use EP:OFF)", val, why);
+        s->has_since = true;
+        break;
+    }
+    case OPT_PRESENCE:
+        s->presence = true;
+        break;
+    case OPT_INFO: {
+        size_t n = strlen(val), i = 0;
+        while (i < n && strchr(" \t\r\n", val[i]))
+            i++;
+        if (i == n || val[i] != '{' || !gale_json_valid((const uint8_t *)val, n, 256))
+            return cli_usage_error("sub", "invalid --info '%s': not a JSON object", val);
+        s->info.len = 0;
+        cli_json_compact(&s->info, (const uint8_t *)val, n);
+        if (s->info.oom)
+            return cli_usage_error("sub", "out of memory");
+        break;
+    }
     }
     return 0;
 }
@@ -507,6 +482,16 @@ static int check_operands(const sub_t *s)
 
 int sub_main(int argc, char **argv)
 {
+    static const struct option lo[] = {
+        CLI_COMMON_LONGOPTS,
+        {"format", required_argument, NULL, OPT_FORMAT},
+        {"count", required_argument, NULL, 'n'},
+        {"reconnect", no_argument, NULL, OPT_RECONNECT},
+        {"since", required_argument, NULL, OPT_SINCE},
+        {"presence", no_argument, NULL, OPT_PRESENCE},
+        {"info", required_argument, NULL, OPT_INFO},
+        {NULL, 0, NULL, 0},
+    };
     sub_t s;
     memset(&s, 0, sizeof(s));
     cli_common_init(&s.o, "sub");
@@ -514,7 +499,7 @@ int sub_main(int argc, char **argv)
     gale_buf_init(&s.frame, LWS_PRE);
     gale_buf_init(&s.line, 0);
     gale_buf_init(&s.info, 0);
-    int rc = parse(&s, argc, argv);
+    int rc = cli_parse_options(&s.o, argc, argv, CLI_SHORTOPTS("n:"), lo, usage, option, &s);
     if (rc == 0) {
         s.patterns = argv + optind;
         s.npatterns = argc - optind;
