@@ -152,6 +152,10 @@ static const opt_t options[] = {
      offsetof(gale_config_t, presence_events_max), "N",
      "above N members on a topic, its join and leave events give way to one count-only "
      "presence message per second (default 1000)"},
+    {"--presence-memory", "GALE_PRESENCE_MEMORY", OPT_SIZE, 1u << 20, 1ull << 40,
+     offsetof(gale_config_t, presence_memory), "BYTES",
+     "members held on this broker in all (their member JSON, info included); past it a sub "
+     "that would join answers err limit (default 64M)"},
 };
 #define NOPTIONS (sizeof(options) / sizeof(options[0]))
 
@@ -184,6 +188,7 @@ void config_defaults(gale_config_t *c)
     c->presence_info_max = 1024;
     c->presence_expiry_s = 30;
     c->presence_events_max = 1000;
+    c->presence_memory = 64 * 1024 * 1024;
 }
 
 bool config_parse_size(const char *s, uint64_t *out)

@@ -66,6 +66,7 @@ typedef struct {
     uint64_t presence_expiry_s;   /* --presence-expiry, seconds a dead broker's members stay */
     uint64_t presence_events_max; /* --presence-events-max, members above which join/leave
                                      events give way to count-only presence messages */
+    uint64_t presence_memory;     /* --presence-memory, bytes of members held on this node */
 } gale_config_t;
 
 /** Outcome of config_parse. */

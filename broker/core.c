@@ -285,6 +285,10 @@ static gale_err_t member_json(broker_t *b, conn_t *c, const gale_request_t *req,
     if (e == GALE_OK && (e = gale_encode_member(out, name, *name_len, user, user ? strlen(user) : 0,
                                                 info, info_len)) != GALE_OK)
         *why = "out of memory";
+    if (e == GALE_OK && !presence_room(b->presence, out->len)) {
+        *why = "presence holds --presence-memory on this broker: no new member now";
+        e = GALE_ERR_LIMIT;
+    }
     gale_buf_free(&conv);
     return e;
 }

@@ -145,7 +145,7 @@ static void gauges(const broker_t *b, metrics_gauges_t *g)
     uint64_t unused;
     dedup_stats(b->dedup, &g->dedup_entries, &unused);
     g->presence = b->presence != NULL;
-    presence_stats(b->presence, &g->presence_topics, &g->presence_members);
+    presence_stats(b->presence, &g->presence_topics, &g->presence_members, &g->presence_bytes);
 }
 
 /* One complete answer, then the connection closes. */

@@ -113,6 +113,10 @@ gale_err_t metrics_render(const metrics_t *m, const metrics_gauges_t *g, gale_bu
                g->presence_topics);
         metric(out, "gale_presence_members", "gauge",
                "Memberships (connection, topic) held on this node.", g->presence_members);
+        metric(out, "gale_presence_bytes", "gauge",
+               "Bytes of presence held on this node (members, topic states), bounded by "
+               "--presence-memory.",
+               g->presence_bytes);
         metric(out, "gale_presence_joins_total", "counter",
                "Connections that became present on a topic on this node.", m->presence_joins);
         metric(out, "gale_presence_leaves_total", "counter",

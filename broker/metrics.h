@@ -57,8 +57,8 @@ typedef struct metrics_gauges {
     uint64_t history_bytes, history_topics, history_messages;
     uint64_t history_evicted, history_expired, history_states_lost;
     uint64_t dedup_entries;
-    bool presence;                              /* --presence: its gauges are rendered */
-    uint64_t presence_topics, presence_members; /* this node's */
+    bool presence; /* --presence: its gauges are rendered */
+    uint64_t presence_topics, presence_members, presence_bytes; /* this node's */
 } metrics_gauges_t;
 
 /** Appends the Prometheus text exposition (version 0.0.4) of m and g to out. */

@@ -12,7 +12,8 @@ struct presence {
     pres_topic_t **slots;
     size_t nslots, ntopics;
     uint64_t nmembers;
-    pres_topic_t *dirty; /* topics owing their watchers a count-only message */
+    uint64_t bytes, memory_max; /* held by members and topic states; --presence-memory */
+    pres_topic_t *dirty;        /* topics owing their watchers a count-only message */
     const char (*patterns)[256];
     uint32_t npatterns;
     uint64_t list_max, events_max;
@@ -42,6 +43,7 @@ presence_t *presence_new(const gale_config_t *cfg, bool clustered)
     p->npatterns = cfg->npresence;
     p->list_max = cfg->presence_list_max;
     p->events_max = cfg->presence_events_max;
+    p->memory_max = cfg->presence_memory;
     p->clustered = clustered;
     return p;
 }
@@ -118,6 +120,7 @@ static pres_topic_t *topic_get(presence_t *p, const char *topic, size_t len)
         return t;
     if (!(t = calloc(1, sizeof(*t) + len + 1)))
         return NULL;
+    p->bytes += sizeof(*t) + len + 1;
     t->hash = hash_of(topic, len);
     t->len = (uint16_t)len;
     memcpy(t->name, topic, len);
@@ -139,6 +142,7 @@ static void topic_maybe_free(presence_t *p, pres_topic_t *t)
         pp = &(*pp)->hnext;
     *pp = t->hnext;
     p->ntopics--;
+    p->bytes -= sizeof(*t) + t->len + 1;
     free(t);
 }
 
@@ -263,6 +267,7 @@ pres_member_t *presence_join(broker_t *b, conn_t *c, const char *topic, size_t l
             topic_maybe_free(p, t);
         return NULL;
     }
+    p->bytes += sizeof(*m) + json_len;
     m->c = c;
     m->t = t;
     m->conn_len = (uint8_t)conn_len;
@@ -321,11 +326,24 @@ void presence_detach(broker_t *b, pres_member_t *m)
     }
 }
 
+/* Frees a member out of every list. */
+static void member_free(presence_t *p, pres_member_t *m)
+{
+    p->bytes -= sizeof(*m) + m->json_len;
+    free(m);
+}
+
+bool presence_room(const presence_t *p, size_t json_len)
+{
+    return p->bytes + sizeof(pres_member_t) + json_len + sizeof(pres_topic_t) + GALE_TOPIC_MAX <=
+           p->memory_max;
+}
+
 void presence_leave(broker_t *b, pres_member_t *m)
 {
     pres_topic_t *t = m->t;
     presence_detach(b, m);
-    free(m);
+    member_free(b->presence, m);
     topic_maybe_free(b->presence, t);
 }
 
@@ -338,7 +356,7 @@ void presence_gone(presence_t *p, pres_member_t *m)
             log_warn("presence %.*s: over %d leaves waiting for Redis: the next are not "
                      "announced (their members still leave Redis at the re-sync)",
                      (int)t->len, t->name, PRESENCE_GONE_MAX);
-        free(m);
+        member_free(p, m);
         return;
     }
     m->cnext = t->gone;
@@ -348,14 +366,7 @@ void presence_gone(presence_t *p, pres_member_t *m)
 
 void presence_forget(presence_t *p, pres_member_t *m)
 {
-    (void)p;
-    free(m);
-}
-
-void presence_close(broker_t *b, conn_t *c)
-{
-    while (c->present)
-        presence_leave(b, c->present);
+    member_free(p, m);
 }
 
 void presence_release(presence_t *p, pres_topic_t *t)
@@ -428,8 +439,9 @@ void presence_tick(broker_t *b)
     }
 }
 
-void presence_stats(const presence_t *p, uint64_t *topics, uint64_t *members)
+void presence_stats(const presence_t *p, uint64_t *topics, uint64_t *members, uint64_t *bytes)
 {
+    *bytes = p ? p->bytes : 0;
     *topics = p ? p->ntopics : 0;
     *members = p ? p->nmembers : 0;
 }

@@ -106,8 +106,11 @@ void presence_watch(presence_t *p, pres_member_t *m, bool watch);
 /** Ends membership m (freed). Single node: its leave goes to the topic's watchers now. */
 void presence_leave(broker_t *b, pres_member_t *m);
 
-/** Ends every membership of c (it closes). */
-void presence_close(broker_t *b, conn_t *c);
+/**
+ * Whether a new member with a JSON of json_len bytes fits in --presence-memory (with a new
+ * topic state, as the worst case). Past it a sub that would join answers err limit.
+ */
+bool presence_room(const presence_t *p, size_t json_len);
 
 /** Most members kept per topic whose leave could not reach Redis (presence_gone). */
 #define PRESENCE_GONE_MAX 10000
@@ -167,7 +170,7 @@ gale_err_t presence_answer(broker_t *b, const char *topic, size_t len, gale_enc_
 /** Sends the count-only messages due (once a second, from the broker's sweep). */
 void presence_tick(broker_t *b);
 
-/** Gauges: topic states and local members. */
-void presence_stats(const presence_t *p, uint64_t *topics, uint64_t *members);
+/** Gauges: topic states, local members, and the bytes they hold (members, gone, topics). */
+void presence_stats(const presence_t *p, uint64_t *topics, uint64_t *members, uint64_t *bytes);
 
 #endif

@@ -414,6 +414,41 @@ def test_info_not_an_object_is_bad_request_and_not_registered(pb, enc, topic, ca
     run(main())
 
 
+def test_presence_memory_bounds_members(make_broker, topic):
+    """--presence-memory caps what members hold on a broker: past it a sub that would join
+    answers limit and registers nothing (no subscription either); leaves give room back."""
+    b = make_broker(PRESENCE + ["--presence-memory", "1M", "--max-subscriptions", "4096"])
+    info = {"pad": "x" * 1000}
+
+    async def main():
+        c = await connect(b.url)
+        joined, refused = 0, None
+        for i in range(2000):                 # 2 MB of info: the cap is reached first
+            r = await sub(c, "p.%s.%d" % (topic, i), id=i + 1, info=info)
+            if r != {"op": "ack", "id": i + 1}:
+                refused = (i, r)
+                break
+            joined += 1
+        assert refused is not None, "2000 members of 1 KB each under --presence-memory 1M"
+        i, r = refused
+        assert is_err(r, "limit", i + 1), r
+        assert 500 < joined < 1024, joined
+        m = metrics_with(b)
+        assert m["gale_presence_members"] == joined
+        assert m["gale_presence_bytes"] <= 1024 * 1024
+        # The refused sub registered nothing: a message to that topic does not reach c.
+        other = await connect(b.url)
+        assert await other.ask({"op": "pub", "topic": "p.%s.%d" % (topic, i), "data": 1,
+                                "id": 1}) == {"op": "ack", "id": 1}
+        await c.expect_silence()
+        # A topic without presence is not bounded by it; closing gives the room back.
+        assert await sub(other, "np.%s" % topic, id=2) == {"op": "ack", "id": 2}
+        await c.close()
+        assert await sub(other, "p.%s.0" % topic, id=3, info=info) == {"op": "ack", "id": 3}
+        await other.close()
+    run(main())
+
+
 def test_info_over_the_max_is_limit(make_broker, topic):
     b = make_broker(PRESENCE + ["--presence-info-max", "64"])
     t = "p.%s" % topic

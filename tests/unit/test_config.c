@@ -495,6 +495,7 @@ static void test_presence_defaults(void **state)
     assert_int_equal(c.presence_info_max, 1024);
     assert_int_equal(c.presence_expiry_s, 30);
     assert_int_equal(c.presence_events_max, 1000);
+    assert_int_equal(c.presence_memory, 64 * 1024 * 1024);
 }
 
 static void test_presence_patterns(void **state)
@@ -524,6 +525,9 @@ static void test_presence_patterns(void **state)
     assert_int_equal(parse(&c, none, 2, "--presence-info-max", "64K"), CONFIG_RUN);
     assert_int_equal(c.presence_info_max, 65536);
     assert_int_equal(parse(&c, none, 2, "--presence-info-max", "65537"), CONFIG_ERROR);
+    assert_int_equal(parse(&c, none, 2, "--presence-memory", "2M"), CONFIG_RUN);
+    assert_int_equal(c.presence_memory, 2 * 1024 * 1024);
+    assert_int_equal(parse(&c, none, 2, "--presence-memory", "1000"), CONFIG_ERROR);
     assert_int_equal(parse(&c, none, 2, "--presence-events-max", "0"), CONFIG_RUN);
     assert_int_equal(c.presence_events_max, 0);
 }

@@ -430,10 +430,14 @@ static size_t count_members(const fake_conn_t *fc, const gale_reply_t *r)
 
 static void assert_stats(fixture_t *f, uint64_t topics, uint64_t members)
 {
-    uint64_t t, m;
-    presence_stats(f->b.presence, &t, &m);
+    uint64_t t, m, bytes;
+    presence_stats(f->b.presence, &t, &m, &bytes);
     assert_int_equal(t, topics);
     assert_int_equal(m, members);
+    if (!topics)
+        assert_int_equal(bytes, 0); /* every member and topic state accounted for */
+    else
+        assert_true(bytes > 0);
 }
 
 /* The member JSON the core should build (gale_encode_member), NUL-terminated in out. */
@@ -762,6 +766,43 @@ static void test_info_from_the_sub_in_both_encodings(void **state)
     fake_free(&f->b, j);
     fake_free(&f->b, m);
     fake_free(&f->b, r);
+    assert_stats(f, 0, 0);
+}
+
+/* --presence-memory: a join past it answers limit and registers nothing; room comes back. */
+static void test_presence_memory_bounds_members(void **state)
+{
+    fixture_t *f = *state;
+    f->b.cfg.presence_memory = 4096;
+    start(f, false);
+    fake_conn_t *a = open_conn(f, GALE_ENC_JSON), *b = open_conn(f, GALE_ENC_JSON);
+    char topic[32];
+    int joined = 0;
+    for (int i = 0; i < 100; i++) {
+        snprintf(topic, sizeof(topic), "room.%d", i);
+        sub(f, a, topic, i + 1, false, "{\"pad\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}");
+        if (last_reply(a)->err != GALE_OK) {
+            assert_int_equal(last_reply(a)->err, GALE_ERR_LIMIT);
+            break;
+        }
+        joined++;
+    }
+    assert_true(joined > 0 && joined < 100);
+    uint64_t topics, members, bytes;
+    presence_stats(f->b.presence, &topics, &members, &bytes);
+    assert_int_equal(members, joined);
+    assert_true(bytes <= 4096);
+    assert_int_equal(a->conn.owner.nsubs, joined); /* the refused sub registered nothing */
+    sub(f, b, "room.0", 1, false, NULL);
+    assert_int_equal(last_reply(b)->err, GALE_ERR_LIMIT);
+    /* A topic without presence is not bounded by it. */
+    sub(f, b, "plain.t", 2, false, NULL);
+    assert_int_equal(last_reply(b)->err, GALE_OK);
+    /* Leaves give the room back. */
+    fake_free(&f->b, a);
+    sub(f, b, "room.0", 3, false, NULL);
+    assert_int_equal(last_reply(b)->err, GALE_OK);
+    fake_free(&f->b, b);
     assert_stats(f, 0, 0);
 }
 
@@ -1246,8 +1287,8 @@ static void test_memory_is_returned_when_every_connection_closes(void **state)
         sub(f, c[i], "room.>", -1, false, NULL);
         sub(f, c[i], "plain.t", -1, false, NULL);
     }
-    uint64_t topics, members;
-    presence_stats(f->b.presence, &topics, &members);
+    uint64_t topics, members, bytes;
+    presence_stats(f->b.presence, &topics, &members, &bytes);
     assert_true(topics > 64);
     assert_int_equal(members, f->b.m.presence_joins);
     for (int i = 0; i < N; i += 2) /* half unsub some topics first */
@@ -1667,6 +1708,7 @@ int main(void)
         T(test_pattern_subs_are_not_members),
         T(test_info_from_the_sub_in_both_encodings),
         T(test_info_over_the_max_is_a_limit_and_registers_nothing),
+        T(test_presence_memory_bounds_members),
         T(test_presence_fields_on_a_topic_without_presence),
         T(test_tokens_give_user_and_info),
         T(test_token_user_with_quotes_and_utf8),
