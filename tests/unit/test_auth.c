@@ -230,7 +230,7 @@ static void test_claims_hostile(void **state)
         "{\"gale\":{\"sub\":[[\"a\"]]}}",
         "{\"gale\":{\"pub\":[\"a\"],\"pub\":[\"b\"]}}",
         "{\"gale\":{\"sub\":[\"a\"]}} x",
-        "{\"gale\":{\"info\":\"ann\"}}",  /* gale.info must be an object */
+        "{\"gale\":{\"info\":\"ann\"}}", /* gale.info must be an object */
         "{\"gale\":{\"info\":[1]}}",
         "{\"gale\":{\"info\":null}}",
         "{\"gale\":{\"info\":{},\"info\":{}}}",
