@@ -1,10 +1,14 @@
-/* auth: JWT (HS256) verification, claims, topic permissions, the grant cache. See auth.h. */
-#include "auth.h"
+/* auth: key sets (HS256 secret, JWKS), JWT verification (HS256, RS256, ES256), claims, topic
+ * permissions, the grant cache. See auth.h. */
+#include "auth_internal.h"
 
 #include "gale_json.h"
 
 #include <math.h>
+#include <openssl/bn.h>
 #include <openssl/crypto.h>
+#include <openssl/ec.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
@@ -332,31 +336,177 @@ Fail:
 
 /* --- the JWT ---------------------------------------------------------------- */
 
+enum { ALG_ABSENT, ALG_HS256, ALG_RS256, ALG_ES256, ALG_NONE, ALG_OTHER };
+
 typedef struct {
-    int alg; /* 0 absent, 1 HS256, -1 another */
-    bool crit, dup;
+    int alg;
+    const uint8_t *kid; /* the kid value (a JSON string); NULL: none */
+    size_t kid_len;
+    bool crit;
+    const char *why; /* why the walk stopped */
 } header_t;
+
+/* The alg value v[0..n) (a JSON string, quotes included), compared as written: no escapes. */
+static int alg_of(const uint8_t *v, size_t n, gale_json_kind_t kind)
+{
+    static const struct {
+        const char *lit;
+        int alg;
+    } algs[] = {{"\"HS256\"", ALG_HS256},
+                {"\"RS256\"", ALG_RS256},
+                {"\"ES256\"", ALG_ES256},
+                {"\"none\"", ALG_NONE}};
+    for (size_t i = 0; kind == GALE_JSON_STRING && i < sizeof(algs) / sizeof(algs[0]); i++)
+        if (n == strlen(algs[i].lit) && memcmp(v, algs[i].lit, n) == 0)
+            return algs[i].alg;
+    return ALG_OTHER;
+}
 
 static bool header_member(const gale_json_member_t *m, void *arg)
 {
     header_t *h = arg;
     if (gale_json_key_is(m, "alg")) {
         if (h->alg) {
-            h->dup = true;
+            h->why = "duplicate alg";
             return false;
         }
-        h->alg =
-            m->kind == GALE_JSON_STRING && m->val_len == 7 && memcmp(m->val, "\"HS256\"", 7) == 0
-                ? 1
-                : -1;
+        h->alg = alg_of(m->val, m->val_len, m->kind);
+    } else if (gale_json_key_is(m, "kid")) {
+        if (h->kid) {
+            h->why = "duplicate kid";
+            return false;
+        }
+        if (m->kind != GALE_JSON_STRING) {
+            h->why = "the kid is not a string";
+            return false;
+        }
+        h->kid = m->val;
+        h->kid_len = m->val_len;
     } else if (gale_json_key_is(m, "crit")) {
         h->crit = true;
     }
     return true;
 }
 
-auth_grant_t *auth_verify(const uint8_t *key, size_t key_len, const char *token, size_t len,
-                          int64_t now, const char **why)
+/* The JWKS key that verifies an RS256 or ES256 token with this kid (NULL: none), or NULL with
+ * *why. */
+static const pubkey_t *select_key(const auth_keys_t *k, int alg, const char *kid, const char **why)
+{
+    const pubkey_t *p = NULL;
+    if (k->nkeys == 0) {
+        *why = "RS256 and ES256 tokens are not accepted: no JWKS keys are configured";
+        return NULL;
+    }
+    if (kid) {
+        for (size_t i = 0; i < k->nkeys && !p; i++)
+            if (k->keys[i].has_kid && strcmp(k->keys[i].kid, kid) == 0)
+                p = &k->keys[i];
+        if (!p) {
+            *why = "unknown kid: no key of the JWKS has it";
+            return NULL;
+        }
+    } else if (k->nkeys == 1) {
+        p = &k->keys[0];
+    } else {
+        *why = "the token has no kid and the JWKS holds several keys";
+        return NULL;
+    }
+    if (p->type != (alg == ALG_RS256 ? KEY_RSA : KEY_EC)) {
+        *why = alg == ALG_RS256 ? "alg RS256 does not fit the key: it is an EC key"
+                                : "alg ES256 does not fit the key: it is an RSA key";
+        return NULL;
+    }
+    return p;
+}
+
+static bool digest_verify(EVP_PKEY *pkey, const uint8_t *data, size_t n, const uint8_t *sig,
+                          size_t sig_len)
+{
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    bool ok = ctx && EVP_DigestVerifyInit(ctx, NULL, EVP_sha256(), NULL, pkey) == 1 &&
+              EVP_DigestVerify(ctx, sig, sig_len, data, n) == 1;
+    EVP_MD_CTX_free(ctx);
+    return ok;
+}
+
+/* ES256: JWS's r || s (RFC 7518 section 3.4), as the DER ECDSA-Sig-Value OpenSSL verifies. */
+static bool verify_es256(EVP_PKEY *pkey, const uint8_t *data, size_t n, const uint8_t *sig)
+{
+    bool ok = false;
+    unsigned char *der = NULL;
+    int der_len = -1;
+    ECDSA_SIG *es = ECDSA_SIG_new();
+    BIGNUM *r = BN_bin2bn(sig, 32, NULL), *s = BN_bin2bn(sig + 32, 32, NULL);
+    if (es && r && s && ECDSA_SIG_set0(es, r, s) == 1) {
+        r = s = NULL; /* es owns them */
+        der_len = i2d_ECDSA_SIG(es, &der);
+    }
+    if (der_len > 0)
+        ok = digest_verify(pkey, data, n, der, (size_t)der_len);
+    OPENSSL_free(der);
+    ECDSA_SIG_free(es);
+    BN_free(r);
+    BN_free(s);
+    return ok;
+}
+
+/* The signature sig[0..sig_len) of data[0..n) checked with the header's algorithm and key. */
+static bool signature_ok(const auth_keys_t *k, int alg, const pubkey_t *p, const uint8_t *data,
+                         size_t n, const uint8_t *sig, size_t sig_len, const char **why)
+{
+    uint8_t mac[EVP_MAX_MD_SIZE];
+    unsigned mac_len = 0;
+    bool ok;
+    switch (alg) {
+    case ALG_HS256:
+        if (sig_len != 32) {
+            *why = "the signature is not an HS256 signature (32 bytes)";
+            return false;
+        }
+        ok = HMAC(EVP_sha256(), k->secret, (int)k->secret_len, data, n, mac, &mac_len) &&
+             mac_len == 32 && CRYPTO_memcmp(mac, sig, 32) == 0;
+        OPENSSL_cleanse(mac, sizeof(mac));
+        break;
+    case ALG_ES256:
+        if (sig_len != 64) {
+            *why = "the signature is not an ES256 signature (r||s, 64 bytes)";
+            return false;
+        }
+        ok = verify_es256(p->pkey, data, n, sig);
+        break;
+    default: /* ALG_RS256 */
+        if (sig_len != p->sig_len) {
+            *why = "the signature is not an RS256 signature of the key's size";
+            return false;
+        }
+        ok = digest_verify(p->pkey, data, n, sig, sig_len);
+        break;
+    }
+    ERR_clear_error(); /* a failed check leaves nothing on the queue lws's TLS reads */
+    if (!ok)
+        *why = "bad signature";
+    return ok;
+}
+
+/* Why alg (not a usable one, or without its key) is refused; NULL when it is usable. */
+static const char *alg_refused(const auth_keys_t *k, int alg)
+{
+    switch (alg) {
+    case ALG_ABSENT:
+        return "the header has no alg";
+    case ALG_NONE:
+        return "alg none is refused: tokens must be signed";
+    case ALG_OTHER:
+        return "the algorithm must be HS256, RS256 or ES256";
+    case ALG_HS256:
+        return k->secret ? NULL : "HS256 tokens are not accepted: no HS256 secret is configured";
+    default:
+        return NULL;
+    }
+}
+
+auth_grant_t *auth_verify_keys(const auth_keys_t *k, const char *token, size_t len, int64_t now,
+                               const char **why)
 {
     if (len == 0 || len > AUTH_TOKEN_MAX) {
         *why = len ? "the token is too long" : "no token";
@@ -371,39 +521,43 @@ auth_grant_t *auth_verify(const uint8_t *key, size_t key_len, const char *token,
     }
     size_t hlen = (size_t)(d1 - token), plen = (size_t)(d2 - d1 - 1);
     size_t slen = len - (size_t)(d2 + 1 - token);
-
-    /* The signature first: nothing else of the token is parsed unless it is authentic. */
-    uint8_t sig[64], mac[EVP_MAX_MD_SIZE];
-    size_t sig_len;
-    unsigned mac_len = 0;
-    if (!auth_b64url_decode(d2 + 1, slen, sig, sizeof(sig), &sig_len) || sig_len != 32) {
-        *why = "the signature is not an HS256 signature";
-        return NULL;
-    }
-    if (!HMAC(EVP_sha256(), key, (int)key_len, (const unsigned char *)token, (size_t)(d2 - token),
-              mac, &mac_len) ||
-        mac_len != 32 || CRYPTO_memcmp(mac, sig, 32) != 0) {
-        *why = "bad signature";
-        return NULL;
-    }
-
     uint8_t *buf = malloc(len);
     if (!buf) {
         *why = "out of memory";
         return NULL;
     }
-    size_t n;
+    size_t n, sig_len;
     header_t h = {0};
     auth_grant_t *g = NULL;
+    const pubkey_t *p = NULL;
+    char kid[AUTH_KID_MAX + 1];
+    uint8_t sig[AUTH_RSA_MAX_BITS / 8];
+
+    /* The header says which algorithm and key; the claims are read only once the signature
+     * over both is found authentic. */
     if (!auth_b64url_decode(token, hlen, buf, len, &n) ||
         gale_json_object(buf, n, JSON_DEPTH, header_member, &h) != 1) {
-        *why = h.dup ? "duplicate alg" : "the header is not a base64url JSON object";
+        *why = h.why ? h.why : "the header is not a base64url JSON object";
         goto Exit;
     }
-    if (h.alg != 1 || h.crit) {
-        *why = h.crit ? "crit header not supported" : "the algorithm must be HS256";
+    if (h.crit) {
+        *why = "crit header not supported";
         goto Exit;
     }
+    if ((*why = alg_refused(k, h.alg)))
+        goto Exit;
+    if (h.kid && gale_json_string(h.kid, h.kid_len, kid, sizeof(kid)) == SIZE_MAX) {
+        *why = "the kid is not a string of at most 255 bytes";
+        goto Exit;
+    }
+    if (h.alg != ALG_HS256 && !(p = select_key(k, h.alg, h.kid ? kid : NULL, why)))
+        goto Exit;
+    if (!auth_b64url_decode(d2 + 1, slen, sig, sizeof(sig), &sig_len)) {
+        *why = "the signature is not base64url of at most 1024 bytes";
+        goto Exit;
+    }
+    if (!signature_ok(k, h.alg, p, (const uint8_t *)token, (size_t)(d2 - token), sig, sig_len, why))
+        goto Exit;
     if (!auth_b64url_decode(d1 + 1, plen, buf, len, &n)) {
         *why = "the claims are not base64url";
         goto Exit;
@@ -422,6 +576,17 @@ auth_grant_t *auth_verify(const uint8_t *key, size_t key_len, const char *token,
 Exit:
     free(buf);
     return g;
+}
+
+auth_grant_t *auth_verify(const uint8_t *key, size_t key_len, const char *token, size_t len,
+                          int64_t now, const char **why)
+{
+    auth_keys_t k = {.secret = (uint8_t *)key, .secret_len = key_len};
+    if (!key_len) {
+        *why = "HS256 tokens are not accepted: no HS256 secret is configured";
+        return NULL;
+    }
+    return auth_verify_keys(&k, token, len, now, why);
 }
 
 /* --- permissions ------------------------------------------------------------ */
@@ -521,11 +686,12 @@ bool auth_secret_equal(const void *a, size_t alen, const void *b, size_t blen)
 /* --- the cache -------------------------------------------------------------- */
 
 struct auth {
-    uint8_t *key;
-    size_t key_len;
+    auth_keys_t *keys;
     uint64_t seed; /* keys the hash: bucket placement reveals nothing about tokens */
     auth_grant_t **buckets;
     size_t nbuckets, count;
+    auth_grant_t *retired; /* out of the cache since the keys changed, still held (hnext) */
+    size_t nretired;
 };
 
 static uint64_t token_hash(const auth_t *a, const char *t, size_t n)
@@ -542,39 +708,83 @@ static uint64_t token_hash(const auth_t *a, const char *t, size_t n)
 
 auth_t *auth_new(const uint8_t *key, size_t key_len)
 {
+    auth_keys_t *k = auth_keys_new(key, key_len);
+    return k ? auth_new_keys(k) : NULL;
+}
+
+auth_t *auth_new_keys(auth_keys_t *k)
+{
     auth_t *a = calloc(1, sizeof(*a));
-    if (!a)
+    if (!a) {
+        auth_keys_free(k);
         return NULL;
-    a->key = malloc(key_len ? key_len : 1);
+    }
+    a->keys = k;
     a->nbuckets = 64;
     a->buckets = calloc(a->nbuckets, sizeof(*a->buckets));
-    if (!a->key || !a->buckets) {
+    if (!a->buckets) {
         auth_free(a);
         return NULL;
     }
-    memcpy(a->key, key, key_len);
-    a->key_len = key_len;
     if (RAND_bytes((unsigned char *)&a->seed, sizeof(a->seed)) != 1)
         a->seed = (uint64_t)(uintptr_t)a * 0x9e3779b97f4a7c15ULL;
     return a;
+}
+
+static void free_chain(auth_grant_t *g)
+{
+    for (auth_grant_t *next; g; g = next) {
+        next = g->hnext;
+        auth_grant_free(g);
+    }
 }
 
 void auth_free(auth_t *a)
 {
     if (!a)
         return;
-    for (size_t i = 0; a->buckets && i < a->nbuckets; i++) {
-        auth_grant_t *g = a->buckets[i], *next;
-        for (; g; g = next) {
-            next = g->hnext;
-            auth_grant_free(g);
-        }
-    }
-    if (a->key)
-        OPENSSL_cleanse(a->key, a->key_len);
-    free(a->key);
+    for (size_t i = 0; a->buckets && i < a->nbuckets; i++)
+        free_chain(a->buckets[i]);
+    free_chain(a->retired);
+    auth_keys_free(a->keys);
     free(a->buckets);
     free(a);
+}
+
+const auth_keys_t *auth_get_keys(const auth_t *a)
+{
+    return a->keys;
+}
+
+void auth_set_keys(auth_t *a, auth_keys_t *k)
+{
+    auth_keys_free(a->keys);
+    a->keys = k;
+    for (size_t i = 0; i < a->nbuckets; i++) {
+        for (auth_grant_t *g = a->buckets[i], *next; g; g = next) {
+            next = g->hnext;
+            if (g->refs == 0) {
+                auth_grant_free(g);
+                continue;
+            }
+            g->hnext = a->retired; /* its connections keep it; no new one finds it */
+            a->retired = g;
+            a->nretired++;
+        }
+        a->buckets[i] = NULL;
+    }
+    a->count = 0;
+}
+
+bool auth_reload(auth_t *a, const char *secret_file, const char *jwks_file, auth_note_fn note,
+                 void *arg, char *err, size_t errcap)
+{
+    auth_keys_t *k = auth_keys_load(a->keys->secret, a->keys->secret_len, secret_file, jwks_file,
+                                    note, arg, err, errcap);
+    if (!k)
+        return false;
+    auth_set_keys(a, k);
+    return true;
 }
 
 static void cache_grow(auth_t *a)
@@ -607,7 +817,7 @@ auth_grant_t *auth_lookup(auth_t *a, const char *token, size_t len, int64_t now,
         *why = now >= g->exp ? "the token has expired" : "the token is not valid yet (nbf)";
         return NULL;
     }
-    auth_grant_t *g = auth_verify(a->key, a->key_len, token, len, now, why);
+    auth_grant_t *g = auth_verify_keys(a->keys, token, len, now, why);
     if (!g)
         return NULL;
     if (a->count >= a->nbuckets)
@@ -619,20 +829,27 @@ auth_grant_t *auth_lookup(auth_t *a, const char *token, size_t len, int64_t now,
     return g;
 }
 
-size_t auth_cache_sweep(auth_t *a)
+/* Frees the grants of the chain *pp nobody holds; returns how many were freed. */
+static size_t sweep_chain(auth_grant_t **pp)
 {
-    for (size_t i = 0; i < a->nbuckets; i++) {
-        auth_grant_t **pp = &a->buckets[i];
-        while (*pp) {
-            auth_grant_t *g = *pp;
-            if (g->refs == 0) {
-                *pp = g->hnext;
-                auth_grant_free(g);
-                a->count--;
-            } else {
-                pp = &g->hnext;
-            }
+    size_t freed = 0;
+    while (*pp) {
+        auth_grant_t *g = *pp;
+        if (g->refs == 0) {
+            *pp = g->hnext;
+            auth_grant_free(g);
+            freed++;
+        } else {
+            pp = &g->hnext;
         }
     }
-    return a->count;
+    return freed;
+}
+
+size_t auth_cache_sweep(auth_t *a)
+{
+    for (size_t i = 0; i < a->nbuckets; i++)
+        a->count -= sweep_chain(&a->buckets[i]);
+    a->nretired -= sweep_chain(&a->retired);
+    return a->count + a->nretired;
 }

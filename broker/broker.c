@@ -74,8 +74,8 @@ static void finish(broker_t *b)
         return;
     b->destroyed = true;
     uv_handle_t *hs[] = {(uv_handle_t *)&b->flush_check, (uv_handle_t *)&b->sweep_timer,
-                         (uv_handle_t *)&b->stop_timer, (uv_handle_t *)&b->sigterm,
-                         (uv_handle_t *)&b->sigint};
+                         (uv_handle_t *)&b->stop_timer,  (uv_handle_t *)&b->sigterm,
+                         (uv_handle_t *)&b->sigint,      (uv_handle_t *)&b->sighup};
     for (size_t i = 0; i < sizeof(hs) / sizeof(hs[0]); i++)
         if (hs[i]->data && !uv_is_closing(hs[i]))
             uv_close(hs[i], on_handle_closed);
@@ -127,6 +127,57 @@ static void on_signal(uv_signal_t *h, int signum)
 {
     log_info("received %s", strsignal(signum));
     broker_stop(h->data);
+}
+
+/* A JWKS key that is not used (another kty, curve, use...): said once per load. */
+static void on_key_skipped(void *arg, const char *msg)
+{
+    (void)arg;
+    log_warn("%s", msg);
+}
+
+/* SIGHUP: the token keys read again from their files. On failure the previous keys stay. */
+static void on_reload(uv_signal_t *h, int signum)
+{
+    broker_t *b = h->data;
+    char err[1024], keys[1024];
+    (void)signum;
+    if (!b->auth) {
+        log_info("received SIGHUP: no authentication configured, nothing to reload");
+        return;
+    }
+    if (!b->cfg.jwt_secret_file[0] && !b->cfg.jwt_keys[0]) {
+        log_info("received SIGHUP: no --jwt-secret-file nor --jwt-keys to read again");
+        return;
+    }
+    if (!auth_reload(b->auth, b->cfg.jwt_secret_file, b->cfg.jwt_keys, on_key_skipped, b, err,
+                     sizeof(err))) {
+        log_error("received SIGHUP: token keys not reloaded, the previous ones stay: %s", err);
+        return;
+    }
+    auth_keys_describe(auth_get_keys(b->auth), keys, sizeof(keys));
+    log_info("received SIGHUP: token keys reloaded: %s (new handshakes use them, open "
+             "connections keep their grants)",
+             keys);
+}
+
+/* The verifier of --jwt-secret (cfg's copy) and --jwt-keys; false (logged) on a bad JWKS. */
+static bool start_auth(broker_t *b, const gale_config_t *cfg)
+{
+    char err[1024];
+    if (!cfg->jwt_secret_len && !cfg->jwt_keys[0])
+        return true; /* open */
+    auth_keys_t *k = auth_keys_load((const uint8_t *)cfg->jwt_secret, cfg->jwt_secret_len, NULL,
+                                    cfg->jwt_keys, on_key_skipped, b, err, sizeof(err));
+    if (!k) {
+        log_error("--jwt-keys: %s", err);
+        return false;
+    }
+    if (!(b->auth = auth_new_keys(k))) {
+        log_error("out of memory");
+        return false;
+    }
+    return true;
 }
 
 /* The web root: --web-root, else an installed layout beside the binary, the source tree's
@@ -212,13 +263,13 @@ broker_t *broker_start(const gale_config_t *cfg, uv_loop_t *loop)
     b->instance = new_instance();
     resolve_web_root(cfg, b->web_root, sizeof(b->web_root));
     b->tls = cfg->tls_cert[0] != '\0';
-    if (cfg->jwt_secret_len &&
-        !(b->auth = auth_new((const uint8_t *)cfg->jwt_secret, cfg->jwt_secret_len))) {
+    bool auth_ok = start_auth(b, cfg);
+    memset(b->cfg.jwt_secret, 0, sizeof(b->cfg.jwt_secret)); /* auth_t holds the copy */
+    if (!auth_ok) {
         b->stopping = true;
         finish(b);
         return b;
     }
-    memset(b->cfg.jwt_secret, 0, sizeof(b->cfg.jwt_secret)); /* auth_t holds the copy */
     bool local = !cfg->redis_urls[0]; /* in a cluster, history and mids live in Redis */
     if (local && cfg->nhistory)
         b->history = history_new(cfg->history, cfg->nhistory, cfg->history_memory, b->instance);
@@ -241,13 +292,15 @@ broker_t *broker_start(const gale_config_t *cfg, uv_loop_t *loop)
     uv_timer_init(loop, &b->stop_timer);
     uv_signal_init(loop, &b->sigterm);
     uv_signal_init(loop, &b->sigint);
+    uv_signal_init(loop, &b->sighup);
     b->flush_check.data = b->sweep_timer.data = b->stop_timer.data = b;
-    b->sigterm.data = b->sigint.data = b;
-    b->handles_open = 5;
+    b->sigterm.data = b->sigint.data = b->sighup.data = b;
+    b->handles_open = 6;
     uv_check_start(&b->flush_check, on_flush);
     uv_timer_start(&b->sweep_timer, on_sweep, SWEEP_MS, SWEEP_MS);
     uv_signal_start(&b->sigterm, on_signal, SIGTERM);
     uv_signal_start(&b->sigint, on_signal, SIGINT);
+    uv_signal_start(&b->sighup, on_reload, SIGHUP);
 
     b->exit_code = 0;
     log_info("gale-broker %s node %s listening on %s://%s:%d (WebSocket %s://%s:%d%s, web "
@@ -259,11 +312,19 @@ broker_t *broker_start(const gale_config_t *cfg, uv_loop_t *loop)
              " s, pub-rate %" PRIu64 "/s%s",
              cfg->max_message, cfg->max_subscriptions, cfg->max_connections, cfg->queue_limit,
              cfg->keepalive_s, cfg->pub_rate, cfg->pub_rate ? "" : " (off)");
-    if (b->auth)
-        log_info("authentication: HS256 tokens required (query token= or Authorization: "
+    if (b->auth) {
+        char algs[64], keys[1024];
+        auth_keys_algs(auth_get_keys(b->auth), algs, sizeof(algs));
+        auth_keys_describe(auth_get_keys(b->auth), keys, sizeof(keys));
+        log_info("authentication: %s tokens required (query token= or Authorization: "
                  "Bearer)%s",
-                 cfg->jwt_secret_len < 32 ? "; warning: the secret is shorter than 32 bytes" : "");
-    else
+                 algs,
+                 cfg->jwt_secret_len && cfg->jwt_secret_len < 32
+                     ? "; warning: the secret is shorter than 32 bytes"
+                     : "");
+        log_info("token keys: %s%s", keys,
+                 cfg->jwt_secret_file[0] || cfg->jwt_keys[0] ? " (read again on SIGHUP)" : "");
+    } else
         log_info("no authentication configured: the broker is open to every client");
     if (cfg->allowed_origins[0])
         log_info("allowed origins: %s (requests without Origin are let in)", cfg->allowed_origins);

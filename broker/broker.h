@@ -44,7 +44,7 @@ typedef struct broker {
     topics_t *topics;
     cluster_t *cluster;   /* NULL: single node (no --redis) */
     bus_t bus;            /* the cluster as the core sees it (bus.h); ops NULL: single node */
-    auth_t *auth;         /* NULL: no --jwt-secret, the broker is open */
+    auth_t *auth;         /* NULL: no --jwt-secret nor --jwt-keys, the broker is open */
     history_t *history;   /* --history (single node); NULL: none */
     dedup_t *dedup;       /* the mids of recent publishes (single node) */
     presence_t *presence; /* --presence; NULL: none */
@@ -75,12 +75,13 @@ typedef struct broker {
     uv_timer_t sweep_timer;
     uv_timer_t stop_timer;
     uv_signal_t sigterm, sigint;
-    int handles_open;  /* our uv handles not yet closed */
-    bool stopping;     /* SIGTERM/SIGINT seen: refuse upgrades, close sessions; lws is
-                          torn down once nlive reaches 0 (close frames sent) */
-    bool finishing;    /* stopping and every connection gone: teardown scheduled */
-    bool destroyed;    /* teardown started (server_close) */
-    uint64_t drain_ms; /* stopping: uv_now() when it began waiting for Redis's answers */
+    uv_signal_t sighup; /* reloads the token keys (--jwt-secret-file, --jwt-keys) */
+    int handles_open;   /* our uv handles not yet closed */
+    bool stopping;      /* SIGTERM/SIGINT seen: refuse upgrades, close sessions; lws is
+                           torn down once nlive reaches 0 (close frames sent) */
+    bool finishing;     /* stopping and every connection gone: teardown scheduled */
+    bool destroyed;     /* teardown started (server_close) */
+    uint64_t drain_ms;  /* stopping: uv_now() when it began waiting for Redis's answers */
     int exit_code;
 } broker_t;
 

@@ -2,6 +2,7 @@
 
 #include "cluster_wire.h"
 #include "log.h"
+#include "netaddr.h"
 
 #include <errno.h>
 #include <stddef.h>
@@ -19,6 +20,7 @@ typedef enum {
     OPT_URLS,
     OPT_PREFIX,
     OPT_STR,         /* a string field at off, max = its capacity */
+    OPT_PROXIES,     /* --trusted-proxies: an OPT_STR holding a netaddr list */
     OPT_SECRET,      /* the JWT secret */
     OPT_SECRET_FILE, /* the JWT secret, read from a file */
     OPT_HISTORY,     /* a --history rule (several in GALE_HISTORY) */
@@ -92,6 +94,10 @@ static const opt_t options[] = {
      "default: none, the broker is open)"},
     {"--jwt-secret-file", "GALE_JWT_SECRET_FILE", OPT_SECRET_FILE, 0, 0, 0, "PATH",
      "like --jwt-secret, the secret read from PATH (one trailing newline dropped)"},
+    {"--jwt-keys", "GALE_JWT_KEYS", OPT_STR, 0, sizeof(((gale_config_t *)0)->jwt_keys),
+     offsetof(gale_config_t, jwt_keys), "FILE",
+     "require tokens signed RS256 or ES256 by a key of this JWKS file (an identity provider's "
+     "public keys; with --jwt-secret, HS256 too); read again on SIGHUP"},
     {"--allowed-origins", "GALE_ALLOWED_ORIGINS", OPT_STR, 0,
      sizeof(((gale_config_t *)0)->allowed_origins), offsetof(gale_config_t, allowed_origins),
      "ORIGIN[,ORIGIN...]",
@@ -106,6 +112,16 @@ static const opt_t options[] = {
      offsetof(gale_config_t, api_key), "KEY",
      "enable POST /api/publish for backends holding Authorization: Bearer KEY (default: "
      "disabled, 404)"},
+    {"--max-connections-per-ip", "GALE_MAX_CONNECTIONS_PER_IP", OPT_UINT, 0, 1000000,
+     offsetof(gale_config_t, max_connections_per_ip), "N",
+     "WebSocket connections one client address may hold; more upgrades get HTTP 429 "
+     "(default 0: no limit)"},
+    {"--trusted-proxies", "GALE_TRUSTED_PROXIES", OPT_PROXIES, 0,
+     sizeof(((gale_config_t *)0)->trusted_proxies), offsetof(gale_config_t, trusted_proxies),
+     "ADDR[/BITS][,...]",
+     "peers (proxies, load balancers) whose X-Forwarded-For names the client address for "
+     "--max-connections-per-ip: its right-most address that is not a trusted proxy "
+     "(default: none, the peer address counts)"},
     {"--pub-rate", "GALE_PUB_RATE", OPT_UINT, 0, 1000000, offsetof(gale_config_t, pub_rate), "N",
      "publishes per second per connection, a token bucket; more answer err limit (default 0: "
      "no limit)"},
@@ -469,6 +485,24 @@ static bool apply(gale_config_t *c, const opt_t *o, const char *src, const char 
         memcpy((char *)c + o->off, v, len + 1);
         return true;
     }
+    case OPT_PROXIES: {
+        const char *why;
+        size_t off, blen;
+        if (strlen(v) >= o->max) {
+            fprintf(err, "gale-broker: %s: the list is too long (at most %" PRIu64 " bytes)\n", src,
+                    o->max - 1);
+            return false;
+        }
+        if (netaddr_parse_list(v, NULL, 0, &why, &off, &blen) < 0) {
+            fprintf(err,
+                    "gale-broker: %s: '%.*s': %s (expected ADDR[/BITS][,...], e.g. "
+                    "10.0.0.0/8,192.0.2.7,fd00::/8)\n",
+                    src, (int)blen, v + off, why);
+            return false;
+        }
+        memcpy((char *)c + o->off, v, strlen(v) + 1);
+        return true;
+    }
     case OPT_SECRET: {
         size_t len = strlen(v);
         if (len == 0 || len >= sizeof(c->jwt_secret)) {
@@ -478,6 +512,7 @@ static bool apply(gale_config_t *c, const opt_t *o, const char *src, const char 
         }
         memcpy(c->jwt_secret, v, len + 1);
         c->jwt_secret_len = len;
+        c->jwt_secret_file[0] = '\0'; /* this secret, not a file's, is kept on SIGHUP */
         return true;
     }
     case OPT_SECRET_FILE: {
@@ -500,6 +535,11 @@ static bool apply(gale_config_t *c, const opt_t *o, const char *src, const char 
         }
         c->jwt_secret[len] = '\0';
         c->jwt_secret_len = len;
+        if (strlen(v) >= sizeof(c->jwt_secret_file)) {
+            fprintf(err, "gale-broker: %s: the path is too long\n", src);
+            return false;
+        }
+        strcpy(c->jwt_secret_file, v); /* read again on SIGHUP */
         return true;
     }
     case OPT_HISTORY:

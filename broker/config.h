@@ -44,12 +44,18 @@ typedef struct {
     uint64_t redis_max_pending;   /* --redis-max-pending, bytes of PUBLISHes awaiting Redis */
     char jwt_secret[1024]; /* --jwt-secret or the contents of --jwt-secret-file; empty: open */
     size_t jwt_secret_len;
+    char jwt_secret_file[4096]; /* --jwt-secret-file, read again on SIGHUP; empty: none */
+    char jwt_keys[4096];        /* --jwt-keys JWKS file (RS256/ES256 keys), read again on
+                                   SIGHUP; empty: none */
     char allowed_origins[4096]; /* --allowed-origins ORIGIN[,ORIGIN...]; empty: any origin */
     char tls_cert[4096];        /* --tls-cert PEM file; with tls_key: serve wss:// and https:// */
     char tls_key[4096];         /* --tls-key PEM file */
     char api_key[256];          /* --api-key for POST /api/publish; empty: endpoint disabled */
-    uint64_t pub_rate;          /* --pub-rate, publishes per second per connection; 0 = off */
-    uint64_t pub_burst;         /* --pub-burst, bucket size (0: same as pub_rate) */
+    uint64_t max_connections_per_ip; /* --max-connections-per-ip (0: no limit) */
+    char trusted_proxies[4096];      /* --trusted-proxies ADDR[/BITS][,...]: peers whose
+                                        X-Forwarded-For names the client; empty: none */
+    uint64_t pub_rate;               /* --pub-rate, publishes per second per connection; 0 = off */
+    uint64_t pub_burst;              /* --pub-burst, bucket size (0: same as pub_rate) */
     gale_history_rule_t history[GALE_HISTORY_RULES_MAX]; /* --history, in the order given */
     uint32_t nhistory;
     bool history_from_flags; /* a --history flag replaced GALE_HISTORY's rules */

@@ -36,6 +36,14 @@ gale_err_t metrics_render(const metrics_t *m, const metrics_gauges_t *g, gale_bu
            m->connections_accepted);
     metric(out, "gale_connections_refused_total", "counter",
            "WebSocket upgrades refused with an HTTP error.", m->connections_refused);
+    metric(out, "gale_connections_refused_per_ip_total", "counter",
+           "WebSocket upgrades refused with HTTP 429: the client address held "
+           "--max-connections-per-ip connections (also in gale_connections_refused_total).",
+           m->connections_refused_per_ip);
+    if (g->per_ip)
+        metric(out, "gale_client_addresses", "gauge",
+               "Client addresses holding WebSocket connections (--max-connections-per-ip).",
+               g->client_addresses);
     metric(out, "gale_messages_published_total", "counter", "Messages published by clients.",
            m->messages_published);
     metric(out, "gale_messages_delivered_total", "counter",
@@ -76,6 +84,16 @@ gale_err_t metrics_render(const metrics_t *m, const metrics_gauges_t *g, gale_bu
             "gale_recoveries_total{recovered=\"true\"} %" PRIu64 "\n"
             "gale_recoveries_total{recovered=\"false\"} %" PRIu64 "\n",
             m->recoveries[1], m->recoveries[0]);
+    appendf(out,
+            "# HELP gale_token_refreshes_total Refresh requests (a new token on a live "
+            "connection), by outcome.\n"
+            "# TYPE gale_token_refreshes_total counter\n"
+            "gale_token_refreshes_total{outcome=\"ok\"} %" PRIu64 "\n"
+            "gale_token_refreshes_total{outcome=\"refused\"} %" PRIu64 "\n",
+            m->refreshes[1], m->refreshes[0]);
+    metric(out, "gale_refresh_dropped_subscriptions_total", "counter",
+           "Subscriptions dropped by a refresh whose new token does not allow them.",
+           m->refresh_dropped);
     metric(out, "gale_messages_replayed_total", "counter",
            "Messages queued to recovering subscribers from history.", m->messages_replayed);
     metric(out, "gale_publish_duplicates_total", "counter",

@@ -12,6 +12,7 @@
 typedef struct metrics {
     uint64_t connections_accepted;            /* WebSocket upgrades completed */
     uint64_t connections_refused;             /* upgrades answered 4xx/5xx */
+    uint64_t connections_refused_per_ip;      /* ... of which 429, --max-connections-per-ip */
     uint64_t messages_published;              /* pub requests routed */
     uint64_t messages_delivered;              /* msg frames queued to subscribers */
     uint64_t bytes_out;                       /* bytes handed to sockets by the flush path */
@@ -34,6 +35,9 @@ typedef struct metrics {
     uint64_t presence_leaves;    /* ... that stopped being present */
     uint64_t presence_events;    /* join and leave events queued to watchers */
     uint64_t presence_counts;    /* count-only presence messages queued to watchers */
+    uint64_t refreshes[2];       /* refresh requests: [0] refused (answered err), [1] accepted */
+    uint64_t refresh_dropped;    /* subscriptions a refresh took away (the new token does not
+                                    allow them) */
     uint64_t redis_publishes;    /* PUBLISH commands sent (--redis) */
     uint64_t redis_received;     /* messages received from Redis */
     uint64_t redis_duplicates;   /* ... dropped as copies already delivered */
@@ -50,6 +54,9 @@ typedef struct metrics_gauges {
     uint64_t topics;
     uint64_t queued_bytes;
     uint64_t handshakes; /* connections awaiting their first request head */
+    /* --max-connections-per-ip (per_ip): the addresses holding WebSocket connections */
+    bool per_ip;
+    uint64_t client_addresses;
     double uptime_s;
     uint32_t redis_shards; /* 0: not clustered */
     uint32_t redis_up;     /* shards with both connections ready */

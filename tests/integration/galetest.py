@@ -523,11 +523,15 @@ class RawWS:
     """A blocking WebSocket client over a plain socket: masked frames, nothing hidden."""
 
     def __init__(self, port, path="/ws", protocols=(JSON,), rcvbuf=None, timeout=5.0,
-                 headers=()):
+                 headers=(), source=None):
+        """source: a local address to connect from (e.g. 127.0.0.2: Linux routes all of
+        127/8 to lo), for per-address limits."""
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.settimeout(timeout)
+        if source:
+            self.sock.bind((source, 0))
         self.sock.connect((HOST, port))
         self.buf = b""
         key = base64.b64encode(os.urandom(16)).decode()
