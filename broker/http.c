@@ -5,6 +5,7 @@
 #include "history.h"
 #include "log.h"
 #include "presence.h"
+#include "server.h"
 #include "session.h"
 
 #include <inttypes.h>
@@ -129,6 +130,7 @@ static void gauges(const broker_t *b, metrics_gauges_t *g)
     for (uint32_t i = 0; i < b->nsessions; i++)
         g->queued_bytes += b->sessions[i]->q.bytes;
     g->handshakes = b->nhandshakes;
+    g->per_ip = server_client_addresses(b, &g->client_addresses);
     g->uptime_s = (double)broker_uptime_ms(b) / 1000.0;
     cluster_state(b->cluster, &g->redis_shards, &g->redis_up);
     if (b->history) {
@@ -204,6 +206,8 @@ static const char *reason_phrase(unsigned status)
         return "Forbidden";
     case HTTP_STATUS_NOT_FOUND:
         return "Not Found";
+    case GALE_HTTP_TOO_MANY_REQUESTS:
+        return "Too Many Requests";
     case HTTP_STATUS_SERVICE_UNAVAILABLE:
         return "Service Unavailable";
     default:

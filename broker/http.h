@@ -24,6 +24,10 @@
 
 struct lws;
 struct api_req;
+struct iplimit_entry;
+
+/** HTTP 429, not among lws 4.1.6's status names: --max-connections-per-ip. */
+#define GALE_HTTP_TOO_MANY_REQUESTS 429
 
 /**
  * One TCP connection while it speaks HTTP: lws's opaque user data of its wsi,
@@ -36,6 +40,9 @@ typedef struct http_conn {
     bool bodyless_before; /* a request without a body was taken on this connection: lws
                              may hold pipelined bytes behind it */
     struct api_req *req;  /* the publish request in progress (api.c), or NULL */
+    /* --max-connections-per-ip: the slot of an upgrade let in, held until it is established
+       (then the session's) or closes (server.c); NULL: none */
+    struct iplimit_entry *ip;
 } http_conn_t;
 
 /** The http_conn_t of wsi, or NULL. */

@@ -10,14 +10,17 @@
 #include "api.h"
 #include "auth.h"
 #include "http.h"
+#include "iplimit.h"
 #include "log.h"
 #include "lws_mem.h"
+#include "netaddr.h"
 #include "session.h"
 
 #include <inttypes.h>
 #include <libwebsockets.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #define WS_PATH SERVER_WS_PATH
@@ -28,7 +31,13 @@ struct server {
     struct lws_vhost *vhost;
     struct lws_protocols protocols[GALE_ENC_COUNT + 1]; /* by encoding, then a terminator */
     struct lws_http_mount mounts[4];                    /* /metrics, /healthz, /api, / */
+    iplimit_t *ips;            /* --max-connections-per-ip; NULL: no limit */
+    netaddr_prefix_t *trusted; /* --trusted-proxies */
+    size_t ntrusted;
 };
+
+/* A refused address is logged at most once in this long (with the refusals in between). */
+#define PER_IP_LOG_INTERVAL_MS 60000
 
 static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
                     size_t len);
@@ -113,6 +122,81 @@ static auth_grant_t *request_grant(broker_t *b, struct lws *wsi, const char **wh
     return auth_lookup(b->auth, token, n, (int64_t)time(NULL), why);
 }
 
+/*
+ * The client address of an upgrade request into *out: the TCP peer, or behind a proxy listed
+ * in --trusted-proxies what its X-Forwarded-For says (netaddr_client). False when the peer's
+ * address cannot be read (the connection is then not counted).
+ */
+static bool client_address(const struct server *sv, struct lws *wsi, netaddr_t *out)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    netaddr_t peer;
+    int fd = lws_get_socket_fd(wsi);
+    if (fd < 0 || getpeername(fd, (struct sockaddr *)&ss, &sl) != 0 ||
+        !netaddr_from_sockaddr((struct sockaddr *)&ss, &peer))
+        return false;
+    char *xff = NULL;
+    int n = 0;
+    if (sv->ntrusted && netaddr_list_contains(sv->trusted, sv->ntrusted, &peer)) {
+        /* The whole header, however long: its right end is the proxy's. */
+        int total = lws_hdr_total_length(wsi, WSI_TOKEN_X_FORWARDED_FOR);
+        if (total > 0 && (xff = malloc((size_t)total + 1)) != NULL)
+            n = lws_hdr_copy(wsi, xff, total + 1, WSI_TOKEN_X_FORWARDED_FOR);
+    }
+    netaddr_source_t src = netaddr_client(&peer, sv->trusted, sv->ntrusted, n > 0 ? xff : NULL,
+                                          n > 0 ? (size_t)n : 0, out);
+    if (src == NETADDR_FROM_BAD_XFF && log_enabled(LOG_DEBUG)) {
+        char text[NETADDR_TEXT_MAX];
+        netaddr_format(&peer, text);
+        log_debug("X-Forwarded-For from trusted proxy %s is malformed: the proxy's address "
+                  "counts",
+                  text);
+    }
+    free(xff);
+    return true;
+}
+
+/* 429 for an address holding --max-connections-per-ip connections; logged at most once per
+ * PER_IP_LOG_INTERVAL_MS per address. */
+static int refuse_per_ip(broker_t *b, struct lws *wsi, const netaddr_t *client)
+{
+    iplimit_entry_t *e = iplimit_find(b->srv->ips, client);
+    uint32_t suppressed = 0;
+    b->m.connections_refused_per_ip++;
+    if (e && iplimit_refused(e, broker_uptime_ms(b), PER_IP_LOG_INTERVAL_MS, &suppressed)) {
+        char text[NETADDR_TEXT_MAX];
+        netaddr_format(client, text);
+        if (suppressed)
+            log_warn("client %s holds %" PRIu32 " WebSocket connections (--max-connections-per-ip):"
+                     " upgrade refused with 429, and %" PRIu32 " more since the last report",
+                     text, e->count, suppressed);
+        else
+            log_warn("client %s holds %" PRIu32 " WebSocket connections (--max-connections-per-ip):"
+                     " upgrade refused with 429 (refusals of this address are reported at most "
+                     "once a minute)",
+                     text, e->count);
+    }
+    return http_refuse(b, wsi, GALE_HTTP_TOO_MANY_REQUESTS,
+                       "too many connections from this address");
+}
+
+/* Gives back the address slot a connection holds from its upgrade until it is established. */
+static void release_http_slot(broker_t *b, struct lws *wsi)
+{
+    http_conn_t *c = http_conn_of(wsi);
+    if (c && c->ip) {
+        iplimit_release(b->srv->ips, c->ip);
+        c->ip = NULL;
+    }
+}
+
+bool server_client_addresses(const broker_t *b, uint64_t *n)
+{
+    *n = b->srv ? iplimit_addresses(b->srv->ips) : 0;
+    return b->srv && b->srv->ips;
+}
+
 static int confirm_upgrade(broker_t *b, struct lws *wsi, const char *upgrade)
 {
     char uri[sizeof(WS_PATH) + 1], offered[256];
@@ -134,6 +218,11 @@ static int confirm_upgrade(broker_t *b, struct lws *wsi, const char *upgrade)
             return http_refuse(b, wsi, HTTP_STATUS_FORBIDDEN, "origin not allowed");
         }
     }
+    /* Before the token: a flooding address costs no signature check. */
+    netaddr_t client;
+    bool counted = b->srv->ips && client_address(b->srv, wsi, &client);
+    if (counted && iplimit_full(b->srv->ips, &client))
+        return refuse_per_ip(b, wsi, &client);
     if (b->auth) {
         const char *why = "";
         if (!request_grant(b, wsi, &why)) {
@@ -147,6 +236,16 @@ static int confirm_upgrade(broker_t *b, struct lws *wsi, const char *upgrade)
         log_warn("connection limit %" PRIu64 " reached: upgrade refused with 503",
                  b->cfg.max_connections);
         return http_refuse(b, wsi, HTTP_STATUS_SERVICE_UNAVAILABLE, "too many connections");
+    }
+    http_conn_t *c = counted ? http_conn_of(wsi) : NULL;
+    if (c) { /* the slot is held until the wsi is destroyed, whatever happens next */
+        bool full;
+        if (!(c->ip = iplimit_acquire(b->srv->ips, &client, &full))) {
+            if (full)
+                return refuse_per_ip(b, wsi, &client);
+            log_error("out of memory counting a connection's address");
+            return http_refuse(b, wsi, HTTP_STATUS_SERVICE_UNAVAILABLE, "out of memory");
+        }
     }
     return 0;
 }
@@ -170,6 +269,12 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         return api_owns(wsi, uri, sizeof(uri)) ? api_filter(b, wsi) : http_filter(b, wsi);
     }
     case LWS_CALLBACK_ESTABLISHED: {
+        http_conn_t *hc = http_conn_of(wsi);
+        if (hc && s) { /* the address slot moves to the session */
+            s->ip = hc->ip;
+            hc->ip = NULL;
+        }
+        release_http_slot(b, wsi);
         http_conn_upgraded(b, wsi);
         /* lws keeps its own copy of the protocols array: compare names. */
         const struct lws_protocols *p = lws_get_protocol(wsi);
@@ -209,7 +314,12 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         return 0;
     case LWS_CALLBACK_WSI_DESTROY: /* after it, whatever the protocol: user may be NULL */
         api_closed(wsi);
+        release_http_slot(b, wsi);
         http_conn_closed(b, wsi);
+        if (s && s->ip) {
+            iplimit_release(b->srv->ips, s->ip);
+            s->ip = NULL;
+        }
         if (s && s->live) {
             s->live = 0;
             b->nlive--; /* at 0 while stopping, the broker tears down (broker.c) */
@@ -229,6 +339,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         return api_writeable(b, wsi);
     case LWS_CALLBACK_CLOSED_HTTP:
         api_closed(wsi);
+        release_http_slot(b, wsi);
         http_conn_closed(b, wsi);
         return 0;
     default:
@@ -262,6 +373,33 @@ bool server_start(broker_t *b)
                           *m_api = &sv->mounts[2], *m_root = &sv->mounts[3];
     struct lws_context_creation_info info;
     void *loops[1] = {b->loop};
+
+    if (b->cfg.max_connections_per_ip) {
+        sv->ips = iplimit_new((uint32_t)b->cfg.max_connections_per_ip);
+        if (!sv->ips) {
+            log_error("out of memory");
+            return false;
+        }
+    }
+    if (b->cfg.trusted_proxies[0]) {
+        const char *why;
+        size_t off, len;
+        int n = netaddr_parse_list(b->cfg.trusted_proxies, NULL, 0, &why, &off, &len);
+        if (n <= 0 || !(sv->trusted = calloc((size_t)n, sizeof(*sv->trusted)))) {
+            log_error("out of memory"); /* the list was validated by config_parse */
+            return false;
+        }
+        sv->ntrusted = (size_t)netaddr_parse_list(b->cfg.trusted_proxies, sv->trusted, (size_t)n,
+                                                  &why, &off, &len);
+        if (!sv->ips)
+            log_warn("--trusted-proxies has no effect without --max-connections-per-ip");
+    }
+    if (sv->ips)
+        log_info("per-IP limit: %" PRIu64 " WebSocket connections per client address (more get "
+                 "429); X-Forwarded-For %s%s",
+                 b->cfg.max_connections_per_ip,
+                 sv->ntrusted ? "read from the trusted proxies " : "ignored (no --trusted-proxies)",
+                 sv->ntrusted ? b->cfg.trusted_proxies : "");
 
     /* Request heads in slots of their own (lws's default header buffer is 4 KiB). */
     if (!lws_mem_install(b->cfg.max_handshakes, 4096))
@@ -375,6 +513,8 @@ void server_free(broker_t *b)
         return;
     if (b->srv->ctx)
         lws_context_destroy(b->srv->ctx); /* the second call: frees what the first one closed */
+    iplimit_free(b->srv->ips);
+    free(b->srv->trusted);
     free(b->srv);
     b->srv = NULL;
 }

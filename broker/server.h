@@ -28,6 +28,12 @@ void server_attach_log(void);
  */
 bool server_start(broker_t *b);
 
+/**
+ * With --max-connections-per-ip: true, and *n the client addresses holding WebSocket
+ * connections now; false (*n 0) without.
+ */
+bool server_client_addresses(const broker_t *b, uint64_t *n);
+
 /** From the 1 s sweep: returns memory lws no longer needs (lws_mem_trim). */
 void server_sweep(broker_t *b);
 

@@ -17,6 +17,7 @@
 
 struct lws;
 struct auth_grant;
+struct iplimit_entry;
 
 #define SESSION_NOT_DIRTY UINT32_MAX
 /** The close code of a broker that stops (RFC 6455 7.4.1). */
@@ -25,6 +26,8 @@ struct auth_grant;
 typedef struct session {
     conn_t conn; /* the core's part (core.h): subscriptions, grant, encoding */
     struct lws *wsi;
+    /* --max-connections-per-ip: the address slot held until the wsi is destroyed, or NULL */
+    struct iplimit_entry *ip;
     outq_t q;              /* frames waiting to be written */
     uint8_t *rx;           /* reassembly of a message spanning several receives */
     uint64_t last_rx_ms;   /* broker_uptime_ms() of the last inbound frame; once
