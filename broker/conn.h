@@ -42,6 +42,9 @@ typedef struct conn_reply {
     uint8_t ep_len;
     uint64_t off;
     char ep[GALE_EP_MAX];
+    /* with err: NULL, or static text that goes before why in the message ("token refused: "
+     * and the verifier's reason) */
+    const char *why_prefix;
     frame_t *frame; /* hist: the answer, built for the connection's encoding; whoever
                        consumes the reply (reply(), or the core when it drops it) unrefs it */
 } conn_reply_t;

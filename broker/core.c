@@ -12,6 +12,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /*
  * An answer in a connection's FIFO: one that waits for the cluster (p held by
@@ -626,11 +627,115 @@ static bool pub_allowed(broker_t *b, conn_t *c)
     return true;
 }
 
+/*
+ * refresh (gale's addition, docs/PROTOCOL.md "Token refresh"): a new token for a connection.
+ * The patterns it holds that the new grant does not allow are collected (topics_owner_each)
+ * before any is dropped.
+ */
+typedef struct {
+    const auth_grant_t *g;
+    char (*pat)[GALE_TOPIC_MAX + 1];
+    size_t n, cap;
+} revoked_t;
+
+static void note_revoked(const char *p, size_t len, void *arg)
+{
+    revoked_t *r = arg;
+    if (r->n < r->cap && !auth_may_sub(r->g, p, len))
+        memcpy(r->pat[r->n++], p, len + 1);
+}
+
+/*
+ * Drops the subscriptions of c that its (new) grant does not allow, each announced with
+ * {"op":"err","code":"forbidden","topic":P,"msg":...}: a refreshed token's permissions
+ * govern what c keeps receiving, not only its next requests.
+ */
+static void drop_revoked(broker_t *b, conn_t *c)
+{
+    static const char msg[] = "subscription dropped: the refreshed token does not allow it";
+    gale_enc_t enc = (gale_enc_t)c->enc;
+    revoked_t r = {.g = c->grant, .cap = c->owner.nsubs};
+    if (r.cap == 0)
+        return;
+    if (!(r.pat = malloc(r.cap * sizeof(*r.pat)))) {
+        log_error("conn %" PRIu64 ": out of memory checking its subscriptions: closing", c->id);
+        c->ops->close(b, c, CONN_CLOSE_INTERNAL);
+        return;
+    }
+    topics_owner_each(b->topics, &c->owner, note_revoked, &r);
+    for (size_t i = 0; i < r.n; i++) {
+        size_t len = strlen(r.pat[i]);
+        undo_sub(b, c, r.pat[i], len);
+        b->m.refresh_dropped++;
+        log_info("conn %" PRIu64 ": subscription '%s' dropped: the refreshed token of user '%s' "
+                 "does not allow it",
+                 c->id, r.pat[i], c->grant->user);
+        gale_buf_t buf;
+        gale_buf_init(&buf, FRAME_HEADROOM);
+        frame_t *f = frame_built(
+            &buf, gale_encode_err_topic(&buf, enc, GALE_ERR_FORBIDDEN, r.pat[i], len, msg), enc);
+        if (f)
+            c->ops->deliver(b, c, f);
+        frame_unref(f);
+    }
+    free(r.pat);
+}
+
+/*
+ * Answers a refresh (e: its decoding): with a token of the same user (`sub`) that the
+ * broker accepts now, c's grant becomes the token's (its expiry and permissions), then the
+ * subscriptions it no longer allows are dropped; otherwise an `err` and c keeps its grant.
+ */
+static void refresh(broker_t *b, conn_t *c, const gale_request_t *req, gale_err_t e,
+                    const char *why)
+{
+    conn_reply_t r = {.op = req->op, .has_id = req->has_id, .id = req->id, .recovered = -1};
+    auth_grant_t *g = NULL;
+    if (e != GALE_OK) {
+        /* malformed: why is the decoder's */
+    } else if (!b->auth) {
+        e = GALE_ERR_BAD_REQUEST;
+        why = "this broker has no authentication";
+    } else if (!c->grant) {
+        e = GALE_ERR_BAD_REQUEST;
+        why = "this connection has no token to refresh";
+    } else if (!(g = auth_lookup(b->auth, req->token, req->token_len, (int64_t)time(NULL), &why))) {
+        e = GALE_ERR_BAD_REQUEST;
+        r.why_prefix = "token refused: ";
+    } else if (strcmp(g->user, c->grant->user) != 0) {
+        e = GALE_ERR_FORBIDDEN;
+        why = "the token is another user's (its sub differs from the connection's)";
+    }
+    b->m.refreshes[e == GALE_OK]++;
+    r.err = e;
+    r.why = e == GALE_OK ? "" : why;
+    if (e != GALE_OK) {
+        log_info("conn %" PRIu64 ": refresh refused (%s): %s%s", c->id, gale_err_name(e),
+                 r.why_prefix ? r.why_prefix : "", r.why);
+        answer(b, c, &r);
+        return;
+    }
+    auth_grant_ref(g);
+    auth_grant_unref(c->grant);
+    c->grant = g;
+    if (g->exp == AUTH_NO_TIME)
+        log_info("conn %" PRIu64 ": token of user '%s' refreshed (no expiry)", c->id, g->user);
+    else
+        log_info("conn %" PRIu64 ": token of user '%s' refreshed, expires in %" PRId64 " s", c->id,
+                 g->user, g->exp - (int64_t)time(NULL));
+    answer(b, c, &r);
+    drop_revoked(b, c);
+}
+
 /* Carries out req unless e is already an error; answers unless the answer was deferred. */
 static void run(broker_t *b, conn_t *c, const gale_request_t *req, gale_err_t e, const char *why)
 {
     bool deferred = false;
     conn_reply_t r = {.op = req->op, .has_id = req->has_id, .id = req->id, .recovered = -1};
+    if (req->op == GALE_OP_REFRESH) {
+        refresh(b, c, req, e, why);
+        return;
+    }
     if (e == GALE_OK && c->grant)
         e = auth_check(c->grant, req, &why);
     if (e == GALE_OK && req->op == GALE_OP_PUB && b->cfg.pub_rate && !c->unmetered &&
@@ -656,6 +761,7 @@ static void run(broker_t *b, conn_t *c, const gale_request_t *req, gale_err_t e,
             e = do_presence(b, c, req, &r, &why, &deferred);
             break;
         case GALE_OP_PING:
+        case GALE_OP_REFRESH: /* answered by refresh() */
             break;
         }
     }

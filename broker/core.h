@@ -2,7 +2,8 @@
  * core: request handling, whatever transport carries the requests. Decodes a
  * gale v1 message (or takes a decoded request from an adapter of another
  * protocol), authorizes it (--jwt-secret grants), applies --pub-rate, and
- * carries out sub, unsub, pub, hist, presence and ping: the local topic index and router,
+ * carries out sub, unsub, pub, hist, presence, ping and refresh (a new token for the
+ * connection, whose grant then replaces its own): the local topic index and router,
  * history (history.h), presence (presence.h), and
  * with --redis the cluster, whose answers come later (pending.h). Answers go
  * back through the connection's conn_ops_t in the order of the requests.

@@ -90,7 +90,11 @@ static void op_reply(broker_t *b, conn_t *c, const conn_reply_t *r)
         return;
     }
     gale_buf_init(&buf, FRAME_HEADROOM);
-    if (r->err != GALE_OK) {
+    if (r->err != GALE_OK && r->why_prefix) {
+        char msg[256];
+        snprintf(msg, sizeof(msg), "%s%s", r->why_prefix, r->why);
+        e = gale_encode_err(&buf, enc, r->has_id, r->id, r->err, msg);
+    } else if (r->err != GALE_OK) {
         e = gale_encode_err(&buf, enc, r->has_id, r->id, r->err, r->why);
     } else if (r->op == GALE_OP_PING) {
         e = gale_encode_pong(&buf, enc, r->has_id, r->id);

@@ -540,6 +540,17 @@ bool topics_holds(const topics_t *t, const topics_owner_t *owner, const char *p,
     return nseg > 0 && (n = find(t, segs, nseg)) != NULL && owner_find(owner, n, NULL) != NULL;
 }
 
+size_t topics_owner_each(const topics_t *t, const topics_owner_t *owner,
+                         void (*fn)(const char *p, size_t len, void *arg), void *arg)
+{
+    char buf[MAX_LEN + 1];
+    size_t n = 0;
+
+    for (const topics_sub_t *s = owner->subs; s != NULL; s = s->next, n++)
+        fn(buf, node_pattern(t, s->node, buf), arg);
+    return n;
+}
+
 void topics_unsubscribe_all(topics_t *t, topics_owner_t *owner,
                             void (*on_last)(const char *p, size_t len, void *arg), void *arg)
 {

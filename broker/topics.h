@@ -73,6 +73,14 @@ bool topics_unsubscribe(topics_t *t, topics_owner_t *owner, const char *p, size_
 bool topics_holds(const topics_t *t, const topics_owner_t *owner, const char *p, size_t len);
 
 /**
+ * Calls fn(p, len, arg) with each pattern owner holds, in no particular order; p is
+ * NUL-terminated and valid during the call only. fn must not subscribe or unsubscribe.
+ * Returns how many patterns owner holds. O(their number x their length).
+ */
+size_t topics_owner_each(const topics_t *t, const topics_owner_t *owner,
+                         void (*fn)(const char *p, size_t len, void *arg), void *arg);
+
+/**
  * Removes all of owner's subscriptions in O(their number). When on_last is
  * not NULL it is called with each pattern that no owner holds any more.
  */

@@ -1,8 +1,8 @@
 /*
  * cli: what `gale pub`, `gale sub`, `gale hist` and `gale presence` share: exit
- * codes, the common options (--url, --encoding, --token, --cafile, --insecure,
- * --timeout, -v), URL parsing, error reporting, stream positions (EP:OFF), and
- * turning a received message or presence member into one line of output
+ * codes, the common options (--url, --encoding, --token, --token-file, --cafile,
+ * --insecure, --timeout, -v), the token file, URL parsing, error reporting, stream positions
+ * (EP:OFF), and turning a received message or presence member into one line of output
  * (--format).
  *
  * The connection itself lives in cli_conn.h (libwebsockets client API), the
@@ -15,6 +15,7 @@
 
 #include <getopt.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -33,13 +34,24 @@ extern const char cli_exit_codes_help[];
 /** Text for the commands' --help: the common options. */
 extern const char cli_common_help[];
 
+/** What identifies a version of a file: cli_token_file_check reads it again when it changes. */
+typedef struct {
+    bool known; /* stat succeeded at least once */
+    uint64_t dev, ino, size;
+    int64_t mtime_ns;
+} cli_stamp_t;
+
 /** The options every connecting command takes. */
 typedef struct {
     const char *cmd; /* "pub", "sub", "hist", "presence": prefixes messages ("gale pub: ...") */
     const char *url; /* --url, else $GALE_URL, else CLI_DEFAULT_URL */
     gale_enc_t enc;
-    bool enc_set;      /* --encoding was given */
-    const char *token; /* --token, else $GALE_TOKEN; NULL: none */
+    bool enc_set;            /* --encoding was given */
+    const char *token;       /* --token, else the --token-file's, else $GALE_TOKEN; NULL: none */
+    bool token_opt;          /* --token was given */
+    const char *token_file;  /* --token-file PATH; NULL: none */
+    cli_stamp_t token_stamp; /* the version of token_file read last */
+    char token_buf[GALE_TOKEN_MAX + 1]; /* the token read from token_file (token points here) */
     const char *cafile;
     bool insecure;
     int verbose;    /* -v: frames on stderr; -vv: libwebsockets' own log too */
@@ -51,6 +63,7 @@ enum {
     CLI_OPT_URL = 0x100,
     CLI_OPT_ENCODING,
     CLI_OPT_TOKEN,
+    CLI_OPT_TOKEN_FILE,
     CLI_OPT_CAFILE,
     CLI_OPT_INSECURE,
     CLI_OPT_TIMEOUT,
@@ -61,6 +74,7 @@ enum {
     {"url", required_argument, NULL, CLI_OPT_URL},                                                 \
         {"encoding", required_argument, NULL, CLI_OPT_ENCODING},                                   \
         {"token", required_argument, NULL, CLI_OPT_TOKEN},                                         \
+        {"token-file", required_argument, NULL, CLI_OPT_TOKEN_FILE},                               \
         {"cafile", required_argument, NULL, CLI_OPT_CAFILE},                                       \
         {"insecure", no_argument, NULL, CLI_OPT_INSECURE},                                         \
         {"timeout", required_argument, NULL, CLI_OPT_TIMEOUT},                                     \
@@ -82,6 +96,26 @@ void cli_common_init(cli_common_t *c, const char *cmd);
  * --help is not handled here.
  */
 int cli_common_option(cli_common_t *c, int opt, const char *arg);
+
+/** Largest token file read, in bytes (a token is at most GALE_TOKEN_MAX, plus whitespace). */
+#define CLI_TOKEN_FILE_MAX (64 * 1024)
+
+/**
+ * Reads the token of file `path` into buf (cap bytes, NUL-terminated): the file's contents
+ * without leading and trailing whitespace, 1..min(cap - 1, GALE_TOKEN_MAX) bytes of
+ * printable ASCII other than '"' and '\\' (what a JWT is made of). false with *why set (a
+ * static string, or errno's text) when it cannot be read or holds no such token.
+ */
+bool cli_token_read(const char *path, char *buf, size_t cap, const char **why);
+
+/**
+ * Checks c->token_file (given) for a new version: when its identity, size or mtime differ
+ * from c->token_stamp, reads it again. Returns 1 when it holds a new token (now in
+ * c->token_buf and c->token), 0 when nothing changed (or the same token), -1 when the new
+ * version cannot be read or holds no token (*why set; the token in use is kept, and the
+ * file is read again once it changes again).
+ */
+int cli_token_file_check(cli_common_t *c, const char **why);
 
 /** Prints "gale CMD: unknown option ..." for getopt's '?' or ':' result; returns CLI_EXIT_USAGE. */
 int cli_bad_option(const char *cmd, int opt, char **argv);

@@ -6,11 +6,14 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 const char cli_exit_codes_help[] =
     "Exit status (pub, sub, hist, presence):\n"
@@ -28,6 +31,8 @@ const char cli_common_help[] =
     "                       ws://HOST:PORT alone means path /ws\n"
     "  --encoding ENC       json (default) or msgpack: the subprotocol gale.v1.ENC\n"
     "  --token TOKEN        access token, sent as the query parameter token (env GALE_TOKEN)\n"
+    "  --token-file PATH    read the token from PATH (surrounding whitespace ignored); gale\n"
+    "                       sub reads it again when it changes and sends it as a refresh\n"
     "  --cafile PATH        CA certificates (PEM) to verify a wss:// broker\n"
     "  --insecure           wss:// without verifying the broker's certificate\n"
     "  --timeout SECONDS    give up after this long (exit 4)\n"
@@ -70,8 +75,27 @@ int cli_common_option(cli_common_t *c, int opt, const char *arg)
         c->enc_set = true;
         return 1;
     case CLI_OPT_TOKEN:
+        if (c->token_file) {
+            cli_usage_error(c->cmd, "--token and --token-file exclude each other");
+            return -1;
+        }
         c->token = *arg ? arg : NULL;
+        c->token_opt = true;
         return 1;
+    case CLI_OPT_TOKEN_FILE: {
+        const char *why;
+        if (c->token_opt || c->token_file) {
+            cli_usage_error(c->cmd, c->token_opt ? "--token and --token-file exclude each other"
+                                                 : "--token-file given twice");
+            return -1;
+        }
+        c->token_file = arg;
+        if (cli_token_file_check(c, &why) < 0) {
+            cli_usage_error(c->cmd, "cannot use --token-file '%s': %s", arg, why);
+            return -1;
+        }
+        return 1;
+    }
     case CLI_OPT_CAFILE:
         c->cafile = arg;
         return 1;
@@ -171,6 +195,98 @@ int cli_topic_operand(const char *cmd, int argc, char **argv, const char *patter
         return cli_usage_error(cmd, "too many arguments: one TOPIC");
     *topic = argv[optind];
     return cli_check_topic(cmd, *topic, pattern_why);
+}
+
+/* The token of a token file's contents raw[0..n) (see cli_token_read). */
+static bool token_take(const char *raw, size_t n, char *buf, size_t cap, const char **why)
+{
+    size_t a = 0, b = n;
+    while (a < b && isspace((unsigned char)raw[a]))
+        a++;
+    while (b > a && isspace((unsigned char)raw[b - 1]))
+        b--;
+    size_t max = cap - 1 < GALE_TOKEN_MAX ? cap - 1 : GALE_TOKEN_MAX;
+    if (a == b) {
+        *why = "the file is empty";
+        return false;
+    }
+    if (b - a > max) {
+        *why = "the token is longer than 8192 bytes";
+        return false;
+    }
+    for (size_t i = a; i < b; i++) {
+        unsigned char ch = (unsigned char)raw[i];
+        if (ch < 0x21 || ch > 0x7e || ch == '"' || ch == '\\') {
+            *why = "the token has whitespace, quotes, backslashes or non-ASCII bytes";
+            return false;
+        }
+    }
+    memcpy(buf, raw + a, b - a);
+    buf[b - a] = '\0';
+    return true;
+}
+
+bool cli_token_read(const char *path, char *buf, size_t cap, const char **why)
+{
+    const size_t raw_cap = CLI_TOKEN_FILE_MAX + 1;
+    char *raw = malloc(raw_cap);
+    bool ok = false;
+    size_t n = 0;
+    int fd = raw ? open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY) : -1;
+    if (fd < 0) {
+        *why = raw ? strerror(errno) : "out of memory";
+        goto out;
+    }
+    for (;;) {
+        ssize_t r = read(fd, raw + n, raw_cap - n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            *why = strerror(errno);
+            goto out;
+        }
+        if (r == 0)
+            break;
+        n += (size_t)r;
+        if (n == raw_cap) {
+            *why = "the file is larger than 64 KiB";
+            goto out;
+        }
+    }
+    ok = token_take(raw, n, buf, cap, why);
+out:
+    if (fd >= 0)
+        close(fd);
+    free(raw);
+    return ok;
+}
+
+int cli_token_file_check(cli_common_t *c, const char **why)
+{
+    struct stat st;
+    if (stat(c->token_file, &st) != 0) {
+        *why = strerror(errno);
+        c->token_stamp.known = false; /* read it again when it is back, whatever it is */
+        return -1;
+    }
+    cli_stamp_t now = {.known = true,
+                       .dev = (uint64_t)st.st_dev,
+                       .ino = (uint64_t)st.st_ino,
+                       .size = (uint64_t)st.st_size,
+                       .mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec};
+    const cli_stamp_t *was = &c->token_stamp;
+    if (was->known && was->dev == now.dev && was->ino == now.ino && was->size == now.size &&
+        was->mtime_ns == now.mtime_ns)
+        return 0;
+    c->token_stamp = now;
+    char tok[GALE_TOKEN_MAX + 1];
+    if (!cli_token_read(c->token_file, tok, sizeof(tok), why))
+        return -1;
+    if (c->token == c->token_buf && !strcmp(tok, c->token_buf))
+        return 0;
+    memcpy(c->token_buf, tok, strlen(tok) + 1);
+    c->token = c->token_buf;
+    return 1;
 }
 
 bool cli_parse_double(const char *arg, double *out)

@@ -495,6 +495,13 @@ bool cli_conn_connect(cli_conn_t *c)
 {
     if (c->state != ST_IDLE)
         return true;
+    /* The token may have changed since the last attempt (--token-file). */
+    cli_url_t url;
+    const char *why;
+    if (cli_url_parse(c->opts->url, c->opts->token, &url, &why))
+        c->url = url;
+    else
+        cli_error(c->opts, "cannot use the new token (%s): connecting with the previous one", why);
     struct lws_client_connect_info i;
     memset(&i, 0, sizeof(i));
     i.context = c->ctx;
@@ -570,7 +577,7 @@ static const char *status_hint(int status)
         return " (the broker refused the subprotocol, or this is not a gale broker)";
     case 401:
     case 403:
-        return " (check --token / GALE_TOKEN)";
+        return " (check --token / --token-file / GALE_TOKEN)";
     case 404:
         return " (wrong path? gale brokers serve WebSockets at /ws)";
     case 503:

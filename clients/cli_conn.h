@@ -52,7 +52,10 @@ cli_conn_t *cli_conn_new(const cli_common_t *opts, const cli_handler_t *h, void 
 /** Stops the loop, closes any connection without ceremony, frees everything. NULL is fine. */
 void cli_conn_free(cli_conn_t *c);
 
-/** Starts connecting to opts->url. false (on_closed already called) if it failed at once. */
+/**
+ * Starts connecting to opts->url, with opts->token as it is now (a --token-file may have
+ * changed it since the last attempt). false (on_closed already called) if it failed at once.
+ */
 bool cli_conn_connect(cli_conn_t *c);
 /** True between cli_conn_connect and on_closed. */
 bool cli_conn_active(const cli_conn_t *c);

@@ -18,6 +18,11 @@
  * "Presence") and prints the join, leave and count-only presence updates among
  * the messages; --info sends the member's info with each sub (a broker without
  * tokens).
+ *
+ * --token-file is checked once a second (its inode, size and mtime): a new token in it is
+ * sent as a `refresh` on the live connection (docs/PROTOCOL.md "Token refresh"), and used by
+ * the next connection in any case. A refused refresh is reported; the connection keeps its
+ * token (and is closed with 1008 when that one expires, then --reconnect uses the file's).
  */
 #include "cli.h"
 #include "cli_conn.h"
@@ -30,6 +35,7 @@
 
 #define BACKOFF_MIN 0.25
 #define BACKOFF_MAX 5.0
+#define TOKEN_CHECK_S 1.0 /* how often --token-file is checked for a new token */
 
 typedef struct {
     cli_common_t o;
@@ -57,8 +63,11 @@ typedef struct {
     double backoff;
     bool finished;
     int exit_code;
+    uint64_t refresh_id;   /* the refresh awaiting its answer on this connection; 0: none */
+    const char *token_why; /* the last --token-file problem reported (not again until fixed) */
     lws_sorted_usec_list_t reconnect_sul;
     lws_sorted_usec_list_t timeout_sul;
+    lws_sorted_usec_list_t token_sul;
 } sub_t;
 
 static void usage(FILE *f)
@@ -117,6 +126,7 @@ static void usage(FILE *f)
         "  gale sub 'chat.>'\n"
         "  gale sub --format json --count 1 sensors.t1 | jq .data.celsius\n"
         "  gale sub --reconnect --url wss://broker.example/ws --token \"$T\" 'logs.*'\n"
+        "  gale sub --reconnect --token-file /run/secrets/gale-token 'logs.*'\n"
         "  gale sub --since 1f3a9c:41 --reconnect chat.lobby\n"
         "  gale sub --presence --info '{\"nick\":\"ann\"}' chat.lobby\n",
         cli_common_help, cli_exit_codes_help);
@@ -278,19 +288,85 @@ static void report_recovery(sub_t *s, const gale_reply_t *r, bool again)
     }
 }
 
+/* ---- the token file (--token-file) ---- */
+
+/* Checks the token file; true when it holds a new token (then in s->o.token). */
+static bool token_changed(sub_t *s)
+{
+    const char *why;
+    int r = cli_token_file_check(&s->o, &why);
+    if (r < 0 && why != s->token_why)
+        cli_error(&s->o,
+                  "cannot read a token from --token-file '%s': %s (keeping the token in use)",
+                  s->o.token_file, why);
+    s->token_why = r < 0 ? why : NULL;
+    return r > 0;
+}
+
+/* Sends the token as a refresh on the live connection (else the next connection uses it). */
+static void send_refresh(sub_t *s)
+{
+    if (!cli_conn_ready(s->conn)) {
+        if (s->o.verbose)
+            fprintf(stderr, "* new token in --token-file: the next connection uses it\n");
+        return;
+    }
+    s->frame.len = s->frame.headroom;
+    s->refresh_id = s->next_id++;
+    if (gale_encode_refresh(&s->frame, s->o.enc, true, s->refresh_id, s->o.token,
+                            strlen(s->o.token)) != GALE_OK) {
+        cli_error(&s->o, "out of memory");
+        finish(s, CLI_EXIT_USAGE);
+        return;
+    }
+    if (s->o.verbose)
+        fprintf(stderr, "* new token in --token-file: sending it as a refresh\n");
+    cli_conn_send(s->conn, &s->frame);
+}
+
+static void token_timer(lws_sorted_usec_list_t *sul)
+{
+    sub_t *s = lws_container_of(sul, sub_t, token_sul);
+    if (s->finished)
+        return;
+    if (token_changed(s))
+        send_refresh(s);
+    cli_conn_timer(s->conn, &s->token_sul, token_timer, TOKEN_CHECK_S);
+}
+
+/* The answer to a refresh: the connection's token is the new one, or still the old one. */
+static void refresh_answered(sub_t *s, const gale_reply_t *r)
+{
+    s->refresh_id = 0;
+    if (r->op == GALE_REPLY_ACK) {
+        if (s->o.verbose)
+            fprintf(stderr, "* token refreshed: the connection now runs on the new token\n");
+        return;
+    }
+    cli_error(&s->o,
+              "token refresh refused: %.*s: %.*s%s (the connection keeps its token until it "
+              "expires)",
+              (int)r->code_name_len, r->code_name, (int)r->msg_len, r->msg,
+              r->msg_truncated ? "..." : "");
+}
+
 /* ---- connection events ---- */
 
 static void reconnect_timer(lws_sorted_usec_list_t *sul)
 {
     sub_t *s = lws_container_of(sul, sub_t, reconnect_sul);
-    if (!s->finished)
-        cli_conn_connect(s->conn);
+    if (s->finished)
+        return;
+    if (s->o.token_file)
+        token_changed(s); /* the newest token for the handshake */
+    cli_conn_connect(s->conn);
 }
 
 static void on_open(void *arg, const gale_reply_t *hello)
 {
     sub_t *s = arg;
     (void)hello;
+    s->refresh_id = 0; /* an answer the last connection took with it */
     s->first_id = s->next_id;
     s->acks_pending = s->npatterns;
     for (int i = 0; i < s->npatterns; i++) {
@@ -326,6 +402,11 @@ static void on_reply(void *arg, const gale_reply_t *r)
     if (s->finished)
         return;
     bool ours = r->has_id && r->id >= s->first_id && r->id < s->first_id + (uint64_t)s->npatterns;
+    if (s->refresh_id && r->has_id && r->id == s->refresh_id &&
+        (r->op == GALE_REPLY_ACK || r->op == GALE_REPLY_ERR)) {
+        refresh_answered(s, r);
+        return;
+    }
     switch (r->op) {
     case GALE_REPLY_MSG:
         track_message(s, r);
@@ -354,6 +435,8 @@ static void on_reply(void *arg, const gale_reply_t *r)
         char what[300] = "";
         if (ours)
             snprintf(what, sizeof(what), " (pattern '%s')", s->patterns[r->id - s->first_id]);
+        else if (!r->has_id && r->topic) /* a subscription the broker dropped */
+            snprintf(what, sizeof(what), " (pattern '%.*s')", (int)r->topic_len, r->topic);
         cli_error(&s->o, "server error %.*s: %.*s%s%s", (int)r->code_name_len, r->code_name,
                   (int)r->msg_len, r->msg, r->msg_truncated ? "..." : "", what);
         finish(s, CLI_EXIT_SERVER);
@@ -519,6 +602,8 @@ int sub_main(int argc, char **argv)
     }
     if (s.o.timeout > 0)
         cli_conn_timer(s.conn, &s.timeout_sul, timeout_timer, s.o.timeout);
+    if (s.o.token_file)
+        cli_conn_timer(s.conn, &s.token_sul, token_timer, TOKEN_CHECK_S);
     cli_conn_connect(s.conn); /* a failure at once has already stopped the loop (or retries) */
     if (cli_conn_run(s.conn) < 0 && s.exit_code == CLI_EXIT_OK) {
         cli_error(&s.o, "libwebsockets service loop failed");
@@ -530,6 +615,7 @@ int sub_main(int argc, char **argv)
                   (unsigned long long)s.pos.off, s.pos.ep, (unsigned long long)s.pos.off);
     lws_sul_cancel(&s.reconnect_sul);
     lws_sul_cancel(&s.timeout_sul);
+    lws_sul_cancel(&s.token_sul);
     cli_conn_free(s.conn);
     gale_buf_free(&s.frame);
     gale_buf_free(&s.line);

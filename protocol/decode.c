@@ -6,9 +6,9 @@
 #include "internal.h"
 
 /* The fields gale reads, wherever they appear among the members. */
-enum { F_OP, F_ID, F_TOPIC, F_DATA, F_SINCE, F_LIMIT, F_MID, F_PRESENCE, F_INFO, F_COUNT };
+enum { F_OP, F_ID, F_TOPIC, F_DATA, F_SINCE, F_LIMIT, F_MID, F_PRESENCE, F_INFO, F_TOKEN, F_COUNT };
 static const char *const FIELD_NAMES[F_COUNT] = {"op",    "id",  "topic",    "data", "since",
-                                                 "limit", "mid", "presence", "info"};
+                                                 "limit", "mid", "presence", "info", "token"};
 
 /* The members of `since`. */
 enum { S_EP, S_OFF, S_COUNT };
@@ -83,6 +83,22 @@ static const char *decode_since(gale_enc_t enc, const gale__field_t *f, gale_req
 static bool str_is(const gale__field_t *f, const char *lit)
 {
     return gale__json_str_eq(f->str, f->str_len, f->str_escaped, lit);
+}
+
+/*
+ * The `token` of a refresh: a string of 1..GALE_TOKEN_MAX bytes, taken as it is in the
+ * frame. A JSON token with escapes is refused rather than unescaped: a JWT (base64url and
+ * dots) never needs one, and the request stays small (no 8 KiB buffer in it).
+ */
+static const char *decode_token(const gale__field_t *f, gale_request_t *req)
+{
+    if (!f->present)
+        return "token is missing";
+    if (!f->is_str || f->str_escaped || f->str_len == 0 || f->str_len > GALE_TOKEN_MAX)
+        return "token is not a string of 1 to 8192 bytes without escapes";
+    req->token = (const char *)f->str;
+    req->token_len = f->str_len;
+    return NULL;
 }
 
 /* A boolean field: 1 true, 0 false, -1 not a boolean. */
@@ -193,12 +209,16 @@ gale_err_t gale_decode_request(gale_enc_t enc, const uint8_t *buf, size_t len, g
         req->op = GALE_OP_HIST;
     else if (str_is(op, "presence"))
         req->op = GALE_OP_PRESENCE;
+    else if (str_is(op, "refresh"))
+        req->op = GALE_OP_REFRESH;
     else {
         *why = "unknown op";
         return GALE_ERR_UNKNOWN_OP;
     }
     if (req->op == GALE_OP_PING)
         return GALE_OK;
+    if (req->op == GALE_OP_REFRESH)
+        return (*why = decode_token(&fs[F_TOKEN], req)) == NULL ? GALE_OK : GALE_ERR_BAD_REQUEST;
     if (!topic->present || !topic->is_str) {
         *why = topic->present ? "topic is not a string" : "topic is missing";
         return GALE_ERR_BAD_REQUEST;

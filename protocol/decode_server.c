@@ -340,6 +340,9 @@ gale_err_t gale_decode_reply(gale_enc_t enc, const uint8_t *buf, size_t len, gal
             if (strlen(name) == r->code_name_len && !memcmp(name, r->code_name, r->code_name_len))
                 r->code = (gale_err_t)c;
         }
+        if (fs[R_TOPIC].present && fs[R_TOPIC].is_str &&
+            !take_str(&fs[R_TOPIC], &r->topic, &r->topic_len, r->_topic_buf, sizeof(r->_topic_buf)))
+            r->topic = NULL, r->topic_len = 0; /* too long for a topic: names none */
         if (msg->present && msg->is_str)
             r->msg_truncated =
                 !take_str(msg, &r->msg, &r->msg_len, r->_msg_buf, sizeof(r->_msg_buf));

@@ -150,6 +150,34 @@ gale_err_t gale_encode_err(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_
     return gale__encode_finish(out, start, GALE_OK);
 }
 
+gale_err_t gale_encode_err_topic(gale_buf_t *out, gale_enc_t enc, gale_err_t code,
+                                 const char *topic, size_t topic_len, const char *msg)
+{
+    size_t start = out->len;
+    if (!gale__valid_enc(enc) || (topic == NULL && topic_len > 0))
+        return GALE_ERR_INTERNAL;
+    if (topic == NULL)
+        topic = "";
+    head(out, enc, "err", false, 0, 3);
+    if (enc == GALE_ENC_JSON) {
+        jkey(out, "code");
+        jstr(out, gale_err_name(code));
+        jkey(out, "topic");
+        gale__json_put_str(out, (const uint8_t *)topic, topic_len);
+        jkey(out, "msg");
+        jstr(out, msg);
+        gale__buf_put(out, '}');
+    } else {
+        gale__mp_put_cstr(out, "code");
+        gale__mp_put_cstr(out, gale_err_name(code));
+        gale__mp_put_cstr(out, "topic");
+        gale__mp_put_str(out, topic, topic_len);
+        gale__mp_put_cstr(out, "msg");
+        gale__mp_put_cstr(out, msg);
+    }
+    return gale__encode_finish(out, start, GALE_OK);
+}
+
 gale_err_t gale_convert_data(gale_buf_t *out, gale_enc_t to, gale_enc_t from, const uint8_t *data,
                              size_t len)
 {

@@ -1,5 +1,5 @@
 /*
- * Encoders of client requests (sub, unsub, pub, ping, hist, presence) in JSON and
+ * Encoders of client requests (sub, unsub, pub, ping, hist, presence, refresh) in JSON and
  * MessagePack: what a client such as the `gale` CLI sends to a broker.
  * Same conventions as encode.c: canonical MessagePack, JSON without
  * whitespace, and nothing appended on failure.
@@ -159,6 +159,24 @@ gale_err_t gale_encode_ping(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64
     head(out, enc, "ping", has_id, id, NULL, 0, 0);
     if (enc == GALE_ENC_JSON)
         gale__buf_put(out, '}');
+    return gale__encode_finish(out, start, GALE_OK);
+}
+
+gale_err_t gale_encode_refresh(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id,
+                               const char *token, size_t len)
+{
+    size_t start = out->len;
+    if (!gale__valid_enc(enc) || token == NULL || len == 0 || len > GALE_TOKEN_MAX)
+        return GALE_ERR_INTERNAL;
+    head(out, enc, "refresh", has_id, id, NULL, 0, 1);
+    if (enc == GALE_ENC_JSON) {
+        gale__buf_puts(out, ",\"token\":");
+        gale__json_put_str(out, (const uint8_t *)token, len);
+        gale__buf_put(out, '}');
+    } else {
+        gale__mp_put_cstr(out, "token");
+        gale__mp_put_str(out, token, len);
+    }
     return gale__encode_finish(out, start, GALE_OK);
 }
 

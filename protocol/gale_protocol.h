@@ -42,7 +42,11 @@ typedef enum {
     GALE_OP_PING,
     GALE_OP_HIST,
     GALE_OP_PRESENCE,
+    GALE_OP_REFRESH, /* gale's addition: a new token for the connection (docs/PROTOCOL.md) */
 } gale_op_t;
+
+/** Longest `token` of a refresh, in bytes (the broker's AUTH_TOKEN_MAX). */
+#define GALE_TOKEN_MAX 8192
 
 /** Longest `mid` of a pub (docs/PROTOCOL.md "Idempotent publish"). */
 #define GALE_MID_MAX 64
@@ -110,6 +114,9 @@ typedef struct {
                             concrete. Its size is not limited here (the broker's
                             --presence-info-max is) */
     size_t info_len;
+    const char *token; /* refresh: the token (1..GALE_TOKEN_MAX bytes, written without JSON
+                          escapes), pointing into the input; NULL for every other op */
+    size_t token_len;
     char _topic_buf[GALE_TOPIC_MAX]; /* private: an unescaped JSON topic */
     char _ep_buf[GALE_EP_MAX];       /* private: an unescaped JSON `since.ep` */
     char _mid_buf[GALE_MID_MAX];     /* private: an unescaped JSON `mid` */
@@ -128,9 +135,11 @@ typedef struct {
  * it; MessagePack: pre-scanned for hostile sizes, nothing after it), within
  * GALE_MAX_DEPTH (in MessagePack an ext counts as one more level, since it
  * converts to a JSON object); it is an object/map with string keys and no duplicate key
- * among the fields gale reads (op, id, topic, data, since, limit, mid, presence, info);
- * `op` is a string; `id`, when present, is an integer 0..2^53-1; `op` is known; `topic`
- * is present and a string for every op but ping; it is a valid pattern (sub/unsub) or
+ * among the fields gale reads (op, id, topic, data, since, limit, mid, presence, info,
+ * token); `op` is a string; `id`, when present, is an integer 0..2^53-1; `op` is known;
+ * refresh: `token` is a string of 1..GALE_TOKEN_MAX bytes without JSON escapes (a JWT never
+ * needs one; GALE_ERR_BAD_REQUEST otherwise) and nothing else is read; `topic`
+ * is present and a string for every op but ping and refresh; it is a valid pattern (sub/unsub) or
  * concrete topic (pub, hist, presence: else GALE_ERR_BAD_TOPIC); then the op's own
  * fields (GALE_ERR_BAD_REQUEST): sub: `since` (an object/map of a string ep and an
  * integer off >= 0, on a topic), `presence` (a boolean; true only on a topic), `info`
@@ -243,6 +252,13 @@ gale_err_t gale_encode_pong(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64
 /** {"op":"err","code":gale_err_name(code),"msg":msg} plus "id" when has_id. */
 gale_err_t gale_encode_err(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id,
                            gale_err_t code, const char *msg);
+/**
+ * {"op":"err","code":gale_err_name(code),"topic":topic,"msg":msg}, without "id": an error
+ * about a subscription rather than a request, e.g. one a refresh took away (docs/PROTOCOL.md
+ * "Token refresh").
+ */
+gale_err_t gale_encode_err_topic(gale_buf_t *out, gale_enc_t enc, gale_err_t code,
+                                 const char *topic, size_t topic_len, const char *msg);
 
 /**
  * {"op":"msg","topic":topic,"data":DATA} in encoding `enc`, where the data
@@ -384,6 +400,14 @@ gale_err_t gale_encode_presence(gale_buf_t *out, gale_enc_t enc, bool has_id, ui
 /** {"op":"hist","id":id,"topic":topic} plus "limit" when has_limit. */
 gale_err_t gale_encode_hist(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id,
                             const char *topic, size_t len, bool has_limit, uint64_t limit);
+/**
+ * {"op":"refresh","id":id,"token":token}; "id" only when has_id. GALE_ERR_INTERNAL (nothing
+ * appended) when len is 0 or over GALE_TOKEN_MAX. The token is not checked here: one the
+ * broker cannot take without JSON escapes (a quote, a backslash, a control character) is
+ * refused by it.
+ */
+gale_err_t gale_encode_refresh(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id,
+                               const char *token, size_t len);
 /** {"op":"ping"} or {"op":"ping","id":id} */
 gale_err_t gale_encode_ping(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id);
 /**
@@ -433,7 +457,8 @@ typedef struct {
     gale_reply_op_t op;
     bool has_id; /* a valid id (0 .. GALE_ID_MAX) was present */
     uint64_t id;
-    const char *topic; /* msg */
+    const char *topic; /* msg (and the events); err: the subscription it is about, NULL when
+                          it names none (or a string that does not fit _topic_buf) */
     size_t topic_len;
     /* msg: the data value's bytes in the frame's encoding. bin: the value is a
      * top-level binary: in JSON the "bin" field (a base64 string, quotes

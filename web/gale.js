@@ -55,11 +55,27 @@
 //   --presence-events-max: no more join/leave) sets count and exact: false, and the list
 //   is read again once such messages stop for presenceDelay ms (at the latest 10 x that).
 //
+// Tokens that expire (a broker with --jwt-secret or --jwt-keys), refreshed on the live
+// connection before they do:
+//
+//   const c = connect(url, { getToken: async () => (await fetch('/api/gale-token')).text() });
+//   c.on('error', (e) => console.warn(e)); // a refused refresh, a subscription dropped
+//
+// - getToken() gives the token of each new connection (the handshake) and the new tokens
+//   sent with `refresh` while connected: before the current token's `exp` (read from the
+//   JWT's payload, not verified), at 80% of its lifetime or 30 s before exp, whichever
+//   comes first, but not sooner than min(5 s, half the time left). A refused refresh is
+//   tried again with backoff until the token expires; the broker then closes with 1008 and
+//   the client reconnects with a new token (with getToken, 1008 is not final).
+// - refreshToken(token?) sends one now (the given token, else getToken()'s).
+// - A refresh whose token no longer allows a subscription makes the broker drop it: the
+//   client forgets the pattern and reports a GaleError 'forbidden' with `topic` set.
+//
 // Protocol: gale v1 with its additions (one JSON object per text frame, or one
 // MessagePack map per binary frame). See docs/PROTOCOL.md and docs/PROTOCOL-NOTES.md in
 // the gale repository.
 
-export const VERSION = '0.3.0';
+export const VERSION = '0.4.0';
 
 const SUBPROTOCOLS = { json: 'gale.v1.json', msgpack: 'gale.v1.msgpack' };
 const MSGPACK_MODULE = '@msgpack/msgpack';
@@ -77,7 +93,7 @@ const DEFAULTS = {
 };
 
 /** An error from the broker (`code` is its error code) or from the client itself
- * (`timeout`, `closed`, `disconnected`, `queue_full`, `too_large`, `codec`). */
+ * (`timeout`, `closed`, `disconnected`, `queue_full`, `too_large`, `codec`, `token`). */
 export class GaleError extends Error {
   constructor(code, message, request) {
     super(message ? `${code}: ${message}` : code);
@@ -125,6 +141,44 @@ function resolveUrl(url, token) {
   if (u.pathname === '/' && !url?.endsWith('/')) u.pathname = '/ws';
   if (token) u.searchParams.set('token', token);
   return u.toString();
+}
+
+/** The claims of a JWT (its payload, decoded but not verified), or null. */
+function jwtClaims(token) {
+  const parts = typeof token === 'string' ? token.split('.') : [];
+  if (parts.length !== 3) return null;
+  try {
+    const b64 = parts[1].replace(/-/g, '+').replace(/_/g, '/');
+    const bin = atob(b64 + '='.repeat((4 - (b64.length % 4)) % 4));
+    const bytes = Uint8Array.from(bin, (ch) => ch.charCodeAt(0));
+    const claims = JSON.parse(new TextDecoder().decode(bytes));
+    return claims !== null && typeof claims === 'object' && !Array.isArray(claims) ? claims : null;
+  } catch {
+    return null;
+  }
+}
+
+const MAX_TIMER = 2 ** 31 - 1; // ms: setTimeout's longest delay
+
+/** When a token should be refreshed: ms from `now`, or null for a token without `exp` (a
+ * JWT whose payload has no numeric exp, or not a JWT). At 80% of its lifetime (from `iat`
+ * when the token has one, else from now) or 30 s before `exp`, whichever comes first, but
+ * not sooner than min(5 s, half the time left); 0 once expired. */
+export function tokenRefreshDelay(token, now = Date.now()) {
+  const claims = jwtClaims(token);
+  if (!claims || typeof claims.exp !== 'number' || !Number.isFinite(claims.exp)) return null;
+  const exp = claims.exp * 1000;
+  const left = exp - now;
+  if (left <= 0) return 0;
+  const iat = typeof claims.iat === 'number' && claims.iat * 1000 <= now ? claims.iat * 1000 : now;
+  const at = Math.min(iat + 0.8 * (exp - iat) - now, left - 30000);
+  return Math.min(MAX_TIMER, Math.round(Math.max(at, Math.min(5000, left / 2))));
+}
+
+/** ms until a token's exp (null: none). */
+function tokenLeft(token, now = Date.now()) {
+  const claims = jwtClaims(token);
+  return claims && typeof claims.exp === 'number' ? claims.exp * 1000 - now : null;
 }
 
 function rethrow(e) {
@@ -253,7 +307,12 @@ export class GaleClient {
     const enc = this.options.encoding;
     if (!SUBPROTOCOLS[enc]) throw new TypeError(`gale: unknown encoding '${enc}'`);
     this.encoding = enc;
-    this.url = resolveUrl(url, this.options.token);
+    if (this.options.getToken !== undefined && typeof this.options.getToken !== 'function') {
+      throw new TypeError('gale: getToken must be a function');
+    }
+    this._baseUrl = url;
+    this._token = typeof this.options.token === 'string' && this.options.token ? this.options.token : null;
+    this.url = resolveUrl(url, this._token);
     this.state = 'connecting'; // 'connecting' | 'open' | 'closed'
     this.hello = null; // the broker's hello: { v, node, conn, max_msg }
     this._WS = this.options.WebSocket || globalThis.WebSocket;
@@ -275,13 +334,16 @@ export class GaleClient {
     this._retryTimer = null;
     this._heartbeatTimer = null;
     this._connectTimer = null;
+    this._refreshTimer = null; // the next refresh of the token (getToken)
+    this._refreshAttempt = 0; // refreshes refused in a row
+    this._openGen = 0; // connection attempts: a token fetched for an older one is dropped
     this._lastRx = 0;
     this._codec = null;
     this._ready = enc === 'msgpack' ? loadCodec(this.options) : Promise.resolve(null);
     this._ready.then(
       (codec) => {
         this._codec = codec;
-        if (this.state !== 'closed') this._open();
+        if (this.state !== 'closed') this._open(true);
       },
       (err) => {
         this._emit('error', err);
@@ -543,6 +605,50 @@ export class GaleClient {
     });
   }
 
+  /** Sends a new token for this connection (`refresh`): the given one, else getToken()'s.
+   * Resolves once the broker accepted it (from then on its expiry and permissions are the
+   * connection's, and later connections use it too); rejects with the broker's GaleError
+   * ('bad_request': refused, e.g. expired or badly signed; 'forbidden': another user's),
+   * the connection keeping its token, or 'disconnected' (the token is then kept for the
+   * next connection). */
+  refreshToken(token) {
+    if (this.state === 'closed') return Promise.reject(new GaleError('closed', 'the client is closed'));
+    if (token !== undefined && (typeof token !== 'string' || token === '')) {
+      return Promise.reject(new TypeError('gale: the token must be a non-empty string'));
+    }
+    if (token === undefined && !this.options.getToken) {
+      return Promise.reject(new TypeError('gale: refreshToken() needs a token or the getToken option'));
+    }
+    const got = token !== undefined ? Promise.resolve(token) : this._fetchToken();
+    return got.then(
+      (tok) =>
+        new Promise((resolve, reject) => {
+          if (this.state === 'closed') {
+            reject(new GaleError('closed', 'the client is closed'));
+            return;
+          }
+          if (!this._canSend()) {
+            this._setToken(tok);
+            reject(new GaleError('disconnected', 'not connected: the token is kept for the next connection'));
+            return;
+          }
+          const ws = this._ws;
+          this._request({
+            req: { op: 'refresh', token: tok },
+            resolve: () => {
+              this._setToken(tok);
+              if (this._ws === ws) {
+                this._refreshAttempt = 0;
+                this._scheduleRefresh();
+              }
+              resolve();
+            },
+            reject,
+          });
+        }),
+    );
+  }
+
   /** Patterns currently subscribed (or being subscribed). */
   patterns() {
     return [...this._subs.keys()];
@@ -573,6 +679,7 @@ export class GaleClient {
   _shutdown(err, code = 1000, reason = '') {
     clearTimeout(this._retryTimer);
     clearTimeout(this._heartbeatTimer);
+    clearTimeout(this._refreshTimer);
     clearTimeout(this._connectTimer);
     const ws = this._ws;
     this._ws = null;
@@ -600,7 +707,96 @@ export class GaleClient {
     this._setState('closed', { code, reason });
   }
 
-  _open() {
+  // ---- tokens ----
+
+  /** getToken()'s token, within the request timeout; its failures are GaleErrors 'token'
+   * (with the original as `cause`): a token service that is down is an operational
+   * problem, reported like the broker's. */
+  _fetchToken() {
+    return new Promise((resolve, reject) => {
+      const fail = (msg, cause) => {
+        const err = new GaleError('token', msg);
+        if (cause !== undefined) err.cause = cause;
+        reject(err);
+      };
+      const ms = this.options.timeout;
+      const timer = setTimeout(() => fail(`getToken() did not answer within ${ms} ms`), ms);
+      Promise.resolve()
+        .then(() => this.options.getToken())
+        .then(
+          (tok) => {
+            clearTimeout(timer);
+            if (typeof tok === 'string' && tok !== '') resolve(tok);
+            else fail(`getToken() gave ${tok === '' ? 'an empty string' : typeof tok}, not a token`);
+          },
+          (e) => {
+            clearTimeout(timer);
+            fail(`getToken() failed: ${e?.message ?? e}`, e);
+          },
+        );
+    });
+  }
+
+  _setToken(token) {
+    this._token = token;
+    this.url = resolveUrl(this._baseUrl, token);
+  }
+
+  /** Arms the next refresh of the current token (getToken and a token with exp): after
+   * `delay` ms when given (a retry), else when tokenRefreshDelay says. */
+  _scheduleRefresh(delay) {
+    clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
+    if (!this.options.getToken || !this._token) return;
+    const left = tokenLeft(this._token);
+    if (left === null || left <= 0) return; // none, or expired: the reconnect gets a new one
+    const wait = delay !== undefined ? delay : tokenRefreshDelay(this._token);
+    this._refreshTimer = setTimeout(() => this._autoRefresh(), Math.min(MAX_TIMER, Math.max(0, wait)));
+  }
+
+  /** A refresh the timer asked for; refused, tried again with backoff until the token
+   * expires. */
+  _autoRefresh() {
+    this._refreshTimer = null;
+    if (!this._canSend()) return;
+    const ws = this._ws;
+    this.refreshToken().then(
+      () => {},
+      (e) => {
+        if (this.state === 'closed' || ws !== this._ws || e.code === 'disconnected' || e.code === 'closed') return;
+        this._emit('error', e);
+        const left = tokenLeft(this._token);
+        if (left === null || left <= 0) return;
+        const delay = backoffDelay(this._refreshAttempt++, this.options);
+        // The last try just before exp; after it the broker closes with 1008.
+        this._scheduleRefresh(Math.min(delay, Math.max(0, left - 500)));
+      },
+    );
+  }
+
+  /** Starts a connection attempt: with getToken, with a token it gives (but the first
+   * attempt uses options.token when there is one). */
+  _open(first = false) {
+    const gen = ++this._openGen;
+    if (!this.options.getToken || (first && this._token)) {
+      this._connect();
+      return;
+    }
+    this._fetchToken().then(
+      (tok) => {
+        if (this.state === 'closed' || gen !== this._openGen) return;
+        this._setToken(tok);
+        this._connect();
+      },
+      (e) => {
+        if (this.state === 'closed' || gen !== this._openGen) return;
+        this._emit('error', e);
+        this._scheduleReconnect({ code: 1006, reason: e.message });
+      },
+    );
+  }
+
+  _connect() {
     let ws;
     try {
       ws = new this._WS(this.url, SUBPROTOCOLS[this.encoding]);
@@ -651,6 +847,7 @@ export class GaleClient {
     this._ws = null;
     clearTimeout(this._heartbeatTimer);
     clearTimeout(this._connectTimer);
+    clearTimeout(this._refreshTimer);
     const wasOpen = this.state === 'open';
     // Publishes with a mid and history calls go out again after the reconnect: the mid
     // makes a second delivery impossible, a history call reads only.
@@ -666,9 +863,9 @@ export class GaleClient {
       }
     }
     if (wasOpen || this.hello) this._emit('disconnect', info);
-    if (info.code === 1008) {
+    if (info.code === 1008 && !this.options.getToken) {
       // Policy: the token is invalid or expired, or the origin is not allowed.
-      // Retrying with the same credentials cannot help.
+      // Retrying with the same credentials cannot help (with getToken, new ones can).
       this._shutdown(new GaleError('forbidden', info.reason || 'refused by the broker (1008)'), 1008, info.reason);
       return;
     }
@@ -1042,6 +1239,20 @@ export class GaleClient {
     });
   }
 
+  /** The broker dropped the subscription of a pattern (an err naming it: a refreshed token
+   * that no longer allows it): the client forgets it too. */
+  _dropped(pattern, err) {
+    err.topic = pattern;
+    const sub = this._subs.get(pattern);
+    if (!sub) return;
+    this._forget(sub);
+    this._subs.delete(pattern);
+    for (const w of sub.waiters.splice(0)) {
+      clearTimeout(w.timer);
+      w.reject(err);
+    }
+  }
+
   _decode(raw) {
     if (this.encoding === 'json') {
       if (typeof raw !== 'string') throw new Error('binary frame on a JSON connection');
@@ -1094,6 +1305,7 @@ export class GaleClient {
           err.request = p.req;
           p.reject(err);
         } else {
+          if (m.id === undefined && typeof m.topic === 'string') this._dropped(m.topic, err);
           this._emit('error', err);
         }
         break;
@@ -1101,6 +1313,8 @@ export class GaleClient {
       case 'hello':
         clearTimeout(this._connectTimer);
         this.hello = m;
+        this._refreshAttempt = 0;
+        this._scheduleRefresh();
         if (m.conn !== undefined) {
           this._ownConns.add(String(m.conn));
           if (this._ownConns.size > 16) this._ownConns.delete(this._ownConns.values().next().value);

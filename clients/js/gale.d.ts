@@ -8,7 +8,8 @@ export type GaleState = 'connecting' | 'open' | 'closed';
 export type GaleEncoding = 'json' | 'msgpack';
 
 /** Error codes: the broker's ('bad_request', 'unknown_op', 'bad_topic', 'too_large',
- * 'forbidden', 'limit', 'unavailable', 'internal') and the client's own. */
+ * 'forbidden', 'limit', 'unavailable', 'internal') and the client's own ('token': getToken()
+ * failed, gave no string, or did not settle within `timeout`). */
 export type GaleErrorCode =
   | 'bad_request'
   | 'unknown_op'
@@ -23,6 +24,7 @@ export type GaleErrorCode =
   | 'disconnected'
   | 'queue_full'
   | 'codec'
+  | 'token'
   | (string & {});
 
 /** A MessagePack codec, such as the module `@msgpack/msgpack`. */
@@ -32,8 +34,16 @@ export interface GaleCodec {
 }
 
 export interface GaleOptions {
-  /** Sent as the query parameter `token`. */
+  /** Sent as the query parameter `token` (of the first connection, when getToken is given
+   * too). */
   token?: string;
+  /** Gives a token (a JWT) for each new connection and, while connected, the new tokens
+   * the client sends (`refresh`) before the current one expires: at 80% of its lifetime or
+   * 30 s before its `exp`, whichever comes first (see tokenRefreshDelay). A refused
+   * refresh is tried again with backoff until the token expires. With getToken a close
+   * with 1008 (token expired) reconnects instead of ending the client. Called with no
+   * argument; must settle within `timeout`. */
+  getToken?: () => string | Promise<string>;
   /** 'json' (default) or 'msgpack'; msgpack needs `codec` or the package @msgpack/msgpack. */
   encoding?: GaleEncoding;
   /** A MessagePack codec; without it gale.js imports '@msgpack/msgpack' when needed. */
@@ -256,6 +266,9 @@ export declare class GaleError extends Error {
   readonly code: GaleErrorCode;
   /** The request the error answers, when there is one (a publish's carries its mid). */
   request?: GaleRequest;
+  /** A subscription the broker dropped (a refreshed token no longer allows it; code
+   * 'forbidden'): the client no longer holds it either. */
+  topic?: string;
 }
 
 export declare class GaleClient {
@@ -292,6 +305,13 @@ export declare class GaleClient {
   ping(): Promise<number>;
   /** Patterns subscribed or being subscribed. */
   patterns(): string[];
+  /** Sends a new token for this connection (`refresh`): `token`, else getToken()'s.
+   * Resolves once the broker took it (its expiry and permissions are the connection's from
+   * then on; subscriptions it no longer allows are dropped, each reported as an 'error'
+   * event with `topic`); rejects with 'bad_request' (refused: expired, badly signed, ...)
+   * or 'forbidden' (another user's token), the connection keeping its token, or with
+   * 'disconnected' (the token is then used by the next connection). */
+  refreshToken(token?: string): Promise<void>;
   on<E extends keyof GaleEvents>(event: E, listener: GaleEvents[E]): () => void;
   off<E extends keyof GaleEvents>(event: E, listener: GaleEvents[E]): void;
   /** Closes for good; pending and queued requests reject with 'closed'. */
@@ -304,6 +324,12 @@ export declare function connect(url?: string | URL, options?: GaleOptions): Gale
 
 /** Whether a concrete topic matches a pattern (`*`: one segment, final `>`: one or more). */
 export declare function matchPattern(pattern: string, topic: string): boolean;
+
+/** When gale.js refreshes a token (a JWT; its payload is read, not verified): ms from now
+ * (0 once expired), or null for a token without a numeric `exp`. At 80% of its lifetime
+ * (from `iat`, else from now) or 30 s before `exp`, whichever comes first, but not sooner
+ * than min(5 s, half the time left). */
+export declare function tokenRefreshDelay(token: string, now?: number): number | null;
 
 /** Reconnect delay in ms for a 0-based attempt. */
 export declare function backoffDelay(

@@ -110,11 +110,29 @@ out:
 static inline void check_request(gale_enc_t enc, const uint8_t *in, size_t len,
                                  const gale_request_t *r)
 {
-    CHECK(r->op >= GALE_OP_SUB && r->op <= GALE_OP_PRESENCE);
+    CHECK(r->op >= GALE_OP_SUB && r->op <= GALE_OP_REFRESH);
     if (r->has_id)
         CHECK(r->id <= GALE_ID_MAX);
+    CHECK((r->token != NULL) == (r->op == GALE_OP_REFRESH));
     if (r->op == GALE_OP_PING) {
         CHECK(r->topic == NULL);
+        return;
+    }
+    if (r->op == GALE_OP_REFRESH) {
+        /* A token points into the frame, 1..GALE_TOKEN_MAX bytes; a client's refresh with
+         * the same token decodes to the same request. */
+        CHECK(r->topic == NULL && r->data == NULL && r->info == NULL && r->mid == NULL);
+        CHECK(r->token_len >= 1 && r->token_len <= GALE_TOKEN_MAX);
+        CHECK(r->token >= (const char *)in && r->token + r->token_len <= (const char *)in + len);
+        gale_buf_t re;
+        gale_request_t back;
+        gale_buf_init(&re, 0);
+        CHECK(gale_encode_refresh(&re, enc, r->has_id, r->id, r->token, r->token_len) == GALE_OK);
+        /* JSON: the token had no escape, so it holds nothing the encoder escapes. */
+        CHECK(gale_decode_request(enc, re.data, re.len, &back, NULL) == GALE_OK);
+        CHECK(back.op == GALE_OP_REFRESH && back.has_id == r->has_id && back.id == r->id);
+        CHECK(back.token_len == r->token_len && !memcmp(back.token, r->token, r->token_len));
+        gale_buf_free(&re);
         return;
     }
     bool pat = !r->is_pattern;

@@ -244,6 +244,10 @@ static void check_reply(gale_enc_t enc, const uint8_t *in, size_t len)
     case GALE_REPLY_ERR:
         check_str(r.code_name, r.code_name_len, in, len, r._code_buf, sizeof(r._code_buf));
         CHECK(r.code > GALE_OK && r.code < GALE_ERR_COUNT);
+        if (r.topic) /* the subscription it is about (an err about a dropped one) */
+            check_str(r.topic, r.topic_len, in, len, r._topic_buf, sizeof(r._topic_buf));
+        else
+            CHECK(r.topic_len == 0);
         break;
     case GALE_REPLY_PRESENCE:
         check_str(r.topic, r.topic_len, in, len, r._topic_buf, sizeof(r._topic_buf));

@@ -1,12 +1,13 @@
 // gale.js against a real gale-broker. Run: node --experimental-websocket --test test/
 import assert from 'node:assert/strict';
 import { after, afterEach, before, describe, test } from 'node:test';
+import { createHmac } from 'node:crypto';
 import { copyFileSync, mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import * as msgpack from '@msgpack/msgpack';
 import { Broker, SOURCE_DIR, TcpProxy, WEB_ROOT, brokerHas, sleep, startBroker, waitFor, freePort } from './broker.js';
 import { FakeBroker } from './fake-broker.js';
-import { GaleError, backoffDelay, connect, matchPattern } from '../../../web/gale.js';
+import { GaleError, backoffDelay, connect, matchPattern, tokenRefreshDelay } from '../../../web/gale.js';
 
 const T = { timeout: 30000 };
 
@@ -29,6 +30,17 @@ function client(url, opts = {}) {
   c.on('error', (e) => c.errors.push(e));
   return c;
 }
+
+const b64url = (x) => Buffer.from(typeof x === 'string' ? x : JSON.stringify(x)).toString('base64url');
+
+/** An HS256 JWT of claims signed with secret (the real broker checks it; the fake one only
+ * reads the claims). */
+function jwt(claims, secret = 'unused') {
+  const hp = `${b64url({ alg: 'HS256', typ: 'JWT' })}.${b64url(claims)}`;
+  return `${hp}.${createHmac('sha256', secret).update(hp).digest('base64url')}`;
+}
+
+const nowS = () => Math.floor(Date.now() / 1000);
 
 const opened = (c) => (c.state === 'open' ? Promise.resolve(c.hello) : new Promise((r) => c.on('open', r)));
 
@@ -87,6 +99,27 @@ describe('pure helpers', () => {
   test('connect needs a URL outside a browser, and a known encoding', () => {
     assert.throws(() => connect(), /needs a URL/);
     assert.throws(() => connect('ws://127.0.0.1:1/ws', { encoding: 'xml' }), /unknown encoding/);
+  });
+
+  test('tokenRefreshDelay: 80% of the lifetime or 30 s before exp, not sooner than min(5 s, half the rest)', () => {
+    const now = 1_700_000_000_000;
+    const s = now / 1000;
+    assert.equal(tokenRefreshDelay(jwt({ exp: s + 3600 }), now), 2880000); // 80% of an hour
+    assert.equal(tokenRefreshDelay(jwt({ exp: s + 60 }), now), 30000); // 30 s before exp
+    assert.equal(tokenRefreshDelay(jwt({ exp: s + 40 }), now), 10000);
+    assert.equal(tokenRefreshDelay(jwt({ exp: s + 20 }), now), 5000); // not sooner than 5 s
+    assert.equal(tokenRefreshDelay(jwt({ exp: s + 3 }), now), 1500); // half of what is left
+    // Lifetime counted from iat: 80% of 100 s from iat, 50 s ago.
+    assert.equal(tokenRefreshDelay(jwt({ iat: s - 50, exp: s + 50 }), now), 20000);
+    assert.equal(tokenRefreshDelay(jwt({ exp: s - 1 }), now), 0);
+    assert.ok(tokenRefreshDelay(jwt({ exp: s + 1e9 }), now) <= 2 ** 31 - 1);
+    for (const t of [jwt({ sub: 'a' }), jwt({ exp: '1' }), 'not.a.jwt', 'x', '', 'a.b']) {
+      assert.equal(tokenRefreshDelay(t, now), null, t);
+    }
+  });
+
+  test('getToken must be a function', () => {
+    assert.throws(() => connect('ws://127.0.0.1:1/ws', { getToken: 'tok' }), /getToken must be a function/);
   });
 
   test('URL: http becomes ws, /ws is the default path, the token is a query parameter', () => {
@@ -1256,6 +1289,161 @@ describe('presence (fake broker)', () => {
 
 // ---- history, recovery, idempotent publish: against a real broker with --history -----
 
+/** The fake broker's view of the fake tokens: their claims while not expired. */
+function fakeAuth(tok) {
+  const [, p] = tok.split('.');
+  let c;
+  try {
+    c = JSON.parse(Buffer.from(p ?? '', 'base64url').toString());
+  } catch {
+    return null;
+  }
+  if (!c || c.bad || typeof c.exp !== 'number' || c.exp * 1000 <= Date.now()) return null;
+  return { user: c.sub, exp: c.exp, sub: c.gale?.sub };
+}
+
+/** A token of user valid for ms (the fake broker's expiry is exact to the ms). */
+const fakeToken = (user, ms, extra = {}) => jwt({ sub: user, exp: (Date.now() + ms) / 1000, ...extra });
+
+describe('token refresh (fake broker)', () => {
+  afterEach(closeAll);
+
+  test('getToken gives the handshake token, then fresh ones before each expires: the connection lives on', T, async () => {
+    const broker = new FakeBroker({ auth: fakeAuth });
+    let calls = 0;
+    const c = fakeClient(broker, { getToken: async () => (calls++, fakeToken('ann', 2500)) });
+    await opened(c);
+    assert.equal(calls, 1);
+    assert.equal(broker.handshakes.length, 1);
+    assert.match(c.url, /\?token=/);
+    const box = inbox();
+    await c.subscribe('t.x', box);
+    await sleep(4000); // past the first token's expiry
+    assert.deepEqual(c.events, ['connecting', 'open'], 'never disconnected');
+    const refreshes = broker.requests('refresh');
+    assert.ok(refreshes.length >= 2, `${refreshes.length} refreshes`);
+    const claims = (t) => JSON.parse(Buffer.from(t.split('.')[1], 'base64url').toString());
+    assert.ok(refreshes.every((m) => typeof m.id === 'number' && claims(m.token).sub === 'ann'));
+    assert.equal(broker.handshakes.length, 1);
+    broker.publish('t.x', 'still here');
+    await box.wait(1);
+    assert.deepEqual(c.errors, []);
+    await c.close();
+  });
+
+  test('a refused refresh is reported and tried again with backoff; the token in use stays until one is taken', T, async () => {
+    const broker = new FakeBroker({ auth: fakeAuth });
+    let calls = 0;
+    const c = fakeClient(broker, {
+      token: fakeToken('ann', 2500),
+      getToken: async () => (++calls <= 2 ? fakeToken('ann', 60000, { bad: true }) : fakeToken('ann', 60000)),
+      minDelay: 100,
+    });
+    await opened(c);
+    assert.equal(calls, 0, 'the first connection uses options.token');
+    const first = [...broker.conns][0].token;
+    await waitFor(() => c.errors.length >= 2, 4000, 'two refused refreshes');
+    assert.ok(c.errors.every((e) => e.code === 'bad_request' && /token refused/.test(e.message)), `${c.errors}`);
+    await waitFor(() => [...broker.conns][0]?.token !== first, 4000, 'an accepted refresh');
+    await sleep(1500); // past the first token's expiry
+    assert.deepEqual(c.events, ['connecting', 'open']);
+    assert.equal(c.state, 'open');
+    assert.equal(broker.requests('refresh').length, 3);
+    await c.close();
+  });
+
+  test("another user's token is forbidden; refreshToken() checks its argument and keeps a token for the next connection", T, async () => {
+    const broker = new FakeBroker({ auth: fakeAuth });
+    const ann = fakeToken('ann', 60000);
+    const c = fakeClient(broker, { token: ann });
+    await opened(c);
+    await assert.rejects(c.refreshToken(fakeToken('bob', 60000)), (e) => e.code === 'forbidden');
+    assert.equal([...broker.conns][0].token, ann);
+    assert.ok(c.url.endsWith(`token=${ann}`));
+    await assert.rejects(c.refreshToken(), TypeError, 'no token and no getToken');
+    await assert.rejects(c.refreshToken(''), TypeError);
+    const ann2 = fakeToken('ann', 60000, { n: 2 });
+    await c.refreshToken(ann2);
+    assert.equal([...broker.conns][0].token, ann2);
+    assert.ok(c.url.endsWith(`token=${ann2}`), 'reconnects use the refreshed token');
+    // Not connected: rejected, and the next connection presents it.
+    broker.down = true;
+    broker.dropAll();
+    await waitFor(() => c.state === 'connecting');
+    const ann3 = fakeToken('ann', 60000, { n: 3 });
+    await assert.rejects(c.refreshToken(ann3), (e) => e.code === 'disconnected');
+    await waitFor(() => broker.handshakes.at(-1) === ann3, 5000, 'an attempt with the token');
+    broker.down = false;
+    await waitFor(() => c.state === 'open', 5000, 'the reconnect');
+    assert.equal([...broker.conns][0].token, ann3);
+    await c.close();
+  });
+
+  test('1008 (token expired) ends a client without getToken; with it the client reconnects with a new token', T, async () => {
+    const broker = new FakeBroker({ auth: fakeAuth });
+    const plain = fakeClient(broker, { token: fakeToken('ann', 60000) });
+    let calls = 0;
+    const fresh = fakeClient(broker, { getToken: () => (calls++, fakeToken('ann', 60000, { n: calls })) });
+    await Promise.all([opened(plain), opened(fresh)]);
+    for (const conn of [...broker.conns]) conn.drop(1008, 'token expired');
+    await waitFor(() => plain.state === 'closed', 5000, 'the plain client closed');
+    await waitFor(() => fresh.state === 'open' && calls === 2, 5000, 'the getToken client back');
+    assert.equal(broker.handshakes.length, 3);
+    assert.notEqual(broker.handshakes[2], broker.handshakes[1]);
+  });
+
+  test('a subscription the new token no longer allows is dropped: an error naming it, the pattern forgotten', T, async () => {
+    const broker = new FakeBroker({ auth: fakeAuth });
+    const c = fakeClient(broker, { token: fakeToken('ann', 60000, { gale: { sub: ['a.>', 'b.>'] } }) });
+    const a = inbox();
+    const b = inbox();
+    await c.subscribe('a.>', a);
+    await c.subscribe('b.>', b);
+    await c.refreshToken(fakeToken('ann', 60000, { gale: { sub: ['a.>'] } }));
+    await waitFor(() => c.errors.length === 1, 2000, 'the drop reported');
+    const e = c.errors[0];
+    assert.ok(e instanceof GaleError);
+    assert.equal(e.code, 'forbidden');
+    assert.equal(e.topic, 'b.>');
+    assert.deepEqual(c.patterns(), ['a.>']);
+    broker.publish('b.x', 1);
+    broker.publish('a.x', 2);
+    await a.wait(1);
+    assert.deepEqual(b.got, []);
+    await c.close();
+  });
+
+  test('getToken failures are GaleErrors "token" (cause kept); the attempt is tried again', T, async () => {
+    const broker = new FakeBroker({ auth: fakeAuth });
+    let calls = 0;
+    const boom = new Error('token service down');
+    const c = fakeClient(broker, {
+      getToken: async () => {
+        calls++;
+        if (calls === 1) throw boom;
+        if (calls === 2) return 42;
+        return fakeToken('ann', 60000);
+      },
+    });
+    await opened(c);
+    assert.equal(calls, 3);
+    assert.deepEqual(c.errors.map((e) => e.code), ['token', 'token']);
+    assert.equal(c.errors[0].cause, boom);
+    assert.match(c.errors[0].message, /token service down/);
+    assert.match(c.errors[1].message, /gave number/);
+    assert.equal(broker.handshakes.length, 1, 'no attempt without a token');
+    await c.close();
+  });
+
+  test('refresh on a broker without authentication: bad_request', T, async () => {
+    const broker = new FakeBroker();
+    const c = fakeClient(broker);
+    await opened(c);
+    await assert.rejects(c.refreshToken(fakeToken('ann', 60000)), (e) => e.code === 'bad_request');
+    await c.close();
+  });
+});
+
 const HAS_HISTORY = brokerHas('--history');
 const HISTORY_ARGS = ['--history', 'hist.>=100'];
 
@@ -1545,6 +1733,56 @@ describe('presence against a broker (--presence)', {
     assert.ok(w.joins.length >= 1);
     await Promise.all([c.close(), ...others.map((o) => o.close())]);
     await b.stop();
+  });
+});
+
+const JWT_SECRET = 'js-test-secret-0123456789abcdef';
+
+describe('token refresh against a broker (--jwt-secret)', () => {
+  let broker;
+  before(async () => {
+    broker = await startBroker(['--jwt-secret', JWT_SECRET]);
+  });
+  after(() => broker?.stop());
+  afterEach(closeAll);
+
+  const token = (user, ttl, sub = ['r.>'], pub = ['r.>']) =>
+    jwt({ sub: user, iat: nowS(), exp: nowS() + ttl, gale: { sub, pub } }, JWT_SECRET);
+
+  test('getToken: a token of 3 s is refreshed before it expires; the connection outlives it', T, async () => {
+    let calls = 0;
+    // The first token lives 3 s; the refreshed ones a minute.
+    const c = client(broker.wsUrl, { getToken: () => token('carol', ++calls === 1 ? 3 : 60) });
+    const box = inbox();
+    await c.subscribe('r.live', box);
+    await sleep(4500);
+    assert.deepEqual(c.events, ['connecting', 'open'], 'not closed at the first exp');
+    assert.ok(calls >= 2, `getToken called ${calls} times`);
+    await c.publish('r.live', 'after the first exp');
+    await box.wait(1);
+    assert.deepEqual(c.errors, []);
+    const metrics = await (await fetch(`${broker.httpUrl}/metrics`)).text();
+    const ok = Number(/gale_token_refreshes_total\{outcome="ok"\} (\d+)/.exec(metrics)?.[1]);
+    assert.ok(ok >= 1, metrics);
+  });
+
+  test('refused refreshes keep the token; a narrower token drops a subscription and widens publishing', T, async () => {
+    const c = client(broker.wsUrl, { token: token('dave', 60, ['r.>', 's.>'], ['r.a']) });
+    const s = inbox();
+    await c.subscribe('s.>', s);
+    await assert.rejects(c.refreshToken(token('erin', 60)), (e) => e.code === 'forbidden');
+    await assert.rejects(
+      c.refreshToken(token('dave', -5)),
+      (e) => e.code === 'bad_request' && /^bad_request: token refused: /.test(e.message),
+    );
+    await assert.rejects(c.refreshToken(jwt({ sub: 'dave', exp: nowS() + 60 }, 'wrong')), (e) => e.code === 'bad_request');
+    await assert.rejects(c.publish('r.b', 1), (e) => e.code === 'forbidden');
+    await c.refreshToken(token('dave', 60, ['r.>'], ['r.a', 'r.b']));
+    await waitFor(() => c.errors.some((e) => e.topic === 's.>'), 3000, 'the dropped subscription');
+    const dropped = c.errors.find((e) => e.topic === 's.>');
+    assert.equal(dropped.code, 'forbidden');
+    assert.deepEqual(c.patterns(), []);
+    await c.publish('r.b', 1); // the new token's permission
   });
 });
 

@@ -1,7 +1,8 @@
 // An in-process stand-in for gale-broker, for unit tests of gale.js: a WebSocket class
 // (passed to connect() as options.WebSocket) whose sockets talk to a FakeBroker that
 // speaks protocol v1 with the additions (history, `sub` with `since`, `hist`, `mid`,
-// presence: `presence`, `sub` with `presence`/`info`, join/leave, count-only messages),
+// presence: `presence`, `sub` with `presence`/`info`, join/leave, count-only messages;
+// tokens with `auth`: the handshake's token, `refresh`, expiry closing with 1008),
 // in JSON and MessagePack. Tests drive what a real broker makes hard to provoke: dropped
 // connections at exact moments, lost acks, epoch changes, trimmed history, duplicates,
 // duplicate or stray presence events, events racing a presence answer.
@@ -32,6 +33,20 @@ class Conn {
     this.watching = new Set(); // topics subscribed with presence: true
     this.info = new Map(); // topic -> the info of its sub
     this.open = true;
+    this.token = null; // with auth: the current token and what auth() said of it
+    this.claims = null;
+    this.expTimer = null;
+  }
+
+  /** Takes a token's claims: its expiry closes the connection with 1008. */
+  grant(token, claims) {
+    this.token = token;
+    this.claims = claims;
+    clearTimeout(this.expTimer);
+    this.expTimer = null;
+    if (typeof claims.exp === 'number') {
+      this.expTimer = setTimeout(() => this.drop(1008, 'token expired'), Math.max(0, claims.exp * 1000 - Date.now()));
+    }
   }
 
   /** Sends a message to the client (asynchronously, in order). */
@@ -64,6 +79,7 @@ class Conn {
   drop(code = 1006, reason = '') {
     if (!this.open) return;
     this.open = false;
+    clearTimeout(this.expTimer);
     this.broker.conns.delete(this);
     this.broker._gone(this);
     // With broker.dropDelay the socket is CLOSING for that long before its close event.
@@ -83,8 +99,19 @@ export class FakeBroker {
   /** history: { PATTERN: SIZE }, the first matching pattern wins (like --history).
    * presence: [PATTERN, ...] (like --presence); presenceListMax, presenceEventsMax: like
    * --presence-list-max and --presence-events-max (past it no join/leave events: a test
-   * sends count-only messages with presenceCount()). */
-  constructor({ history = {}, maxMsg = 1 << 20, presence = [], presenceListMax = 1000, presenceEventsMax = 1000 } = {}) {
+   * sends count-only messages with presenceCount()). auth: (token) => claims or null (a
+   * broker with tokens: the handshake's `token` query parameter must pass, `refresh` too;
+   * claims { user, exp (seconds), sub: [patterns] }: exp closes the connection with 1008, a
+   * refresh whose sub no longer allows a subscription drops it with an err naming it). */
+  constructor({
+    history = {},
+    maxMsg = 1 << 20,
+    presence = [],
+    presenceListMax = 1000,
+    presenceEventsMax = 1000,
+    auth = null,
+  } = {}) {
+    this.auth = auth;
     this.history = Object.entries(history);
     this.presence = presence;
     this.presenceListMax = presenceListMax;
@@ -98,6 +125,7 @@ export class FakeBroker {
     this.down = false; // true: connection attempts fail
     this.epochs = 0;
     this.connCount = 0;
+    this.handshakes = []; // with auth: the token of every connection attempt
     this.replayOverlap = 0; // > 0: a faulty replay that also resends that many old messages
     this.dropDelay = 0; // ms a dropped socket stays CLOSING before its close event
     // Called with (conn, msg) before a client frame is handled; returning 'drop' closes the
@@ -161,13 +189,22 @@ export class FakeBroker {
 
   _accept(socket) {
     if (socket.readyState !== 0) return; // closed before it was accepted
-    if (this.down || !PROTOCOLS[socket.protocol]) {
+    let token = null;
+    let claims = null;
+    if (this.auth) {
+      token = new URL(socket.url).searchParams.get('token');
+      claims = token ? this.auth(token) : null;
+      this.handshakes.push(token);
+    }
+    if (this.down || !PROTOCOLS[socket.protocol] || (this.auth && !claims)) {
+      // A refused handshake (a 401 too) is a failed connection to a browser.
       socket.readyState = 3;
       socket._dispatch('error', {});
       socket._dispatch('close', { code: 1006, reason: '' });
       return;
     }
     const conn = new Conn(this, socket, `${INSTANCE}-${++this.connCount}`);
+    if (claims) conn.grant(token, claims);
     socket._conn = conn;
     socket.readyState = 1;
     this.conns.add(conn);
@@ -399,6 +436,33 @@ export class FakeBroker {
           return;
         }
         reply({ op: 'ack', ...this._publish(msg.topic, msg.data, msg.mid) });
+        return;
+      }
+      case 'refresh': {
+        if (!this.auth) {
+          err('bad_request', 'this broker has no authentication');
+          return;
+        }
+        const claims = typeof msg.token === 'string' && msg.token ? this.auth(msg.token) : null;
+        if (!claims) {
+          err('bad_request', 'token refused: bad token');
+          return;
+        }
+        if (claims.user !== conn.claims.user) {
+          err('forbidden', "the token is another user's");
+          return;
+        }
+        conn.grant(msg.token, claims);
+        reply({ op: 'ack' });
+        if (Array.isArray(claims.sub)) {
+          const allowed = (p) => claims.sub.some((g) => g === p || (!isPattern(p) && matchPattern(g, p)));
+          for (const p of [...conn.subs]) {
+            if (allowed(p)) continue;
+            conn.subs.delete(p);
+            conn.watching.delete(p);
+            conn.send({ op: 'err', code: 'forbidden', topic: p, msg: 'subscription dropped' });
+          }
+        }
         return;
       }
       case 'hist': {
