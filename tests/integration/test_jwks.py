@@ -453,3 +453,35 @@ def test_skipped_keys_are_logged(make_broker, jwks_path):
     assert 'token keys: 1 JWKS key: kid "r1" RSA 2048 bits' in log
     assert status(b, mint(RSA1, "r1")) == 101
     assert refusal(b, mint(RSA2, "enc")) == (401, "unknown kid: no key of the JWKS has it")
+
+
+def test_refresh_with_provider_tokens_across_a_rotation(make_broker, jwks_path):
+    """A connection made with an RS256 token refreshes with an ES256 one of the same user
+    signed by a key added by SIGHUP; another user's is forbidden, one of a key the reload
+    removed is refused, and each time the connection keeps its grant."""
+    write_jwks(jwks_path, jwk(RSA1, "k1"))
+    b = make_broker(["--jwt-keys", str(jwks_path)])
+
+    async def go():
+        c = await connect(with_token(b, mint(RSA1, "k1", sub=["room.>"], pub=["room.a"])))
+        write_jwks(jwks_path, jwk(EC1, "e1"))
+        sighup(b, 1)
+        # The old key is gone: a new token signed by it is refused, the connection stays.
+        r = await c.ask({"op": "refresh", "id": 1,
+                         "token": mint(RSA1, "k1", sub=["room.>"], pub=["room.b"])})
+        assert r["op"] == "err" and r["code"] == "bad_request" and r["id"] == 1, r
+        assert "token refused" in r["msg"], r
+        r = await c.ask({"op": "refresh", "id": 2,
+                         "token": mint(EC1, "e1", user="mallory", sub=["room.>"])})
+        assert r["op"] == "err" and r["code"] == "forbidden" and r["id"] == 2, r
+        r = await c.ask({"op": "pub", "topic": "room.b", "data": 1, "id": 3})
+        assert r["op"] == "err" and r["code"] == "forbidden", r   # still the first grant
+        assert await c.ask({"op": "refresh", "id": 4, "token": mint(
+            EC1, "e1", sub=["room.>"], pub=["room.b"])}) == {"op": "ack", "id": 4}
+        # The new grant governs: room.b may be published now, room.a no more.
+        assert await c.ask({"op": "pub", "topic": "room.b", "data": 1, "id": 5}) == \
+            {"op": "ack", "id": 5}
+        r = await c.ask({"op": "pub", "topic": "room.a", "data": 1, "id": 6})
+        assert r["op"] == "err" and r["code"] == "forbidden", r
+        await c.close()
+    run(go())
