@@ -46,6 +46,7 @@ class Conn {
     this.expTimer = null;
     if (typeof claims.exp === 'number') {
       this.expTimer = setTimeout(() => this.drop(1008, 'token expired'), Math.max(0, claims.exp * 1000 - Date.now()));
+      this.expTimer.unref(); // never what keeps the test process alive
     }
   }
 
@@ -177,6 +178,7 @@ export class FakeBroker {
         setTimeout(() => {
           if (conn && conn.open) {
             conn.open = false;
+            clearTimeout(conn.expTimer); // the client closed: its token's expiry is moot
             broker.conns.delete(conn);
             broker._gone(conn);
           }
