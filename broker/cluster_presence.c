@@ -376,9 +376,14 @@ void cpres_reply(cluster_t *c, cmd_kind_t kind, void *ctx, redis_conn_reply_t an
         for (size_t i = 1; e == GALE_OK && i < last; i++) {
             size_t len = 0;
             const char *s = redis_value_str(redis_value_at(v, i), &len);
-            if (!member_ok(s, len))
+            /* The encoder checks a member as member_ok did: the malformed, left out above
+             * (BAD_REQUEST, nothing written), are skipped again without a second check. */
+            gale_err_t me =
+                s ? gale_encode_presence_member(&buf, enc, first, (const uint8_t *)s, len)
+                  : GALE_ERR_BAD_REQUEST;
+            if (me == GALE_ERR_BAD_REQUEST)
                 continue;
-            e = gale_encode_presence_member(&buf, enc, first, (const uint8_t *)s, len);
+            e = me;
             first = false;
         }
         if (e == GALE_OK)

@@ -388,6 +388,23 @@ static bool member_valid(const uint8_t *member_json, size_t len)
            member_json[len - 1] == '}' && gale_json_valid(member_json, len, GALE_MAX_DEPTH);
 }
 
+/* The "topic" and "count" fields of a presence answer or count-only message, after head(). */
+static void put_topic_count(gale_buf_t *out, gale_enc_t enc, const char *topic, size_t topic_len,
+                            uint64_t count)
+{
+    if (enc == GALE_ENC_JSON) {
+        jkey(out, "topic");
+        gale__json_put_str(out, (const uint8_t *)topic, topic_len);
+        jkey(out, "count");
+        gale__buf_put_u64(out, count);
+    } else {
+        gale__mp_put_cstr(out, "topic");
+        gale__mp_put_str(out, topic, topic_len);
+        gale__mp_put_cstr(out, "count");
+        gale__mp_put_uint(out, count);
+    }
+}
+
 gale_err_t gale_encode_presence_begin(gale_buf_t *out, gale_enc_t enc, bool has_id, uint64_t id,
                                       const char *topic, size_t topic_len, uint64_t count,
                                       size_t nmembers)
@@ -398,17 +415,10 @@ gale_err_t gale_encode_presence_begin(gale_buf_t *out, gale_enc_t enc, bool has_
     if (topic == NULL)
         topic = "", topic_len = 0;
     head(out, enc, "presence", has_id, id, 3);
+    put_topic_count(out, enc, topic, topic_len, count);
     if (enc == GALE_ENC_JSON) {
-        jkey(out, "topic");
-        gale__json_put_str(out, (const uint8_t *)topic, topic_len);
-        jkey(out, "count");
-        gale__buf_put_u64(out, count);
         gale__buf_puts(out, ",\"members\":[");
     } else {
-        gale__mp_put_cstr(out, "topic");
-        gale__mp_put_str(out, topic, topic_len);
-        gale__mp_put_cstr(out, "count");
-        gale__mp_put_uint(out, count);
         gale__mp_put_cstr(out, "members");
         gale__mp_put_array_hdr(out, nmembers);
     }
@@ -453,18 +463,9 @@ gale_err_t gale_encode_presence_count(gale_buf_t *out, gale_enc_t enc, const cha
     if (topic == NULL)
         topic = "", topic_len = 0;
     head(out, enc, "presence", false, 0, 2);
-    if (enc == GALE_ENC_JSON) {
-        jkey(out, "topic");
-        gale__json_put_str(out, (const uint8_t *)topic, topic_len);
-        jkey(out, "count");
-        gale__buf_put_u64(out, count);
+    put_topic_count(out, enc, topic, topic_len, count);
+    if (enc == GALE_ENC_JSON)
         gale__buf_put(out, '}');
-    } else {
-        gale__mp_put_cstr(out, "topic");
-        gale__mp_put_str(out, topic, topic_len);
-        gale__mp_put_cstr(out, "count");
-        gale__mp_put_uint(out, count);
-    }
     return gale__encode_finish(out, start, GALE_OK);
 }
 
