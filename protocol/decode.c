@@ -6,9 +6,22 @@
 #include "internal.h"
 
 /* The fields gale reads, wherever they appear among the members. */
-enum { F_OP, F_ID, F_TOPIC, F_DATA, F_SINCE, F_LIMIT, F_MID, F_PRESENCE, F_INFO, F_TOKEN, F_COUNT };
-static const char *const FIELD_NAMES[F_COUNT] = {"op",    "id",  "topic",    "data", "since",
-                                                 "limit", "mid", "presence", "info", "token"};
+enum {
+    F_OP,
+    F_ID,
+    F_TOPIC,
+    F_DATA,
+    F_SINCE,
+    F_LIMIT,
+    F_MID,
+    F_PRESENCE,
+    F_INFO,
+    F_TOKEN,
+    F_REPLY,
+    F_COUNT
+};
+static const char *const FIELD_NAMES[F_COUNT] = {
+    "op", "id", "topic", "data", "since", "limit", "mid", "presence", "info", "token", "reply"};
 
 /* The members of `since`. */
 enum { S_EP, S_OFF, S_COUNT };
@@ -40,8 +53,8 @@ static bool take_str(const gale__field_t *f, char *dst, size_t cap, const char *
         return true;
     }
     if (f->str_len > 6 * cap)
-        return false; /* every escape yields at least one byte per 6 */
-    uint8_t tmp[6 * GALE_MID_MAX > 6 * GALE_EP_MAX ? 6 * GALE_MID_MAX : 6 * GALE_EP_MAX];
+        return false;                /* every escape yields at least one byte per 6 */
+    uint8_t tmp[6 * GALE_TOPIC_MAX]; /* the longest string taken: a reply topic */
     if (f->str_len > sizeof(tmp))
         return false;
     size_t n = gale__json_unescape(tmp, f->str, f->str_len, false);
@@ -156,6 +169,7 @@ gale_err_t gale_decode_request(gale_enc_t enc, const uint8_t *buf, size_t len, g
         why = &unused;
     memset(req, 0, sizeof(*req));
     memset(fs, 0, sizeof(fs));
+    req->data_enc = enc;
     if (buf == NULL || len == 0) {
         *why = "empty message";
         return GALE_ERR_BAD_REQUEST;
@@ -303,6 +317,17 @@ gale_err_t gale_decode_request(gale_enc_t enc, const uint8_t *buf, size_t len, g
             req->mid_len = 0;
             *why = "mid is not a string of 1 to 64 bytes";
             return GALE_ERR_BAD_REQUEST;
+        }
+    }
+    if (fs[F_REPLY].present) {
+        const gale__field_t *r = &fs[F_REPLY];
+        if (!r->is_str ||
+            !take_str(r, req->_reply_buf, sizeof(req->_reply_buf), &req->reply, &req->reply_len) ||
+            !gale_topic_valid(req->reply, req->reply_len)) {
+            req->reply = NULL;
+            req->reply_len = 0;
+            *why = "reply is not a topic";
+            return GALE_ERR_BAD_TOPIC;
         }
     }
     req->data = data->val;

@@ -227,6 +227,15 @@ gale_err_t gale_encode_msg_pos(gale_buf_t *out, gale_enc_t enc, const char *topi
                                const gale_pos_t *pos, gale_enc_t data_enc, const uint8_t *data,
                                size_t data_len)
 {
+    return gale_encode_msg_reply(out, enc, topic, topic_len, pos, NULL, 0, data_enc, data,
+                                 data_len);
+}
+
+gale_err_t gale_encode_msg_reply(gale_buf_t *out, gale_enc_t enc, const char *topic,
+                                 size_t topic_len, const gale_pos_t *pos, const char *reply,
+                                 size_t reply_len, gale_enc_t data_enc, const uint8_t *data,
+                                 size_t data_len)
+{
     size_t start = out->len;
     if (!gale__valid_enc(enc) || !gale__valid_enc(data_enc))
         return GALE_ERR_INTERNAL;
@@ -237,15 +246,23 @@ gale_err_t gale_encode_msg_pos(gale_buf_t *out, gale_enc_t enc, const char *topi
         gale__json_put_str(out, (const uint8_t *)topic, topic_len);
         if (pos)
             put_pos(out, enc, pos);
+        if (reply) {
+            jkey(out, "reply");
+            gale__json_put_str(out, (const uint8_t *)reply, reply_len);
+        }
         gale__buf_puts(out, json_bin(enc, data_enc, data, data_len) ? ",\"bin\":" : ",\"data\":");
     } else {
-        gale__buf_put(out, pos ? 0x85 : 0x83);
+        gale__buf_put(out, (uint8_t)(0x83 + (pos ? 2 : 0) + (reply != NULL)));
         gale__mp_put_cstr(out, "op");
         gale__mp_put_cstr(out, "msg");
         gale__mp_put_cstr(out, "topic");
         gale__mp_put_str(out, topic, topic_len);
         if (pos)
             put_pos(out, enc, pos);
+        if (reply) {
+            gale__mp_put_cstr(out, "reply");
+            gale__mp_put_str(out, reply, reply_len);
+        }
         gale__mp_put_cstr(out, "data");
     }
     gale_err_t err = gale_convert_data(out, enc, data_enc, data, data_len);

@@ -98,9 +98,16 @@ typedef struct {
     const char *topic; /* sub/unsub/pub/hist/presence: validated topic or pattern; NULL for ping */
     size_t topic_len;
     bool is_pattern;     /* topic has a `*` or `>` segment */
-    const uint8_t *data; /* pub: the raw bytes of the `data` value, in the input encoding */
+    const uint8_t *data; /* pub: the raw bytes of the `data` value, in data_enc */
     size_t data_len;
-    bool has_since;   /* sub: `since` was given (then the topic is concrete) */
+    gale_enc_t data_enc; /* the encoding of data and info: the input's (an adapter of another
+                            protocol sets it per message, gale_payload_to_data) */
+    const char *reply;   /* pub: `reply`, a concrete topic for answers (gale's addition, carried
+                            to subscribers; NATS reply subjects), NULL when absent */
+    size_t reply_len;
+    bool qos0;      /* pub: an MQTT client's QoS 0 PUBLISH: MQTT subscribers get it at QoS 0 (set by
+                       the MQTT adapter; gale's own pubs and NATS's count as QoS 1) */
+    bool has_since; /* sub: `since` was given (then the topic is concrete) */
     gale_pos_t since; /* sub: the position to resume after; since.ep_len > GALE_EP_MAX names
                          no epoch (and since.ep is then NULL) */
     bool has_limit;   /* hist: `limit` was given */
@@ -120,6 +127,7 @@ typedef struct {
     char _topic_buf[GALE_TOPIC_MAX]; /* private: an unescaped JSON topic */
     char _ep_buf[GALE_EP_MAX];       /* private: an unescaped JSON `since.ep` */
     char _mid_buf[GALE_MID_MAX];     /* private: an unescaped JSON `mid` */
+    char _reply_buf[GALE_TOPIC_MAX]; /* private: an unescaped JSON `reply` */
 } gale_request_t;
 
 /**
@@ -279,6 +287,38 @@ gale_err_t gale_encode_msg(gale_buf_t *out, gale_enc_t enc, const char *topic, s
 gale_err_t gale_encode_msg_pos(gale_buf_t *out, gale_enc_t enc, const char *topic, size_t topic_len,
                                const gale_pos_t *pos, gale_enc_t data_enc, const uint8_t *data,
                                size_t data_len);
+
+/**
+ * gale_encode_msg_pos with the publisher's reply topic reply[0..reply_len) (NULL: none) as
+ * "reply" after the position.
+ */
+gale_err_t gale_encode_msg_reply(gale_buf_t *out, gale_enc_t enc, const char *topic,
+                                 size_t topic_len, const gale_pos_t *pos, const char *reply,
+                                 size_t reply_len, gale_enc_t data_enc, const uint8_t *data,
+                                 size_t data_len);
+
+/*
+ * Payloads of protocols without gale's data model (MQTT, NATS: bytes). docs/PROTOCOL-NOTES.md
+ * "Payloads of MQTT and NATS".
+ */
+
+/**
+ * Payload bytes p[0..len) as gale data: when they are one strict JSON value (gale_json_valid,
+ * nested at most GALE_MAX_DEPTH - 1), JSON data that is those very bytes (*data = p); else a
+ * MessagePack bin of them, written to scratch (initialised by the caller, headroom 0), which
+ * JSON subscribers receive as "bin". Returns the data's encoding; *data NULL when scratch ran
+ * out of memory.
+ */
+gale_enc_t gale_payload_to_data(const uint8_t *p, size_t len, gale_buf_t *scratch,
+                                const uint8_t **data, size_t *data_len);
+
+/**
+ * gale data as payload bytes, appended to out: JSON data as its text (the bytes as
+ * published); MessagePack data that is one bin, its bytes; other MessagePack data converted
+ * to JSON text. GALE_ERR_BAD_REQUEST when it cannot be converted (gale_convert_data), and
+ * then nothing is appended.
+ */
+gale_err_t gale_payload_from_data(gale_buf_t *out, gale_enc_t enc, const uint8_t *data, size_t len);
 
 /*
  * The `hist` answer, {"op":"hist","id":id,"ep":E,"off":N,"msgs":[{"off":K,"data":D},...]},
