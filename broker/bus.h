@@ -30,6 +30,10 @@ typedef struct bus_pub {
     size_t data_len;
     const char *mid; /* NULL: none */
     size_t mid_len;
+    const char *reply; /* the publisher's reply topic; NULL: none */
+    size_t reply_len;
+    uint64_t noecho; /* the publishing connection when it takes none of its own messages */
+    bool qos0;       /* an MQTT QoS 0 publish (gale_request_t.qos0) */
     const gale_history_rule_t *rule; /* the topic's --history; NULL: none */
 } bus_pub_t;
 
@@ -58,6 +62,11 @@ typedef struct bus_ops {
     /** The presence answer of a topic with presence, built for enc (cpres_read). */
     gale_err_t (*presence)(void *bus, pending_t *done, const char *topic, size_t len,
                            gale_enc_t enc, bool has_id, uint64_t id, const char **why);
+    /** MQTT: topic's retained message (empty payload: cleared) on its shard (cretain_write). */
+    void (*retain)(void *bus, const char *topic, size_t len, uint8_t qos, const uint8_t *payload,
+                   size_t plen);
+    /** MQTT: the retained messages matching pattern p, to c's ops->retained (cretain_read). */
+    void (*retained)(void *bus, conn_t *c, const char *p, size_t len, uint8_t qos);
 } bus_ops_t;
 
 typedef struct bus {

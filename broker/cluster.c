@@ -410,6 +410,10 @@ static void on_reply(void *owner, redis_conn_reply_t answer, const char *err, si
     case CMD_PRESENCE_NODE:
         cpres_reply(c, (cmd_kind_t)in.kind, in.ctx, answer, value);
         return;
+    case CMD_RETAIN:
+    case CMD_RETAINED:
+        cretain_reply(c, (cmd_kind_t)in.kind, in.ctx, answer, value);
+        return;
     case CMD_SCRIPT_PUB:
         if (answer == REDIS_CONN_REPLY_OK && !script_pub_result(c, in.ctx, value)) {
             log_error("redis %s: the publish script answered something unexpected", sh->label);
@@ -450,7 +454,7 @@ gale_err_t cluster_pub(cluster_t *c, pending_t *r, const bus_pub_t *m, const cha
     broker_t *b = c->b;
     shard_t *sh = cluster_shard_of(c, m->topic, m->topic_len);
     size_t node_len = strlen(b->node_id);
-    size_t size = cluster_envelope_size(node_len, m->topic_len, m->data_len);
+    size_t size = cluster_envelope_size_ext(node_len, m->topic_len, m->reply_len, m->data_len);
     bool script = m->rule || m->mid;
     char channel[CLUSTER_PREFIX_MAX + GALE_TOPIC_MAX + 1];
     kind_t kind;
@@ -474,6 +478,10 @@ gale_err_t cluster_pub(cluster_t *c, pending_t *r, const bus_pub_t *m, const cha
                             .topic = m->topic,
                             .topic_len = m->topic_len,
                             .enc = m->enc,
+                            .reply = m->reply,
+                            .reply_len = m->reply_len,
+                            .noecho = m->noecho,
+                            .qos0 = m->qos0,
                             .data = m->data,
                             .data_len = m->data_len,
                             .tail = m->rule  ? 9
@@ -492,7 +500,16 @@ gale_err_t cluster_pub(cluster_t *c, pending_t *r, const bus_pub_t *m, const cha
         /* Local subscribers now, in the publisher's order; then the bus. */
         const char *argv[3] = {"PUBLISH", channel, (const char *)c->env};
         size_t lens[3] = {7, clen, n};
-        gale_err_t local = router_publish(b, m->topic, m->topic_len, m->enc, m->data, m->data_len);
+        router_msg_t msg = {.topic = m->topic,
+                            .topic_len = m->topic_len,
+                            .reply = m->reply,
+                            .reply_len = m->reply_len,
+                            .noecho = m->noecho,
+                            .qos0 = m->qos0,
+                            .enc = m->enc,
+                            .data = m->data,
+                            .data_len = m->data_len};
+        gale_err_t local = router_publish(b, &msg);
         r->local_err = (uint8_t)local;
         r->local_why = local != GALE_OK ? router_convert_why(m->enc) : "";
         sent = cluster_send(sh, CMD_PUBLISH, r, size, 3, argv, lens);
@@ -629,7 +646,9 @@ const bus_ops_t cluster_bus = {.sub = bus_sub,
                                .forget = cluster_forget,
                                .join = cpres_join,
                                .leave = cpres_leave,
-                               .presence = cpres_read};
+                               .presence = cpres_read,
+                               .retain = cretain_write,
+                               .retained = cretain_read};
 
 /* --- receiving ------------------------------------------------------------ */
 
@@ -672,7 +691,24 @@ static void on_message(shard_t *sh, const redis_push_t *p)
     if (e.tail == 9)
         chist_message(c, &e, (const uint8_t *)p->data, p->data_len); /* gaps filled */
     else
-        (void)router_deliver(b, e.topic, e.topic_len, e.enc, e.data, e.data_len);
+        cluster_deliver(c, &e, NULL, NULL);
+}
+
+gale_err_t cluster_deliver(cluster_t *c, const cluster_envelope_t *e, const gale_pos_t *pos,
+                           const void *skip)
+{
+    router_msg_t m = {.topic = e->topic,
+                      .topic_len = e->topic_len,
+                      .pos = pos,
+                      .reply = e->reply,
+                      .reply_len = e->reply_len,
+                      /* conn ids are this instance's own */
+                      .noecho = e->instance == c->b->instance ? e->noecho : 0,
+                      .qos0 = e->qos0,
+                      .enc = e->enc,
+                      .data = e->data,
+                      .data_len = e->data_len};
+    return router_deliver(c->b, &m, skip);
 }
 
 /* What sh's subscribe context received (redis_conn's cb.push, only while READY). */

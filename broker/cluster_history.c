@@ -351,7 +351,7 @@ static void waits_remove(conn_t *k, const void *j)
 void cluster_forget(void *bus, conn_t *k)
 {
     conn_waits_t *w = k->waits;
-    (void)bus;
+    cretain_forget(bus, k);
     /* Whatever its joiners wait for (the topic's confirmation, a read), they deliver
      * nothing to k from now on; they finish as usual. */
     for (uint32_t i = 0; w && i < w->n; i++)
@@ -457,8 +457,8 @@ static frame_t *cached_frame(cluster_t *c, cached_t *x, gale_enc_t enc)
     gale_pos_t pos = {.ep = e.ep, .ep_len = e.ep_len, .off = e.off};
     gale_buf_t buf;
     gale_buf_init(&buf, FRAME_HEADROOM);
-    if (gale_encode_msg_pos(&buf, enc, e.topic, e.topic_len, &pos, e.enc, e.data, e.data_len) !=
-        GALE_OK) {
+    if (gale_encode_msg_reply(&buf, enc, e.topic, e.topic_len, &pos, e.reply, e.reply_len, e.enc,
+                              e.data, e.data_len) != GALE_OK) {
         gale_buf_free(&buf);
         return NULL;
     }
@@ -474,7 +474,7 @@ static void deliver_live(cluster_t *c, cstream_t *s, const cluster_envelope_t *e
                          const uint8_t *raw, size_t len)
 {
     gale_pos_t pos = {.ep = e->ep, .ep_len = e->ep_len, .off = e->off};
-    (void)router_deliver_at(B(c), e->topic, e->topic_len, &pos, e->enc, e->data, e->data_len, s);
+    (void)cluster_deliver(c, e, &pos, s);
     s->last = e->off;
     cache_add(c, s, e->off, raw, len);
 }
@@ -515,8 +515,7 @@ void chist_message(cluster_t *c, const cluster_envelope_t *e, const uint8_t *raw
     cstream_t *s = cstream_get(c, e->topic, e->topic_len);
     if (!s) {
         gale_pos_t pos = {.ep = e->ep, .ep_len = e->ep_len, .off = e->off};
-        (void)router_deliver_at(B(c), e->topic, e->topic_len, &pos, e->enc, e->data, e->data_len,
-                                NULL);
+        (void)cluster_deliver(c, e, &pos, NULL);
         return;
     }
     live(c, s, e, raw, len);
@@ -678,8 +677,8 @@ static frame_t *entry_frame(entry_t *x, gale_enc_t enc)
     gale_pos_t pos = {.ep = x->e.ep, .ep_len = x->e.ep_len, .off = x->e.off};
     gale_buf_t buf;
     gale_buf_init(&buf, FRAME_HEADROOM);
-    if (gale_encode_msg_pos(&buf, enc, x->e.topic, x->e.topic_len, &pos, x->e.enc, x->e.data,
-                            x->e.data_len) != GALE_OK) {
+    if (gale_encode_msg_reply(&buf, enc, x->e.topic, x->e.topic_len, &pos, x->e.reply,
+                              x->e.reply_len, x->e.enc, x->e.data, x->e.data_len) != GALE_OK) {
         gale_buf_free(&buf);
         return NULL;
     }

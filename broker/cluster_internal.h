@@ -26,6 +26,8 @@ typedef enum {
     CMD_PRESENCE_SYNC,  /* ctx: a SYNC of cluster_presence.c (its topic and gone members) */
     CMD_PRESENCE_READ,  /* ctx: a presence read of cluster_presence.c */
     CMD_PRESENCE_NODE,  /* ctx: non-NULL for TAKEOVER, NULL for the SET of pn:NODE */
+    CMD_RETAIN,         /* ctx: NULL; an MQTT retained message written (cluster_retain.c) */
+    CMD_RETAINED,       /* ctx: one shard's part of a read of retained messages */
 } cmd_kind_t;
 
 /** The presence scripts, in cluster_t.sha_presence. */
@@ -57,6 +59,7 @@ typedef struct shard {
 
 typedef struct interest interest_t;
 typedef struct chist chist_t;
+typedef struct cretain_read cretain_read_t;
 
 struct cluster {
     broker_t *b;
@@ -77,6 +80,7 @@ struct cluster {
     char sha_read[41];              /* SHA1 of CLUSTER_SCRIPT_READ, hex */
     char sha_presence[CPRES_N][41]; /* of the presence scripts */
     uint64_t pres_next_ms;          /* broker uptime of the next presence refresh */
+    cretain_read_t *retain_reads;   /* reads of MQTT retained messages in flight */
 };
 
 /* --- cluster.c, for cluster_history.c ----------------------------------------------- */
@@ -116,6 +120,29 @@ void chist_read_reply(cluster_t *c, void *ctx, redis_conn_reply_t answer,
 
 /** A message with a stream position from Redis (e: tail 9, decoded from raw[0..len)). */
 void chist_message(cluster_t *c, const cluster_envelope_t *e, const uint8_t *raw, size_t len);
+
+/* --- cluster_retain.c ---------------------------------------------------------------- */
+
+/** bus_ops_t.retain: topic's retained message (qos, payload; empty: cleared) on its shard. */
+void cretain_write(void *bus, const char *topic, size_t len, uint8_t qos, const uint8_t *payload,
+                   size_t plen);
+
+/** bus_ops_t.retained: the retained messages matching pattern p, to k's ops->retained. */
+void cretain_read(void *bus, conn_t *k, const char *p, size_t len, uint8_t qos);
+
+/** The reply to a CMD_RETAIN or CMD_RETAINED command. */
+void cretain_reply(cluster_t *c, cmd_kind_t kind, void *ctx, redis_conn_reply_t answer,
+                   const redis_value_t *v);
+
+/** k closes: its reads hand it nothing more. */
+void cretain_forget(cluster_t *c, conn_t *k);
+
+/**
+ * Delivers message e (decoded from Redis; pos: its stream position, or NULL) to the local
+ * subscribers, skipping those waiting for `skip` (router_deliver).
+ */
+gale_err_t cluster_deliver(cluster_t *c, const cluster_envelope_t *e, const gale_pos_t *pos,
+                           const void *skip);
 
 /**
  * sh is connected again: each topic of sh this broker follows reads what was published

@@ -13,6 +13,13 @@ size_t cluster_envelope_size(size_t node_len, size_t topic_len, size_t data_len)
     return 31 + node_len + topic_len + data_len;
 }
 
+size_t cluster_envelope_size_ext(size_t node_len, size_t topic_len, size_t reply_len,
+                                 size_t data_len)
+{
+    /* + array 1 + str 2+reply + uint 9 + flags 1 */
+    return cluster_envelope_size(node_len, topic_len, data_len) + 13 + reply_len;
+}
+
 static uint8_t *put_uint(uint8_t *p, uint64_t v)
 {
     if (v < 128) {
@@ -41,7 +48,10 @@ size_t cluster_envelope_encode(uint8_t *out, size_t cap, const cluster_envelope_
 {
     if (e->node_len == 0 || e->node_len > CLUSTER_NODE_MAX || e->topic_len == 0 ||
         e->topic_len > GALE_TOPIC_MAX || e->data_len > CLUSTER_DATA_MAX ||
-        cap < cluster_envelope_size(e->node_len, e->topic_len, e->data_len))
+        e->reply_len > GALE_TOPIC_MAX ||
+        cap < (e->reply || e->noecho || e->qos0
+                   ? cluster_envelope_size_ext(e->node_len, e->topic_len, e->reply_len, e->data_len)
+                   : cluster_envelope_size(e->node_len, e->topic_len, e->data_len)))
         return 0;
     uint8_t *p = out;
     *p++ = e->tail == 9 ? 0x99 : e->tail == 8 ? 0x98 : 0x97;
@@ -50,7 +60,15 @@ size_t cluster_envelope_encode(uint8_t *out, size_t cap, const cluster_envelope_
     p = put_uint(p, e->instance);
     p = put_uint(p, e->seq);
     p = put_str(p, e->topic, e->topic_len);
-    *p++ = (uint8_t)e->enc;
+    if (e->reply || e->noecho || e->qos0) {
+        *p++ = 0x94;
+        *p++ = (uint8_t)e->enc;
+        p = put_str(p, e->reply ? e->reply : "", e->reply ? e->reply_len : 0);
+        p = put_uint(p, e->noecho);
+        *p++ = e->qos0 ? 1 : 0;
+    } else {
+        *p++ = (uint8_t)e->enc;
+    }
     *p++ = 0xc6;
     for (int i = 3; i >= 0; i--)
         *p++ = (uint8_t)(e->data_len >> (8 * i));
@@ -162,9 +180,21 @@ bool cluster_envelope_decode(const uint8_t *buf, size_t len, size_t max_data, cl
     e->topic = (const char *)s;
     e->topic_len = n;
     *why = "bad encoding";
+    bool ext = r.p < r.end && *r.p == 0x94;
+    r.p += ext;
     if (!rd_uint(&r, &enc) || enc >= GALE_ENC_COUNT)
         return false;
     e->enc = (gale_enc_t)enc;
+    *why = "bad reply or noecho";
+    if (ext) {
+        uint64_t flags;
+        if (!rd_bytes(&r, false, &s, &n) || (n && !gale_topic_valid((const char *)s, n)) ||
+            !rd_uint(&r, &e->noecho) || !rd_uint(&r, &flags) || flags > 1)
+            return false;
+        e->qos0 = flags == 1;
+        e->reply = n ? (const char *)s : NULL;
+        e->reply_len = n;
+    }
     *why = "bad data";
     if (!rd_bytes(&r, true, &s, &n) || n == 0 || n > max_data || n > CLUSTER_DATA_MAX)
         return false;

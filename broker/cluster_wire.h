@@ -42,6 +42,10 @@
  * Redis's copy everywhere, the origin included.
  * `instance` is a random 64-bit number drawn when the origin broker started:
  * (instance, seq) names a message; seq counts from 1 per (origin, shard).
+ * A message with a reply topic or a publisher that takes none of its own messages carries
+ * [enc, reply (str, empty: none), noecho (uint: the publishing connection's id, 0: none),
+ * flags (uint: 1, an MQTT QoS 0 publish)] in place of enc; brokers older than that field
+ * drop such a message as invalid.
  * Pointers point into the caller's buffer.
  */
 typedef struct {
@@ -51,7 +55,11 @@ typedef struct {
     uint64_t seq;
     const char *topic;
     size_t topic_len;
-    gale_enc_t enc; /* encoding of data */
+    gale_enc_t enc;    /* encoding of data */
+    const char *reply; /* the publisher's reply topic; NULL: none */
+    size_t reply_len;
+    uint64_t noecho; /* the publishing connection (of instance) to skip; 0: none */
+    bool qos0;       /* an MQTT QoS 0 publish */
     const uint8_t *data;
     size_t data_len;
     uint8_t tail;   /* encode: 0 (array of 7), 8 (with true), 9 (header of 9, the script adds
@@ -63,6 +71,9 @@ typedef struct {
 
 /** Upper bound of the encoded size of an envelope with these lengths. */
 size_t cluster_envelope_size(size_t node_len, size_t topic_len, size_t data_len);
+/** The same with a reply topic of reply_len bytes and a noecho id. */
+size_t cluster_envelope_size_ext(size_t node_len, size_t topic_len, size_t reply_len,
+                                 size_t data_len);
 
 /**
  * Encodes e into out[0..cap). Returns the bytes written, or 0 if cap is too

@@ -172,6 +172,10 @@ static const opt_t options[] = {
      offsetof(gale_config_t, presence_memory), "BYTES",
      "members held on this broker in all (their member JSON, info included); past it a sub "
      "that would join answers err limit (default 64M)"},
+    {"--mqtt-retained-max", "GALE_MQTT_RETAINED_MAX", OPT_UINT, 0, 10000000,
+     offsetof(gale_config_t, mqtt_retained_max), "N",
+     "MQTT retained messages kept (one per topic); past it a new topic's retained message is "
+     "delivered but not kept (default 10000)"},
 };
 #define NOPTIONS (sizeof(options) / sizeof(options[0]))
 
@@ -205,6 +209,7 @@ void config_defaults(gale_config_t *c)
     c->presence_expiry_s = 30;
     c->presence_events_max = 1000;
     c->presence_memory = 64 * 1024 * 1024;
+    c->mqtt_retained_max = 10000;
 }
 
 bool config_parse_size(const char *s, uint64_t *out)

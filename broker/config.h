@@ -73,6 +73,7 @@ typedef struct {
     uint64_t presence_events_max; /* --presence-events-max, members above which join/leave
                                      events give way to count-only presence messages */
     uint64_t presence_memory;     /* --presence-memory, bytes of members held on this node */
+    uint64_t mqtt_retained_max;   /* --mqtt-retained-max, MQTT retained messages kept */
 } gale_config_t;
 
 /** Outcome of config_parse. */

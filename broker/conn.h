@@ -22,6 +22,15 @@ struct reply_ring;
 struct auth_grant;
 struct pres_member;
 
+/**
+ * Delivery formats: the form of the frames conn_ops_t.deliver gets (conn_t.enc). gale v1's
+ * two encodings (gale_enc_t) come first; then the adapters': an MQTT PUBLISH at QoS 0 in a
+ * binary frame (mqtt.c copies it for a QoS 1 subscription), and a NATS MSG template (a
+ * binary frame holding "MSG <subject> ", a NUL, then "[reply ]<#bytes>\r\n<payload>\r\n":
+ * nats.c writes one MSG per matching subscription id from it). router.c builds them.
+ */
+enum { CONN_FMT_MQTT = GALE_ENC_COUNT, CONN_FMT_NATS, CONN_FMT_COUNT };
+
 /** The close code the core asks for when out of memory (RFC 6455 numbering). */
 #define CONN_CLOSE_INTERNAL 1011
 
@@ -64,6 +73,12 @@ typedef struct conn_ops {
     void (*reply)(broker_t *b, conn_t *c, const conn_reply_t *r);
     /** Starts closing c with code (CONN_CLOSE_*), dropping what it has queued. */
     void (*close)(broker_t *b, conn_t *c, uint16_t code);
+    /**
+     * MQTT: a retained message of topic for one of c's subscriptions, at qos (the lower of
+     * the message's and the subscription's), read from the cluster. NULL for other protocols.
+     */
+    void (*retained)(broker_t *b, conn_t *c, const char *topic, size_t len, uint8_t qos,
+                     const uint8_t *payload, size_t plen);
 } conn_ops_t;
 
 /**
@@ -93,10 +108,17 @@ struct conn {
     uint64_t id;                 /* in logs and in `hello` */
     uint32_t rl_tokens;          /* --pub-rate bucket, in thousandths of a publish */
     uint32_t rl_ms;              /* broker_uptime_ms() (truncated) of its last refill */
-    uint8_t enc;                 /* gale_enc_t: the encoding of the frames deliver gets */
+    uint8_t enc;                 /* the delivery format (CONN_FMT_*, gale_enc_t first) */
+    uint8_t noecho;              /* set by the transport: its own publishes skip it (NATS) */
     uint8_t closing;             /* set by the transport: deliver nothing more */
     uint8_t unmetered;           /* set by the transport: --pub-rate does not apply (the API) */
 };
+
+/** c's wire protocol for metrics: 0 gale v1, 1 MQTT, 2 NATS (metrics.h METRICS_PROTOS). */
+static inline int conn_proto(const conn_t *c)
+{
+    return c->enc < GALE_ENC_COUNT ? 0 : c->enc - GALE_ENC_COUNT + 1;
+}
 
 /** Whether c waits for stream s. */
 static inline bool conn_waits_on(const conn_t *c, const void *s)

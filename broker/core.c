@@ -270,7 +270,7 @@ static gale_err_t member_json(broker_t *b, conn_t *c, const gale_request_t *req,
     gale_buf_t conv;
     gale_buf_init(&conv, 0);
     gale_err_t e = GALE_OK;
-    if (info && !c->grant && c->enc == GALE_ENC_MSGPACK) {
+    if (info && !c->grant && req->data_enc == GALE_ENC_MSGPACK) {
         e = gale_convert_data(&conv, GALE_ENC_JSON, GALE_ENC_MSGPACK, info, info_len);
         info = conv.data;
         info_len = conv.len;
@@ -405,7 +405,16 @@ static void do_unsub(broker_t *b, conn_t *c, const gale_request_t *req)
 static gale_err_t publish_here(broker_t *b, conn_t *c, const gale_request_t *req,
                                const gale_history_rule_t *rule, conn_reply_t *rep, const char **why)
 {
-    gale_enc_t enc = (gale_enc_t)c->enc;
+    gale_enc_t enc = req->data_enc;
+    router_msg_t msg = {.topic = req->topic,
+                        .topic_len = req->topic_len,
+                        .reply = req->reply,
+                        .reply_len = req->reply_len,
+                        .noecho = c->noecho ? c->id : 0,
+                        .qos0 = req->qos0,
+                        .enc = enc,
+                        .data = req->data,
+                        .data_len = req->data_len};
     uint64_t now = now_ms(b), off = 0;
     if (req->mid) {
         if (dedup_seen(b->dedup, req->topic, req->topic_len, req->mid, req->mid_len, now, &off)) {
@@ -431,8 +440,8 @@ static gale_err_t publish_here(broker_t *b, conn_t *c, const gale_request_t *req
         }
         gale_pos_t pos = history_pos(t);
         frame_t *built[GALE_ENC_COUNT];
-        e = router_publish_at(b, req->topic, req->topic_len, &pos, enc, req->data, req->data_len,
-                              built);
+        msg.pos = &pos;
+        e = router_publish_at(b, &msg, built);
         history_keep_frames(b->history, m, built);
         for (int i = 0; i < GALE_ENC_COUNT; i++)
             frame_unref(built[i]);
@@ -440,7 +449,7 @@ static gale_err_t publish_here(broker_t *b, conn_t *c, const gale_request_t *req
         off = pos.off;
         history_enforce(b->history);
     } else {
-        e = router_publish(b, req->topic, req->topic_len, enc, req->data, req->data_len);
+        e = router_publish(b, &msg);
     }
     if (req->mid &&
         !dedup_add(b->dedup, req->topic, req->topic_len, req->mid, req->mid_len, off, now))
@@ -469,13 +478,14 @@ static bool convertible(gale_enc_t enc, const uint8_t *data, size_t len)
 static gale_err_t do_pub(broker_t *b, conn_t *c, const gale_request_t *req, conn_reply_t *rep,
                          const char **why, bool *deferred)
 {
-    gale_enc_t enc = (gale_enc_t)c->enc;
+    gale_enc_t enc = req->data_enc;
     const gale_history_rule_t *rule = rule_of(b, req->topic, req->topic_len);
     if (enc == GALE_ENC_MSGPACK && rule && !convertible(enc, req->data, req->data_len)) {
         *why = "data could not be converted for JSON subscribers; a topic with history "
                "takes only data every subscriber can receive";
         return GALE_ERR_BAD_REQUEST;
     }
+    b->m.proto_published[conn_proto(c)]++;
     if (!b->bus.ops)
         return publish_here(b, c, req, rule, rep, why);
     core_reply_t *q = defer(c, req);
@@ -490,6 +500,10 @@ static gale_err_t do_pub(broker_t *b, conn_t *c, const gale_request_t *req, conn
                    .data_len = req->data_len,
                    .mid = req->mid,
                    .mid_len = req->mid_len,
+                   .reply = req->reply,
+                   .reply_len = req->reply_len,
+                   .noecho = c->noecho ? c->id : 0,
+                   .qos0 = req->qos0,
                    .rule = rule};
     gale_err_t e = b->bus.ops->pub(b->bus.ctx, &q->p, &m, why);
     *deferred = true;
@@ -807,11 +821,10 @@ uint16_t core_message(broker_t *b, conn_t *c, const uint8_t *msg, size_t len, bo
     return 0;
 }
 
-void core_open(broker_t *b, conn_t *c, const conn_ops_t *ops, gale_enc_t enc,
-               struct auth_grant *grant)
+void core_open(broker_t *b, conn_t *c, const conn_ops_t *ops, int fmt, struct auth_grant *grant)
 {
     c->ops = ops;
-    c->enc = (uint8_t)enc;
+    c->enc = (uint8_t)fmt;
     c->id = ++b->next_conn_id;
     if (grant) {
         auth_grant_ref(grant);
@@ -845,9 +858,9 @@ void core_close(broker_t *b, conn_t *c)
         free(c->replies);
         c->replies = NULL;
     }
-    if (c->waits && b->bus.ops)
-        b->bus.ops->forget(b->bus.ctx, c); /* recoveries in progress deliver nothing more */
-    core_absent(b, c);                     /* leaves, before the topics are released */
+    if (b->bus.ops) /* recoveries and retained reads in progress deliver nothing more */
+        b->bus.ops->forget(b->bus.ctx, c);
+    core_absent(b, c); /* leaves, before the topics are released */
     topics_unsubscribe_all(b->topics, &c->owner, b->bus.ops ? b->bus.ops->release : NULL,
                            b->bus.ctx);
     auth_grant_unref(c->grant);

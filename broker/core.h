@@ -25,11 +25,10 @@ struct auth_grant;
 
 /**
  * Sets up the core's part of a newly opened connection c (zeroed by its
- * transport): ops, encoding, a new id, a reference to grant (NULL when the
- * broker is open), a full --pub-rate bucket.
+ * transport): ops, delivery format (conn.h CONN_FMT_*, a gale_enc_t for gale v1), a new id,
+ * a reference to grant (NULL when the broker is open), a full --pub-rate bucket.
  */
-void core_open(broker_t *b, conn_t *c, const conn_ops_t *ops, gale_enc_t enc,
-               struct auth_grant *grant);
+void core_open(broker_t *b, conn_t *c, const conn_ops_t *ops, int fmt, struct auth_grant *grant);
 
 /**
  * One whole gale v1 message of c: `binary` when it came as a binary frame.

@@ -35,6 +35,7 @@ frame_t *frame_finish(gale_buf_t *b, int opcode)
     size_t hlen = frame_write_header(gale_buf_payload(b), opcode, plen);
     frame_t *f = (frame_t *)b->data;
     f->refs = 1;
+    f->qos = 0;
     f->off = (uint32_t)(b->headroom - hlen);
     f->len = hlen + plen;
     b->data = NULL;
@@ -82,7 +83,7 @@ struct ping_frame {
     frame_t f;
     uint8_t bytes[6];
 };
-static const struct ping_frame ping = {{FRAME_STATIC, offsetof(struct ping_frame, bytes), 6},
+static const struct ping_frame ping = {{FRAME_STATIC, offsetof(struct ping_frame, bytes), 6, 0},
                                        {0x80 | FRAME_PING, 4, 'g', 'a', 'l', 'e'}};
 
 frame_t *frame_ping(void)

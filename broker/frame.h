@@ -20,6 +20,8 @@ typedef struct frame {
     uint32_t refs; /* FRAME_STATIC: never freed */
     uint32_t off;  /* offset of the first header byte from the frame_t */
     size_t len;    /* header + payload bytes */
+    uint8_t qos;   /* an MQTT PUBLISH (conn.h CONN_FMT_MQTT): the most QoS its subscribers get,
+                      0 for a QoS 0 publish of an MQTT client, else 1; 0 for other frames */
 } frame_t;
 
 #define FRAME_STATIC UINT32_MAX

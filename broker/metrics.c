@@ -24,6 +24,26 @@ static void metric(gale_buf_t *out, const char *name, const char *type, const ch
     appendf(out, "# HELP %s %s\n# TYPE %s %s\n%s %" PRIu64 "\n", name, help, name, type, name, v);
 }
 
+/*
+ * One metric labelled proto="gale"|"mqtt"|"nats". total != UINT64_MAX: v[0] is not kept but
+ * derived, total less the others (a gauge of all connections).
+ */
+static void by_proto(gale_buf_t *out, const char *name, const char *type, const char *help,
+                     const uint64_t v[METRICS_PROTOS], uint64_t total)
+{
+    static const char *const names[METRICS_PROTOS] = {"gale", "mqtt", "nats"};
+    appendf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+    for (int i = 0; i < METRICS_PROTOS; i++) {
+        uint64_t x = v[i];
+        if (i == 0 && total != UINT64_MAX) {
+            x = total;
+            for (int j = 1; j < METRICS_PROTOS; j++)
+                x -= x >= v[j] ? v[j] : x;
+        }
+        appendf(out, "%s{proto=\"%s\"} %" PRIu64 "\n", name, names[i], x);
+    }
+}
+
 gale_err_t metrics_render(const metrics_t *m, const metrics_gauges_t *g, gale_buf_t *out)
 {
     metric(out, "gale_connections", "gauge", "Open WebSocket connections.", g->connections);
@@ -32,6 +52,18 @@ gale_err_t metrics_render(const metrics_t *m, const metrics_gauges_t *g, gale_bu
     metric(out, "gale_topics", "gauge", "Distinct topics and patterns with a subscriber.",
            g->topics);
     metric(out, "gale_queued_bytes", "gauge", "Bytes waiting in outbound queues.", g->queued_bytes);
+    by_proto(out, "gale_protocol_connections", "gauge",
+             "Open connections by wire protocol (gale v1 at /ws, MQTT at /mqtt, NATS at /nats).",
+             m->proto_connections, g->connections);
+    by_proto(out, "gale_protocol_messages_published_total", "counter",
+             "Messages published by connections of each wire protocol.", m->proto_published,
+             UINT64_MAX);
+    by_proto(out, "gale_protocol_messages_delivered_total", "counter",
+             "Messages queued to connections of each wire protocol.", m->proto_delivered,
+             UINT64_MAX);
+    by_proto(out, "gale_protocol_errors_total", "counter",
+             "Connections of each wire protocol closed for a protocol error.", m->proto_errors,
+             UINT64_MAX);
     metric(out, "gale_connections_accepted_total", "counter", "WebSocket upgrades accepted.",
            m->connections_accepted);
     metric(out, "gale_connections_refused_total", "counter",

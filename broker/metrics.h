@@ -9,6 +9,9 @@
 
 #include <stdint.h>
 
+/** Protocols metrics are labelled by: gale v1, MQTT, NATS (session.h SESSION_PROTO_*). */
+#define METRICS_PROTOS 3
+
 typedef struct metrics {
     uint64_t connections_accepted;            /* WebSocket upgrades completed */
     uint64_t connections_refused;             /* upgrades answered 4xx/5xx */
@@ -45,6 +48,11 @@ typedef struct metrics {
     uint64_t redis_invalid;      /* ... dropped as malformed */
     uint64_t redis_reconnects;   /* shards connected again after a loss */
     uint64_t redis_connect_failures; /* failed connection attempts */
+    /* by protocol (METRICS_PROTOS; [0], gale v1, is derived when rendering) */
+    uint64_t proto_connections[METRICS_PROTOS]; /* adapter sessions open now */
+    uint64_t proto_published[METRICS_PROTOS];   /* publishes accepted from its connections */
+    uint64_t proto_delivered[METRICS_PROTOS];   /* deliveries queued to its connections */
+    uint64_t proto_errors[METRICS_PROTOS];      /* protocol errors that closed a connection */
 } metrics_t;
 
 /** Gauges sampled when rendering. */

@@ -325,6 +325,63 @@ static void test_tail_0_decodes_without_position(void **state)
     assert_sample_fields(&e);
 }
 
+/* A reply topic, a no-echo publisher and the MQTT QoS 0 flag: [enc, reply, noecho, flags] in
+ * place of enc, for every tail; each field round-trips, and what the decoder must refuse is
+ * refused. */
+static void test_extended_enc_round_trip(void **state)
+{
+    (void)state;
+    for (int tail = 0; tail <= 8; tail += 8) {
+        uint8_t buf[512], again[512];
+        cluster_envelope_t in = sample((uint8_t)tail), e;
+        const char *why;
+        in.reply = "_INBOX.abc.1";
+        in.reply_len = 12;
+        in.noecho = 1234567;
+        in.qos0 = true;
+        size_t n = cluster_envelope_encode(buf, sizeof(buf), &in);
+        assert_true(n > 0);
+        assert_true(n <= cluster_envelope_size_ext(6, 11, 12, 11));
+        assert_true(cluster_envelope_decode(buf, n, 1024, &e, &why));
+        assert_sample_fields(&e);
+        assert_int_equal(e.reply_len, 12);
+        assert_memory_equal(e.reply, "_INBOX.abc.1", 12);
+        assert_int_equal(e.noecho, 1234567);
+        assert_true(e.qos0);
+        assert_int_equal(cluster_envelope_encode(again, sizeof(again), &e), n);
+        assert_memory_equal(again, buf, n);
+        /* The exact bound fits, one byte less does not. */
+        size_t cap = cluster_envelope_size_ext(6, 11, 12, 11);
+        assert_int_equal(cluster_envelope_encode(again, cap, &in), n);
+        assert_int_equal(cluster_envelope_encode(again, cap - 1, &in), 0);
+        /* Only the flag: an empty reply decodes as none. */
+        in.reply = NULL;
+        in.reply_len = 0;
+        in.noecho = 0;
+        n = cluster_envelope_encode(buf, sizeof(buf), &in);
+        assert_true(cluster_envelope_decode(buf, n, 1024, &e, &why));
+        assert_null(e.reply);
+        assert_int_equal(e.noecho, 0);
+        assert_true(e.qos0);
+        /* A reply that is not a topic, or an unknown flag, is refused. */
+        in.reply = "a..b";
+        in.reply_len = 4;
+        n = cluster_envelope_encode(buf, sizeof(buf), &in);
+        assert_false(cluster_envelope_decode(buf, n, 1024, &e, &why));
+        assert_string_equal(why, "bad reply or noecho");
+        in.reply = NULL;
+        in.reply_len = 0;
+        n = cluster_envelope_encode(buf, sizeof(buf), &in);
+        size_t flag_at = 0;
+        for (size_t i = 0; i < n; i++)
+            if (buf[i] == 0x94)
+                flag_at = i + 4; /* 0x94, enc, "" (0xa0), noecho 0, flags */
+        assert_int_equal(buf[flag_at], 1);
+        buf[flag_at] = 2;
+        assert_false(cluster_envelope_decode(buf, n, 1024, &e, &why));
+    }
+}
+
 static void test_tail_8_round_trip(void **state)
 {
     uint8_t b0[256], b8[256], again[256];
@@ -1282,6 +1339,7 @@ int main(void)
         cmocka_unit_test(test_data_depth_as_a_pub),
         cmocka_unit_test(test_random_mutations),
         cmocka_unit_test(test_tail_0_decodes_without_position),
+        cmocka_unit_test(test_extended_enc_round_trip),
         cmocka_unit_test(test_tail_8_round_trip),
         cmocka_unit_test(test_tail_9_encode_and_decode),
         cmocka_unit_test(test_tail_8_rejected),

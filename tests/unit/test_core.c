@@ -119,7 +119,15 @@ static gale_err_t bus_pub(void *bus, pending_t *done, const bus_pub_t *m, const 
         return GALE_ERR_UNAVAILABLE; /* nothing delivered */
     }
     /* Like cluster_pub: local subscribers now, the answer with the bus's. */
-    gale_err_t local = router_publish(fb->b, topic, topic_len, enc, data, data_len);
+    router_msg_t msg = {.topic = topic,
+                        .topic_len = topic_len,
+                        .reply = m->reply,
+                        .reply_len = m->reply_len,
+                        .noecho = m->noecho,
+                        .enc = enc,
+                        .data = data,
+                        .data_len = data_len};
+    gale_err_t local = router_publish(fb->b, &msg);
     done->local_err = (uint8_t)local;
     done->local_why = local == GALE_OK ? "" : router_convert_why(enc);
     fb->pubs++;
