@@ -13,6 +13,7 @@
 #include "dedup.h"
 #include "history.h"
 #include "log.h"
+#include "mqtt.h"
 #include "presence.h"
 #include "server.h"
 #include "session.h"
@@ -361,6 +362,7 @@ int broker_free(broker_t *b)
     history_free(b->history);
     dedup_free(b->dedup);
     presence_free(b->presence);
+    mqtt_free(b);
     auth_free(b->auth);
     free(b->scratch);
     free(b->sessions);

@@ -42,13 +42,14 @@ typedef struct broker {
     uv_loop_t *loop;
     struct server *srv; /* the lws transport (server.c) */
     topics_t *topics;
-    cluster_t *cluster;   /* NULL: single node (no --redis) */
-    bus_t bus;            /* the cluster as the core sees it (bus.h); ops NULL: single node */
-    auth_t *auth;         /* NULL: no --jwt-secret nor --jwt-keys, the broker is open */
-    history_t *history;   /* --history (single node); NULL: none */
-    dedup_t *dedup;       /* the mids of recent publishes (single node) */
-    presence_t *presence; /* --presence; NULL: none */
-    bool tls;             /* --tls-cert: wss:// and https:// */
+    cluster_t *cluster;      /* NULL: single node (no --redis) */
+    bus_t bus;               /* the cluster as the core sees it (bus.h); ops NULL: single node */
+    auth_t *auth;            /* NULL: no --jwt-secret nor --jwt-keys, the broker is open */
+    history_t *history;      /* --history (single node); NULL: none */
+    dedup_t *dedup;          /* the mids of recent publishes (single node) */
+    presence_t *presence;    /* --presence; NULL: none */
+    struct mqtt_state *mqtt; /* MQTT client ids and retained messages (mqtt.c); NULL: none yet */
+    bool tls;                /* --tls-cert: wss:// and https:// */
     metrics_t m;
     char node_id[64];
     uint64_t instance; /* random, non-zero: names this process on the cluster bus */

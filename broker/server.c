@@ -13,6 +13,8 @@
 #include "iplimit.h"
 #include "log.h"
 #include "lws_mem.h"
+#include "mqtt.h"
+#include "nats.h"
 #include "netaddr.h"
 #include "session.h"
 
@@ -25,12 +27,20 @@
 
 #define WS_PATH SERVER_WS_PATH
 
+/*
+ * Subprotocol names: gale's by encoding (the first also serves HTTP and clients that offer
+ * none, NATS clients among them), then MQTT's (3.1.1 names "mqtt"; 3.1 clients offer
+ * "mqttv3.1").
+ */
+#define NSUBPROTOCOLS (GALE_ENC_COUNT + 2)
+
 /* What lws keeps pointers to for the context's life. */
 struct server {
     struct lws_context *ctx;
     struct lws_vhost *vhost;
-    struct lws_protocols protocols[GALE_ENC_COUNT + 1]; /* by encoding, then a terminator */
-    struct lws_http_mount mounts[4];                    /* /metrics, /healthz, /api, / */
+    struct lws_protocols protocols[NSUBPROTOCOLS + 1]; /* gale's by encoding, MQTT's, then a
+                                                           terminator */
+    struct lws_http_mount mounts[4];                   /* /metrics, /healthz, /api, / */
     iplimit_t *ips;            /* --max-connections-per-ip; NULL: no limit */
     netaddr_prefix_t *trusted; /* --trusted-proxies */
     size_t ntrusted;
@@ -42,14 +52,38 @@ struct server {
 static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
                     size_t len);
 
-/* Subprotocol names by encoding; the first also serves HTTP and clients that offer none. */
-static const char *const subprotocols[GALE_ENC_COUNT] = {"gale.v1.json", "gale.v1.msgpack"};
+static const char *const subprotocols[NSUBPROTOCOLS] = {"gale.v1.json", "gale.v1.msgpack", "mqtt",
+                                                        "mqttv3.1"};
+
+/* What a WebSocket path serves. */
+typedef enum { PATH_NONE, PATH_GALE, PATH_MQTT, PATH_NATS } path_kind_t;
+
+static path_kind_t path_kind(const char *uri)
+{
+    return strcmp(uri, WS_PATH) == 0            ? PATH_GALE
+           : strcmp(uri, SERVER_MQTT_PATH) == 0 ? PATH_MQTT
+           : strcmp(uri, SERVER_NATS_PATH) == 0 ? PATH_NATS
+                                                : PATH_NONE;
+}
+
+/* The path of wsi's upgrade request. */
+static path_kind_t request_path(struct lws *wsi)
+{
+    char uri[16];
+    if (lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) >= (int)sizeof(uri) ||
+        lws_hdr_copy(wsi, uri, sizeof(uri), WSI_TOKEN_GET_URI) <= 0)
+        return PATH_NONE;
+    return path_kind(uri);
+}
 
 /* A zeroed policy: no per-connection lws ping/hang-up timer (session_sweep instead). */
 static const lws_retry_bo_t no_idle_policy;
 
-/* True if the comma-separated Sec-WebSocket-Protocol list names one of ours. */
-static bool offers_known_subprotocol(const char *list)
+/*
+ * The index in subprotocols of the first name of the comma-separated Sec-WebSocket-Protocol
+ * list that is one of ours (the one lws picks), or -1.
+ */
+static int first_known_subprotocol(const char *list)
 {
     const char *p = list;
     while (*p) {
@@ -58,13 +92,13 @@ static bool offers_known_subprotocol(const char *list)
         const char *e = p;
         while (*e && *e != ',' && *e != ' ' && *e != '\t')
             e++;
-        for (int i = 0; i < GALE_ENC_COUNT; i++)
+        for (int i = 0; i < NSUBPROTOCOLS; i++)
             if ((size_t)(e - p) == strlen(subprotocols[i]) &&
                 strncmp(p, subprotocols[i], (size_t)(e - p)) == 0)
-                return true;
+                return i;
         p = e;
     }
-    return false;
+    return -1;
 }
 
 /* True if origin[0..len) is one of the comma-separated origins of list (exact match). */
@@ -199,16 +233,28 @@ bool server_client_addresses(const broker_t *b, uint64_t *n)
 
 static int confirm_upgrade(broker_t *b, struct lws *wsi, const char *upgrade)
 {
-    char uri[sizeof(WS_PATH) + 1], offered[256];
+    char offered[256];
     if (!upgrade || strcasecmp(upgrade, "websocket") != 0)
         return http_refuse(b, wsi, HTTP_STATUS_BAD_REQUEST, "only WebSocket upgrades");
-    if (lws_hdr_copy(wsi, uri, sizeof(uri), WSI_TOKEN_GET_URI) <= 0 || strcmp(uri, WS_PATH) != 0)
-        return http_refuse(b, wsi, HTTP_STATUS_NOT_FOUND, "the WebSocket endpoint is " WS_PATH);
+    path_kind_t path = request_path(wsi);
+    if (path == PATH_NONE)
+        return http_refuse(b, wsi, HTTP_STATUS_NOT_FOUND,
+                           "the WebSocket endpoints are " WS_PATH " (gale), " SERVER_MQTT_PATH
+                           " (MQTT) and " SERVER_NATS_PATH " (NATS)");
     if (lws_hdr_total_length(wsi, WSI_TOKEN_PROTOCOL) > 0) {
-        if (lws_hdr_copy(wsi, offered, sizeof(offered), WSI_TOKEN_PROTOCOL) <= 0 ||
-            !offers_known_subprotocol(offered))
+        /* The name lws will pick must be the path's protocol's. */
+        int known = lws_hdr_copy(wsi, offered, sizeof(offered), WSI_TOKEN_PROTOCOL) > 0
+                        ? first_known_subprotocol(offered)
+                        : -1;
+        if (path == PATH_GALE && (known < 0 || known >= GALE_ENC_COUNT))
             return http_refuse(b, wsi, HTTP_STATUS_BAD_REQUEST,
                                "unknown subprotocol: offer gale.v1.json or gale.v1.msgpack");
+        if (path == PATH_MQTT && known < GALE_ENC_COUNT)
+            return http_refuse(b, wsi, HTTP_STATUS_BAD_REQUEST,
+                               "unknown subprotocol: offer mqtt (or mqttv3.1)");
+        if (path == PATH_NATS)
+            return http_refuse(b, wsi, HTTP_STATUS_BAD_REQUEST,
+                               "NATS over WebSocket takes no subprotocol");
     }
     if (b->cfg.allowed_origins[0] && lws_hdr_total_length(wsi, WSI_TOKEN_ORIGIN) > 0) {
         char origin[512];
@@ -223,7 +269,7 @@ static int confirm_upgrade(broker_t *b, struct lws *wsi, const char *upgrade)
     bool counted = b->srv->ips && client_address(b->srv, wsi, &client);
     if (counted && iplimit_full(b->srv->ips, &client))
         return refuse_per_ip(b, wsi, &client);
-    if (b->auth) {
+    if (b->auth && path == PATH_GALE) { /* MQTT and NATS clients give it in CONNECT */
         const char *why = "";
         if (!request_grant(b, wsi, &why)) {
             log_info("upgrade refused with 401: %s", why);
@@ -276,6 +322,14 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         }
         release_http_slot(b, wsi);
         http_conn_upgraded(b, wsi);
+        path_kind_t path = request_path(wsi);
+        if (path == PATH_MQTT || path == PATH_NATS) {
+            if (!session_open_adapter(b, s, wsi, path == PATH_MQTT ? &mqtt_proto : &nats_proto)) {
+                log_error("out of memory accepting a connection");
+                return -1;
+            }
+            return 0;
+        }
         /* lws keeps its own copy of the protocols array: compare names. */
         const struct lws_protocols *p = lws_get_protocol(wsi);
         gale_enc_t enc = p && strcmp(p->name, subprotocols[GALE_ENC_MSGPACK]) == 0
@@ -429,7 +483,7 @@ bool server_start(broker_t *b)
         return false;
     }
 
-    for (int i = 0; i < GALE_ENC_COUNT; i++) {
+    for (int i = 0; i < NSUBPROTOCOLS; i++) {
         struct lws_protocols *p = &sv->protocols[i];
         p->name = subprotocols[i];
         p->callback = callback;
@@ -437,7 +491,7 @@ bool server_start(broker_t *b)
         p->rx_buffer_size = b->cfg.rx_buffer;
         p->tx_packet_size = BROKER_SCRATCH_SIZE; /* one coalesced write is sent whole */
     }
-    /* sv->protocols[GALE_ENC_COUNT] stays zeroed: the terminator. */
+    /* sv->protocols[NSUBPROTOCOLS] stays zeroed: the terminator. */
 
     m_root->mountpoint = "/";
     m_root->mountpoint_len = 1;

@@ -13,6 +13,10 @@
 
 /** The WebSocket endpoint's path. */
 #define SERVER_WS_PATH "/ws"
+/** MQTT 3.1.1 over WebSocket (mqtt.c). */
+#define SERVER_MQTT_PATH "/mqtt"
+/** NATS over WebSocket (nats.c). */
+#define SERVER_NATS_PATH "/nats"
 
 /**
  * Sends libwebsockets' log lines to the broker's log (after log_set_level:

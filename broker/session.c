@@ -55,8 +55,7 @@ static void mark_dirty(broker_t *b, session_t *s)
     }
 }
 
-/* Queues a frame built for s (hello, an answer); frees it. */
-static void send_frame(broker_t *b, session_t *s, frame_t *f)
+void session_send(broker_t *b, session_t *s, frame_t *f)
 {
     if (!f) {
         log_error("conn %" PRIu64 ": out of memory building a reply: closing", s->conn.id);
@@ -69,7 +68,7 @@ static void send_frame(broker_t *b, session_t *s, frame_t *f)
 
 static session_t *session_of(conn_t *c)
 {
-    return (session_t *)((char *)c - offsetof(session_t, conn));
+    return session_of_conn(c);
 }
 
 /* conn_ops_t.deliver */
@@ -107,7 +106,7 @@ static void op_reply(broker_t *b, conn_t *c, const conn_reply_t *r)
                             .dup = r->dup};
         e = gale_encode_ack_ext(&buf, enc, r->id, &x);
     }
-    send_frame(b, session_of(c), frame_built(&buf, e, enc));
+    session_send(b, session_of(c), frame_built(&buf, e, enc));
 }
 
 /* conn_ops_t.close */
@@ -160,8 +159,8 @@ static int handle(broker_t *b, session_t *s, const uint8_t *msg, size_t len, boo
     return -1;
 }
 
-bool session_open(broker_t *b, session_t *s, struct lws *wsi, gale_enc_t enc,
-                  struct auth_grant *grant)
+/* What every session starts with, whatever its protocol. */
+static bool start(broker_t *b, session_t *s, struct lws *wsi)
 {
     s->wsi = wsi;
     s->dirty_slot = SESSION_NOT_DIRTY;
@@ -171,6 +170,38 @@ bool session_open(broker_t *b, session_t *s, struct lws *wsi, gale_enc_t enc,
     if (b->nsessions > b->sessions_peak)
         b->sessions_peak = b->nsessions;
     b->m.connections_accepted++;
+    return true;
+}
+
+/* Undoes start (the adapter could not be set up). */
+static void unstart(broker_t *b, session_t *s)
+{
+    session_t *last = b->sessions[--b->nsessions];
+    b->sessions[s->slot] = last;
+    last->slot = s->slot;
+    s->wsi = NULL;
+}
+
+bool session_open_adapter(broker_t *b, session_t *s, struct lws *wsi, const session_proto_t *proto)
+{
+    if (!start(b, s, wsi))
+        return false;
+    if (!proto->open(b, s)) {
+        unstart(b, s);
+        return false;
+    }
+    s->live = 1;
+    b->nlive++;
+    b->m.proto_connections[proto->index]++;
+    log_debug("session %p: open (%s)", (void *)s, proto->name);
+    return true;
+}
+
+bool session_open(broker_t *b, session_t *s, struct lws *wsi, gale_enc_t enc,
+                  struct auth_grant *grant)
+{
+    if (!start(b, s, wsi))
+        return false;
     core_open(b, &s->conn, &session_ops, enc, grant);
     s->live = 1;
     b->nlive++;
@@ -179,7 +210,7 @@ bool session_open(broker_t *b, session_t *s, struct lws *wsi, gale_enc_t enc,
     core_conn_name(b, &s->conn, conn);
     gale_buf_t buf;
     gale_buf_init(&buf, FRAME_HEADROOM);
-    send_frame(
+    session_send(
         b, s,
         frame_built(&buf, gale_encode_hello(&buf, enc, b->node_id, conn, b->cfg.max_message), enc));
     if (grant)
@@ -194,7 +225,15 @@ void session_close(broker_t *b, session_t *s)
 {
     if (!s->wsi)
         return; /* never opened */
-    core_close(b, &s->conn);
+    if (s->ad)
+        s->ad->proto->closing(b, s);
+    if (s->conn.ops) /* an adapter opens it at its handshake */
+        core_close(b, &s->conn);
+    if (s->ad) {
+        b->m.proto_connections[s->ad->proto->index]--;
+        s->ad->proto->free(b, s);
+        s->ad = NULL;
+    }
     forget_publisher(b, s);
     outq_clear(&s->q);
     free(s->rx);
@@ -241,6 +280,8 @@ int session_receive(broker_t *b, session_t *s, const uint8_t *in, size_t len)
     session_touch(b, s);
     if (s->close_code || s->killed)
         return 0; /* closing: input no longer matters */
+    if (s->ad)    /* a byte stream: the adapter frames and bounds it */
+        return s->ad->proto->receive(b, s, in, len, lws_frame_is_binary(wsi));
     bool first = lws_is_first_fragment(wsi);
     bool final = lws_is_final_fragment(wsi);
     size_t total = (first ? 0 : s->rx_len) + len + lws_remaining_packet_payload(wsi);
@@ -302,6 +343,14 @@ static const char *close_reason(uint16_t code)
         return "slow consumer: outbound queue over its limit";
     case LWS_CLOSE_STATUS_POLICY_VIOLATION:
         return "token expired";
+    case LWS_CLOSE_STATUS_NORMAL:
+        return "normal closure";
+    case LWS_CLOSE_STATUS_PROTOCOL_ERR:
+        return "protocol error";
+    case LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE:
+        return "message too large";
+    case LWS_CLOSE_STATUS_UNACCEPTABLE_OPCODE:
+        return "unsupported data";
     default:
         return "internal error";
     }
@@ -523,5 +572,7 @@ void session_sweep(broker_t *b)
             s->ping_sent = 1;
             session_enqueue(b, s, frame_ping());
         }
+        if (s->ad && !s->close_code && !s->killed)
+            s->ad->proto->sweep(b, s, now);
     }
 }

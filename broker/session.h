@@ -19,9 +19,48 @@ struct lws;
 struct auth_grant;
 struct iplimit_entry;
 
+struct session;
+struct session_adapter;
+
+/** Protocols of sessions: gale v1, then the adapters' (metrics count sessions by it). */
+enum { SESSION_PROTO_GALE, SESSION_PROTO_MQTT, SESSION_PROTO_NATS, SESSION_PROTO_COUNT };
+
+/**
+ * A wire protocol other than gale v1 carried by a session (mqtt.c at /mqtt, nats.c at
+ * /nats): the session keeps the WebSocket (queue, coalesced writes, keepalive pings, closes);
+ * the adapter turns the byte stream of its frames into core requests and the core's answers
+ * and deliveries into its packets (its own conn_ops_t). It opens the core's part of the
+ * connection itself (core_open) once its handshake (CONNECT) is done.
+ */
+typedef struct session_proto {
+    const char *name; /* "mqtt", "nats": logs, metrics label */
+    uint8_t index;    /* SESSION_PROTO_* */
+    /** Set up s->ad; false when out of memory (the connection is refused). */
+    bool (*open)(broker_t *b, struct session *s);
+    /** A chunk of a frame's payload (any fragmentation). 0, or -1 to close (reason set). */
+    int (*receive)(broker_t *b, struct session *s, const uint8_t *in, size_t len, bool binary);
+    /** The connection ends: before the core forgets it (an MQTT will goes out here). */
+    void (*closing)(broker_t *b, struct session *s);
+    /** Frees s->ad (after core_close). */
+    void (*free)(broker_t *b, struct session *s);
+    /** The once-a-second sweep (protocol keepalive, handshake deadline); now in uptime ms. */
+    void (*sweep)(broker_t *b, struct session *s, uint64_t now);
+} session_proto_t;
+
+/** What every adapter's state starts with (s->ad). */
+typedef struct session_adapter {
+    const session_proto_t *proto;
+} session_adapter_t;
+
 #define SESSION_NOT_DIRTY UINT32_MAX
-/** The close code of a broker that stops (RFC 6455 7.4.1). */
+/** Close codes (RFC 6455 7.4.1) the adapters use. */
+#define SESSION_CLOSE_NORMAL 1000
+/** The close code of a broker that stops. */
 #define SESSION_CLOSE_GOING_AWAY 1001
+#define SESSION_CLOSE_PROTOCOL 1002
+#define SESSION_CLOSE_UNSUPPORTED 1003
+#define SESSION_CLOSE_POLICY 1008
+#define SESSION_CLOSE_TOO_LARGE 1009
 
 typedef struct session {
     conn_t conn; /* the core's part (core.h): subscriptions, grant, encoding */
@@ -30,6 +69,7 @@ typedef struct session {
     struct iplimit_entry *ip;
     outq_t q;              /* frames waiting to be written */
     uint8_t *rx;           /* reassembly of a message spanning several receives */
+    session_adapter_t *ad; /* another protocol's state (MQTT, NATS); NULL: gale v1 */
     uint64_t last_rx_ms;   /* broker_uptime_ms() of the last inbound frame; once
                               closing, of the start of the close */
     uint32_t rx_len;       /* bytes in rx (at most --max-message, 64 MiB) */
@@ -48,6 +88,21 @@ typedef struct session {
  */
 bool session_open(broker_t *b, session_t *s, struct lws *wsi, gale_enc_t enc,
                   struct auth_grant *grant);
+
+/**
+ * Sets up a newly established session of another protocol (proto): the adapter opens the
+ * core's part itself when its client has done its handshake.
+ */
+bool session_open_adapter(broker_t *b, session_t *s, struct lws *wsi, const session_proto_t *proto);
+
+/** Queues frame f built for s (a reply), dropping the reference; NULL closes s with 1011. */
+void session_send(broker_t *b, session_t *s, frame_t *f);
+
+/** The session of a conn_t (its first member). */
+static inline session_t *session_of_conn(conn_t *c)
+{
+    return (session_t *)c;
+}
 
 /** Releases everything the session holds (subscriptions, queue, buffers). */
 void session_close(broker_t *b, session_t *s);
