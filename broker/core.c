@@ -858,7 +858,7 @@ void core_close(broker_t *b, conn_t *c)
         free(c->replies);
         c->replies = NULL;
     }
-    if (b->bus.ops) /* recoveries and retained reads in progress deliver nothing more */
+    if (b->bus.ops && b->bus.ops->forget) /* recoveries and retained reads deliver nothing more */
         b->bus.ops->forget(b->bus.ctx, c);
     core_absent(b, c); /* leaves, before the topics are released */
     topics_unsubscribe_all(b->topics, &c->owner, b->bus.ops ? b->bus.ops->release : NULL,
