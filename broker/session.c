@@ -280,8 +280,13 @@ int session_receive(broker_t *b, session_t *s, const uint8_t *in, size_t len)
     session_touch(b, s);
     if (s->close_code || s->killed)
         return 0; /* closing: input no longer matters */
-    if (s->ad)    /* a byte stream: the adapter frames and bounds it */
-        return s->ad->proto->receive(b, s, in, len, lws_frame_is_binary(wsi));
+    if (s->ad) {  /* a byte stream: the adapter frames and bounds it */
+        uint64_t published = b->m.messages_published;
+        int r = s->ad->proto->receive(b, s, in, len, lws_frame_is_binary(wsi));
+        if (b->m.messages_published != published) /* coalesce as for gale's publishers */
+            note_publisher(b, s, len);
+        return r;
+    }
     bool first = lws_is_first_fragment(wsi);
     bool final = lws_is_final_fragment(wsi);
     size_t total = (first ? 0 : s->rx_len) + len + lws_remaining_packet_payload(wsi);
