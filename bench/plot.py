@@ -3,15 +3,16 @@
 
     bench/plot.py build-bench/benchmarks.jsonl --png-dir docs/bench \\
         --markdown docs/BENCHMARKS.md --optimisations docs/bench/optimisations.md \\
-        --history docs/bench/history.md --presence docs/bench/presence.md
+        --history docs/bench/history.md --presence docs/bench/presence.md \\
+        --mqtt docs/bench/mqtt.md
 
 Reads the records benchmarks.sh appends (type meta, run, skip, end; a run holds the server,
 the measurement, its parameters, the exact `gale bench` command and gale bench's --json
 report), draws PNGs with matplotlib (Agg backend, no display, no network) and writes the
 markdown: machine and versions, one table per measurement with the command of every row,
 the plots, the targets with met / not met computed from the data, the history and recovery
-section written by bench/history.py, the presence section written by bench/presence.py and
-the optimisation log, all three included verbatim.
+section written by bench/history.py, the presence section written by bench/presence.py, the
+MQTT section written by bench/mqtt.py and the optimisation log, all four included verbatim.
 Without --png-dir it writes the tables alone; without matplotlib it keeps the PNGs already
 in --png-dir.
 """
@@ -486,7 +487,8 @@ def targets(runs):
 
 
 # ---- markdown ------------------------------------------------------------------------------
-def markdown(meta, end, runs, skips, made, png_rel, optimisations, history="", presence=""):
+def markdown(meta, end, runs, skips, made, png_rel, optimisations, history="", presence="",
+             mqtt=""):
     md = []
     add = md.append
     quick = bool(meta.get("quick"))
@@ -498,10 +500,11 @@ def markdown(meta, end, runs, skips, made, png_rel, optimisations, history="", p
         "`bench/benchmarks.sh` again (about as long again), or "
         "`bench/plot.py docs/bench/benchmarks.jsonl --png-dir docs/bench --markdown docs/BENCHMARKS.md "
         "--optimisations docs/bench/optimisations.md --history docs/bench/history.md "
-        "--presence docs/bench/presence.md` to redraw from the raw JSON. The optimisation log "
-        "is hand-written in `docs/bench/optimisations.md`; the history section is written by "
-        "`bench/history.py` (`docs/bench/history.md`), the presence section by "
-        "`bench/presence.py` (`docs/bench/presence.md`).\n")
+        "--presence docs/bench/presence.md --mqtt docs/bench/mqtt.md` to redraw from the raw "
+        "JSON. The optimisation log is hand-written in `docs/bench/optimisations.md`; the "
+        "history section is written by `bench/history.py` (`docs/bench/history.md`), the "
+        "presence section by `bench/presence.py` (`docs/bench/presence.md`), the MQTT section "
+        "by `bench/mqtt.py` (`docs/bench/mqtt.md`).\n")
     if quick:
         add("> **QUICK run** (`QUICK=1`): small counts and 2-second measurements to check the "
             "script and the format. None of these figures is representative.\n")
@@ -730,6 +733,8 @@ def markdown(meta, end, runs, skips, made, png_rel, optimisations, history="", p
         add(history.rstrip() + "\n")
     if presence:
         add(presence.rstrip() + "\n")
+    if mqtt:
+        add(mqtt.rstrip() + "\n")
     if optimisations:
         add(optimisations.rstrip() + "\n")
     add("## Raw data\n")
@@ -739,9 +744,10 @@ def markdown(meta, end, runs, skips, made, png_rel, optimisations, history="", p
         "and gale bench's `--json` report. `bench/plot.py docs/bench/benchmarks.jsonl "
         "--png-dir docs/bench --markdown docs/BENCHMARKS.md --optimisations "
         "docs/bench/optimisations.md --history docs/bench/history.md --presence "
-        "docs/bench/presence.md` redraws everything from it; the history section's runs are in "
-        "[`bench/history.jsonl`](bench/history.jsonl), the presence section's in "
-        "[`bench/presence.jsonl`](bench/presence.jsonl).")
+        "docs/bench/presence.md --mqtt docs/bench/mqtt.md` redraws everything from it; the "
+        "history section's runs are in [`bench/history.jsonl`](bench/history.jsonl), the "
+        "presence section's in [`bench/presence.jsonl`](bench/presence.jsonl), the MQTT "
+        "section's in [`bench/mqtt.jsonl`](bench/mqtt.jsonl).")
     return "\n".join(md) + "\n"
 
 
@@ -770,6 +776,8 @@ def main():
     ap.add_argument("--history", help="markdown file included verbatim (bench/history.py)")
     ap.add_argument("--presence", help="markdown file included verbatim after the history "
                     "section (bench/presence.py)")
+    ap.add_argument("--mqtt", help="markdown file included verbatim after the presence "
+                    "section (bench/mqtt.py)")
     a = ap.parse_args()
     meta, end, runs, skips = load(a.jsonl)
     made = drawn = {}
@@ -783,7 +791,7 @@ def main():
                 made = {f: os.path.join(a.png_dir, f) for f in os.listdir(a.png_dir)
                         if f.endswith(".png")}
     if a.markdown:
-        opt = hist = pres = ""
+        opt = hist = pres = mq = ""
         if a.optimisations and os.path.exists(a.optimisations):
             with open(a.optimisations) as f:
                 opt = f.read()
@@ -793,10 +801,13 @@ def main():
         if a.presence and os.path.exists(a.presence):
             with open(a.presence) as f:
                 pres = f.read()
+        if a.mqtt and os.path.exists(a.mqtt):
+            with open(a.mqtt) as f:
+                mq = f.read()
         rel = os.path.relpath(a.png_dir, os.path.dirname(os.path.abspath(a.markdown))) \
             if a.png_dir else "bench"
         with open(a.markdown, "w") as f:
-            f.write(markdown(meta, end, runs, skips, made, rel, opt, hist, pres))
+            f.write(markdown(meta, end, runs, skips, made, rel, opt, hist, pres, mq))
     for name in sorted(drawn):
         print(drawn[name])
 

@@ -1,12 +1,14 @@
 /*
  * bench: `gale bench`, the load generator for any broker speaking gale v1, or NATS
- * (nats-server's WebSocket listener) with --proto nats.
+ * (nats-server's WebSocket listener) with --proto nats, or MQTT 3.1.1 over WebSocket
+ * (gale-broker's /mqtt, mosquitto) with --proto mqtt.
  * This file: command line, the coordinating parent (forks workers, holds the publishers,
  * samples the broker's CPU and memory from /proc) and the report. See bench.h for the
  * process model and bench/README.md for how to run it.
  */
 #include "bench.h"
 #include "bench_msg.h"
+#include "bench_mqtt.h"
 #include "bench_nats.h"
 #include "bench_sys.h"
 
@@ -61,14 +63,20 @@ static void usage(FILE *f)
           "\n"
           "Common options:\n"
           "  --url ws://HOST:PORT/PATH   broker endpoint (default ws://127.0.0.1:8080/ws)\n"
-          "  --proto gale|nats           gale v1 (default), or the NATS client protocol over\n"
+          "  --proto gale|nats|mqtt      gale v1 (default), or the NATS client protocol over\n"
           "                              nats-server's WebSocket listener (no_tls: true):\n"
           "                              INFO is the hello, SUB + PING's PONG the ack, and\n"
-          "                              every PUB is followed by a PING whose PONG acks it\n"
+          "                              every PUB is followed by a PING whose PONG acks it;\n"
+          "                              or MQTT 3.1.1 over WebSocket (subprotocol mqtt, e.g.\n"
+          "                              ws://HOST:PORT/mqtt): CONNECT, CONNACK is the hello,\n"
+          "                              SUBSCRIBE QoS 0 + SUBACK the sub and its ack, every\n"
+          "                              QoS 0 PUBLISH is followed by a PINGREQ whose PINGRESP\n"
+          "                              acks it; topic a.b is MQTT a/b\n"
           "  --pub-url ws://HOST:PORT/PATH  publishers' endpoint, e.g. another cluster node\n"
           "                              (fanout, topics; default: --url)\n"
           "  --encoding json|msgpack     subprotocol gale.v1.json or gale.v1.msgpack (json;\n"
-          "                              --proto nats: the payload is JSON, msgpack refused)\n"
+          "                              --proto nats, mqtt: the payload is JSON, msgpack\n"
+          "                              refused)\n"
           "  --procs N                   worker processes holding the connections (1)\n"
           "  --concurrency N             connections in set-up at once per worker (256;\n"
           "                              connect: concurrent open/close loops per worker, 16)\n"
@@ -215,7 +223,7 @@ static int parse_opts(opts_t *o, int argc, char **argv)
                                        {"redis-cli", 1, 0, O_REDIS_CLI},
                                        {"help", 0, 0, O_HELP},
                                        {0, 0, 0, 0}};
-    const char *url = "ws://127.0.0.1:8080/ws";
+    const char *url = "ws://127.0.0.1:8080/ws", *proto = NULL;
     double v = 0, subs = -1, topics = -1, conc = -1, duration = -1, messages = -1;
     o->pubs = 1;
     o->conns = 1000;
@@ -311,9 +319,13 @@ static int parse_opts(opts_t *o, int argc, char **argv)
             rc = num(optarg, 0, 254 * 254, &v, "--src-addrs"), o->target.src_addrs = (unsigned)v;
             break;
         case O_PROTO:
-            if (strcmp(optarg, "gale") && strcmp(optarg, "nats"))
-                return bad("--proto: '%s' is neither gale nor nats", optarg);
+            if (strcmp(optarg, "gale") && strcmp(optarg, "nats") && strcmp(optarg, "mqtt"))
+                return bad("--proto: '%s' is not gale, nats or mqtt", optarg);
+            if (proto && strcmp(proto, optarg) != 0)
+                return bad("--proto given twice (%s): one protocol per run", optarg);
+            proto = optarg;
             o->nats = strcmp(optarg, "nats") == 0;
+            o->mqtt = strcmp(optarg, "mqtt") == 0;
             break;
         case O_MASK:
             if (strcmp(optarg, "zero") && strcmp(optarg, "random"))
@@ -334,10 +346,10 @@ static int parse_opts(opts_t *o, int argc, char **argv)
     if (optind < argc)
         return bad("unexpected argument '%s'", argv[optind]);
     o->url = url;
-    if (o->nats && o->msgpack)
-        return bad("--encoding msgpack does not apply to --proto nats (NATS payloads are the "
-                   "bench's JSON data)%s",
-                   "");
+    if ((o->nats || o->mqtt) && o->msgpack)
+        return bad("--encoding msgpack does not apply to --proto %s (its payloads are the "
+                   "bench's JSON data)",
+                   o->nats ? "nats" : "mqtt");
     if (o->pid > 0 && proc_rss_kib(o->pid) < 0) {
         fprintf(stderr, "gale bench: --pid %d: cannot read /proc/%d/status: %s\n", (int)o->pid,
                 (int)o->pid, strerror(errno));
@@ -347,8 +359,9 @@ static int parse_opts(opts_t *o, int argc, char **argv)
     bool recover = o->sc == SC_RECOVER;
     if (!recover && (o->reconnect_url || o->redis))
         return bad("--reconnect-url and --redis-cli apply to the recover scenario only%s", "");
-    if (recover && o->nats)
-        return bad("recover needs gale v1's history (sub with since), not --proto nats%s", "");
+    if (recover && (o->nats || o->mqtt))
+        return bad("recover needs gale v1's history (sub with since), not --proto %s",
+                   o->nats ? "nats" : "mqtt");
     if (recover && (duration > 0 || o->pubs != 1 || o->rate > 0))
         return bad("recover publishes --msgs messages from one publisher as fast as acks allow "
                    "(no --duration, --pubs, --rate)%s",
@@ -375,9 +388,13 @@ static int parse_opts(opts_t *o, int argc, char **argv)
     } else {
         o->duration = duration > 0 ? duration : 3;
     }
-    /* nats-server offers no subprotocol and streams NATS in frames of any size. */
-    o->target.proto = o->nats ? NULL : o->msgpack ? "gale.v1.msgpack" : "gale.v1.json";
-    o->target.stream = o->nats;
+    /* nats-server offers no subprotocol and streams NATS in frames of any size; MQTT packets
+     * may span frames too (the subprotocol "mqtt", 3.1.1's name for it, MQTT-6.0.0-3). */
+    o->target.proto = o->nats      ? NULL
+                      : o->mqtt    ? "mqtt"
+                      : o->msgpack ? "gale.v1.msgpack"
+                                   : "gale.v1.json";
+    o->target.stream = o->nats || o->mqtt;
     if (parse_url(&o->target, url) < 0)
         return -1;
     o->pub_target = o->target;
@@ -385,6 +402,11 @@ static int parse_opts(opts_t *o, int argc, char **argv)
     if (o->reconnect_url && parse_url(&o->reconnect_target, o->reconnect_url) < 0)
         return -1;
     return o->pub_url ? parse_url(&o->pub_target, o->pub_url) : 0;
+}
+
+void bench_mqtt_client_id(const opts_t *o, uint32_t index, char *out, size_t cap)
+{
+    snprintf(out, cap, "gb-%u-%u", o->run_id, index); /* 23 characters at most (3.1.3-5) */
 }
 
 void bench_topic(const opts_t *o, uint32_t i, char *out, size_t cap)
@@ -416,9 +438,12 @@ typedef struct {
 typedef struct {
     bws_conn_t *c;
     pubtpl_t tpl;
-    nats_rx_t rx; /* --proto nats: the stream from the server */
+    nats_rx_t rx;  /* --proto nats: the stream from the server */
+    mqtt_rx_t mrx; /* --proto mqtt: the same */
     uint32_t k;
     uint64_t sent, acked, errors;
+    uint64_t last_tx;    /* --proto mqtt: when it last sent a packet (keepalive) */
+    uint32_t ka_pending; /* --proto mqtt: keepalive PINGREQs whose PINGRESP is due */
     bool hello, lost;
 } pub_t;
 
@@ -573,6 +598,26 @@ static void progress(coord_t *k, bool force_clear)
         fprintf(stderr, " | cycles %llu", (unsigned long long)k->sum.cycles);
 }
 
+/*
+ * --proto mqtt: a PINGREQ from each publisher that sent nothing for half the keepalive (while
+ * subscribers are set up, while draining, at a low --rate). Only with no publish outstanding:
+ * PINGRESPs come in order, so the next ka_pending ones are these, not a publish's ack.
+ */
+static void pub_keepalive(coord_t *k)
+{
+    uint64_t now = now_ns();
+    uint8_t f[16];
+    for (uint32_t i = 0; k->o->mqtt && k->pubs && i < k->o->pubs; i++) {
+        pub_t *p = &k->pubs[i];
+        if (p->c && p->hello && pub_answered(p) == p->sent &&
+            now - p->last_tx >= MQTT_KEEPALIVE_S * 500000000ull) {
+            p->last_tx = now;
+            p->ka_pending++;
+            bws_send(p->c, f, mqtt_pingreq_frame(f));
+        }
+    }
+}
+
 /* One turn of the parent's loop; false when interrupted or on a loop error. */
 static bool pump(coord_t *k, int timeout_ms)
 {
@@ -585,6 +630,7 @@ static bool pump(coord_t *k, int timeout_ms)
         return false;
     }
     progress(k, false);
+    pub_keepalive(k);
     return true;
 }
 
@@ -615,8 +661,10 @@ static void tell_workers(coord_t *k, const cmd_t *cmd, size_t len)
 static void collect(coord_t *k, uint64_t deadline)
 {
     /* Not pump(): an interrupt must not cut the wait for the reports short. */
-    while (!all_workers(k, true) && now_ns() < deadline && bws_loop_run(k->loop, 20) >= 0)
+    while (!all_workers(k, true) && now_ns() < deadline && bws_loop_run(k->loop, 20) >= 0) {
         progress(k, false);
+        pub_keepalive(k);
+    }
     for (uint32_t i = 0; i < k->o->procs; i++)
         if (!k->w[i].final && !k->w[i].gone)
             coord_error(k, "a worker did not report in time%s%s", "", "");
@@ -658,6 +706,8 @@ static void pub_event(pub_t *pb, const gmsg_t *m)
         if (the_coord->o->nats && pb->c) /* CONNECT; it goes before every PUB */
             bws_send(pb->c, f, nats_hello_frame(f, sizeof(f), NULL));
         pb->hello = true;
+    } else if (m->op == GM_ACK && the_coord->o->mqtt && pb->ka_pending) {
+        pb->ka_pending--; /* the PINGRESP of a keepalive PINGREQ (see pub_keepalive) */
     } else if (m->op == GM_ACK && m->has_id && m->id >= BENCH_SEQ_BASE) {
         pb->acked++;
         coord_t *k = the_coord;
@@ -687,9 +737,29 @@ static int pub_nats_event(void *user, const gmsg_t *m)
     return pb->c != c; /* closed (send failed): stop reading its stream */
 }
 
+static void pub_on_open(bws_conn_t *c)
+{
+    pub_t *pb = c->user;
+    uint8_t f[600];
+    char id[64];
+    if (!the_coord->o->mqtt)
+        return;
+    bench_mqtt_client_id(the_coord->o, c->index, id, sizeof(id));
+    pb->last_tx = now_ns();
+    bws_send(c, f, mqtt_connect_frame(f, sizeof(f), id, NULL, MQTT_KEEPALIVE_S));
+}
+
 static void pub_on_message(bws_conn_t *c, bool binary, const uint8_t *p, size_t n)
 {
     pub_t *pb = c->user;
+    if (the_coord->o->mqtt) {
+        const char *why;
+        if (mqtt_rx_feed(&pb->mrx, binary, p, n, pub_nats_event, pb, &why) < 0) {
+            bws_close(c);
+            pub_on_close(c, 0, why);
+        }
+        return;
+    }
     if (the_coord->o->nats) {
         const char *why;
         if (nats_rx_feed(&pb->rx, p, n, pub_nats_event, pb, &why) < 0) {
@@ -710,8 +780,10 @@ static void publish_one(coord_t *k, pub_t *p)
 {
     const opts_t *o = k->o;
     uint32_t topic = o->sc == SC_TOPICS ? bench_topic_of(o, p->k, p->sent) : 0;
-    pubtpl_set(&p->tpl, p->sent, now_ns() - o->clock_base, topic);
+    uint64_t now = now_ns();
+    pubtpl_set(&p->tpl, p->sent, now - o->clock_base, topic);
     p->sent++;
+    p->last_tx = now;
     if (!o->random_mask) {
         bws_send(p->c, p->tpl.frame, p->tpl.len); /* mask key 0: the frame is sent as is */
         return;
@@ -741,8 +813,10 @@ static int open_publishers(coord_t *k)
         p->k = i;
         /* NATS: the n-th PONG acknowledges publish n - 1, whose gale request id is this. */
         nats_rx_reset(&p->rx, BENCH_SEQ_BASE);
-        if ((o->nats
-                 ? nats_pubtpl_build(&p->tpl, topic, o->sc == SC_TOPICS, i, o->size)
+        mqtt_rx_reset(&p->mrx, BENCH_SEQ_BASE); /* MQTT: the same with PINGRESP */
+        if ((o->nats ? nats_pubtpl_build(&p->tpl, topic, o->sc == SC_TOPICS, i, o->size)
+             : o->mqtt
+                 ? mqtt_pubtpl_build(&p->tpl, topic, o->sc == SC_TOPICS, i, o->size)
                  : pubtpl_build(&p->tpl, o->msgpack, topic, o->sc == SC_TOPICS, i, o->size)) < 0)
             return -1;
         p->c = bws_connect(k->loop, o->subs + i, p);
@@ -769,6 +843,7 @@ static void close_publishers(coord_t *k)
             bws_close(k->pubs[i].c);
         pubtpl_free(&k->pubs[i].tpl);
         nats_rx_free(&k->pubs[i].rx);
+        mqtt_rx_free(&k->pubs[i].mrx);
     }
     free(k->pubs);
     free(k->scratch);
@@ -899,10 +974,16 @@ static double us(uint64_t ns)
     return (double)ns / 1000.0;
 }
 
-/* What travels on the wire, for the report: json, msgpack or nats. */
+/* What travels on the wire, for the report: json, msgpack, nats or mqtt. */
 static const char *wire(const opts_t *o)
 {
-    return o->nats ? "nats" : o->msgpack ? "msgpack" : "json";
+    return o->nats ? "nats" : o->mqtt ? "mqtt" : o->msgpack ? "msgpack" : "json";
+}
+
+/* The protocol, for --json: gale, nats or mqtt. */
+static const char *proto_name(const opts_t *o)
+{
+    return o->nats ? "nats" : o->mqtt ? "mqtt" : "gale";
 }
 
 static const char *first_error(coord_t *k)
@@ -966,8 +1047,8 @@ static int report_pubsub(coord_t *k, uint64_t t0, uint64_t t_pub_end, const brok
         json_str("url", o->url, true);
         printf("\"proto\":\"%s\",\"encoding\":\"%s\",\"subs\":%u,\"pubs\":%u,\"topics\":%u,"
                "\"rate\":%g,\"size\":%zu,\"procs\":%u,\"window\":%u,",
-               o->nats ? "nats" : "gale", o->msgpack ? "msgpack" : "json", o->subs, o->pubs,
-               o->topics, o->rate, o->size, o->procs, o->window);
+               proto_name(o), o->msgpack ? "msgpack" : "json", o->subs, o->pubs, o->topics, o->rate,
+               o->size, o->procs, o->window);
         printf("\"connections\":{\"held\":%llu,\"subscribed\":%llu,\"failed\":%llu,"
                "\"lost\":%llu},",
                (unsigned long long)held, (unsigned long long)s->conns_ok,
@@ -1038,7 +1119,8 @@ static int run_pubsub(coord_t *k)
     k->phase = "connecting";
     if (spawn_workers(k) < 0)
         return EXIT_FAILED;
-    if (!(k->loop = bws_loop_new(&o->pub_target, &(bws_handlers_t){.on_message = pub_on_message,
+    if (!(k->loop = bws_loop_new(&o->pub_target, &(bws_handlers_t){.on_open = pub_on_open,
+                                                                   .on_message = pub_on_message,
                                                                    .on_close = pub_on_close}))) {
         perror("gale bench: epoll");
         return EXIT_FAILED;
@@ -1255,7 +1337,8 @@ static int run_recover(coord_t *k)
     k->phase = "subscribing";
     if (spawn_workers(k) < 0)
         return EXIT_FAILED;
-    if (!(k->loop = bws_loop_new(&o->pub_target, &(bws_handlers_t){.on_message = pub_on_message,
+    if (!(k->loop = bws_loop_new(&o->pub_target, &(bws_handlers_t){.on_open = pub_on_open,
+                                                                   .on_message = pub_on_message,
                                                                    .on_close = pub_on_close}))) {
         perror("gale bench: epoll");
         return EXIT_FAILED;
@@ -1385,8 +1468,7 @@ static int run_conns(coord_t *k)
         printf("{\"scenario\":\"%s\",", o->name);
         json_str("url", o->url, true);
         printf("\"proto\":\"%s\",\"encoding\":\"%s\",\"procs\":%u,\"concurrency\":%u,",
-               o->nats ? "nats" : "gale", o->msgpack ? "msgpack" : "json", o->procs,
-               o->concurrency);
+               proto_name(o), o->msgpack ? "msgpack" : "json", o->procs, o->concurrency);
         if (o->sc == SC_CONNS)
             printf("\"conns\":%u,\"subscribe\":%s,\"topics_per_conn\":%u,\"hold_s\":%g,"
                    "\"connected\":%llu,\"failed\":%llu,"
@@ -1478,6 +1560,7 @@ int bench_main(int argc, char **argv)
         return EXIT_USAGE;
     }
     o.clock_base = now_ns();
+    o.run_id = (unsigned)getpid();
     srandom((unsigned)o.clock_base);
     signal(SIGPIPE, SIG_IGN);
     struct sigaction sa = {.sa_handler = on_signal};

@@ -2,7 +2,8 @@
  * bench: `gale bench`, the load generator. Internal header shared by bench.c (command line,
  * coordinator, publishers, report) and bench_worker.c (the forked worker processes holding
  * subscriber or churn connections). Both speak gale v1 (bench_msg.h) or, with --proto nats,
- * the NATS client protocol (bench_nats.h), which reports the same events.
+ * the NATS client protocol (bench_nats.h), or with --proto mqtt, MQTT 3.1.1 (bench_mqtt.h),
+ * which report the same events.
  *
  * Process model: the parent parses options, forks --procs workers connected to it by a
  * SOCK_SEQPACKET socketpair each, holds the publishers itself and samples the broker's
@@ -43,6 +44,7 @@ typedef struct {
     bws_target_t reconnect_target; /* target unless --reconnect-url */
     const char *redis;             /* recover --redis-cli [HOST:]PORT: INFO commandstats */
     bool nats;                     /* --proto nats: the NATS client protocol (bench_nats.h) */
+    bool mqtt;                     /* --proto mqtt: MQTT 3.1.1 (bench_mqtt.h) */
     bool msgpack;
     bool random_mask;
     uint32_t subs, pubs, topics, conns, procs, window, concurrency;
@@ -54,7 +56,11 @@ typedef struct {
     bool json;
     pid_t pid;
     uint64_t clock_base; /* bench timestamps are ns since this CLOCK_MONOTONIC instant */
+    unsigned run_id;     /* the parent's pid: MQTT client ids are gb-<run_id>-<connection> */
 } opts_t;
+
+/** --proto mqtt: the client id of connection @index (bws_conn_t.index) into @out. */
+void bench_mqtt_client_id(const opts_t *o, uint32_t index, char *out, size_t cap);
 
 /* R_CLOSED: recover, every subscriber disconnected (after C_DISCONNECT). */
 enum { R_READY = 1, R_PROGRESS, R_FINAL, R_CLOSED };

@@ -10,6 +10,9 @@
  * close; the histogram holds the time from connect() to `hello`.
  * --proto nats: the same with NATS events (bench_nats.h): INFO is the hello, answered with
  * CONNECT (and SUB + PING, whose PONG is the ack, where the scenario subscribes).
+ * --proto mqtt: the same with MQTT events (bench_mqtt.h): CONNECT goes out once the upgrade
+ * is answered, CONNACK is the hello, answered with SUBSCRIBE where the scenario subscribes,
+ * whose SUBACK is the ack; held connections send a PINGREQ every half keepalive.
  * recover: set up like fanout on RECOVER_TOPIC, keeping the position (ep, off) of each ack
  * (and of any msg after it); on DISCONNECT close every connection (close handshake, R_CLOSED);
  * on RECONNECT connect them again, subscribe with since {ep, off}, check every replayed msg
@@ -17,6 +20,7 @@
  * beyond: a gap) and time each ack from the parent's t0; R_FINAL when all are answered.
  */
 #include "bench.h"
+#include "bench_mqtt.h"
 #include "bench_msg.h"
 #include "bench_nats.h"
 #include "bench_sys.h"
@@ -43,6 +47,7 @@ typedef struct {
     uint64_t t0;
     bws_conn_t *c;
     nats_rx_t rx;        /* --proto nats: the stream of the current connection */
+    mqtt_rx_t mrx;       /* --proto mqtt: the same */
     uint64_t off0, last; /* recover: last off before the disconnect; after it */
 } slot_t;
 
@@ -56,6 +61,7 @@ struct worker {
     uint32_t started, pending;
     uint64_t *last_seq; /* n x pubs, UINT64_MAX: nothing yet */
     uint64_t setup_deadline, drain_deadline, churn_end, churn_count, last_progress;
+    uint64_t last_keepalive; /* --proto mqtt: the last round of PINGREQs */
     bool need_sub, ready_sent, draining, stop;
     /* recover: closing (after DISCONNECT, until R_CLOSED), recovering (after RECONNECT) */
     bool closing, recovering;
@@ -92,6 +98,8 @@ static void start_more(worker_t *wk)
         if (s->state == CS_DONE) /* recover: its first set-up failed */
             continue;
         nats_rx_reset(&s->rx, 1); /* the one PONG awaited acks the subscription, id 1 */
+        /* MQTT: SUBACKs carry their packet id; PINGRESPs (keepalive) ids out of their way */
+        mqtt_rx_reset(&s->mrx, BENCH_SEQ_BASE);
         s->c = bws_connect(wk->loop, global_index(wk, s->local), s);
         if (!s->c) {
             wk->rep.conns_failed++;
@@ -114,7 +122,7 @@ static void setup_done(worker_t *wk, slot_t *s)
     start_more(wk);
 }
 
-/* Answers the hello: subscribes with id 1 (gale) or sends CONNECT, SUB and PING (NATS). */
+/* Answers the hello: subscribes with id 1 (gale, MQTT) or sends CONNECT, SUB and PING (NATS). */
 static void send_sub(worker_t *wk, slot_t *s)
 {
     char topic[64];
@@ -122,6 +130,10 @@ static void send_sub(worker_t *wk, slot_t *s)
     bench_topic(wk->o, global_index(wk, s->local), topic, sizeof(topic));
     if (wk->o->nats) {
         bws_send(s->c, frame, nats_hello_frame(frame, sizeof(frame), topic));
+        return;
+    }
+    if (wk->o->mqtt) {
+        bws_send(s->c, frame, mqtt_sub_frame(frame, sizeof(frame), topic, 1));
         return;
     }
     size_t n = wk->recovering ? msg_encode_sub_since(msg, sizeof(msg), wk->o->msgpack, topic, 1,
@@ -135,7 +147,8 @@ static void on_close(bws_conn_t *c, int code, const char *why);
 /*
  * conns --topics-per-conn K: connection g subscribes to bench.conn.<g*K + j>, j < K, in one
  * write: K `sub`s with ids 1..K (the ack of K ends the set-up, replies come in order), or
- * NATS's CONNECT, K SUBs and one PING.
+ * NATS's CONNECT, K SUBs and one PING, or MQTT SUBSCRIBEs of up to MQTT_SUBS_PER_PACKET
+ * filters each (the last SUBACK ends it).
  */
 static void send_subs(worker_t *wk, slot_t *s)
 {
@@ -145,6 +158,8 @@ static void send_subs(worker_t *wk, slot_t *s)
     uint8_t *buf = malloc(cap);
     if (buf && wk->o->nats) {
         len = nats_subs_frame(buf, cap, "bench.conn.", first, k);
+    } else if (buf && wk->o->mqtt) {
+        len = mqtt_subs_frame(buf, cap, "bench.conn.", first, k);
     } else if (buf) {
         for (uint32_t j = 0; j < k; j++) {
             char topic[64];
@@ -169,6 +184,16 @@ static void send_connect(worker_t *wk, slot_t *s)
     uint8_t frame[600];
     if (wk->o->nats)
         bws_send(s->c, frame, nats_hello_frame(frame, sizeof(frame), NULL));
+}
+
+/* The ack id that ends a subscribing set-up. */
+static uint64_t setup_ack_id(const worker_t *wk)
+{
+    if (wk->o->nats)
+        return 1; /* the one PONG after the SUBs */
+    if (wk->o->mqtt)
+        return mqtt_subs_packets(wk->o->topics_per_conn); /* the last SUBACK */
+    return wk->o->topics_per_conn;
 }
 
 static void record_delivery(worker_t *wk, slot_t *s, const gmsg_t *m)
@@ -285,6 +310,8 @@ static void on_event(slot_t *s, bws_conn_t *c, const gmsg_t *m)
             hist_add(&wk->rep.hist, now_ns() - s->t0);
             s->state = CS_READY;
             send_connect(wk, s);
+            if (wk->o->mqtt) /* a clean MQTT end: DISCONNECT (no will), then the close */
+                bws_send(c, f, mqtt_disconnect_frame(f));
             bws_send_close(c, 1000);
         } else if (wk->need_sub && wk->o->topics_per_conn > 1) {
             send_subs(wk, s);
@@ -295,9 +322,8 @@ static void on_event(slot_t *s, bws_conn_t *c, const gmsg_t *m)
             setup_done(wk, s);
         }
         break;
-    case GM_ACK: /* NATS: the one PONG after the SUBs is ack 1 */
-        if (s->state != CS_SETUP || !m->has_id ||
-            m->id != (wk->o->nats ? 1 : wk->o->topics_per_conn))
+    case GM_ACK:
+        if (s->state != CS_SETUP || !m->has_id || m->id != setup_ack_id(wk))
             break;
         if (wk->o->sc != SC_RECOVER) {
             setup_done(wk, s);
@@ -324,7 +350,8 @@ static void on_event(slot_t *s, bws_conn_t *c, const gmsg_t *m)
     }
 }
 
-static int nats_event(void *user, const gmsg_t *m)
+/* An event of the NATS or MQTT stream parser. */
+static int stream_event(void *user, const gmsg_t *m)
 {
     slot_t *s = user;
     bws_conn_t *c = s->c;
@@ -332,12 +359,30 @@ static int nats_event(void *user, const gmsg_t *m)
     return s->c != c; /* closed, or the slot moved on (connect): stop reading this stream */
 }
 
+/* --proto mqtt: the upgrade is answered, the client speaks first. */
+static void on_open(bws_conn_t *c)
+{
+    slot_t *s = c->user;
+    uint8_t f[600];
+    char id[64];
+    bench_mqtt_client_id(s->wk->o, c->index, id, sizeof(id));
+    bws_send(c, f, mqtt_connect_frame(f, sizeof(f), id, NULL, MQTT_KEEPALIVE_S));
+}
+
 static void on_message(bws_conn_t *c, bool binary, const uint8_t *p, size_t n)
 {
     slot_t *s = c->user;
+    if (s->wk->o->mqtt) {
+        const char *why;
+        if (mqtt_rx_feed(&s->mrx, binary, p, n, stream_event, s, &why) < 0) {
+            bws_close(c);
+            on_close(c, 0, why);
+        }
+        return;
+    }
     if (s->wk->o->nats) {
         const char *why;
-        if (nats_rx_feed(&s->rx, p, n, nats_event, s, &why) < 0) {
+        if (nats_rx_feed(&s->rx, p, n, stream_event, s, &why) < 0) {
             bws_close(c);
             on_close(c, 0, why);
         }
@@ -395,6 +440,7 @@ static void churn_start(worker_t *wk, slot_t *s)
     if (now >= wk->churn_end)
         return;
     nats_rx_reset(&s->rx, 1);
+    mqtt_rx_reset(&s->mrx, BENCH_SEQ_BASE);
     s->c = bws_connect(wk->loop, (uint32_t)(wk->w + wk->churn_count++ * wk->o->procs), s);
     if (!s->c) { /* retried from housekeeping, not in a tight loop */
         wk->rep.conns_failed++;
@@ -512,6 +558,20 @@ static void on_ctrl(bws_watch_t *w, uint32_t events)
     }
 }
 
+/* --proto mqtt: a PINGREQ from every held connection each half keepalive (a subscriber sends
+ * nothing else): their PINGRESPs are acks no set-up waits for. */
+static void keepalive(worker_t *wk, uint64_t now)
+{
+    uint8_t f[16];
+    size_t n = mqtt_pingreq_frame(f);
+    if (now - wk->last_keepalive < MQTT_KEEPALIVE_S * 500000000ull)
+        return;
+    wk->last_keepalive = now;
+    for (uint32_t i = 0; i < wk->n; i++)
+        if (wk->slots[i].state == CS_READY && wk->slots[i].c)
+            bws_send(wk->slots[i].c, f, n);
+}
+
 static void tick(worker_t *wk)
 {
     uint64_t now = now_ns();
@@ -519,6 +579,8 @@ static void tick(worker_t *wk)
         churn_tick(wk, now);
         return;
     }
+    if (wk->o->mqtt)
+        keepalive(wk, now);
     if (!wk->ready_sent && now > wk->setup_deadline) {
         for (uint32_t i = 0; i < wk->n; i++) {
             slot_t *s = &wk->slots[i];
@@ -575,7 +637,8 @@ int bench_worker(const opts_t *o, uint32_t w, int ctrl)
     wk.rep.worker = w;
     hist_reset(&wk.rep.hist);
     int status = 1;
-    bws_handlers_t h = {.on_message = on_message, .on_close = on_close};
+    bws_handlers_t h = {
+        .on_open = o->mqtt ? on_open : NULL, .on_message = on_message, .on_close = on_close};
     wk.loop = bws_loop_new(&o->target, &h);
     wk.slots = calloc(wk.n ? wk.n : 1, sizeof(*wk.slots));
     size_t nseq = (size_t)wk.n * (o->sc == SC_FANOUT || o->sc == SC_TOPICS ? o->pubs : 0);
@@ -594,7 +657,7 @@ int bench_worker(const opts_t *o, uint32_t w, int ctrl)
         perror("gale bench: worker: epoll");
         goto Exit;
     }
-    wk.rep.t_start = now_ns();
+    wk.rep.t_start = wk.last_keepalive = now_ns();
     wk.setup_deadline = wk.rep.t_start + (uint64_t)(o->setup_timeout * 1e9);
     if (o->sc == SC_CONNECT) {
         wk.churn_end = wk.rep.t_start + (uint64_t)(o->duration * 1e9);
@@ -613,8 +676,10 @@ int bench_worker(const opts_t *o, uint32_t w, int ctrl)
     status = 0;
 Exit:
     bws_loop_free(wk.loop);
-    for (uint32_t i = 0; wk.slots && i < wk.n; i++)
+    for (uint32_t i = 0; wk.slots && i < wk.n; i++) {
         nats_rx_free(&wk.slots[i].rx);
+        mqtt_rx_free(&wk.slots[i].mrx);
+    }
     free(wk.slots);
     free(wk.last_seq);
     return status;

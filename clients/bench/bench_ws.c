@@ -336,8 +336,11 @@ static const char *check_answer(bws_conn_t *c, char *p, size_t n)
         snprintf(why, sizeof(why), "the server chose subprotocol %.60s, not %.40s", v, proto);
         return why;
     }
-    if (proto && !has && strcmp(proto, "gale.v1.json") != 0)
-        return "the server accepted no subprotocol (JSON), not the one offered";
+    if (proto && !has && strcmp(proto, "gale.v1.json") != 0) {
+        snprintf(why, sizeof(why),
+                 "the server accepted no subprotocol, not the one offered (%.40s)", proto);
+        return why;
+    }
     return NULL;
 }
 

@@ -394,3 +394,147 @@ def test_nats_mode_against_a_gale_broker(broker):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 3, out.stdout + out.stderr
     assert "not a NATS protocol message" in out.stderr, out.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# --proto mqtt: MQTT 3.1.1 over WebSocket, against gale-broker's /mqtt adapter and, when it
+# is installed, Debian's mosquitto 2.0.11 (ref_mosquitto.py).
+# ---------------------------------------------------------------------------------------
+
+from ref_mosquitto import make_mosquitto, mosquitto_logdir  # noqa: E402,F401 (fixtures)
+
+
+def mqtt_url(b):
+    return "ws://%s:%d/mqtt" % (HOST, b.port)
+
+
+def mqtt_bench(url, pid, *args, status=0, timeout=60):
+    """Runs `gale bench ... --proto mqtt --url URL --json --pid PID`; the report, stderr."""
+    cmd = [GALE, "bench", *args, "--proto", "mqtt", "--url", url, "--json", "--pid", str(pid)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == status, "exit %d\n%s\n%s" % (out.returncode, out.stdout, out.stderr)
+    try:
+        return json.loads(out.stdout), out.stderr
+    except ValueError:
+        return None, out.stderr
+
+
+def assert_mqtt_exact(r, published, deliveries):
+    text = json.dumps(r)
+    assert r["ok"] is True and r["proto"] == "mqtt" and r["error"] == "", text
+    assert r["published"] == r["acked"] == published, text
+    assert r["expected"] == r["received"] == deliveries, text
+    for field in ("lost", "extra", "duplicates", "out_of_order", "foreign", "broker_errors",
+                  "pub_errors"):
+        assert r[field] == 0, field + ": " + text
+    assert r["connections"]["failed"] == r["connections"]["lost"] == 0, text
+    # --pid: the broker's CPU from /proc/PID/stat, whatever the protocol
+    assert r["broker"]["cpu_s"] >= 0 and r["broker"]["rss_kib_after"] > 0, text
+    assert r["latency_us"]["max"] > 0, text
+
+
+@pytest.mark.gale_only
+def test_mqtt_fanout_counts_exactly(broker):
+    r, _ = mqtt_bench(mqtt_url(broker), broker.proc.pid, "fanout", "--subs", "50", "--pubs", "2",
+                      "--messages", "200")
+    assert_mqtt_exact(r, 2 * 200, 50 * 2 * 200)
+    assert broker.alive()
+
+
+@pytest.mark.gale_only
+def test_mqtt_fanout_at_a_rate_and_as_fast_as_acks_allow(broker):
+    r, _ = mqtt_bench(mqtt_url(broker), broker.proc.pid, "fanout", "--subs", "20", "--rate",
+                      "500", "--messages", "200", "--procs", "2")
+    assert_mqtt_exact(r, 200, 20 * 200)
+    # Each PUBLISH is followed by a PINGREQ; at most 16 PINGRESPs outstanding.
+    r, _ = mqtt_bench(mqtt_url(broker), broker.proc.pid, "fanout", "--subs", "10", "--rate", "0",
+                      "--window", "16", "--messages", "3000")
+    assert r["window"] == 16
+    assert_mqtt_exact(r, 3000, 10 * 3000)
+
+
+@pytest.mark.gale_only
+def test_mqtt_large_packets_span_frames(broker):
+    # 50,000-byte payloads (a three-byte remaining length), frames masked with random keys
+    r, _ = mqtt_bench(mqtt_url(broker), broker.proc.pid, "fanout", "--subs", "5", "--size",
+                      "50000", "--messages", "100", "--mask", "random")
+    assert_mqtt_exact(r, 100, 5 * 100)
+
+
+@pytest.mark.gale_only
+def test_mqtt_topics_counts_exactly(broker):
+    # bench.topic.NNNNNN is MQTT bench/topic/NNNNNN; 20 topics of 10 subscribers each.
+    r, _ = mqtt_bench(mqtt_url(broker), broker.proc.pid, "topics", "--subs", "200", "--topics",
+                      "20", "--messages", "100")
+    assert_mqtt_exact(r, 100, 100 * 10)
+
+
+@pytest.mark.gale_only
+def test_mqtt_conns_and_connect(broker):
+    r, _ = mqtt_bench(mqtt_url(broker), broker.proc.pid, "conns", "--conns", "300",
+                      "--subscribe", "--hold", "1")
+    text = json.dumps(r)
+    assert r["ok"] is True and r["proto"] == "mqtt" and r["connected"] == 300, text
+    assert r["failed"] == r["lost"] == 0 and "rss_kib_per_conn" in r, text
+    r, _ = mqtt_bench(mqtt_url(broker), broker.proc.pid, "conns", "--conns", "50", "--hold", "0")
+    assert r["ok"] is True and r["connected"] == 50, json.dumps(r)  # CONNACK only
+    r, _ = mqtt_bench(mqtt_url(broker), broker.proc.pid, "connect", "--duration", "1",
+                      "--concurrency", "4")
+    text = json.dumps(r)
+    assert r["ok"] is True and r["cycles"] > 0 and r["failed"] == 0, text
+    assert r["handshake_us"]["p50"] > 0, text
+
+
+@pytest.mark.gale_only
+def test_mqtt_topics_per_conn_several_subscribes(make_broker):
+    """2,500 topics per connection: SUBSCRIBEs of 1,000, 1,000 and 500 filters in one frame;
+    the last SUBACK ends the set-up. All 7,500 subscriptions are in the broker while held."""
+    b = make_broker(args=["--max-subscriptions", "3000"])
+    r, _ = mqtt_bench(mqtt_url(b), b.proc.pid, "conns", "--conns", "3", "--topics-per-conn",
+                      "2500", "--hold", "1")
+    text = json.dumps(r)
+    assert r["ok"] is True and r["connected"] == 3 and r["topics_per_conn"] == 2500, text
+
+
+@pytest.mark.gale_only
+def test_mqtt_refused_subscription_fails_setup(make_broker):
+    """A filter refused in the SUBACK (0x80: over --max-subscriptions) fails the connection's
+    set-up at once, instead of waiting for --setup-timeout."""
+    b = make_broker(args=["--max-subscriptions", "100"])
+    t0 = time.monotonic()
+    r, err = mqtt_bench(mqtt_url(b), b.proc.pid, "conns", "--conns", "3", "--topics-per-conn",
+                        "101", "--setup-timeout", "30", status=3)
+    assert r is None and "SUBACK 0x80" in err, err
+    assert time.monotonic() - t0 < 10
+
+
+def test_mqtt_usage_errors():
+    for args in (["fanout", "--encoding", "msgpack"], ["recover"], ["fanout", "--proto", "nats"]):
+        out = subprocess.run([GALE, "bench", *args, "--proto", "mqtt", "--url",
+                              "ws://127.0.0.1:9/mqtt"], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 2 and out.stdout == "", out.stderr
+        assert "mqtt" in out.stderr, out.stderr
+
+
+@pytest.mark.gale_only
+def test_mqtt_mode_against_gale_v1(broker):
+    # /ws speaks gale v1 and does not offer the subprotocol mqtt: the upgrade is refused.
+    out = subprocess.run([GALE, "bench", "fanout", "--proto", "mqtt", "--url", broker.url,
+                          "--subs", "2", "--messages", "1", "--setup-timeout", "5"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "could not connect" in out.stderr, out.stderr
+
+
+def test_mqtt_against_mosquitto(make_mosquitto):
+    """The same client against mosquitto 2.0.11's WebSocket listener (skipped without it, and
+    under GALE_SKIP_REFERENCE: the gale /mqtt cases above run the same client code)."""
+    if os.environ.get("GALE_SKIP_REFERENCE"):
+        pytest.skip("GALE_SKIP_REFERENCE: the reference server's half runs in the plain build")
+    m = make_mosquitto()
+    r, _ = mqtt_bench(m.url, m.proc.pid, "fanout", "--subs", "30", "--pubs", "2", "--messages",
+                      "200")
+    assert_mqtt_exact(r, 2 * 200, 30 * 2 * 200)
+    r, _ = mqtt_bench(m.url, m.proc.pid, "conns", "--conns", "100", "--subscribe", "--hold", "0.5")
+    assert r["ok"] is True and r["connected"] == 100 and r["failed"] == 0, json.dumps(r)
+    assert m.alive(), m.log_tail()
