@@ -14,6 +14,7 @@
 #include "history.h"
 #include "log.h"
 #include "mqtt.h"
+#include "nats.h"
 #include "presence.h"
 #include "server.h"
 #include "session.h"
@@ -363,6 +364,7 @@ int broker_free(broker_t *b)
     dedup_free(b->dedup);
     presence_free(b->presence);
     mqtt_free(b);
+    nats_free(b);
     auth_free(b->auth);
     free(b->scratch);
     free(b->sessions);

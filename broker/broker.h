@@ -49,6 +49,7 @@ typedef struct broker {
     dedup_t *dedup;          /* the mids of recent publishes (single node) */
     presence_t *presence;    /* --presence; NULL: none */
     struct mqtt_state *mqtt; /* MQTT client ids and retained messages (mqtt.c); NULL: none yet */
+    struct nats_state *nats; /* the last NATS MSG frame built (nats.c); NULL: none yet */
     bool tls;                /* --tls-cert: wss:// and https:// */
     metrics_t m;
     char node_id[64];

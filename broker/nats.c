@@ -148,10 +148,36 @@ static void release_gone(broker_t *b, session_t *s)
 
 /* --- conn_ops_t ------------------------------------------------------------ */
 
-/* One MSG for subscription x from the template of f (conn.h CONN_FMT_NATS). */
-static bool send_msg(broker_t *b, session_t *s, const uint8_t *head, size_t head_len,
+/*
+ * The last MSG built, by template and sid. Clients number their subscriptions from 1, so most
+ * subscribers of a message hold it under the same sid: they share that frame, as gale's
+ * clients share a msg frame, instead of one allocation and copy per delivery.
+ */
+typedef struct nats_state {
+    frame_t *tpl; /* referenced while cached (its address cannot be reused meanwhile) */
+    frame_t *msg;
+    uint8_t sid_len;
+    char sid[GALE_NATS_SID_MAX];
+} nats_state_t;
+
+void nats_free(broker_t *b)
+{
+    if (!b->nats)
+        return;
+    frame_unref(b->nats->tpl);
+    frame_unref(b->nats->msg);
+    free(b->nats);
+    b->nats = NULL;
+}
+
+/* One MSG for subscription x from template tpl: head (up to the sid), rest (after it). */
+static bool send_msg(broker_t *b, session_t *s, frame_t *tpl, const uint8_t *head, size_t head_len,
                      const uint8_t *rest, size_t rest_len, const nsub_t *x)
 {
+    nats_state_t *st = b->nats;
+    if (st && st->tpl == tpl && st->sid_len == x->sid_len &&
+        memcmp(st->sid, x->data, x->sid_len) == 0)
+        return session_enqueue(b, s, st->msg);
     gale_buf_t buf;
     gale_buf_init(&buf, FRAME_HEADROOM);
     gale_buf_append(&buf, head, head_len);
@@ -166,7 +192,18 @@ static bool send_msg(broker_t *b, session_t *s, const uint8_t *head, size_t head
         return false;
     }
     bool ok = session_enqueue(b, s, f);
-    frame_unref(f);
+    if (!st)
+        st = b->nats = calloc(1, sizeof(*st));
+    if (st) { /* the cache takes the reference */
+        frame_unref(st->tpl);
+        frame_unref(st->msg);
+        st->tpl = frame_ref(tpl);
+        st->msg = f;
+        st->sid_len = x->sid_len;
+        memcpy(st->sid, x->data, x->sid_len);
+    } else {
+        frame_unref(f);
+    }
     return ok;
 }
 
@@ -189,7 +226,7 @@ static bool op_deliver(broker_t *b, conn_t *c, frame_t *f)
             p = &x->next;
             continue;
         }
-        if (!send_msg(b, s, t, head_len, nul + 1, len - head_len - 1, x))
+        if (!send_msg(b, s, f, t, head_len, nul + 1, len - head_len - 1, x))
             return false;
         if (++x->delivered >= x->max && x->max) { /* auto-unsubscribed (UNSUB sid max) */
             *p = x->next;

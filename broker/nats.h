@@ -9,8 +9,12 @@
 #ifndef GALE_NATS_ADAPTER_H
 #define GALE_NATS_ADAPTER_H
 
+#include "broker.h"
 #include "session.h"
 
 extern const session_proto_t nats_proto;
+
+/** Frees the broker-wide NATS state (the last MSG frame built) at teardown. */
+void nats_free(broker_t *b);
 
 #endif

@@ -491,6 +491,24 @@ def test_two_matching_subscriptions_one_msg_per_sid(srv):
     c.close()
 
 
+def test_each_subscriber_gets_its_own_sid(srv):
+    """Subscribers of one message under the same and under other sids (gale shares the MSG
+    frame of subscribers with the same sid): each MSG names its subscriber's sid."""
+    cs = [srv.connected() for _ in range(5)]
+    sids = ["1", "1", "sub-7", "1", "99"]
+    for c, sid in zip(cs, sids):
+        c.sub("s.t", sid)
+        c.sync()
+    p = srv.connected()
+    for i in range(3):
+        p.pub("s.t", "m%d" % i)
+    for c, sid in zip(cs, sids):
+        assert c.msgs(3) == [("MSG", "s.t", sid, None, b"m%d" % i) for i in range(3)]
+        c.expect_silence()
+        c.close()
+    p.close()
+
+
 def test_wildcards(srv):
     c = srv.connected()
     c.sub("w.*", "star")
