@@ -38,6 +38,15 @@ typedef struct mack {
 /* What an awaited core answer is for (adapter_wait_t.kind). */
 enum { W_SUB, W_UNSUB, W_PUB, W_WILL };
 
+/* A retained PUBLISH awaiting the core's answer: kept as its topic's retained message only
+ * once the publish was accepted (W_PUB's ctx). */
+typedef struct pretain {
+    uint8_t qos;
+    size_t topic_len, payload_len;
+    char topic[GALE_TOPIC_MAX];
+    uint8_t payload[];
+} pretain_t;
+
 /* The will of a connection: published if it ends without DISCONNECT. */
 typedef struct will {
     uint8_t qos;
@@ -568,6 +577,12 @@ static void op_reply(broker_t *b, conn_t *c, const conn_reply_t *r)
     if (!m->waits.count)
         return;
     adapter_wait_t w = adapter_waits_shift(&m->waits);
+    if (w.kind == W_PUB) { /* whatever becomes of the connection */
+        pretain_t *pr = w.ctx;
+        if (pr && r->err == GALE_OK)
+            retain(b, pr->topic, pr->topic_len, pr->qos, pr->payload, pr->payload_len);
+        free(pr);
+    }
     if (s->close_code || s->killed) {
         if ((w.kind == W_SUB || w.kind == W_UNSUB) && w.ctx &&
             --((mack_t *)w.ctx)->outstanding == 0)
@@ -632,7 +647,11 @@ static bool rel_has(const mqtt_conn_t *m, uint16_t id, uint32_t *at)
     return false;
 }
 
-/* A publish of gale topic t with payload (MQTT publish or will) to the core. */
+/*
+ * A publish of gale topic t with payload (MQTT publish or will) to the core. With retain_it,
+ * a PUBLISH's retained message is kept when the core accepts it (op_reply); a will's at once
+ * (its connection is closing: the answer may never come back to it).
+ */
 static bool publish(broker_t *b, session_t *s, const char *t, size_t tl, uint8_t qos,
                     const uint8_t *payload, size_t plen, bool retain_it, adapter_wait_t w)
 {
@@ -652,9 +671,26 @@ static bool publish(broker_t *b, session_t *s, const char *t, size_t tl, uint8_t
         return false;
     }
     const char *why;
-    if (retain_it && auth_check(s->conn.grant, &req, &why) == GALE_OK)
+    if (retain_it && w.kind == W_WILL && auth_check(s->conn.grant, &req, &why) == GALE_OK) {
         retain(b, t, tl, qos, payload, plen);
+    } else if (retain_it && w.kind == W_PUB) {
+        pretain_t *pr = malloc(sizeof(*pr) + plen);
+        if (!pr) {
+            gale_buf_free(&scratch);
+            session_begin_close(b, s, CONN_CLOSE_INTERNAL, true);
+            return false;
+        }
+        pr->qos = qos;
+        pr->topic_len = tl;
+        memcpy(pr->topic, t, tl);
+        pr->payload_len = plen;
+        if (plen)
+            memcpy(pr->payload, payload, plen);
+        w.ctx = pr;
+    }
     bool ok = request(b, s, &req, w);
+    if (!ok)
+        free(w.ctx);
     gale_buf_free(&scratch);
     return ok;
 }
@@ -994,7 +1030,7 @@ static void proto_free(broker_t *b, session_t *s)
     void *last = NULL;
     while (m->waits.count) {
         adapter_wait_t w = adapter_waits_shift(&m->waits);
-        if (w.ctx && w.ctx != last && (w.kind == W_SUB || w.kind == W_UNSUB))
+        if (w.ctx && w.ctx != last && (w.kind == W_SUB || w.kind == W_UNSUB || w.kind == W_PUB))
             free(w.ctx);
         last = w.ctx;
     }

@@ -183,3 +183,22 @@ def test_graceful_stop_closes_adapters_1001(make_broker):
     assert close_code(m) == 1001
     assert close_code(n.ws) == 1001
     assert b.wait(10) == 0
+
+
+def test_retained_kept_only_when_the_publish_is_accepted(make_broker):
+    """A retained PUBLISH refused by --pub-rate is neither delivered nor kept."""
+    b = make_broker(["--pub-rate", "1", "--pub-burst", "1"])
+    r = RawMQTT(b.port)
+    r.connect("ret")
+    r.send(publish_packet("k/a", b"kept", qos=0, retain=True),
+           publish_packet("k/b", b"refused", qos=0, retain=True))
+    r.send(bytes([0xC0, 0]))  # PINGREQ: both publishes were handled before its answer
+    assert r.recv() == (0xD0, b"")
+    s = RawMQTT(b.port)
+    s.connect("ret-sub")
+    s.send(subscribe_packet(1, [("k/#", 0)]))
+    assert s.recv() == (0x90, b"\x00\x01\x00")
+    first, body = s.recv()
+    assert first == 0x31 and body.endswith(b"kept"), (first, body)  # retain flag set
+    with pytest.raises(AssertionError):
+        s.recv(0.3)
