@@ -33,16 +33,17 @@ def opened(broker, protocols=(JSON,)):
     return ws
 
 
-def ends_with(ws, expected, timeout=5.0):
+def ends_with(ws, expected, timeout=5.0, tcp_end=True):
     """Reads until the connection ends; asserts the close code (None: dropped without a
     close frame). After a close frame, answers it as a client should and expects the
-    broker to close TCP: at once, or (after RSV bits, when lws's parser is left inside the
-    bad frame and cannot read the answer) when lws's 5 s close-ack timer fires."""
+    broker to close TCP (unless tcp_end is false): at once, or (after RSV bits, when lws's
+    parser is left inside the bad frame and cannot read the answer) when lws's 5 s
+    close-ack timer fires."""
     try:
         got, msgs = ws.recv_until_closed(timeout)
         assert got == expected, "close code %r, expected %r (messages first: %r)" % (
             got, expected, msgs[:3])
-        if got is not None:
+        if got is not None and tcp_end:
             try:
                 ws.send_close(1000)
             except OSError:
@@ -127,7 +128,9 @@ def test_unmasked_close_is_echoed_documented_limitation(broker, topic):
 def test_reserved_bits_close_1002(broker, topic, rsv, opcode):
     ws = opened(broker)
     ws.send_frame(opcode, PING if opcode == OP_TEXT else b"x", rsv=rsv)
-    ends_with(ws, 1002)
+    # The TCP end waits for lws's 5 s close-ack timer (same path for every bit and opcode):
+    # checked once, so that the suite does not wait it six times.
+    ends_with(ws, 1002, tcp_end=rsv == 4 and opcode == OP_TEXT)
     round_trip(broker, topic)
 
 

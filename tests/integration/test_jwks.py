@@ -46,6 +46,11 @@ def jwk(key, kid=None, **extra):
         d = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
     else:
         d = json.loads(ECAlgorithm.to_jwk(key.public_key()))
+        # RFC 7518 6.2.1.2: x and y are the full 32 bytes. PyJWT 2.6 (Debian 12) strips
+        # leading zero bytes (one key in 128 has one), which the broker rightly refuses.
+        nums = key.public_key().public_numbers()
+        for k, v in (("x", nums.x), ("y", nums.y)):
+            d[k] = base64.urlsafe_b64encode(v.to_bytes(32, "big")).rstrip(b"=").decode()
     if kid is not None:
         d["kid"] = kid
     d.update(extra)
