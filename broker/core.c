@@ -432,8 +432,9 @@ static gale_err_t publish_here(broker_t *b, conn_t *c, const gale_request_t *req
     gale_err_t e;
     if (rule) {
         hist_topic_t *t = history_topic(b->history, rule, req->topic, req->topic_len, now);
-        hist_msg_t *m =
-            t ? history_append(b->history, t, enc, req->data, req->data_len, now) : NULL;
+        hist_msg_t *m = t ? history_append_reply(b->history, t, enc, req->data, req->data_len,
+                                                 req->reply, req->reply_len, now)
+                          : NULL;
         if (!m) {
             *why = "out of memory";
             return GALE_ERR_INTERNAL;

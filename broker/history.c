@@ -51,7 +51,7 @@ static uint64_t frame_cost(const frame_t *f)
 
 static uint64_t msg_cost(const hist_msg_t *m)
 {
-    return sizeof(*m) + m->len + frame_cost(m->frames[0]) + frame_cost(m->frames[1]);
+    return sizeof(*m) + m->len + m->reply_len + frame_cost(m->frames[0]) + frame_cost(m->frames[1]);
 }
 
 static uint64_t topic_cost(const hist_topic_t *t)
@@ -273,15 +273,25 @@ gale_pos_t history_pos(const hist_topic_t *t)
 hist_msg_t *history_append(history_t *h, hist_topic_t *t, gale_enc_t enc, const uint8_t *data,
                            size_t len, uint64_t now_ms)
 {
-    if (len > UINT32_MAX)
+    return history_append_reply(h, t, enc, data, len, NULL, 0, now_ms);
+}
+
+hist_msg_t *history_append_reply(history_t *h, hist_topic_t *t, gale_enc_t enc, const uint8_t *data,
+                                 size_t len, const char *reply, size_t reply_len, uint64_t now_ms)
+{
+    if (len > UINT32_MAX || reply_len > GALE_TOPIC_MAX)
         return NULL;
     uint32_t cap = t->msgs.cap;
     if (!msg_ring_reserve(&t->msgs))
         return NULL;
     h->st.bytes += (uint64_t)(t->msgs.cap - cap) * sizeof(hist_msg_t *);
-    hist_msg_t *m = calloc(1, sizeof(*m) + len);
+    hist_msg_t *m = calloc(1, sizeof(*m) + len + (reply ? reply_len : 0));
     if (!m)
         return NULL;
+    if (reply) {
+        m->reply_len = (uint8_t)reply_len;
+        memcpy(m->data + len, reply, reply_len);
+    }
     m->topic = t;
     m->off = ++t->off;
     m->at_ms = now_ms;
@@ -325,8 +335,9 @@ frame_t *history_frame(history_t *h, hist_msg_t *m, gale_enc_t enc, bool *nomem)
     pos.off = m->off;
     gale_buf_t buf;
     gale_buf_init(&buf, FRAME_HEADROOM);
-    gale_err_t e = gale_encode_msg_pos(&buf, enc, m->topic->name, m->topic->len, &pos,
-                                       (gale_enc_t)m->enc, m->data, m->len);
+    gale_err_t e = gale_encode_msg_reply(&buf, enc, m->topic->name, m->topic->len, &pos,
+                                         m->reply_len ? (const char *)m->data + m->len : NULL,
+                                         m->reply_len, (gale_enc_t)m->enc, m->data, m->len);
     if (e != GALE_OK) {
         gale_buf_free(&buf);
         if (e == GALE_ERR_INTERNAL)

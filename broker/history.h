@@ -45,6 +45,7 @@ typedef struct hist_msg {
     uint8_t failed[GALE_ENC_COUNT];  /* frames[enc] cannot be built (data not convertible) */
     uint32_t len;                    /* of data */
     uint8_t enc;                     /* gale_enc_t of data */
+    uint8_t reply_len;               /* the publisher's reply topic, after data; 0: none */
     uint8_t data[];
 } hist_msg_t;
 
@@ -83,6 +84,13 @@ gale_pos_t history_pos(const hist_topic_t *t);
  * memory (nothing changes). The memory bound is enforced by history_enforce, which the
  * caller runs once it no longer holds t or the message.
  */
+/**
+ * history_append of a message whose publisher named a reply topic reply[0..reply_len) (NULL:
+ * none; at most GALE_TOPIC_MAX bytes): frames built later for a replay carry it too.
+ */
+hist_msg_t *history_append_reply(history_t *h, hist_topic_t *t, gale_enc_t enc, const uint8_t *data,
+                                 size_t len, const char *reply, size_t reply_len, uint64_t now_ms);
+
 hist_msg_t *history_append(history_t *h, hist_topic_t *t, gale_enc_t enc, const uint8_t *data,
                            size_t len, uint64_t now_ms);
 

@@ -202,3 +202,28 @@ def test_retained_kept_only_when_the_publish_is_accepted(make_broker):
     assert first == 0x31 and body.endswith(b"kept"), (first, body)  # retain flag set
     with pytest.raises(AssertionError):
         s.recv(0.3)
+
+
+def test_recovered_message_keeps_its_reply_subject(make_broker):
+    """Single broker, topic with history: a NATS PUB with a reply subject, replayed to a gale
+    client whose encoding nobody used at publish time (its frame is built at the replay)."""
+    b = make_broker(["--history", "h.>=10"])
+
+    async def go():
+        probe = await connect(b.url)
+        ack = await probe.sub("h.t")  # the stream's epoch
+        await probe.unsub("h.t")
+        n = NatsWS(b.port)
+        n.handshake(verbose=False, pedantic=False)
+        n.pub("h.t", b'{"q":1}', reply="_INBOX.req.7")
+        n.sync()
+        c = await connect(b.url)
+        r = await c.ask({"op": "sub", "topic": "h.t", "since": {"ep": ack["ep"], "off": 0}})
+        assert r["recovered"] is True, r
+        (m,) = [x for x in c.pending if x.get("op") == "msg"]
+        assert m["reply"] == "_INBOX.req.7" and m["data"] == {"q": 1} and m["off"] == 1, m
+        for x in (probe, c):
+            await x.close()
+        n.close()
+
+    run(go())
