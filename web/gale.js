@@ -75,7 +75,7 @@
 // MessagePack map per binary frame). See docs/PROTOCOL.md and docs/PROTOCOL-NOTES.md in
 // the gale repository.
 
-export const VERSION = '0.4.0';
+export const VERSION = '0.5.0';
 
 const SUBPROTOCOLS = { json: 'gale.v1.json', msgpack: 'gale.v1.msgpack' };
 const MSGPACK_MODULE = '@msgpack/msgpack';
@@ -415,8 +415,9 @@ export class GaleClient {
    * this handler (and unsubscribes the pattern when it was the last one); rejects with a
    * GaleError ('bad_topic', 'limit', 'timeout', 'closed', ...).
    *
-   * handler(data, topic, {ep, off}): ep/off are the message's stream position (absent on
-   * topics without history).
+   * handler(data, topic, {ep, off, reply}): ep/off are the message's stream position (absent
+   * on topics without history); reply the publisher's reply topic (absent when it named
+   * none: a NATS client's reply subject, or a gale publish's options.reply).
    *
    * options.since ({ep, off}, concrete topics only): the position of the last message the
    * application has (off 0: none of epoch ep), e.g. restored from storage; the broker
@@ -524,7 +525,10 @@ export class GaleClient {
    * options.mid: the publish's idempotency key (1 to 64 bytes of UTF-8); by default one
    * is generated (unless the client option idempotent is false). A publish with a mid
    * whose ack the connection took with it is sent again after the reconnect, with the
-   * same mid, rather than rejected. */
+   * same mid, rather than rejected.
+   *
+   * options.reply: a topic where the publisher wants answers; every subscriber's message
+   * carries it (NATS clients' request/reply, docs/PROTOCOL.md "Reply topics"). */
   publish(topic, data, options = {}) {
     if (typeof topic !== 'string') return Promise.reject(new TypeError('gale: topic must be a string'));
     let mid = options?.mid;
@@ -538,6 +542,10 @@ export class GaleClient {
     if (data === undefined) data = null;
     const req = { op: 'pub', topic, data };
     if (mid !== undefined) req.mid = mid;
+    if (options?.reply !== undefined) {
+      if (typeof options.reply !== 'string') return Promise.reject(new TypeError('gale: reply must be a topic'));
+      req.reply = options.reply;
+    }
     return this._enqueue(req, mid !== undefined).then((ack) => (mid !== undefined ? { ...ack, mid } : ack));
   }
 
@@ -1368,6 +1376,7 @@ export class GaleClient {
   _deliver(m) {
     const data = dataOf(m);
     const info = {};
+    if (typeof m.reply === 'string') info.reply = m.reply;
     if (typeof m.ep === 'string' && Number.isSafeInteger(m.off)) {
       info.ep = m.ep;
       info.off = m.off;

@@ -108,13 +108,17 @@ export interface GalePublishOptions {
   /** Idempotency key: 1 to 64 bytes of UTF-8, scoped to the topic, remembered by the broker
    * for its dedup window (at least 2 minutes). Default: a generated one. */
   mid?: string;
+  /** A topic where the publisher wants answers: every subscriber's message carries it
+   * (NATS request/reply). */
+  reply?: string;
 }
 
 /** What a handler learns about a message besides its data: its stream position, on a
- * topic with history (empty otherwise). */
+ * topic with history, and the publisher's reply topic, when it named one. */
 export interface GaleMessageInfo {
   ep?: string;
   off?: number;
+  reply?: string;
 }
 
 /** A subscription is back after a reconnect, or was made with `since`. */

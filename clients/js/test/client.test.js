@@ -180,6 +180,24 @@ describe('against a broker', () => {
     await Promise.all([sub.close(), pub.close()]);
   });
 
+  test('publish with options.reply: the handler gets the reply topic (NATS request/reply)', T, async () => {
+    const sub = client(broker.wsUrl);
+    const pub = client(broker.wsUrl);
+    const got = [];
+    await sub.subscribe('svc.echo', (data, topic, info) => got.push({ data, topic, info }));
+    await opened(pub);
+    await pub.publish('svc.echo', { q: 1 }, { reply: '_INBOX.js.1' });
+    await pub.publish('svc.echo', { q: 2 });
+    await assert.rejects(pub.publish('svc.echo', 1, { reply: 'a..b' }), { code: 'bad_topic' });
+    await assert.rejects(pub.publish('svc.echo', 1, { reply: 7 }), TypeError);
+    await waitFor(() => got.length === 2, 5000, 'two messages');
+    assert.deepEqual(got, [
+      { data: { q: 1 }, topic: 'svc.echo', info: { reply: '_INBOX.js.1' } },
+      { data: { q: 2 }, topic: 'svc.echo', info: {} },
+    ]);
+    await Promise.all([sub.close(), pub.close()]);
+  });
+
   test('several handlers and overlapping patterns: each handler gets a message once', T, async () => {
     const c = client(broker.wsUrl);
     const a = inbox();
