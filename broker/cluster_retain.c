@@ -157,9 +157,11 @@ static void one(cluster_t *c, cretain_read_t *r, const redis_value_t *field,
     const char *v = redis_value_str(value, &vl);
     if (!field)
         tl = r->len;
+    bool wild_first =
+        (r->pattern[0] == '*' || r->pattern[0] == '>') && (r->len == 1 || r->pattern[1] == '.');
     if (!t || !v || vl < 2 || (uint8_t)v[0] > 1 || !gale_topic_valid(t, tl) ||
-        !gale_pattern_match(r->pattern, r->len, t, tl))
-        return;
+        !gale_pattern_match(r->pattern, r->len, t, tl) || (t[0] == '$' && wild_first))
+        return; /* MQTT 4.7.2: a filter starting with a wildcard matches no '$' topic */
     uint8_t qos = (uint8_t)v[0] < r->qos ? (uint8_t)v[0] : r->qos;
     r->conn->ops->retained(c->b, r->conn, t, tl, qos, (const uint8_t *)v + 1, vl - 1);
 }

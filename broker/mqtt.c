@@ -356,25 +356,43 @@ static bool send_publish(broker_t *b, session_t *s, frame_t *f, uint8_t qos)
 }
 
 /* The highest QoS granted to m's subscriptions matching gale topic t. */
-static uint8_t granted_qos(const mqtt_conn_t *m, const char *t, size_t len)
+/* Whether gale pattern p[0..len) starts with a wildcard segment (MQTT '+' or '#'). */
+static bool wild_first(const char *p, size_t len)
 {
-    uint8_t q = 0;
+    return (p[0] == '*' || p[0] == '>') && (len == 1 || p[1] == '.');
+}
+
+/*
+ * The highest QoS granted to m's subscriptions matching gale topic t; -1 when none may have
+ * it: a topic starting with '$' is not matched by a filter starting with a wildcard (4.7.2).
+ */
+static int granted_qos(const mqtt_conn_t *m, const char *t, size_t len)
+{
+    bool dollar = t[0] == '$';
+    int q = dollar ? -1 : 0;
     for (const msub_t *x = m->subs; x && q < 1; x = x->next) {
         const char *p = x->pat;
         for (uint8_t i = 0; i < x->npat; p += x->len[i], i++)
-            if (x->qos > q && gale_pattern_match(p, x->len[i], t, len))
+            if (x->qos > q && (!dollar || !wild_first(p, x->len[i])) &&
+                gale_pattern_match(p, x->len[i], t, len))
                 q = x->qos;
     }
     return q;
 }
 
-/* The gale topic of the QoS 0 PUBLISH pkt[0..len) the router built (valid by construction). */
-static size_t publish_topic(const uint8_t *pkt, size_t len, char *out)
+/* Where the topic name of the QoS 0 PUBLISH pkt[0..len) starts (its length before it). */
+static size_t topic_at(const uint8_t *pkt, size_t len)
 {
     size_t i = 1;
     while (i < len && (pkt[i] & 0x80))
         i++;
-    i++;
+    return i + 1;
+}
+
+/* The gale topic of the QoS 0 PUBLISH pkt[0..len) the router built (valid by construction). */
+static size_t publish_topic(const uint8_t *pkt, size_t len, char *out)
+{
+    size_t i = topic_at(pkt, len);
     if (i + 2 > len)
         return 0;
     size_t n = (size_t)pkt[i] << 8 | pkt[i + 1];
@@ -390,14 +408,18 @@ static bool op_deliver(broker_t *b, conn_t *c, frame_t *f)
 {
     session_t *s = session_of_conn(c);
     mqtt_conn_t *m = mqtt_of(s);
-    if (!m->qos1_subs || !f->qos)
-        return session_enqueue(b, s, f);
     size_t len;
     const uint8_t *pkt = frame_payload(f, &len);
+    size_t at = topic_at(pkt, len);
+    bool dollar = at + 2 < len && pkt[at + 2] == '$';
+    if (!dollar && (!m->qos1_subs || !f->qos))
+        return session_enqueue(b, s, f);
     char topic[GALE_TOPIC_MAX];
     size_t tl = publish_topic(pkt, len, topic);
-    uint8_t q = tl ? granted_qos(m, topic, tl) : 0;
-    return send_publish(b, s, f, q < f->qos ? q : f->qos); /* 3.8.4: the lower of the two */
+    int q = tl ? granted_qos(m, topic, tl) : 0;
+    if (q < 0)
+        return true; /* only wildcard filters matched a '$' topic: not for this client */
+    return send_publish(b, s, f, (uint8_t)q < f->qos ? (uint8_t)q : f->qos); /* 3.8.4 */
 }
 
 /* Sends one retained message of gale topic t at qos, with the retain flag (3.3.1-8). */
@@ -441,7 +463,8 @@ static void send_retained(broker_t *b, session_t *s, const msub_t *x)
             const char *p = x->pat;
             bool match = false;
             for (uint8_t k = 0; k < x->npat && !match; p += x->len[k], k++)
-                match = gale_pattern_match(p, x->len[k], r->topic, r->topic_len);
+                match = (r->topic[0] != '$' || !wild_first(p, x->len[k])) &&
+                        gale_pattern_match(p, x->len[k], r->topic, r->topic_len);
             if (match) /* the sub was allowed: so is every topic it matches */
                 send_one_retained(b, s, r->topic, r->topic_len, x->qos < r->qos ? x->qos : r->qos,
                                   r->payload, r->payload_len);

@@ -153,7 +153,18 @@ def test_retained_in_redis_across_brokers(make_broker, redis):
     m = s2.get()
     assert (m.topic, m.payload, m.retain) == ("r/two", b'{"v":2}', True)
     s2.expect_nothing(0.3)
-    for c in (p, s, s2):
+    # MQTT 4.7.2 on the Redis read too: '#' does not match a '$' topic, '$x/#' does
+    p.publish("$x/r", b"dollar", qos=1, retain=True)
+    assert wait_for(lambda: redis.cmd("HLEN", "gale:retained") == 2, 5)
+    s3 = Paho(b.port).connect()
+    assert s3.subscribe("#", 0) == [0]
+    m = s3.get()
+    assert (m.topic, m.payload, m.retain) == ("r/two", b'{"v":2}', True)
+    s3.expect_nothing(0.3)
+    assert s3.subscribe("$x/#", 0) == [0]
+    m = s3.get()
+    assert (m.topic, m.payload, m.retain) == ("$x/r", b"dollar", True)
+    for c in (p, s, s2, s3):
         c.close()
 
 

@@ -521,6 +521,33 @@ def test_wildcards(mq):
         assert sorted(got) == sorted(filters[f]), (f, got)   # each exactly once
 
 
+def test_dollar_topics_not_matched_by_leading_wildcards(mq):
+    """4.7.2: a filter starting with '#' or '+' does not match a topic starting with '$';
+    one naming the '$' level does. Live and retained."""
+    pub, *subs = mq.clients("", "", "", "", "")
+    filters = ["#", "+/x", "$sys/#", "$sys/+"]
+    for f, s in zip(filters, subs):
+        s.subscribe([(f, 1), ("end/mark", 1)])
+    pub.publish("$sys/x", b"d", 1, retain=True)
+    pub.publish("end/mark", b"", 1)
+    for f, s in zip(filters, subs):
+        got = []
+        while True:
+            m = s.get()
+            if m.topic == "end/mark":
+                break
+            got.append(m.topic)
+        assert got == ([] if f in ("#", "+/x") else ["$sys/x"]), (f, got)
+    late = mq.client("")
+    (g,) = mq.granted(1)
+    assert late.subscribe([("#", 1), ("+/x", 1)]) == [g, g]
+    late.expect_nothing(0.3)
+    assert late.subscribe("$sys/#", 1) == [g]
+    m = late.get()
+    assert (m.topic, m.retain) == ("$sys/x", True)
+    pub.publish("$sys/x", b"", 1, retain=True)  # leave no retained message behind
+
+
 def test_overlapping_subscriptions_deliver_once(mq):
     """3.3.5 allows one copy per matching subscription; both servers send one."""
     s, pub = mq.clients("", "")
