@@ -31,7 +31,8 @@ typedef struct nats_conn {
     adapter_rx_t rx;
     adapter_waits_t waits;
     nsub_t *subs;
-    nsub_t *gone; /* ended by their max during a delivery: unsubscribed at the next chance */
+    nsub_t *gone;   /* ended by their max during a delivery: unsubscribed at the next chance */
+    uint32_t nsubs; /* in subs: at most --max-subscriptions sids (several may share a subject) */
     uint64_t opened_ms;
     bool connected;
     bool verbose;
@@ -230,6 +231,7 @@ static bool op_deliver(broker_t *b, conn_t *c, frame_t *f)
             return false;
         if (++x->delivered >= x->max && x->max) { /* auto-unsubscribed (UNSUB sid max) */
             *p = x->next;
+            n->nsubs--;
             x->next = n->gone;
             n->gone = x;
             continue;
@@ -341,6 +343,10 @@ static void on_sub(broker_t *b, session_t *s, const gale_nats_msg_t *m)
         send_ok(b, s);
         return;
     }
+    if (n->nsubs >= b->cfg.max_subscriptions) { /* sids of one subject cost the core nothing */
+        send_err(b, s, "limit: too many subscriptions (--max-subscriptions)");
+        return;
+    }
     nsub_t *x = malloc(sizeof(*x) + m->sid_len + m->subject_len);
     if (!x) {
         session_begin_close(b, s, CONN_CLOSE_INTERNAL, true);
@@ -352,6 +358,7 @@ static void on_sub(broker_t *b, session_t *s, const gale_nats_msg_t *m)
     bool held = pattern_held(n, NULL, m->subject, m->subject_len);
     x->next = n->subs;
     n->subs = x;
+    n->nsubs++;
     if (!held)
         request(b, s, &req, (adapter_wait_t){.kind = W_SUB});
     send_ok(b, s);
@@ -367,6 +374,7 @@ static void on_unsub(broker_t *b, session_t *s, const gale_nats_msg_t *m)
             x->max = m->max; /* goes after max deliveries in all */
         } else {
             *p = x->next;
+            n->nsubs--;
             sub_release(b, s, x);
         }
     }

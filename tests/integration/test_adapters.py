@@ -227,3 +227,22 @@ def test_recovered_message_keeps_its_reply_subject(make_broker):
         n.close()
 
     run(go())
+
+
+def test_nats_sids_bounded_by_max_subscriptions(make_broker):
+    """Many sids on one subject cost the core one subscription but the adapter one entry
+    each: --max-subscriptions bounds them too; an UNSUB frees a place."""
+    b = make_broker(["--max-subscriptions", "8"])
+    n = NatsWS(b.port)
+    n.handshake(verbose=False, pedantic=False)
+    for i in range(10):
+        n.sub("same.subject", str(i))
+    got = n.sync()
+    assert [m[0] for m in got] == ["-ERR", "-ERR"] and "limit" in got[0][1], got
+    n.unsub("0")
+    n.sub("same.subject", "new")
+    assert n.sync() == []
+    n.pub("same.subject", b"x")
+    sids = sorted(m[2] for m in n.msgs(8))
+    assert sids == sorted([str(i) for i in range(1, 8)] + ["new"])
+    n.close()
