@@ -176,6 +176,10 @@ static const opt_t options[] = {
      offsetof(gale_config_t, mqtt_retained_max), "N",
      "MQTT retained messages kept (one per topic); past it a new topic's retained message is "
      "delivered but not kept (default 10000)"},
+    {"--mqtt-retained-memory", "GALE_MQTT_RETAINED_MEMORY", OPT_SIZE, 1u << 20, 1ull << 40,
+     offsetof(gale_config_t, mqtt_retained_memory), "BYTES",
+     "bytes of MQTT retained messages a single broker keeps; past it a new retained message "
+     "is delivered but not kept (default 64M)"},
 };
 #define NOPTIONS (sizeof(options) / sizeof(options[0]))
 
@@ -210,6 +214,7 @@ void config_defaults(gale_config_t *c)
     c->presence_events_max = 1000;
     c->presence_memory = 64 * 1024 * 1024;
     c->mqtt_retained_max = 10000;
+    c->mqtt_retained_memory = 64 * 1024 * 1024;
 }
 
 bool config_parse_size(const char *s, uint64_t *out)

@@ -66,14 +66,15 @@ typedef struct {
     uint64_t dedup_max;      /* --dedup-max, `mid`s remembered at once */
     char presence[GALE_PRESENCE_RULES_MAX][256]; /* --presence patterns (valid, NUL-terminated) */
     uint32_t npresence;
-    bool presence_from_flags;     /* a --presence flag replaced GALE_PRESENCE's patterns */
-    uint64_t presence_list_max;   /* --presence-list-max, members listed in one answer */
-    uint64_t presence_info_max;   /* --presence-info-max, bytes of one member's info (JSON) */
-    uint64_t presence_expiry_s;   /* --presence-expiry, seconds a dead broker's members stay */
-    uint64_t presence_events_max; /* --presence-events-max, members above which join/leave
-                                     events give way to count-only presence messages */
-    uint64_t presence_memory;     /* --presence-memory, bytes of members held on this node */
-    uint64_t mqtt_retained_max;   /* --mqtt-retained-max, MQTT retained messages kept */
+    bool presence_from_flags;      /* a --presence flag replaced GALE_PRESENCE's patterns */
+    uint64_t presence_list_max;    /* --presence-list-max, members listed in one answer */
+    uint64_t presence_info_max;    /* --presence-info-max, bytes of one member's info (JSON) */
+    uint64_t presence_expiry_s;    /* --presence-expiry, seconds a dead broker's members stay */
+    uint64_t presence_events_max;  /* --presence-events-max, members above which join/leave
+                                      events give way to count-only presence messages */
+    uint64_t presence_memory;      /* --presence-memory, bytes of members held on this node */
+    uint64_t mqtt_retained_max;    /* --mqtt-retained-max, MQTT retained messages kept */
+    uint64_t mqtt_retained_memory; /* --mqtt-retained-memory, bytes of them (single broker) */
 } gale_config_t;
 
 /** Outcome of config_parse. */

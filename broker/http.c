@@ -4,6 +4,7 @@
 #include "dedup.h"
 #include "history.h"
 #include "log.h"
+#include "mqtt.h"
 #include "presence.h"
 #include "server.h"
 #include "session.h"
@@ -148,6 +149,7 @@ static void gauges(const broker_t *b, metrics_gauges_t *g)
     dedup_stats(b->dedup, &g->dedup_entries, &unused);
     g->presence = b->presence != NULL;
     presence_stats(b->presence, &g->presence_topics, &g->presence_members, &g->presence_bytes);
+    mqtt_retained_stats(b, &g->mqtt_retained, &g->mqtt_retained_bytes);
 }
 
 /* One complete answer, then the connection closes. */

@@ -157,6 +157,12 @@ gale_err_t metrics_render(const metrics_t *m, const metrics_gauges_t *g, gale_bu
                "Topic states dropped to stay within --history-memory (their epoch ended).",
                g->history_states_lost);
     }
+    metric(out, "gale_mqtt_retained_messages", "gauge",
+           "MQTT retained messages held by this broker (in Redis in a cluster: 0 here).",
+           g->mqtt_retained);
+    metric(out, "gale_mqtt_retained_bytes", "gauge",
+           "Bytes of the MQTT retained messages this broker holds (--mqtt-retained-memory).",
+           g->mqtt_retained_bytes);
     if (g->presence) {
         metric(out, "gale_presence_topics", "gauge",
                "Topics with members on this node (or presence scripts in flight).",

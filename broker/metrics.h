@@ -74,6 +74,7 @@ typedef struct metrics_gauges {
     uint64_t dedup_entries;
     bool presence; /* --presence: its gauges are rendered */
     uint64_t presence_topics, presence_members, presence_bytes; /* this node's */
+    uint64_t mqtt_retained, mqtt_retained_bytes; /* MQTT retained messages held in the process */
 } metrics_gauges_t;
 
 /** Appends the Prometheus text exposition (version 0.0.4) of m and g to out. */

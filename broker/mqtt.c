@@ -97,6 +97,8 @@ typedef struct mqtt_state {
     retained_t **retained;
     uint32_t nretained, retained_cap;
     uint64_t retained_bytes;
+    uint64_t refused_log_ms; /* broker uptime when a refused retained message was last logged */
+    uint64_t refused;        /* retained messages not kept since then */
 } mqtt_state_t;
 
 /* At most this many QoS 2 publishes of one connection awaiting PUBREL (its receive window). */
@@ -246,10 +248,22 @@ static void retain(broker_t *b, const char *topic, size_t len, uint8_t qos, cons
         retained_drop(st, p);
     if (!plen)
         return;
-    if (st->nretained >= b->cfg.mqtt_retained_max) {
-        log_warn("mqtt: %" PRIu64 " retained messages held (--mqtt-retained-max): the one of "
-                 "'%.*s' is not kept",
-                 b->cfg.mqtt_retained_max, (int)len, topic);
+    bool count = st->nretained >= b->cfg.mqtt_retained_max;
+    if (count ||
+        st->retained_bytes + sizeof(retained_t) + len + plen > b->cfg.mqtt_retained_memory) {
+        /* Logged at most once a minute, with the count of those refused meanwhile. */
+        uint64_t now = broker_uptime_ms(b);
+        st->refused++;
+        if (!st->refused_log_ms || now - st->refused_log_ms >= 60000) {
+            log_warn("mqtt: %" PRIu64 " retained messages (%" PRIu64 " bytes) held, at %s: "
+                     "'%.*s' and %" PRIu64 " other retained publishes since the last report "
+                     "were delivered but not kept",
+                     (uint64_t)st->nretained, st->retained_bytes,
+                     count ? "--mqtt-retained-max" : "--mqtt-retained-memory", (int)len, topic,
+                     st->refused - 1);
+            st->refused_log_ms = now;
+            st->refused = 0;
+        }
         return;
     }
     if (st->nretained + 1 > st->retained_cap / 2 &&

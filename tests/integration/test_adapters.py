@@ -246,3 +246,33 @@ def test_nats_sids_bounded_by_max_subscriptions(make_broker):
     sids = sorted(m[2] for m in n.msgs(8))
     assert sids == sorted([str(i) for i in range(1, 8)] + ["new"])
     n.close()
+
+
+def test_retained_bounded_by_count_and_memory(make_broker):
+    """A single broker keeps at most --mqtt-retained-max retained messages and
+    --mqtt-retained-memory bytes of them; past either a new one is delivered, not kept, and
+    the refusals are logged once (a flood does not flood the log); replacing one is fine."""
+    b = make_broker(["--mqtt-retained-max", "3", "--mqtt-retained-memory", "1M",
+                     "--max-message", "1M"])
+    r = RawMQTT(b.port)
+    r.connect("keeper")
+    for i in range(6):
+        r.send(publish_packet("rt/%d" % i, b"v%d" % i, qos=1, pid=i + 1, retain=True))
+        assert r.recv() == (0x40, bytes([0, i + 1]))
+    mt = b.metrics()
+    assert mt["gale_mqtt_retained_messages"] == 3
+    big = b"x" * 600000  # two of these pass 1 MiB
+    for i, t in enumerate(("rt/0", "rt/1")):  # replacements: the count does not grow
+        r.send(publish_packet(t, big, qos=1, pid=10 + i, retain=True))
+        assert r.recv() == (0x40, bytes([0, 10 + i]))
+    mt = b.metrics()
+    assert mt["gale_mqtt_retained_messages"] == 2  # rt/0 replaced, rt/1 dropped past 1 MiB
+    assert 600000 < mt["gale_mqtt_retained_bytes"] < 1 << 20
+    log = b.log_text()
+    assert log.count("were delivered but not kept") == 1, log
+    s = RawMQTT(b.port)
+    s.connect("reader")
+    s.send(subscribe_packet(1, [("rt/#", 0)]))
+    assert s.recv() == (0x90, b"\x00\x01\x00")
+    got = sorted(s.recv()[1][2:6] for _ in range(2))
+    assert got == [b"rt/0", b"rt/2"], got
