@@ -1,5 +1,6 @@
 #include "adapter.h"
 
+#include "core.h"
 #include "frame.h"
 #include "log.h"
 
@@ -60,6 +61,32 @@ void adapter_rx_free(adapter_rx_t *rx)
 {
     free(rx->buf);
     *rx = (adapter_rx_t){0};
+}
+
+bool adapter_request(broker_t *b, session_t *s, adapter_waits_t *waits, gale_request_t *req,
+                     adapter_wait_t w)
+{
+    if (!adapter_waits_push(waits, w)) {
+        log_error("%s conn %" PRIu64 ": out of memory: closing", s->ad->proto->name, s->conn.id);
+        session_begin_close(b, s, CONN_CLOSE_INTERNAL, true);
+        return false;
+    }
+    req->has_id = true;
+    req->id = 0;
+    core_request(b, &s->conn, req);
+    return true;
+}
+
+bool adapter_topic_request(broker_t *b, session_t *s, adapter_waits_t *waits, gale_op_t op,
+                           const char *t, size_t len, adapter_wait_t w)
+{
+    gale_request_t req;
+    memset(&req, 0, sizeof(req));
+    req.op = op;
+    req.topic = t;
+    req.topic_len = len;
+    gale_pattern_valid(t, len, &req.is_pattern);
+    return adapter_request(b, s, waits, &req, w);
 }
 
 void adapter_send(broker_t *b, session_t *s, gale_buf_t *buf, gale_err_t e)

@@ -44,6 +44,18 @@ typedef struct adapter_wait {
 RING_OF(adapter_waits, adapter_wait_t)
 
 /**
+ * Sends req to the core (core_request), awaiting its answer as w at the end of waits: with
+ * has_id set, every request answers, in order (the answer may come before this returns).
+ * False when out of memory: s is closing.
+ */
+bool adapter_request(broker_t *b, session_t *s, adapter_waits_t *waits, gale_request_t *req,
+                     adapter_wait_t w);
+
+/** adapter_request of a sub or unsub (op) of topic or pattern t[0..len), valid. */
+bool adapter_topic_request(broker_t *b, session_t *s, adapter_waits_t *waits, gale_op_t op,
+                           const char *t, size_t len, adapter_wait_t w);
+
+/**
  * Sends the packet or lines encoded into buf (initialised with FRAME_HEADROOM) as one binary
  * frame, e the encoder's status: anything but GALE_OK closes s with 1011 (out of memory).
  */

@@ -487,34 +487,6 @@ static void send_retained(broker_t *b, session_t *s, const msub_t *x)
 
 /* --- core requests -------------------------------------------------------- */
 
-/* Sends req to the core, awaiting its answer as w. False when out of memory (s closes). */
-static bool request(broker_t *b, session_t *s, gale_request_t *req, adapter_wait_t w)
-{
-    mqtt_conn_t *m = mqtt_of(s);
-    if (!adapter_waits_push(&m->waits, w)) {
-        log_error("mqtt conn %" PRIu64 ": out of memory: closing", s->conn.id);
-        session_begin_close(b, s, CONN_CLOSE_INTERNAL, true);
-        return false;
-    }
-    req->has_id = true; /* every request answers, in order */
-    req->id = 0;
-    req->data_enc = req->data ? req->data_enc : GALE_ENC_JSON;
-    core_request(b, &s->conn, req); /* may answer at once */
-    return true;
-}
-
-static bool topic_request(broker_t *b, session_t *s, gale_op_t op, const char *t, size_t len,
-                          adapter_wait_t w)
-{
-    gale_request_t req;
-    memset(&req, 0, sizeof(req));
-    req.op = op;
-    req.topic = t;
-    req.topic_len = len;
-    gale_pattern_valid(t, len, &req.is_pattern);
-    return request(b, s, &req, w);
-}
-
 static msub_t *sub_new(uint8_t qos, int npat, char pats[2][GALE_TOPIC_MAX], size_t lens[2])
 {
     msub_t *x = malloc(sizeof(*x) + lens[0] + (npat > 1 ? lens[1] : 0));
@@ -561,8 +533,8 @@ static void sub_release(broker_t *b, session_t *s, msub_t *x, void *ctx)
         if (!pattern_held(m, x, p, x->len[i])) {
             if (ctx)
                 ((mack_t *)ctx)->outstanding++;
-            topic_request(b, s, GALE_OP_UNSUB, p, x->len[i],
-                          (adapter_wait_t){.kind = W_UNSUB, .ctx = ctx});
+            adapter_topic_request(b, s, &mqtt_of(s)->waits, GALE_OP_UNSUB, p, x->len[i],
+                                  (adapter_wait_t){.kind = W_UNSUB, .ctx = ctx});
         }
     free(x);
 }
@@ -725,7 +697,7 @@ static bool publish(broker_t *b, session_t *s, const char *t, size_t tl, uint8_t
             memcpy(pr->payload, payload, plen);
         w.ctx = pr;
     }
-    bool ok = request(b, s, &req, w);
+    bool ok = adapter_request(b, s, &mqtt_of(s)->waits, &req, w);
     if (!ok)
         free(w.ctx);
     gale_buf_free(&scratch);
@@ -819,8 +791,8 @@ static void on_subscribe(broker_t *b, session_t *s, const gale_mqtt_packet_t *p)
         }
         for (int k = 0; k < npat; k++) {
             a->outstanding++;
-            if (!topic_request(b, s, GALE_OP_SUB, pats[k], lens[k],
-                               (adapter_wait_t){.kind = W_SUB, .index = i, .ctx = a})) {
+            if (!adapter_topic_request(b, s, &mqtt_of(s)->waits, GALE_OP_SUB, pats[k], lens[k],
+                                       (adapter_wait_t){.kind = W_SUB, .index = i, .ctx = a})) {
                 a->outstanding--;
                 break;
             }

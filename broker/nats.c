@@ -99,40 +99,13 @@ static bool pattern_held(const nats_conn_t *n, const nsub_t *except, const char 
     return false;
 }
 
-/* Sends req to the core, awaiting its answer as w. */
-static bool request(broker_t *b, session_t *s, gale_request_t *req, adapter_wait_t w)
-{
-    nats_conn_t *n = nats_of(s);
-    if (!adapter_waits_push(&n->waits, w)) {
-        log_error("nats conn %" PRIu64 ": out of memory: closing", s->conn.id);
-        session_begin_close(b, s, CONN_CLOSE_INTERNAL, true);
-        return false;
-    }
-    req->has_id = true; /* every request answers, in order */
-    req->id = 0;
-    core_request(b, &s->conn, req);
-    return true;
-}
-
-static void topic_request(broker_t *b, session_t *s, gale_op_t op, const char *t, size_t len,
-                          adapter_wait_t w)
-{
-    gale_request_t req;
-    memset(&req, 0, sizeof(req));
-    req.op = op;
-    req.topic = t;
-    req.topic_len = len;
-    gale_pattern_valid(t, len, &req.is_pattern);
-    request(b, s, &req, w);
-}
-
 /* Drops subscription x (already unlinked): the core's sub of its pattern goes with the last
  * sid holding it. */
 static void sub_release(broker_t *b, session_t *s, nsub_t *x)
 {
     if (!pattern_held(nats_of(s), x, sub_pattern(x), x->plen))
-        topic_request(b, s, GALE_OP_UNSUB, sub_pattern(x), x->plen,
-                      (adapter_wait_t){.kind = W_UNSUB});
+        adapter_topic_request(b, s, &nats_of(s)->waits, GALE_OP_UNSUB, sub_pattern(x), x->plen,
+                              (adapter_wait_t){.kind = W_UNSUB});
     free(x);
 }
 
@@ -360,7 +333,7 @@ static void on_sub(broker_t *b, session_t *s, const gale_nats_msg_t *m)
     n->subs = x;
     n->nsubs++;
     if (!held)
-        request(b, s, &req, (adapter_wait_t){.kind = W_SUB});
+        adapter_request(b, s, &nats_of(s)->waits, &req, (adapter_wait_t){.kind = W_SUB});
     send_ok(b, s);
 }
 
@@ -412,7 +385,7 @@ static void on_pub(broker_t *b, session_t *s, const gale_nats_msg_t *m)
         log_info("nats conn %" PRIu64 ": %s", s->conn.id, text);
         send_err(b, s, text);
     } else {
-        request(b, s, &req, (adapter_wait_t){.kind = W_PUB});
+        adapter_request(b, s, &nats_of(s)->waits, &req, (adapter_wait_t){.kind = W_PUB});
         send_ok(b, s);
     }
     gale_buf_free(&scratch);
@@ -446,7 +419,7 @@ static void message(broker_t *b, session_t *s, const gale_nats_msg_t *m)
         gale_request_t req;
         memset(&req, 0, sizeof(req));
         req.op = GALE_OP_PING;
-        request(b, s, &req, (adapter_wait_t){.kind = W_PING});
+        adapter_request(b, s, &nats_of(s)->waits, &req, (adapter_wait_t){.kind = W_PING});
         return;
     }
     default: /* PONG, +OK, -ERR */
