@@ -6,6 +6,9 @@ Environment:
   GALE_TARGET      gale (default) | tornado | node: run the protocol subset against a
                    reference peer from shared/peers; tests marked gale_only are skipped,
                    and needs_msgpack ones too against node (JSON only).
+  GALE_SKIP_REFERENCE  set: the MQTT and NATS suites skip their reference servers' halves
+                   (mosquitto, nats-server), which test no gale code (scripts/test sets it
+                   for the ASan pass)
 
 Markers:
   gale_only      the test checks gale's own interface (flags, limits, /healthz, /metrics,
