@@ -32,7 +32,8 @@
 typedef struct cpres_read {
     pending_t *done;
     uint64_t id;
-    bool has_id;
+    uint32_t heard; /* the topic's events heard when sent, if known (it had local state) */
+    bool has_id, known;
     uint8_t enc;
     uint8_t len;
     char topic[];
@@ -109,9 +110,9 @@ static bool send_topic(cluster_t *c, const char *sha, pres_topic_t *t, cmd_kind_
     }
     free(argv);
     free(lens);
-    if (ok)
-        t->inflight++;
-    else
+    if (ok && t->inflight++ == 0)
+        t->heard_at = t->heard;
+    else if (!ok)
         t->unsynced = 1;
     return ok;
 }
@@ -319,7 +320,7 @@ void cpres_reply(cluster_t *c, cmd_kind_t kind, void *ctx, redis_conn_reply_t an
         bool ok = answer == REDIS_CONN_REPLY_OK && redis_value_kind(n) == REDIS_VALUE_INTEGER &&
                   redis_value_int(n) >= 0;
         if (ok)
-            presence_count(b->presence, t, (uint64_t)redis_value_int(n));
+            presence_count(b->presence, t, (uint64_t)redis_value_int(n), t->heard_at);
         else
             t->unsynced = 1; /* SYNC once the shard is back (or at the next refresh) */
         if (m && ok)
@@ -397,9 +398,9 @@ void cpres_reply(cluster_t *c, cmd_kind_t kind, void *ctx, redis_conn_reply_t an
         } else {
             frame_unref(f);
         }
-        pres_topic_t *t = presence_topic(b->presence, r->topic, r->len);
+        pres_topic_t *t = r->known ? presence_topic(b->presence, r->topic, r->len) : NULL;
         if (t)
-            presence_count(b->presence, t, count);
+            presence_count(b->presence, t, count, r->heard);
     }
     pending_finish(b, r->done, e, e == GALE_OK ? "" : why);
     free(r);
@@ -420,8 +421,14 @@ gale_err_t cpres_read(void *bus, pending_t *done, const char *topic, size_t len,
         *why = "out of memory";
         return GALE_ERR_INTERNAL;
     }
-    *r = (cpres_read_t){
-        .done = done, .id = id, .has_id = has_id, .enc = (uint8_t)enc, .len = (uint8_t)len};
+    pres_topic_t *t = c->b->presence ? presence_topic(c->b->presence, topic, len) : NULL;
+    *r = (cpres_read_t){.done = done,
+                        .id = id,
+                        .heard = t ? t->heard : 0,
+                        .has_id = has_id,
+                        .known = t != NULL,
+                        .enc = (uint8_t)enc,
+                        .len = (uint8_t)len};
     memcpy(r->topic, topic, len);
     memcpy(chan, prefix, c->prefix_len);
     memcpy(chan + c->prefix_len, topic, len);

@@ -387,6 +387,7 @@ void presence_event(broker_t *b, const char *topic, size_t len, bool join, uint6
     pres_topic_t *t = presence_topic(b->presence, topic, len);
     if (!t)
         return; /* no local member, so no watcher */
+    t->heard++;
     t->count = count;
     notify(b, t, join, conn, conn_len, json, json_len);
 }
@@ -397,10 +398,11 @@ void presence_stale(presence_t *p, pres_topic_t *t)
         mark_dirty(p, t);
 }
 
-void presence_count(presence_t *p, pres_topic_t *t, uint64_t count)
+void presence_count(presence_t *p, pres_topic_t *t, uint64_t count, uint32_t heard)
 {
     (void)p;
-    t->count = count;
+    if (t->heard == heard)
+        t->count = count;
 }
 
 gale_err_t presence_answer(broker_t *b, const char *topic, size_t len, gale_enc_t enc, bool has_id,

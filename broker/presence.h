@@ -72,6 +72,8 @@ struct pres_topic {
     uint8_t dirty;       /* a count-only message is due (on the dirty list) */
     uint8_t unsynced;    /* cluster: a script failed, Redis may not hold the local members */
     uint32_t inflight;   /* cluster: scripts sent for it and not answered yet */
+    uint32_t heard;      /* cluster: events received for it (wraps) */
+    uint32_t heard_at;   /* cluster: heard when the oldest script in flight was sent */
     pres_member_t *gone; /* cluster: members whose leave Redis has not taken (cnext list) */
     uint32_t ngone;
     pres_topic_t *dnext; /* the dirty list */
@@ -156,8 +158,13 @@ void presence_event(broker_t *b, const char *topic, size_t len, bool join, uint6
  */
 void presence_stale(presence_t *p, pres_topic_t *t);
 
-/** Cluster: Redis answered that t has `count` members. */
-void presence_count(presence_t *p, pres_topic_t *t, uint64_t count);
+/**
+ * Cluster: Redis answered that t has `count` members, in the reply to a script or read sent
+ * when t had heard `heard` events. A reply and the events come on different connections, so
+ * one may be read after an event Redis published later: the count is taken only when no event
+ * arrived since (events carry their own counts, in Redis's order).
+ */
+void presence_count(presence_t *p, pres_topic_t *t, uint64_t count, uint32_t heard);
 
 /**
  * Single node: appends the `presence` answer for topic[0..len) in encoding enc to out: its

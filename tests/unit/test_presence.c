@@ -1546,6 +1546,37 @@ static void test_cluster_events_max_uses_redis_count(void **state)
     assert_stats(f, 0, 0);
 }
 
+/* A script's reply read after an event Redis published later must not undo its count. */
+static void test_cluster_reply_count_older_than_an_event_is_dropped(void **state)
+{
+    fixture_t *f = *state;
+    f->b.cfg.presence_events_max = 2;
+    start(f, true);
+    fake_conn_t *a = open_conn(f, GALE_ENC_JSON);
+    sub(f, a, "room.a", -1, true, NULL);
+    bus_settle(&f->bus);
+    pres_topic_t *t = presence_topic(f->b.presence, "room.a", 6);
+    assert_non_null(t);
+    const char *rc = "ffffffffffffffff-7";
+    char mr[128];
+    member_of(rc, NULL, NULL, mr, sizeof(mr));
+    presence_event(&f->b, "room.a", 6, true, 3, rc, strlen(rc), mr, strlen(mr));
+    presence_tick(&f->b);
+    assert_count_frame(a, a->nframes - 1, "room.a", 3);
+    uint32_t sent = t->heard; /* a refresh goes out now ... */
+    presence_event(&f->b, "room.a", 6, false, 2, rc, strlen(rc), mr, strlen(mr));
+    presence_count(f->b.presence, t, 3, sent); /* ... its older answer is read after */
+    presence_tick(&f->b);
+    assert_count_frame(a, a->nframes - 1, "room.a", 2);
+    assert_int_equal(t->count, 2);
+    presence_count(f->b.presence, t, 5, t->heard); /* no event since: Redis's count holds */
+    assert_int_equal(t->count, 5);
+    fake_free(&f->b, a);
+    bus_settle(&f->bus);
+    presence_tick(&f->b);
+    assert_stats(f, 0, 0);
+}
+
 static void test_cluster_topic_state_lives_while_scripts_or_unsynced(void **state)
 {
     fixture_t *f = *state;
@@ -1723,6 +1754,7 @@ int main(void)
         T(test_cluster_refused_sub_takes_the_membership_back),
         T(test_cluster_events_from_redis),
         T(test_cluster_events_max_uses_redis_count),
+        T(test_cluster_reply_count_older_than_an_event_is_dropped),
         T(test_cluster_topic_state_lives_while_scripts_or_unsynced),
         T(test_cluster_presence_request_goes_to_the_bus),
     };
