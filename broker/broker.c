@@ -13,6 +13,7 @@
 #include "dedup.h"
 #include "history.h"
 #include "log.h"
+#include "loops.h"
 #include "mqtt.h"
 #include "nats.h"
 #include "presence.h"
@@ -43,6 +44,8 @@ static void on_flush(uv_check_t *h)
 {
     broker_t *b = h->data;
     session_flush_turn(b);
+    if (b->loops)
+        loops_turn(b);
     if (b->stopping && b->nlive == 0 && !b->finishing) {
         b->finishing = true; /* every close frame is out: tear down */
         schedule_finish(b);
@@ -59,7 +62,13 @@ static void on_sweep(uv_timer_t *t)
     if (b->auth)
         auth_cache_sweep(b->auth); /* grants no connection holds any more */
     history_sweep(b->history, broker_uptime_ms(b));
-    dedup_sweep(b->dedup, broker_uptime_ms(b));
+    if (!b->loops) {
+        dedup_sweep(b->dedup, broker_uptime_ms(b));
+    } else if (b->loop_idx == 0) { /* the loops' shared window, swept by the first */
+        loops_lock(b->loops);
+        dedup_sweep(b->dedup, loops_now_ms());
+        loops_unlock(b->loops);
+    }
     presence_tick(b); /* its count-only messages go out with the next flush */
 }
 
@@ -83,6 +92,8 @@ static void finish(broker_t *b)
             uv_close(hs[i], on_handle_closed);
     cluster_close(b->cluster);
     server_close(b);
+    if (b->loops)
+        loops_finished(b);
 }
 
 static void on_stop_timer(uv_timer_t *t)
@@ -115,7 +126,10 @@ void broker_stop(broker_t *b)
     if (b->stopping)
         return;
     b->stopping = true;
-    log_info("stopping: closing %u connections with 1001", b->nsessions);
+    if (b->loops)
+        log_info("loop %u stopping: closing %u connections with 1001", b->loop_idx, b->nsessions);
+    else
+        log_info("stopping: closing %u connections with 1001", b->nsessions);
     for (uint32_t i = 0; i < b->nsessions; i++) {
         session_begin_close(b, b->sessions[i], SESSION_CLOSE_GOING_AWAY, false);
         core_absent(b, &b->sessions[i]->conn); /* presence leaves now, not after the grace */
@@ -127,8 +141,12 @@ void broker_stop(broker_t *b)
 
 static void on_signal(uv_signal_t *h, int signum)
 {
+    broker_t *b = h->data;
     log_info("received %s", strsignal(signum));
-    broker_stop(h->data);
+    if (b->loops)
+        loops_stop(b->loops); /* every loop, this one too */
+    else
+        broker_stop(b);
 }
 
 /* A JWKS key that is not used (another kty, curve, use...): said once per load. */
@@ -138,12 +156,33 @@ static void on_key_skipped(void *arg, const char *msg)
     log_warn("%s", msg);
 }
 
-/* SIGHUP: the token keys read again from their files. On failure the previous keys stay. */
+/* Loops other than the first: what loop 0 already logged. */
+static void note_quiet(void *arg, const char *msg)
+{
+    (void)arg;
+    (void)msg;
+}
+
+/* SIGHUP: the token keys read again from their files (by every loop). */
 static void on_reload(uv_signal_t *h, int signum)
 {
     broker_t *b = h->data;
-    char err[1024], keys[1024];
     (void)signum;
+    broker_reload(b);
+    if (b->loops)
+        loops_reload(b->loops);
+}
+
+void broker_reload(broker_t *b)
+{
+    char err[1024], keys[1024];
+    if (b->loop_idx) { /* loop 0 said it all */
+        if (b->auth && !auth_reload(b->auth, b->cfg.jwt_secret_file, b->cfg.jwt_keys, note_quiet, b,
+                                    err, sizeof(err)))
+            log_error("loop %u: token keys not reloaded, the previous ones stay: %s", b->loop_idx,
+                      err);
+        return;
+    }
     if (!b->auth) {
         log_info("received SIGHUP: no authentication configured, nothing to reload");
         return;
@@ -246,13 +285,16 @@ static void warn_file_limit(const broker_t *b)
                  (unsigned long long)rl.rlim_cur, room);
 }
 
-broker_t *broker_start(const gale_config_t *cfg, uv_loop_t *loop)
+broker_t *broker_start(const gale_config_t *cfg, uv_loop_t *loop, loops_t *loops, uint32_t loop_idx)
 {
     broker_t *b = calloc(1, sizeof(*b));
     if (!b)
         return NULL;
     b->cfg = *cfg;
     b->loop = loop;
+    b->loops = loops;
+    b->loop_idx = loop_idx;
+    b->nloops = loops_count(loops);
     b->start_ms = uv_now(loop);
     b->exit_code = 1;
     if (cfg->node_id[0])
@@ -276,7 +318,8 @@ broker_t *broker_start(const gale_config_t *cfg, uv_loop_t *loop)
     if (local && cfg->nhistory)
         b->history = history_new(cfg->history, cfg->nhistory, cfg->history_memory, b->instance);
     if (local)
-        b->dedup = dedup_new(cfg->dedup_window_s * 1000, cfg->dedup_max);
+        b->dedup =
+            loops ? loops_dedup(loops) : dedup_new(cfg->dedup_window_s * 1000, cfg->dedup_max);
     if (cfg->npresence)
         b->presence = presence_new(&b->cfg, !local);
     if (!b->scratch || !b->topics || (local && cfg->nhistory && !b->history) ||
@@ -292,19 +335,27 @@ broker_t *broker_start(const gale_config_t *cfg, uv_loop_t *loop)
     uv_check_init(loop, &b->flush_check);
     uv_timer_init(loop, &b->sweep_timer);
     uv_timer_init(loop, &b->stop_timer);
-    uv_signal_init(loop, &b->sigterm);
-    uv_signal_init(loop, &b->sigint);
-    uv_signal_init(loop, &b->sighup);
     b->flush_check.data = b->sweep_timer.data = b->stop_timer.data = b;
-    b->sigterm.data = b->sigint.data = b->sighup.data = b;
-    b->handles_open = 6;
+    b->handles_open = 3;
     uv_check_start(&b->flush_check, on_flush);
     uv_timer_start(&b->sweep_timer, on_sweep, SWEEP_MS, SWEEP_MS);
-    uv_signal_start(&b->sigterm, on_signal, SIGTERM);
-    uv_signal_start(&b->sigint, on_signal, SIGINT);
-    uv_signal_start(&b->sighup, on_reload, SIGHUP);
+    if (loop_idx == 0) { /* signals: the first loop, which tells the others */
+        uv_signal_init(loop, &b->sigterm);
+        uv_signal_init(loop, &b->sigint);
+        uv_signal_init(loop, &b->sighup);
+        b->sigterm.data = b->sigint.data = b->sighup.data = b;
+        b->handles_open += 3;
+        uv_signal_start(&b->sigterm, on_signal, SIGTERM);
+        uv_signal_start(&b->sigint, on_signal, SIGINT);
+        uv_signal_start(&b->sighup, on_reload, SIGHUP);
+    }
 
     b->exit_code = 0;
+    if (loop_idx) /* loop 0 said it all */
+        return b;
+    log_info("loops: %u (%s)", b->nloops,
+             loops ? "each a thread with its own event loop, listener and connections"
+                   : "one event loop; --loops N spreads connections over N threads");
     log_info("gale-broker %s node %s listening on %s://%s:%d (WebSocket %s://%s:%d%s, web "
              "root %s)",
              GALE_VERSION, b->node_id, b->tls ? "https" : "http", cfg->listen_host, b->port,
@@ -352,6 +403,40 @@ broker_t *broker_start(const gale_config_t *cfg, uv_loop_t *loop)
     return b;
 }
 
+void broker_gauges(const broker_t *b, metrics_gauges_t *g)
+{
+    memset(g, 0, sizeof(*g));
+    g->connections = b->nsessions;
+    g->subscriptions = topics_subscriptions(b->topics);
+    g->topics = topics_count(b->topics);
+    for (uint32_t i = 0; i < b->nsessions; i++)
+        g->queued_bytes += b->sessions[i]->q.bytes;
+    g->handshakes = b->nhandshakes;
+    g->per_ip = server_client_addresses(b, &g->client_addresses);
+    g->uptime_s = (double)broker_uptime_ms(b) / 1000.0;
+    cluster_state(b->cluster, &g->redis_shards, &g->redis_up);
+    if (b->history) {
+        history_stats_t st;
+        history_stats(b->history, &st);
+        g->history = true;
+        g->history_bytes = st.bytes;
+        g->history_topics = st.topics;
+        g->history_messages = st.messages;
+        g->history_evicted = st.evicted;
+        g->history_expired = st.expired;
+        g->history_states_lost = st.states_lost;
+    }
+    uint64_t unused;
+    if (b->loops)
+        loops_lock(b->loops);
+    dedup_stats(b->dedup, &g->dedup_entries, &unused);
+    if (b->loops)
+        loops_unlock(b->loops);
+    g->presence = b->presence != NULL;
+    presence_stats(b->presence, &g->presence_topics, &g->presence_members, &g->presence_bytes);
+    mqtt_retained_stats(b, &g->mqtt_retained, &g->mqtt_retained_bytes);
+}
+
 int broker_free(broker_t *b)
 {
     if (!b)
@@ -361,7 +446,8 @@ int broker_free(broker_t *b)
     cluster_free(b->cluster);
     topics_free(b->topics);
     history_free(b->history);
-    dedup_free(b->dedup);
+    if (!b->loops)
+        dedup_free(b->dedup); /* else the loops' (loops.c) */
     presence_free(b->presence);
     mqtt_free(b);
     nats_free(b);

@@ -31,6 +31,7 @@ typedef struct auth auth_t;
 typedef struct history history_t;
 typedef struct dedup dedup_t;
 typedef struct presence presence_t;
+typedef struct loops loops_t;
 
 /** Coalescing buffer: frames queued for one connection are sent in writes of up to this size. */
 #define BROKER_SCRATCH_SIZE (64 * 1024)
@@ -40,7 +41,13 @@ typedef struct presence presence_t;
 typedef struct broker {
     gale_config_t cfg;
     uv_loop_t *loop;
-    struct server *srv; /* the lws transport (server.c) */
+    loops_t *loops;      /* --loops N > 1: what the loops share (loops.h); NULL: one loop */
+    uint32_t loop_idx;   /* this loop's index, 0..N-1 (0 handles signals) */
+    uint32_t nloops;     /* N */
+    uint64_t loops_wake; /* loops handed messages this turn (bit per loop) */
+    bool loops_backlog;  /* an inbox this loop publishes to is over its bound: publishers on
+                            this loop pause reading until it is drained (loops.h) */
+    struct server *srv;  /* the lws transport (server.c) */
     topics_t *topics;
     cluster_t *cluster;      /* NULL: single node (no --redis) */
     bus_t bus;               /* the cluster as the core sees it (bus.h); ops NULL: single node */
@@ -89,12 +96,21 @@ typedef struct broker {
 
 /**
  * Starts a broker on `loop` with `cfg`: creates the lws context on the
- * foreign loop, binds the listener and installs signal handlers. Returns
+ * foreign loop, binds the listener and installs signal handlers. With loops (several loops,
+ * loops.h) it is loop loop_idx of them: its own listener on the shared port, signals on
+ * loop 0 only. Returns
  * NULL when out of memory; on any other failure (logged) a broker whose
  * exit_code is non-zero and whose teardown has begun: run the loop, then
  * broker_free returns that code.
  */
-broker_t *broker_start(const gale_config_t *cfg, uv_loop_t *loop);
+broker_t *broker_start(const gale_config_t *cfg, uv_loop_t *loop, loops_t *loops,
+                       uint32_t loop_idx);
+
+/** SIGHUP: reads the token keys again (--jwt-secret-file, --jwt-keys); logged. */
+void broker_reload(broker_t *b);
+
+/** The gauges of /metrics and /healthz, of this loop. */
+void broker_gauges(const broker_t *b, metrics_gauges_t *g);
 
 /**
  * Begins a graceful stop: refuse new upgrades, close every connection with

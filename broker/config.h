@@ -17,6 +17,9 @@
 #define GALE_PRESENCE_RULES_MAX 64
 
 /** One --history PATTERN=SIZE[/TTL]. */
+/** Most --loops. */
+#define CONFIG_LOOPS_MAX 64
+
 typedef struct {
     char pattern[256]; /* a valid pattern (NUL-terminated) */
     uint64_t size;     /* messages kept per topic */
@@ -73,6 +76,7 @@ typedef struct {
     uint64_t presence_events_max;  /* --presence-events-max, members above which join/leave
                                       events give way to count-only presence messages */
     uint64_t presence_memory;      /* --presence-memory, bytes of members held on this node */
+    uint64_t loops;                /* --loops, event loops (threads) in the process */
     uint64_t mqtt_retained_max;    /* --mqtt-retained-max, MQTT retained messages kept */
     uint64_t mqtt_retained_memory; /* --mqtt-retained-memory, bytes of them (single broker) */
 } gale_config_t;

@@ -4,6 +4,7 @@
 #include "dedup.h"
 #include "history.h"
 #include "log.h"
+#include "loops.h"
 #include "pending.h"
 #include "presence.h"
 #include "ring.h"
@@ -127,6 +128,16 @@ static void member_leave(broker_t *b, pres_member_t *m)
     b->bus.ops->leave(b->bus.ctx, m);
 }
 
+/* No connection here holds pattern p any more: the cluster, or the other loops, forget it. */
+static void released(const char *p, size_t len, void *arg)
+{
+    broker_t *b = arg;
+    if (b->bus.ops)
+        b->bus.ops->release(p, len, b->bus.ctx);
+    if (b->loops)
+        loops_interest_drop(b, p, len);
+}
+
 /* Takes back a sub the cluster could not make live, when this request added it. */
 static void undo_sub(broker_t *b, conn_t *c, const char *p, size_t len)
 {
@@ -134,8 +145,8 @@ static void undo_sub(broker_t *b, conn_t *c, const char *p, size_t len)
     if (m)
         member_leave(b, m);
     bool last = false;
-    if (topics_unsubscribe(b->topics, &c->owner, p, len, b->bus.ops ? &last : NULL) && last)
-        b->bus.ops->release(p, len, b->bus.ctx);
+    if (topics_unsubscribe(b->topics, &c->owner, p, len, &last) && last)
+        released(p, len, b);
 }
 
 /* pending_t.done of an answer that waited for the cluster. */
@@ -332,9 +343,15 @@ static gale_err_t do_sub(broker_t *b, conn_t *c, const gale_request_t *req, conn
     gale_buf_t json;
     gale_buf_init(&json, 0);
     gale_err_t e = pres && !m ? member_json(b, c, req, &json, name, &name_len, why) : GALE_OK;
+    bool first = false;
     topics_result_t r =
-        e == GALE_OK ? topics_subscribe(b->topics, &c->owner, req->topic, req->topic_len, NULL)
+        e == GALE_OK ? topics_subscribe(b->topics, &c->owner, req->topic, req->topic_len, &first)
                      : TOPICS_INVALID;
+    if (r == TOPICS_ADDED && first && b->loops &&
+        !loops_interest_add(b, req->topic, req->topic_len)) { /* other loops' publishes */
+        undo_sub(b, c, req->topic, req->topic_len);
+        r = TOPICS_NOMEM;
+    }
     if (r == TOPICS_ADDED || r == TOPICS_EXISTS) {
         if (pres && !sub_presence(b, c, req, m, &json, name, name_len)) {
             if (r == TOPICS_ADDED)
@@ -392,10 +409,8 @@ static void do_unsub(broker_t *b, conn_t *c, const gale_request_t *req)
     if (m)
         member_leave(b, m);
     bool last = false;
-    if (topics_unsubscribe(b->topics, &c->owner, req->topic, req->topic_len,
-                           b->bus.ops ? &last : NULL) &&
-        last)
-        b->bus.ops->release(req->topic, req->topic_len, b->bus.ctx);
+    if (topics_unsubscribe(b->topics, &c->owner, req->topic, req->topic_len, &last) && last)
+        released(req->topic, req->topic_len, b);
 }
 
 /*
@@ -415,19 +430,32 @@ static gale_err_t publish_here(broker_t *b, conn_t *c, const gale_request_t *req
                         .enc = enc,
                         .data = req->data,
                         .data_len = req->data_len};
-    uint64_t now = now_ms(b), off = 0;
+    /* The loops' one dedup window takes one clock: the process's monotonic one. */
+    uint64_t now = b->loops ? loops_now_ms() : now_ms(b), off = 0;
     if (req->mid) {
-        if (dedup_seen(b->dedup, req->topic, req->topic_len, req->mid, req->mid_len, now, &off)) {
+        if (b->loops) /* the loops' one window: seen, or taken now, before any delivery */
+            loops_lock(b->loops);
+        bool seen =
+            dedup_seen(b->dedup, req->topic, req->topic_len, req->mid, req->mid_len, now, &off);
+        bool room = seen || dedup_room(b->dedup, now);
+        bool taken =
+            !seen && room && b->loops &&
+            dedup_add(b->dedup, req->topic, req->topic_len, req->mid, req->mid_len, 0, now);
+        if (b->loops)
+            loops_unlock(b->loops);
+        if (seen) {
             rep->dup = true;
             rep->has_off = off != 0;
             rep->off = off;
             b->m.publish_duplicates++;
             return GALE_OK;
         }
-        if (!dedup_room(b->dedup, now)) {
+        if (!room) {
             *why = "too many mids remembered (--dedup-max within --dedup-window)";
             return GALE_ERR_LIMIT;
         }
+        if (b->loops && !taken)
+            log_warn("conn %" PRIu64 ": out of memory remembering a mid", c->id);
     }
     gale_err_t e;
     if (rule) {
@@ -452,7 +480,7 @@ static gale_err_t publish_here(broker_t *b, conn_t *c, const gale_request_t *req
     } else {
         e = router_publish(b, &msg);
     }
-    if (req->mid &&
+    if (req->mid && !b->loops &&
         !dedup_add(b->dedup, req->topic, req->topic_len, req->mid, req->mid_len, off, now))
         log_warn("conn %" PRIu64 ": out of memory remembering a mid", c->id);
     if (e != GALE_OK)
@@ -826,7 +854,8 @@ void core_open(broker_t *b, conn_t *c, const conn_ops_t *ops, int fmt, struct au
 {
     c->ops = ops;
     c->enc = (uint8_t)fmt;
-    c->id = ++b->next_conn_id;
+    /* Unique across loops: loop k of N numbers k+1, N+k+1, 2N+k+1... */
+    c->id = b->next_conn_id++ * (b->nloops ? b->nloops : 1) + b->loop_idx + 1;
     if (grant) {
         auth_grant_ref(grant);
         c->grant = grant;
@@ -862,8 +891,7 @@ void core_close(broker_t *b, conn_t *c)
     if (b->bus.ops && b->bus.ops->forget) /* recoveries and retained reads deliver nothing more */
         b->bus.ops->forget(b->bus.ctx, c);
     core_absent(b, c); /* leaves, before the topics are released */
-    topics_unsubscribe_all(b->topics, &c->owner, b->bus.ops ? b->bus.ops->release : NULL,
-                           b->bus.ctx);
+    topics_unsubscribe_all(b->topics, &c->owner, b->bus.ops || b->loops ? released : NULL, b);
     auth_grant_unref(c->grant);
     c->grant = NULL;
     c->closing = 1;

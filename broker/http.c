@@ -4,6 +4,7 @@
 #include "dedup.h"
 #include "history.h"
 #include "log.h"
+#include "loops.h"
 #include "mqtt.h"
 #include "presence.h"
 #include "server.h"
@@ -122,36 +123,6 @@ int http_filter(broker_t *b, struct lws *wsi)
 }
 
 /* Samples the gauges for /metrics and /healthz. */
-static void gauges(const broker_t *b, metrics_gauges_t *g)
-{
-    memset(g, 0, sizeof(*g));
-    g->connections = b->nsessions;
-    g->subscriptions = topics_subscriptions(b->topics);
-    g->topics = topics_count(b->topics);
-    for (uint32_t i = 0; i < b->nsessions; i++)
-        g->queued_bytes += b->sessions[i]->q.bytes;
-    g->handshakes = b->nhandshakes;
-    g->per_ip = server_client_addresses(b, &g->client_addresses);
-    g->uptime_s = (double)broker_uptime_ms(b) / 1000.0;
-    cluster_state(b->cluster, &g->redis_shards, &g->redis_up);
-    if (b->history) {
-        history_stats_t st;
-        history_stats(b->history, &st);
-        g->history = true;
-        g->history_bytes = st.bytes;
-        g->history_topics = st.topics;
-        g->history_messages = st.messages;
-        g->history_evicted = st.evicted;
-        g->history_expired = st.expired;
-        g->history_states_lost = st.states_lost;
-    }
-    uint64_t unused;
-    dedup_stats(b->dedup, &g->dedup_entries, &unused);
-    g->presence = b->presence != NULL;
-    presence_stats(b->presence, &g->presence_topics, &g->presence_members, &g->presence_bytes);
-    mqtt_retained_stats(b, &g->mqtt_retained, &g->mqtt_retained_bytes);
-}
-
 /* One complete answer, then the connection closes. */
 static int respond(struct lws *wsi, unsigned status, const char *ctype, gale_buf_t *body)
 {
@@ -173,8 +144,9 @@ int http_serve(broker_t *b, struct lws *wsi)
     char uri[64];
     gale_buf_t body;
     gale_buf_init(&body, LWS_PRE);
+    metrics_t m;
     metrics_gauges_t g;
-    gauges(b, &g);
+    loops_sum(b, &m, &g); /* this loop's figures, with the other loops' */
     if (lws_hdr_copy(wsi, uri, sizeof(uri), WSI_TOKEN_GET_URI) <= 0) {
         gale_buf_append(&body, "method not allowed\n", 19);
         return respond(wsi, HTTP_STATUS_METHOD_NOT_ALLOWED, "text/plain", &body);
@@ -189,7 +161,7 @@ int http_serve(broker_t *b, struct lws *wsi)
         return respond(wsi, HTTP_STATUS_OK, "application/json", &body);
     }
     if (strcmp(uri, HTTP_METRICS) == 0) {
-        metrics_render(&b->m, &g, &body);
+        metrics_render(&m, &g, &body);
         cluster_render_metrics(b->cluster, &body);
         return respond(wsi, HTTP_STATUS_OK, "text/plain; version=0.0.4; charset=utf-8", &body);
     }

@@ -43,6 +43,7 @@ typedef struct http_conn {
     /* --max-connections-per-ip: the slot of an upgrade let in, held until it is established
        (then the session's) or closes (server.c); NULL: none */
     struct iplimit_entry *ip;
+    bool conn_slot; /* --loops N > 1: it holds one of --max-connections (loops.h) */
 } http_conn_t;
 
 /** The http_conn_t of wsi, or NULL. */

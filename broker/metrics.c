@@ -47,6 +47,13 @@ static void by_proto(gale_buf_t *out, const char *name, const char *type, const 
 gale_err_t metrics_render(const metrics_t *m, const metrics_gauges_t *g, gale_buf_t *out)
 {
     metric(out, "gale_connections", "gauge", "Open WebSocket connections.", g->connections);
+    uint32_t nloops = g->loops ? g->loops : 1;
+    metric(out, "gale_loops", "gauge", "Event loops (--loops), each a thread.", nloops);
+    appendf(out, "# HELP gale_loop_connections Open WebSocket connections of each loop.\n"
+                 "# TYPE gale_loop_connections gauge\n");
+    for (uint32_t i = 0; i < nloops && i < METRICS_LOOPS_MAX; i++)
+        appendf(out, "gale_loop_connections{loop=\"%" PRIu32 "\"} %" PRIu64 "\n", i,
+                nloops == 1 ? g->connections : g->loop_connections[i]);
     metric(out, "gale_subscriptions", "gauge", "Subscriptions held by all connections.",
            g->subscriptions);
     metric(out, "gale_topics", "gauge", "Distinct topics and patterns with a subscriber.",
@@ -185,6 +192,11 @@ gale_err_t metrics_render(const metrics_t *m, const metrics_gauges_t *g, gale_bu
                "--presence-events-max).",
                m->presence_counts);
     }
+    if (nloops > 1)
+        metric(out, "gale_loop_backlogs_total", "counter",
+               "Times a loop found another loop's inbox over its bound and paused its "
+               "publishers until it was drained.",
+               m->loops_backlogs);
     if (g->redis_shards) {
         metric(out, "gale_redis_shards", "gauge", "Redis shards configured (--redis).",
                g->redis_shards);

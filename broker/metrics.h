@@ -12,6 +12,9 @@
 /** Protocols metrics are labelled by: gale v1, MQTT, NATS (session.h SESSION_PROTO_*). */
 #define METRICS_PROTOS 3
 
+/** Most loops (config.h CONFIG_LOOPS_MAX) whose connections are rendered one by one. */
+#define METRICS_LOOPS_MAX 64
+
 typedef struct metrics {
     uint64_t connections_accepted;            /* WebSocket upgrades completed */
     uint64_t connections_refused;             /* upgrades answered 4xx/5xx */
@@ -41,6 +44,7 @@ typedef struct metrics {
     uint64_t refreshes[2];       /* refresh requests: [0] refused (answered err), [1] accepted */
     uint64_t refresh_dropped;    /* subscriptions a refresh took away (the new token does not
                                     allow them) */
+    uint64_t loops_backlogs;     /* --loops: times another loop's inbox was over its bound */
     uint64_t redis_publishes;    /* PUBLISH commands sent (--redis) */
     uint64_t redis_received;     /* messages received from Redis */
     uint64_t redis_duplicates;   /* ... dropped as copies already delivered */
@@ -74,7 +78,9 @@ typedef struct metrics_gauges {
     uint64_t dedup_entries;
     bool presence; /* --presence: its gauges are rendered */
     uint64_t presence_topics, presence_members, presence_bytes; /* this node's */
-    uint64_t mqtt_retained, mqtt_retained_bytes; /* MQTT retained messages held in the process */
+    uint64_t mqtt_retained, mqtt_retained_bytes;  /* MQTT retained messages held in the process */
+    uint32_t loops;                               /* --loops */
+    uint64_t loop_connections[METRICS_LOOPS_MAX]; /* WebSocket connections of each loop */
 } metrics_gauges_t;
 
 /** Appends the Prometheus text exposition (version 0.0.4) of m and g to out. */

@@ -3,6 +3,7 @@
 #include "conn.h"
 #include "frame.h"
 #include "gale_mqtt.h"
+#include "loops.h"
 
 #include <stddef.h>
 #include <string.h>
@@ -136,7 +137,10 @@ static gale_err_t route(broker_t *b, const router_msg_t *m, frame_t *built[GALE_
 gale_err_t router_publish(broker_t *b, const router_msg_t *m)
 {
     b->m.messages_published++;
-    return route(b, m, NULL, NULL);
+    gale_err_t e = route(b, m, NULL, NULL);
+    if (b->loops && !loops_publish(b, m)) /* the other loops with subscribers */
+        return GALE_ERR_INTERNAL;
+    return e;
 }
 
 gale_err_t router_publish_at(broker_t *b, const router_msg_t *m, frame_t *built[GALE_ENC_COUNT])

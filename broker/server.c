@@ -12,6 +12,7 @@
 #include "http.h"
 #include "iplimit.h"
 #include "log.h"
+#include "loops.h"
 #include "lws_mem.h"
 #include "mqtt.h"
 #include "nats.h"
@@ -22,8 +23,13 @@
 #include <libwebsockets.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #define WS_PATH SERVER_WS_PATH
 
@@ -41,7 +47,12 @@ struct server {
     struct lws_protocols protocols[NSUBPROTOCOLS + 1]; /* gale's by encoding, MQTT's, then a
                                                            terminator */
     struct lws_http_mount mounts[4];                   /* /metrics, /healthz, /api, / */
-    iplimit_t *ips;            /* --max-connections-per-ip; NULL: no limit */
+    iplimit_t *ips;            /* --max-connections-per-ip; NULL: no limit (with several
+                                  loops, theirs: used under loops_lock) */
+    int listen_fd;             /* several loops: this loop's SO_REUSEPORT socket; else -1 */
+    uv_poll_t listen_poll;     /* ... watched for connections to accept */
+    uv_timer_t listen_retry;   /* ... polling again after the file limit was hit */
+    bool listen_open;          /* the two handles are initialised and not closed */
     netaddr_prefix_t *trusted; /* --trusted-proxies */
     size_t ntrusted;
 };
@@ -193,23 +204,39 @@ static bool client_address(const struct server *sv, struct lws *wsi, netaddr_t *
 
 /* 429 for an address holding --max-connections-per-ip connections; logged at most once per
  * PER_IP_LOG_INTERVAL_MS per address. */
+/* The per-address table is the loops' when there are several: one lock around its use. */
+static void ips_lock(broker_t *b)
+{
+    if (b->loops)
+        loops_lock(b->loops);
+}
+
+static void ips_unlock(broker_t *b)
+{
+    if (b->loops)
+        loops_unlock(b->loops);
+}
+
 static int refuse_per_ip(broker_t *b, struct lws *wsi, const netaddr_t *client)
 {
+    ips_lock(b);
     iplimit_entry_t *e = iplimit_find(b->srv->ips, client);
-    uint32_t suppressed = 0;
+    uint32_t suppressed = 0, count = e ? e->count : 0;
+    bool say = e && iplimit_refused(e, broker_uptime_ms(b), PER_IP_LOG_INTERVAL_MS, &suppressed);
+    ips_unlock(b);
     b->m.connections_refused_per_ip++;
-    if (e && iplimit_refused(e, broker_uptime_ms(b), PER_IP_LOG_INTERVAL_MS, &suppressed)) {
+    if (say) {
         char text[NETADDR_TEXT_MAX];
         netaddr_format(client, text);
         if (suppressed)
             log_warn("client %s holds %" PRIu32 " WebSocket connections (--max-connections-per-ip):"
                      " upgrade refused with 429, and %" PRIu32 " more since the last report",
-                     text, e->count, suppressed);
+                     text, count, suppressed);
         else
             log_warn("client %s holds %" PRIu32 " WebSocket connections (--max-connections-per-ip):"
                      " upgrade refused with 429 (refusals of this address are reported at most "
                      "once a minute)",
-                     text, e->count);
+                     text, count);
     }
     return http_refuse(b, wsi, GALE_HTTP_TOO_MANY_REQUESTS,
                        "too many connections from this address");
@@ -220,14 +247,22 @@ static void release_http_slot(broker_t *b, struct lws *wsi)
 {
     http_conn_t *c = http_conn_of(wsi);
     if (c && c->ip) {
+        ips_lock(b);
         iplimit_release(b->srv->ips, c->ip);
+        ips_unlock(b);
         c->ip = NULL;
+    }
+    if (c && c->conn_slot) {
+        c->conn_slot = false;
+        loops_conn_release(b->loops);
     }
 }
 
 bool server_client_addresses(const broker_t *b, uint64_t *n)
 {
+    ips_lock((broker_t *)b);
     *n = b->srv ? iplimit_addresses(b->srv->ips) : 0;
+    ips_unlock((broker_t *)b);
     return b->srv && b->srv->ips;
 }
 
@@ -267,7 +302,10 @@ static int confirm_upgrade(broker_t *b, struct lws *wsi, const char *upgrade)
     /* Before the token: a flooding address costs no signature check. */
     netaddr_t client;
     bool counted = b->srv->ips && client_address(b->srv, wsi, &client);
-    if (counted && iplimit_full(b->srv->ips, &client))
+    ips_lock(b);
+    bool full_now = counted && iplimit_full(b->srv->ips, &client);
+    ips_unlock(b);
+    if (full_now)
         return refuse_per_ip(b, wsi, &client);
     if (b->auth && path == PATH_GALE) { /* MQTT and NATS clients give it in CONNECT */
         const char *why = "";
@@ -278,15 +316,27 @@ static int confirm_upgrade(broker_t *b, struct lws *wsi, const char *upgrade)
     }
     if (b->stopping)
         return http_refuse(b, wsi, HTTP_STATUS_SERVICE_UNAVAILABLE, "the broker is stopping");
-    if (b->cfg.max_connections && b->nsessions >= b->cfg.max_connections) {
+    if (b->loops && path == PATH_MQTT)
+        return http_refuse(b, wsi, HTTP_STATUS_SERVICE_UNAVAILABLE,
+                           "MQTT needs --loops 1 for now: retained messages and client ids are "
+                           "not shared across loops yet");
+    http_conn_t *hc = http_conn_of(wsi);
+    bool limited = b->loops ? !hc || !loops_conn_reserve(b->loops, b->cfg.max_connections)
+                            : b->cfg.max_connections && b->nsessions >= b->cfg.max_connections;
+    if (limited) {
         log_warn("connection limit %" PRIu64 " reached: upgrade refused with 503",
                  b->cfg.max_connections);
         return http_refuse(b, wsi, HTTP_STATUS_SERVICE_UNAVAILABLE, "too many connections");
     }
-    http_conn_t *c = counted ? http_conn_of(wsi) : NULL;
+    if (b->loops) /* held until the wsi is destroyed, whatever happens next */
+        hc->conn_slot = true;
+    http_conn_t *c = counted ? hc : NULL;
     if (c) { /* the slot is held until the wsi is destroyed, whatever happens next */
         bool full;
-        if (!(c->ip = iplimit_acquire(b->srv->ips, &client, &full))) {
+        ips_lock(b);
+        c->ip = iplimit_acquire(b->srv->ips, &client, &full);
+        ips_unlock(b);
+        if (!c->ip) {
             if (full)
                 return refuse_per_ip(b, wsi, &client);
             log_error("out of memory counting a connection's address");
@@ -316,9 +366,11 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
     }
     case LWS_CALLBACK_ESTABLISHED: {
         http_conn_t *hc = http_conn_of(wsi);
-        if (hc && s) { /* the address slot moves to the session */
+        if (hc && s) { /* the address and connection slots move to the session */
             s->ip = hc->ip;
             hc->ip = NULL;
+            s->conn_slot = hc->conn_slot;
+            hc->conn_slot = false;
         }
         release_http_slot(b, wsi);
         http_conn_upgraded(b, wsi);
@@ -371,8 +423,14 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         release_http_slot(b, wsi);
         http_conn_closed(b, wsi);
         if (s && s->ip) {
+            ips_lock(b);
             iplimit_release(b->srv->ips, s->ip);
+            ips_unlock(b);
             s->ip = NULL;
+        }
+        if (s && s->conn_slot) {
+            s->conn_slot = false;
+            loops_conn_release(b->loops);
         }
         if (s && s->live) {
             s->live = 0;
@@ -417,6 +475,102 @@ void server_attach_log(void)
     lws_set_log_level(mask, lws_emit);
 }
 
+/* Connections accepted at once per wake-up of the listener, so that one loop's backlog does not
+ * hold its connections' I/O up for long. */
+#define ACCEPT_BATCH 64
+/* After the open-file limit refused an accept, the listener rests this long. */
+#define ACCEPT_RETRY_MS 100
+
+static void on_listen_readable(uv_poll_t *h, int status, int events);
+
+static void on_listen_retry(uv_timer_t *t)
+{
+    broker_t *b = t->data;
+    if (b->srv->listen_open)
+        uv_poll_start(&b->srv->listen_poll, UV_READABLE, on_listen_readable);
+}
+
+/* Several loops: this loop's listener accepts, lws adopts each socket into this loop's
+ * context (as its own listener would: HTTP first, TLS with --tls-cert). */
+static void on_listen_readable(uv_poll_t *h, int status, int events)
+{
+    broker_t *b = h->data;
+    struct server *sv = b->srv;
+    (void)events;
+    if (status < 0)
+        return;
+    for (int i = 0; i < ACCEPT_BATCH; i++) {
+        int fd = accept4(sv->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE) {
+                log_warn("accept: %s: not accepting for %d ms", strerror(errno), ACCEPT_RETRY_MS);
+                uv_poll_stop(&sv->listen_poll);
+                uv_timer_start(&sv->listen_retry, on_listen_retry, ACCEPT_RETRY_MS, 0);
+            }
+            return; /* EAGAIN, or a connection that went away before its accept */
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        lws_sock_file_fd_type desc = {.sockfd = fd};
+        lws_adoption_type type = LWS_ADOPT_SOCKET | LWS_ADOPT_HTTP;
+        if (b->tls)
+            type |= LWS_ADOPT_ALLOW_SSL;
+        if (!lws_adopt_descriptor_vhost(sv->vhost, type, desc, NULL, NULL))
+            log_warn("a connection could not be adopted (out of memory?): closed");
+    }
+}
+
+/* Several loops: this loop's SO_REUSEPORT socket on --listen (the port the first loop got
+ * when it is 0), watched on this loop. */
+static bool listen_start(broker_t *b)
+{
+    struct server *sv = b->srv;
+    struct addrinfo hints = {.ai_family = strchr(b->cfg.listen_host, ':') ? AF_INET6 : AF_INET,
+                             .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV},
+                    *ai = NULL;
+    int port = b->loop_idx ? loops_port(b->loops) : b->cfg.listen_port;
+    char service[16];
+    snprintf(service, sizeof(service), "%d", port);
+    int rc = getaddrinfo(b->cfg.listen_host, service, &hints, &ai);
+    if (rc != 0 || !ai) {
+        log_error("could not resolve --listen %s: %s", b->cfg.listen_host, gai_strerror(rc));
+        return false;
+    }
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    bool ok = fd >= 0 && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == 0 &&
+              setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) == 0 &&
+              bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, SOMAXCONN) == 0;
+    int err = errno;
+    freeaddrinfo(ai);
+    if (!ok) {
+        log_error("could not listen on %s:%d: %s (address in use, or not an address of this "
+                  "host?)",
+                  b->cfg.listen_host, port, strerror(err));
+        if (fd >= 0)
+            close(fd);
+        return false;
+    }
+    sv->listen_fd = fd;
+    struct sockaddr_storage sa;
+    socklen_t len = sizeof(sa);
+    if (getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
+        b->port = ntohs(sa.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&sa)->sin6_port
+                                                 : ((struct sockaddr_in *)&sa)->sin_port);
+    if (b->loop_idx == 0)
+        loops_set_port(b->loops, b->port);
+    if (uv_poll_init(b->loop, &sv->listen_poll, fd) != 0) {
+        log_error("could not watch the listening socket");
+        return false;
+    }
+    uv_timer_init(b->loop, &sv->listen_retry);
+    sv->listen_poll.data = sv->listen_retry.data = b;
+    sv->listen_open = true;
+    uv_poll_start(&sv->listen_poll, UV_READABLE, on_listen_readable);
+    return true;
+}
+
 bool server_start(broker_t *b)
 {
     struct server *sv = b->srv = calloc(1, sizeof(*sv));
@@ -428,7 +582,10 @@ bool server_start(broker_t *b)
     struct lws_context_creation_info info;
     void *loops[1] = {b->loop};
 
-    if (b->cfg.max_connections_per_ip) {
+    sv->listen_fd = -1;
+    if (b->loops) {
+        sv->ips = loops_iplimit(b->loops); /* NULL without --max-connections-per-ip */
+    } else if (b->cfg.max_connections_per_ip) {
         sv->ips = iplimit_new((uint32_t)b->cfg.max_connections_per_ip);
         if (!sv->ips) {
             log_error("out of memory");
@@ -448,7 +605,7 @@ bool server_start(broker_t *b)
         if (!sv->ips)
             log_warn("--trusted-proxies has no effect without --max-connections-per-ip");
     }
-    if (sv->ips)
+    if (sv->ips && b->loop_idx == 0)
         log_info("per-IP limit: %" PRIu64 " WebSocket connections per client address (more get "
                  "429); X-Forwarded-For %s%s",
                  b->cfg.max_connections_per_ip,
@@ -456,7 +613,7 @@ bool server_start(broker_t *b)
                  sv->ntrusted ? b->cfg.trusted_proxies : "");
 
     /* Request heads in slots of their own (lws's default header buffer is 4 KiB). */
-    if (!lws_mem_install(b->cfg.max_handshakes, 4096))
+    if (!lws_mem_install(b->cfg.max_handshakes * b->nloops, 4096))
         log_warn("could not reserve room for %" PRIu64 " request heads: lws allocates them "
                  "from the heap",
                  b->cfg.max_handshakes);
@@ -517,8 +674,9 @@ bool server_start(broker_t *b)
     info.options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_FAIL_UPON_UNABLE_TO_BIND |
                    LWS_SERVER_OPTION_DISABLE_IPV6 * (strchr(b->cfg.listen_host, ':') == NULL);
     info.vhost_name = "gale";
-    info.port = b->cfg.listen_port;
-    info.iface = b->cfg.listen_host;
+    /* Several loops: each listens itself (listen_start), lws adopts what it accepts. */
+    info.port = b->loops ? CONTEXT_PORT_NO_LISTEN_SERVER : b->cfg.listen_port;
+    info.iface = b->loops ? NULL : b->cfg.listen_host;
     info.protocols = sv->protocols;
     info.mounts = m_metrics;
     info.retry_and_idle_policy = &no_idle_policy;
@@ -546,6 +704,8 @@ bool server_start(broker_t *b)
                       b->cfg.listen_host, b->cfg.listen_port);
         return false;
     }
+    if (b->loops)
+        return listen_start(b);
     b->port = lws_get_vhost_listen_port(sv->vhost);
     return true;
 }
@@ -557,6 +717,11 @@ void server_sweep(broker_t *b)
 
 void server_close(broker_t *b)
 {
+    if (b->srv && b->srv->listen_open) {
+        b->srv->listen_open = false;
+        uv_close((uv_handle_t *)&b->srv->listen_poll, NULL);
+        uv_close((uv_handle_t *)&b->srv->listen_retry, NULL);
+    }
     if (b->srv && b->srv->ctx)
         lws_context_destroy(b->srv->ctx);
 }
@@ -567,7 +732,10 @@ void server_free(broker_t *b)
         return;
     if (b->srv->ctx)
         lws_context_destroy(b->srv->ctx); /* the second call: frees what the first one closed */
-    iplimit_free(b->srv->ips);
+    if (b->srv->listen_fd >= 0)
+        close(b->srv->listen_fd);
+    if (!b->loops)
+        iplimit_free(b->srv->ips); /* else the loops' */
     free(b->srv->trusted);
     free(b->srv);
     b->srv = NULL;

@@ -127,6 +127,10 @@ static const conn_ops_t session_ops = {
  */
 static void note_publisher(broker_t *b, session_t *s, size_t len)
 {
+    if (b->loops_backlog && !s->rx_paused && s->wsi) { /* another loop is behind (loops.h) */
+        s->rx_paused = 1;
+        lws_rx_flow_control(s->wsi, 0);
+    }
     b->deferred_bytes += len;
     for (uint32_t i = 0; i < b->npublishers; i++)
         if (b->publishers[i] == s)
@@ -476,6 +480,18 @@ void session_flush(broker_t *b, session_t *s)
         b->m.bytes_out += n;
         b->m.writes++;
         budget = budget > n ? budget - n : 0;
+    }
+}
+
+void session_resume_all(broker_t *b)
+{
+    for (uint32_t i = 0; i < b->nsessions; i++) {
+        session_t *s = b->sessions[i];
+        if (s->rx_paused) {
+            s->rx_paused = 0;
+            if (s->wsi)
+                lws_rx_flow_control(s->wsi, 1);
+        }
     }
 }
 

@@ -67,6 +67,9 @@ typedef struct session {
     struct lws *wsi;
     /* --max-connections-per-ip: the address slot held until the wsi is destroyed, or NULL */
     struct iplimit_entry *ip;
+    uint8_t rx_paused;     /* not read: it published to a loop whose inbox is full (loops.h) */
+    bool conn_slot;        /* --loops N > 1: one of --max-connections, held until the wsi is
+                              destroyed (loops.h) */
     outq_t q;              /* frames waiting to be written */
     uint8_t *rx;           /* reassembly of a message spanning several receives */
     session_adapter_t *ad; /* another protocol's state (MQTT, NATS); NULL: gale v1 */
@@ -154,6 +157,9 @@ void session_kill(broker_t *b, session_t *s);
 
 /** Writes every dirty session's queue now. */
 void session_flush_all(broker_t *b);
+
+/** Lets every connection paused for another loop's full inbox (loops.h) read again. */
+void session_resume_all(broker_t *b);
 
 /**
  * The per-turn flush (uv_check): session_flush_all, unless a connection

@@ -1,0 +1,100 @@
+/*
+ * loops: several event loops in one process (--loops N). Each loop is a broker_t of its
+ * own, on its own thread, libuv loop and lws context, with its own SO_REUSEPORT listener
+ * (server.c), sessions, topic index, flush and sweep; what they share lives here:
+ *
+ * - interest: which loops hold subscribers of which patterns (a topics_t whose owners are
+ *   the loops, changed when a loop gains its first or loses its last subscriber of a
+ *   pattern); a publish matches it once to find the loops it must reach.
+ * - inboxes: a loop hands a published message (one copy, reference counted atomically) to
+ *   each other loop with subscribers through that loop's inbox; every inbox touched in a
+ *   turn is woken once, at the end of the turn (uv_async_send). The loop delivers what its
+ *   inbox holds to its own connections (router_deliver), in the order it was handed over,
+ *   so the order of one publisher's messages holds for every subscriber.
+ * - a bound on each inbox: a loop that falls behind pauses the reading of the connections
+ *   that publish to it, on their own loops, until it has caught up.
+ * - the connection limit (--max-connections), the per-address table, the mids of the
+ *   dedup window, the listening port, stop and reload requests, and each loop's last
+ *   metrics for /metrics.
+ *
+ * Nothing of libwebsockets crosses threads: a loop only ever touches its own context.
+ * With --loops 1 there is no loops_t at all (broker_t.loops is NULL): today's broker.
+ */
+#ifndef GALE_LOOPS_H
+#define GALE_LOOPS_H
+
+#include "config.h"
+#include "metrics.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct broker broker_t;
+typedef struct loops loops_t;
+typedef struct dedup dedup_t;
+typedef struct iplimit iplimit_t;
+struct router_msg;
+
+/** Runs the broker of cfg on cfg->loops loops until it stops; returns the exit code. */
+int loops_run(const gale_config_t *cfg);
+
+/** b's loop gained its first subscriber of pattern p: other loops' publishes reach it. */
+bool loops_interest_add(broker_t *b, const char *p, size_t len);
+
+/** b's loop holds no subscriber of pattern p any more. */
+void loops_interest_drop(broker_t *b, const char *p, size_t len);
+
+/** A topics_unsubscribe_all on_last for b's loop (arg: b). */
+void loops_interest_drop_cb(const char *p, size_t len, void *arg);
+
+/**
+ * Hands m, just routed on b's loop, to every other loop holding subscribers of its topic.
+ * Returns false when out of memory (no loop got it).
+ */
+bool loops_publish(broker_t *b, const struct router_msg *m);
+
+/** End of b's loop turn: wakes the loops it handed messages to, publishes its metrics. */
+void loops_turn(broker_t *b);
+
+/** b's loop has begun its teardown: once every loop has, the wake-ups close. */
+void loops_finished(broker_t *b);
+
+/** Asks every loop to stop (SIGTERM, SIGINT, a loop that failed to start). */
+void loops_stop(loops_t *l);
+
+/** Asks every other loop to reload its token keys (SIGHUP on loop 0). */
+void loops_reload(loops_t *l);
+
+/** The lock of the state the loops share (the dedup window, the per-address table). */
+void loops_lock(loops_t *l);
+void loops_unlock(loops_t *l);
+
+/** The process's dedup window and per-address table (created by loop 0). */
+dedup_t *loops_dedup(loops_t *l);
+iplimit_t *loops_iplimit(loops_t *l);
+
+/**
+ * Reserves one of --max-connections (max, 0: none) for a WebSocket upgrade: false when
+ * every one is taken. Given back by loops_conn_release.
+ */
+bool loops_conn_reserve(loops_t *l, uint64_t max);
+void loops_conn_release(loops_t *l);
+
+/** The listening port: 0 until the first loop has bound it. */
+int loops_port(loops_t *l);
+void loops_set_port(loops_t *l, int port);
+
+/** Milliseconds of the process's monotonic clock, the same on every loop (the dedup window). */
+uint64_t loops_now_ms(void);
+
+/** Number of loops. */
+uint32_t loops_count(const loops_t *l);
+
+/**
+ * /metrics and /healthz: m and g of b's loop (current) summed with every other loop's
+ * last published figures (at most a loop turn old); per-loop connections in g.
+ */
+void loops_sum(broker_t *b, metrics_t *m, metrics_gauges_t *g);
+
+#endif
