@@ -187,8 +187,10 @@ static void sync_topic(cluster_t *c, pres_topic_t *t)
     for (pres_member_t *m = t->gone; m; m = m->cnext, i += 2) {
         extra[i] = m->conn;
         lens[i] = m->conn_len;
-        extra[i + 1] = m->json;
-        lens[i + 1] = m->json_len;
+        /* A LEAVE that may have run (its answer was lost): no second leave event unless
+         * Redis still holds the member (cluster_wire.h SYNC). */
+        extra[i + 1] = m->maybe_left ? "" : m->json;
+        lens[i + 1] = m->maybe_left ? 0 : m->json_len;
     }
     for (pres_member_t *m = t->members; m; m = m->next, i += 2) {
         extra[i] = m->conn;
@@ -239,8 +241,12 @@ static void walk_topic(pres_topic_t *t, void *arg)
 /* SET pn:NODE inst PX 2 x expiry on sh, or TAKEOVER (which sets it too). */
 static void send_node(cluster_t *c, shard_t *sh, bool takeover)
 {
-    char nkey[CLUSTER_PRESENCE_KEY_MAX], inst[17], exp[24], px[24];
+    char nkey[CLUSTER_PRESENCE_KEY_MAX], inst[17], exp[24], px[24], named[96];
     const char *node = c->b->node_id;
+    if (c->b->loop_idx) { /* --loops: every loop is a node of its own on the bus */
+        snprintf(named, sizeof(named), "%s/%u", node, c->b->loop_idx);
+        node = named;
+    }
     size_t nl = cluster_presence_key(nkey, sizeof(nkey), c->b->cfg.redis_prefix, c->prefix_len, 'n',
                                      node, strlen(node));
     size_t il = inst_hex(c, inst);
@@ -323,10 +329,12 @@ void cpres_reply(cluster_t *c, cmd_kind_t kind, void *ctx, redis_conn_reply_t an
             presence_count(b->presence, t, (uint64_t)redis_value_int(n), t->heard_at);
         else
             t->unsynced = 1; /* SYNC once the shard is back (or at the next refresh) */
-        if (m && ok)
+        if (m && ok) {
             presence_forget(b->presence, m);
-        else if (m)
+        } else if (m) {
+            m->maybe_left = answer == REDIS_CONN_REPLY_DROPPED; /* sent: it may have run */
             presence_gone(b->presence, m);
+        }
         if (sy && !ok)
             sync_failed(c, sy);
         if (sy && ok) /* after trouble with Redis: the watchers re-read the list */

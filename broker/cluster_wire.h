@@ -209,12 +209,14 @@ extern const char CLUSTER_SCRIPT_PRESENCE_LEAVE[];
  * inst's that stopped being present while Redis could not be told) is HDELed with a leave
  * event; one p:T no longer has gets its event too when inst is not in pz:T (Redis lost
  * inst's state, and watchers never heard the leave), not when it is (its LEAVE ran: Redis
- * got it before the connection failed). Then it removes, with a leave event each, every field of
- * p:T that starts with inst "-" and is not one of the conns listed; then does what JOIN does with
- * the pairs (join events for the absent ones). With no pair it is LEAVE with last "1" for all of
- * inst's members of T: every one removed with its event, ZREM pz:T inst, SREM pi:INST topic, no
- * expiry set. Returns HLEN of p:T. For each topic a broker holds (or has unsynced leaves
- * for) after its shard reconnects.
+ * got it before the connection failed), nor when its member is empty (the broker sent its
+ * LEAVE and lost the answer: it may have run, with its event, and taken inst out of pz:T as
+ * its last member); an event carries the member Redis held, else the one given. Then it removes,
+ * with a leave event each, every field of p:T that starts with inst "-" and is not one of the conns
+ * listed; then does what JOIN does with the pairs (join events for the absent ones). With no pair
+ * it is LEAVE with last "1" for all of inst's members of T: every one removed with its event, ZREM
+ * pz:T inst, SREM pi:INST topic, no expiry set. Returns HLEN of p:T. For each topic a broker holds
+ * (or has unsynced leaves for) after its shard reconnects.
  */
 extern const char CLUSTER_SCRIPT_PRESENCE_SYNC[];
 

@@ -52,6 +52,7 @@ struct pres_member {
     pres_member_t *wprev, *wnext; /* the topic's local watchers, when watch */
     uint8_t watch;                /* asked presence: true */
     uint8_t sent;                 /* cluster: its JOIN (or a SYNC listing it) went to Redis */
+    uint8_t maybe_left;           /* cluster: its LEAVE went out and its answer was lost */
     uint8_t conn_len;
     char conn[PRESENCE_CONN_MAX];
     uint32_t json_len;

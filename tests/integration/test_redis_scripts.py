@@ -941,6 +941,34 @@ def test_presence_sync_gone(r, redis_port):
         sub.close()
 
 
+def test_presence_sync_gone_after_a_lost_answer(r, redis_port):
+    """A gone member given with an empty member JSON: its LEAVE was sent and its answer lost,
+    so it may have run, as the last of A's members (A out of pz:T): no second leave for it;
+    one (with the member Redis held) when Redis still has it."""
+    t = b"room.lost"
+    a1, a2 = conn(INST_A, 1), conn(INST_A, 2)
+    b1 = conn(INST_B, 1)
+    assert p_join(r, INST_A, t, [a1, a2]) == 2
+    assert p_join(r, INST_B, t, [b1]) == 3
+    assert p_leave(r, INST_A, t, [a1, a2], True) == 1   # it ran: A is out of pz:T
+    sub = Subscriber(redis_port, channel(t))
+    try:
+        sync = r.cmd("EVAL", P_SCRIPT["SYNC"], 3, pkey(t), zkey(t), ikey(INST_A), INST_A, EXPIRY,
+                     t, channel(t), 2, a1, b"", a2, member(a2))
+        assert sync == 1
+        got = events(sub.fence(r, channel(t)))
+        assert got == [ev(t, LEAVE, 1, a2, member(a2))]   # a2's member was given: announced
+        assert p_join(r, INST_A, t, [a1]) == 2
+        sub.fence(r, channel(t))
+        sync = r.cmd("EVAL", P_SCRIPT["SYNC"], 3, pkey(t), zkey(t), ikey(INST_A), INST_A, EXPIRY,
+                     t, channel(t), 1, a1, b"")
+        assert sync == 1
+        got = events(sub.fence(r, channel(t)))
+        assert got == [ev(t, LEAVE, 1, a1, member(a1))]   # Redis had it: its own member JSON
+    finally:
+        sub.close()
+
+
 def test_presence_sync(r, redis_port):
     t = b"room.sync"
     a = [conn(INST_A, i) for i in range(1, 5)]
