@@ -295,6 +295,8 @@ broker_t *broker_start(const gale_config_t *cfg, uv_loop_t *loop, loops_t *loops
     b->loops = loops;
     b->loop_idx = loop_idx;
     b->nloops = loops_count(loops);
+    if (loops)
+        b->mqtt = loops_mqtt(loops); /* one MQTT state for every loop */
     b->start_ms = uv_now(loop);
     b->exit_code = 1;
     if (cfg->node_id[0])
@@ -353,9 +355,6 @@ broker_t *broker_start(const gale_config_t *cfg, uv_loop_t *loop, loops_t *loops
     b->exit_code = 0;
     if (loop_idx) /* loop 0 said it all */
         return b;
-    log_info("loops: %u (%s)", b->nloops,
-             loops ? "each a thread with its own event loop, listener and connections"
-                   : "one event loop; --loops N spreads connections over N threads");
     log_info("gale-broker %s node %s listening on %s://%s:%d (WebSocket %s://%s:%d%s, web "
              "root %s)",
              GALE_VERSION, b->node_id, b->tls ? "https" : "http", cfg->listen_host, b->port,

@@ -799,6 +799,8 @@ static bool shards_init(cluster_t *c, const cluster_addr_t *addrs)
                                 &shard_events, sh);
         if (!sh->rc)
             return false;
+        if (c->b->loop_idx) /* --loops: the first loop says what every loop's would */
+            redis_conn_quiet(sh->rc);
         sh->label = redis_conn_label(sh->rc);
     }
     return true;
@@ -858,11 +860,12 @@ cluster_t *cluster_new(broker_t *b)
     }
     start_watchdog(c);
     for (int i = 0; i < n; i++) {
-        log_info("redis shard %d: %s (channels %s*%s%s)", i, addrs[i].label, b->cfg.redis_prefix,
-                 !addrs[i].pass_len  ? ""
-                 : addrs[i].user_len ? ", AUTH as user "
-                                     : ", AUTH with a password",
-                 addrs[i].user_len ? addrs[i].user : "");
+        log_msg(b->loop_idx ? LOG_DEBUG : LOG_INFO, "redis shard %d: %s (channels %s*%s%s)", i,
+                addrs[i].label, b->cfg.redis_prefix,
+                !addrs[i].pass_len  ? ""
+                : addrs[i].user_len ? ", AUTH as user "
+                                    : ", AUTH with a password",
+                addrs[i].user_len ? addrs[i].user : "");
         redis_conn_start(c->shards[i].rc);
     }
 Exit:

@@ -174,8 +174,8 @@ static const opt_t options[] = {
      "that would join answers err limit (default 64M)"},
     {"--loops", "GALE_LOOPS", OPT_UINT, 1, CONFIG_LOOPS_MAX, offsetof(gale_config_t, loops), "N",
      "event loops, each a thread with its own listener (SO_REUSEPORT) and connections; a "
-     "publish reaches the loops with subscribers (default 1; not yet with --history, "
-     "--presence, --redis)"},
+     "publish reaches the loops with subscribers (default: the CPUs this process may run "
+     "on, 1 with --history or --presence on a single node)"},
     {"--mqtt-retained-max", "GALE_MQTT_RETAINED_MAX", OPT_UINT, 0, 10000000,
      offsetof(gale_config_t, mqtt_retained_max), "N",
      "MQTT retained messages kept (one per topic); past it a new topic's retained message is "
@@ -217,7 +217,7 @@ void config_defaults(gale_config_t *c)
     c->presence_expiry_s = 30;
     c->presence_events_max = 1000;
     c->presence_memory = 64 * 1024 * 1024;
-    c->loops = 1;
+    c->loops = 0; /* the CPUs this process may run on (loops_run) */
     c->mqtt_retained_max = 10000;
     c->mqtt_retained_memory = 64 * 1024 * 1024;
 }
@@ -658,18 +658,14 @@ config_result_t config_parse(gale_config_t *c, int argc, char **argv, char **env
     }
     if (c->redis_urls[0] && !redis_credentials_ok(c, err))
         return CONFIG_ERROR;
-    if (c->loops > 1) { /* state with one owner per topic, not divided across loops yet */
-        const char *with = c->nhistory        ? "--history"
-                           : c->npresence     ? "--presence"
-                           : c->redis_urls[0] ? "--redis"
-                                              : NULL;
-        if (with) {
-            fprintf(err,
-                    "gale-broker: --loops %" PRIu64 " with %s: not supported yet (its state "
-                    "needs one owner per topic across loops); use --loops 1\n",
-                    c->loops, with);
-            return CONFIG_ERROR;
-        }
+    /* Single node: history and presence keep one owner per topic, not divided across loops
+     * yet. In a cluster they live in Redis, and every loop is a node of its own there. */
+    if (c->loops > 1 && !c->redis_urls[0] && (c->nhistory || c->npresence)) {
+        fprintf(err,
+                "gale-broker: --loops %" PRIu64 " with %s: not supported yet without --redis "
+                "(its state needs one owner per topic across loops): use --loops 1, or --redis\n",
+                c->loops, c->nhistory ? "--history" : "--presence");
+        return CONFIG_ERROR;
     }
     if (!c->tls_cert[0] != !c->tls_key[0]) {
         fprintf(err, "gale-broker: --tls-cert and --tls-key go together\n");

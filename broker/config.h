@@ -76,7 +76,7 @@ typedef struct {
     uint64_t presence_events_max;  /* --presence-events-max, members above which join/leave
                                       events give way to count-only presence messages */
     uint64_t presence_memory;      /* --presence-memory, bytes of members held on this node */
-    uint64_t loops;                /* --loops, event loops (threads) in the process */
+    uint64_t loops;                /* --loops, event loops (threads); 0: not given (loops_run) */
     uint64_t mqtt_retained_max;    /* --mqtt-retained-max, MQTT retained messages kept */
     uint64_t mqtt_retained_memory; /* --mqtt-retained-memory, bytes of them (single broker) */
 } gale_config_t;

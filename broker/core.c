@@ -134,7 +134,7 @@ static void released(const char *p, size_t len, void *arg)
     broker_t *b = arg;
     if (b->bus.ops)
         b->bus.ops->release(p, len, b->bus.ctx);
-    if (b->loops)
+    else if (b->loops)
         loops_interest_drop(b, p, len);
 }
 
@@ -347,7 +347,7 @@ static gale_err_t do_sub(broker_t *b, conn_t *c, const gale_request_t *req, conn
     topics_result_t r =
         e == GALE_OK ? topics_subscribe(b->topics, &c->owner, req->topic, req->topic_len, &first)
                      : TOPICS_INVALID;
-    if (r == TOPICS_ADDED && first && b->loops &&
+    if (r == TOPICS_ADDED && first && b->loops && !b->bus.ops &&
         !loops_interest_add(b, req->topic, req->topic_len)) { /* other loops' publishes */
         undo_sub(b, c, req->topic, req->topic_len);
         r = TOPICS_NOMEM;

@@ -146,6 +146,7 @@ int http_serve(broker_t *b, struct lws *wsi)
     gale_buf_init(&body, LWS_PRE);
     metrics_t m;
     metrics_gauges_t g;
+    loops_sync(b);
     loops_sum(b, &m, &g); /* this loop's figures, with the other loops' */
     if (lws_hdr_copy(wsi, uri, sizeof(uri), WSI_TOKEN_GET_URI) <= 0) {
         gale_buf_append(&body, "method not allowed\n", 19);

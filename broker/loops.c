@@ -1,6 +1,7 @@
 #include "loops.h"
 
 #include "broker.h"
+#include "cluster.h"
 #include "dedup.h"
 #include "iplimit.h"
 #include "log.h"
@@ -9,10 +10,15 @@
 #include "session.h"
 #include "topics.h"
 
+#include <inttypes.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
+
+/* How long /metrics waits at most for the other loops' figures (a loop busy longer gives
+ * those of its last turn). */
+#define LOOPS_SYNC_NS (50 * 1000000u)
 
 /* Bytes an inbox may hold before the publishers feeding it are paused (loops.h). */
 #define LOOPS_INBOX_MAX (8u << 20)
@@ -20,8 +26,10 @@
 /* A message handed to other loops: one copy, freed by the last loop that delivered it. */
 typedef struct loops_msg {
     atomic_uint refs;
-    router_msg_t m; /* topic, reply and data point into bytes */
-    size_t size;    /* what it counts against the inboxes */
+    uint64_t takeover, by; /* not a message: MQTT connection `takeover` of the loop loses its
+                              client id to connection `by` of another loop (mqtt.c) */
+    router_msg_t m;        /* topic, reply and data point into bytes */
+    size_t size;           /* what it counts against the inboxes */
     uint8_t bytes[];
 } loops_msg_t;
 
@@ -43,6 +51,8 @@ typedef struct slot {
     atomic_bool resume; /* an inbox this loop filled was drained: its publishers read again */
     metrics_t m;
     metrics_gauges_t g; /* the gauges loops_sum adds up */
+    uint64_t snap_seq;  /* the metrics request (loops_t.metrics_req) seen when last published */
+    bool frozen;        /* published while waiting in loops_sync: current until it returns */
     uint64_t queued_ms; /* when its queued bytes were last summed (this loop's clock) */
 } slot_t;
 
@@ -53,11 +63,18 @@ struct loops {
     uv_mutex_t shared_mu; /* dedup, ips */
     dedup_t *dedup;
     iplimit_t *ips;
+    struct mqtt_state *mqtt;    /* client ids and retained messages */
     atomic_uint_fast64_t conns; /* --max-connections slots reserved */
     atomic_int port;
     atomic_bool stopping;
     atomic_uint reloads;
     atomic_uint finished; /* loops whose teardown is over */
+    atomic_uint fence;    /* full_fence's */
+    /* /metrics: a loop asks the others for figures published after its request */
+    atomic_uint_fast64_t metrics_req;
+    atomic_uint sync_waiting;
+    uv_mutex_t sync_mu;
+    uv_cond_t sync_cond;
     slot_t *slots;
 };
 
@@ -96,6 +113,11 @@ iplimit_t *loops_iplimit(loops_t *l)
     return l->ips;
 }
 
+struct mqtt_state *loops_mqtt(loops_t *l)
+{
+    return l->mqtt;
+}
+
 bool loops_conn_reserve(loops_t *l, uint64_t max)
 {
     uint_fast64_t n = atomic_load_explicit(&l->conns, memory_order_relaxed);
@@ -120,6 +142,25 @@ int loops_port(loops_t *l)
 void loops_set_port(loops_t *l, int port)
 {
     atomic_store(&l->port, port);
+}
+
+/*
+ * A full barrier before uv_async_send, which libuv before 1.53 needs from its caller: a
+ * seq_cst read-modify-write (a locked instruction on x86), which ThreadSanitizer also
+ * understands (gcc's does not take atomic_thread_fence).
+ */
+static void full_fence(loops_t *l)
+{
+    atomic_fetch_add_explicit(&l->fence, 1, memory_order_seq_cst);
+}
+
+/* Wakes every loop that has its wake-up (set up before any thread starts). */
+static void wake_all(loops_t *l)
+{
+    full_fence(l);
+    for (uint32_t k = 0; k < l->n; k++)
+        if (l->slots[k].wake_open)
+            uv_async_send(&l->slots[k].wake);
 }
 
 /* --- interest -------------------------------------------------------------------------- */
@@ -169,6 +210,7 @@ static loops_msg_t *msg_copy(const router_msg_t *m, unsigned refs)
     if (!x)
         return NULL;
     atomic_init(&x->refs, refs);
+    x->takeover = x->by = 0;
     x->size = size;
     x->m = *m;
     x->m.pos = NULL; /* no history with several loops (config.c) */
@@ -185,6 +227,21 @@ static loops_msg_t *msg_copy(const router_msg_t *m, unsigned refs)
         memcpy(p, m->data, m->data_len);
     x->m.data = p;
     return x;
+}
+
+/* Appends x to s's inbox (s->mu held); false when out of memory. */
+static bool push(slot_t *s, loops_msg_t *x)
+{
+    if (s->ninbox == s->inbox_cap) {
+        uint32_t cap = s->inbox_cap ? s->inbox_cap * 2 : 64;
+        loops_msg_t **n = realloc(s->inbox, cap * sizeof(*n));
+        if (!n)
+            return false;
+        s->inbox = n;
+        s->inbox_cap = cap;
+    }
+    s->inbox[s->ninbox++] = x;
+    return true;
 }
 
 bool loops_publish(broker_t *b, const router_msg_t *m)
@@ -206,18 +263,11 @@ bool loops_publish(broker_t *b, const router_msg_t *m)
             continue;
         slot_t *s = &l->slots[k];
         uv_mutex_lock(&s->mu);
-        if (s->ninbox == s->inbox_cap) {
-            uint32_t cap = s->inbox_cap ? s->inbox_cap * 2 : 64;
-            loops_msg_t **n = realloc(s->inbox, cap * sizeof(*n));
-            if (!n) {
-                uv_mutex_unlock(&s->mu);
-                msg_unref(x);
-                continue;
-            }
-            s->inbox = n;
-            s->inbox_cap = cap;
+        if (!push(s, x)) {
+            uv_mutex_unlock(&s->mu);
+            msg_unref(x);
+            continue;
         }
-        s->inbox[s->ninbox++] = x;
         s->bytes += x->size;
         bool over = s->bytes > LOOPS_INBOX_MAX;
         if (over)
@@ -229,6 +279,27 @@ bool loops_publish(broker_t *b, const router_msg_t *m)
         }
         b->loops_wake |= UINT64_C(1) << k;
     }
+    return true;
+}
+
+bool loops_takeover(broker_t *b, uint32_t loop, uint64_t conn, uint64_t by)
+{
+    loops_t *l = b->loops;
+    loops_msg_t *x = calloc(1, sizeof(*x));
+    if (!x)
+        return false;
+    atomic_init(&x->refs, 1);
+    x->takeover = conn;
+    x->by = by;
+    slot_t *s = &l->slots[loop];
+    uv_mutex_lock(&s->mu);
+    bool ok = push(s, x);
+    uv_mutex_unlock(&s->mu);
+    if (!ok) {
+        free(x);
+        return false;
+    }
+    b->loops_wake |= UINT64_C(1) << loop;
     return true;
 }
 
@@ -247,16 +318,29 @@ static void drain(broker_t *b)
     uv_mutex_unlock(&s->mu);
     loops_t *l = b->loops;
     if (waiters && atomic_load(&l->finished) < l->n) {
-        atomic_thread_fence(memory_order_seq_cst);
+        full_fence(l);
         for (uint32_t k = 0; k < l->n; k++)
             if (waiters & (UINT64_C(1) << k)) {
                 atomic_store(&l->slots[k].resume, true);
                 uv_async_send(&l->slots[k].wake);
             }
     }
+    size_t since_flush = 0;
     for (uint32_t i = 0; i < n; i++) {
-        if (!b->destroyed)
+        if (b->destroyed) {
+            ;
+        } else if (items[i]->takeover) {
+            mqtt_taken_over(b, items[i]->takeover, items[i]->by);
+        } else {
             router_deliver(b, &items[i]->m, NULL);
+            /* A burst handed over at once must not pile up in the queues (--queue-limit) of
+             * readers that keep up: it goes to the sockets in pieces, at the bound a local
+             * publisher's burst is flushed at (session.c). */
+            if ((since_flush += items[i]->size) >= SESSION_FLUSH_DEFER_BYTES) {
+                session_flush_all(b);
+                since_flush = 0;
+            }
+        }
         msg_unref(items[i]);
     }
     free(items);
@@ -264,7 +348,7 @@ static void drain(broker_t *b)
 
 /* Every turn: this loop's counters and gauges for the others' /metrics (its queued bytes,
  * a walk over its sessions, once a second). */
-static void publish_metrics(broker_t *b)
+static void publish_metrics(broker_t *b, bool frozen)
 {
     slot_t *s = slot_of(b);
     uint64_t now = uv_now(b->loop), queued = s->g.queued_bytes;
@@ -278,15 +362,57 @@ static void publish_metrics(broker_t *b)
                           .subscriptions = topics_subscriptions(b->topics),
                           .handshakes = b->nhandshakes,
                           .queued_bytes = queued};
-    mqtt_retained_stats(b, &g.mqtt_retained, &g.mqtt_retained_bytes);
+    cluster_state(b->cluster, &g.redis_shards, &g.redis_up);
+    loops_t *l = b->loops;
     uv_mutex_lock(&s->mu);
     s->m = b->m;
     s->g.connections = g.connections;
     s->g.subscriptions = g.subscriptions;
     s->g.handshakes = g.handshakes;
     s->g.queued_bytes = g.queued_bytes;
-    s->g.mqtt_retained = g.mqtt_retained;
-    s->g.mqtt_retained_bytes = g.mqtt_retained_bytes;
+    s->g.redis_shards = g.redis_shards;
+    s->g.redis_up = g.redis_up;
+    s->snap_seq = atomic_load(&l->metrics_req);
+    s->frozen = frozen;
+    uv_mutex_unlock(&s->mu);
+    if (atomic_load(&l->sync_waiting)) {
+        uv_mutex_lock(&l->sync_mu);
+        uv_cond_broadcast(&l->sync_cond);
+        uv_mutex_unlock(&l->sync_mu);
+    }
+}
+
+void loops_sync(broker_t *b)
+{
+    loops_t *l = b->loops;
+    if (!l)
+        return;
+    uint64_t seq = atomic_fetch_add(&l->metrics_req, 1) + 1;
+    atomic_fetch_add(&l->sync_waiting, 1);
+    publish_metrics(b, true); /* frozen: this loop does nothing else until it returns */
+    wake_all(l);              /* each publishes at the end of its next turn */
+    uint64_t deadline = uv_hrtime() + LOOPS_SYNC_NS;
+    uv_mutex_lock(&l->sync_mu);
+    for (;;) {
+        bool all = true;
+        for (uint32_t k = 0; k < l->n && all; k++) {
+            slot_t *s = &l->slots[k];
+            if (k == b->loop_idx || !s->wake_open)
+                continue;
+            uv_mutex_lock(&s->mu);
+            all = s->snap_seq >= seq || s->frozen;
+            uv_mutex_unlock(&s->mu);
+        }
+        uint64_t now = uv_hrtime();
+        if (all || now >= deadline)
+            break; /* a loop stuck longer: its figures of its last turn */
+        uv_cond_timedwait(&l->sync_cond, &l->sync_mu, deadline - now);
+    }
+    uv_mutex_unlock(&l->sync_mu);
+    atomic_fetch_sub(&l->sync_waiting, 1);
+    slot_t *s = slot_of(b);
+    uv_mutex_lock(&s->mu);
+    s->frozen = false;
     uv_mutex_unlock(&s->mu);
 }
 
@@ -298,10 +424,10 @@ void loops_turn(broker_t *b)
     for (uint32_t k = 0; wake && k < l->n; k++)
         if (wake & (UINT64_C(1) << k)) {
             /* What the inbox got must be seen by the loop the wake-up runs (libuv < 1.53). */
-            atomic_thread_fence(memory_order_seq_cst);
+            full_fence(l);
             uv_async_send(&l->slots[k].wake);
         }
-    publish_metrics(b);
+    publish_metrics(b, false);
 }
 
 void loops_sum(broker_t *b, metrics_t *m, metrics_gauges_t *g)
@@ -330,8 +456,8 @@ void loops_sum(broker_t *b, metrics_t *m, metrics_gauges_t *g)
         g->subscriptions += s->g.subscriptions;
         g->queued_bytes += s->g.queued_bytes;
         g->handshakes += s->g.handshakes;
-        g->mqtt_retained += s->g.mqtt_retained;
-        g->mqtt_retained_bytes += s->g.mqtt_retained_bytes;
+        if (s->g.redis_up < g->redis_up) /* healthy when every loop has every shard */
+            g->redis_up = s->g.redis_up;
         uv_mutex_unlock(&s->mu);
     }
 }
@@ -339,15 +465,6 @@ void loops_sum(broker_t *b, metrics_t *m, metrics_gauges_t *g)
 _Static_assert(sizeof(metrics_t) % sizeof(uint64_t) == 0, "metrics_t is summed as uint64_t");
 
 /* --- stop, reload, wake-ups ------------------------------------------------------------ */
-
-/* Wakes every loop that has its wake-up (set up before any thread starts). */
-static void wake_all(loops_t *l)
-{
-    atomic_thread_fence(memory_order_seq_cst);
-    for (uint32_t k = 0; k < l->n; k++)
-        if (l->slots[k].wake_open)
-            uv_async_send(&l->slots[k].wake);
-}
 
 void loops_stop(loops_t *l)
 {
@@ -417,17 +534,21 @@ static loops_t *loops_new(const gale_config_t *cfg)
     l->dedup = cfg->redis_urls[0] ? NULL : dedup_new(cfg->dedup_window_s * 1000, cfg->dedup_max);
     if (cfg->max_connections_per_ip)
         l->ips = iplimit_new((uint32_t)cfg->max_connections_per_ip);
-    if (!l->slots || !l->interest || (!cfg->redis_urls[0] && !l->dedup) ||
+    l->mqtt = mqtt_state_new();
+    if (!l->slots || !l->interest || (!cfg->redis_urls[0] && !l->dedup) || !l->mqtt ||
         (cfg->max_connections_per_ip && !l->ips)) {
         free(l->slots);
         topics_free(l->interest);
         dedup_free(l->dedup);
         iplimit_free(l->ips);
+        mqtt_state_free(l->mqtt);
         free(l);
         return NULL;
     }
     uv_mutex_init(&l->interest_mu);
     uv_mutex_init(&l->shared_mu);
+    uv_mutex_init(&l->sync_mu);
+    uv_cond_init(&l->sync_cond);
     for (uint32_t k = 0; k < l->n; k++)
         uv_mutex_init(&l->slots[k].mu);
     return l;
@@ -445,8 +566,11 @@ static void loops_free(loops_t *l)
     topics_free(l->interest);
     dedup_free(l->dedup);
     iplimit_free(l->ips);
+    mqtt_state_free(l->mqtt);
     uv_mutex_destroy(&l->interest_mu);
     uv_mutex_destroy(&l->shared_mu);
+    uv_mutex_destroy(&l->sync_mu);
+    uv_cond_destroy(&l->sync_cond);
     free(l->slots);
     free(l);
 }
@@ -470,10 +594,35 @@ static int run_one(const gale_config_t *cfg)
     return code;
 }
 
-int loops_run(const gale_config_t *cfg)
+/* --loops not given: the CPUs this process may run on, or 1 where the state is not divided
+ * across loops yet (history and presence of a single node). */
+static uint64_t default_loops(const gale_config_t *cfg, const char **why)
 {
-    if (cfg->loops <= 1)
-        return run_one(cfg);
+    if (!cfg->redis_urls[0] && (cfg->nhistory || cfg->npresence)) {
+        *why = cfg->nhistory ? "--history on a single node keeps one loop for now"
+                             : "--presence on a single node keeps one loop for now";
+        return 1;
+    }
+    uint64_t n = uv_available_parallelism();
+    *why = "the CPUs this process may run on";
+    return n < 1 ? 1 : n > CONFIG_LOOPS_MAX ? CONFIG_LOOPS_MAX : n;
+}
+
+int loops_run(const gale_config_t *given)
+{
+    gale_config_t copy = *given;
+    const gale_config_t *cfg = &copy;
+    const char *why = "--loops";
+    if (!copy.loops)
+        copy.loops = default_loops(&copy, &why);
+    log_info("loops: %" PRIu64 " (%s)%s", copy.loops, why,
+             copy.loops > 1 ? ": each a thread with its own event loop, listener and connections"
+                            : "");
+    if (copy.loops == 1) {
+        int code = run_one(cfg);
+        explicit_bzero(&copy, sizeof(copy)); /* a copy of the secrets */
+        return code;
+    }
     loops_t *l = loops_new(cfg);
     if (!l) {
         log_error("out of memory");
@@ -535,5 +684,6 @@ int loops_run(const gale_config_t *cfg)
             log_warn("event loop %u closed with handles still open", k);
     }
     loops_free(l);
+    explicit_bzero(&copy, sizeof(copy));
     return code;
 }

@@ -14,8 +14,9 @@
  * - a bound on each inbox: a loop that falls behind pauses the reading of the connections
  *   that publish to it, on their own loops, until it has caught up.
  * - the connection limit (--max-connections), the per-address table, the mids of the
- *   dedup window, the listening port, stop and reload requests, and each loop's last
- *   metrics for /metrics.
+ *   dedup window, MQTT's client ids (a takeover of another loop's connection goes to that
+ *   loop's inbox) and retained messages, the listening port, stop and reload requests, and each
+ * loop's last metrics for /metrics.
  *
  * Nothing of libwebsockets crosses threads: a loop only ever touches its own context.
  * With --loops 1 there is no loops_t at all (broker_t.loops is NULL): today's broker.
@@ -54,6 +55,12 @@ void loops_interest_drop_cb(const char *p, size_t len, void *arg);
  */
 bool loops_publish(broker_t *b, const struct router_msg *m);
 
+/**
+ * MQTT: connection conn of loop `loop` lost its client id to connection `by` of b's loop: that
+ * loop closes it (mqtt_taken_over). False when out of memory.
+ */
+bool loops_takeover(broker_t *b, uint32_t loop, uint64_t conn, uint64_t by);
+
 /** End of b's loop turn: wakes the loops it handed messages to, publishes its metrics. */
 void loops_turn(broker_t *b);
 
@@ -73,6 +80,7 @@ void loops_unlock(loops_t *l);
 /** The process's dedup window and per-address table (created by loop 0). */
 dedup_t *loops_dedup(loops_t *l);
 iplimit_t *loops_iplimit(loops_t *l);
+struct mqtt_state *loops_mqtt(loops_t *l);
 
 /**
  * Reserves one of --max-connections (max, 0: none) for a WebSocket upgrade: false when
@@ -92,8 +100,15 @@ uint64_t loops_now_ms(void);
 uint32_t loops_count(const loops_t *l);
 
 /**
+ * /metrics and /healthz: before loops_sum, waits (at most 50 ms) until every other loop has
+ * published its figures after this call began, so that they hold whatever a client saw
+ * happen before it asked. Does nothing with one loop.
+ */
+void loops_sync(broker_t *b);
+
+/**
  * /metrics and /healthz: m and g of b's loop (current) summed with every other loop's
- * last published figures (at most a loop turn old); per-loop connections in g.
+ * last published figures (loops_sync); per-loop connections in g.
  */
 void loops_sum(broker_t *b, metrics_t *m, metrics_gauges_t *g);
 

@@ -6,6 +6,7 @@
 #include "frame.h"
 #include "gale_mqtt.h"
 #include "log.h"
+#include "loops.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -78,6 +79,7 @@ typedef struct mqtt_conn {
     bool taken_over;   /* another connection took its client id: no will */
     struct mqtt_conn *hnext;
     uint64_t hash;
+    uint32_t loop; /* its loop (broker_t.loop_idx): a takeover from another loop goes there */
 } mqtt_conn_t;
 
 /* A retained message: the payload of its topic's last PUBLISH with the retain flag. */
@@ -128,6 +130,24 @@ static mqtt_state_t *state(broker_t *b)
     return b->mqtt;
 }
 
+/* With several loops the state is theirs (loops.h), used under their lock. */
+static void lock(const broker_t *b)
+{
+    if (b->loops)
+        loops_lock(b->loops);
+}
+
+static void unlock(const broker_t *b)
+{
+    if (b->loops)
+        loops_unlock(b->loops);
+}
+
+struct mqtt_state *mqtt_state_new(void)
+{
+    return calloc(1, sizeof(mqtt_state_t));
+}
+
 /* Grows a chained table of next-pointer-first nodes to twice its size; false: no memory. */
 static bool table_grow(void ***tab, uint32_t *cap, size_t next_off, size_t hash_off)
 {
@@ -163,46 +183,83 @@ static mqtt_conn_t **client_slot(mqtt_state_t *st, const char *id, uint64_t h)
     return p;
 }
 
-static void client_remove(broker_t *b, mqtt_conn_t *m)
+/* Takes m out of the client ids; false when it held none (another connection took it). */
+static bool client_remove(broker_t *b, mqtt_conn_t *m)
 {
-    mqtt_state_t *st = b->mqtt;
-    if (!st || !m->client_id)
-        return;
-    mqtt_conn_t **p = client_slot(st, m->client_id, m->hash);
+    bool held = false;
+    if (!b->mqtt || !m->client_id)
+        return false;
+    lock(b);
+    mqtt_conn_t **p = client_slot(b->mqtt, m->client_id, m->hash);
     if (p && *p == m) {
         *p = m->hnext;
-        st->nclients--;
+        b->mqtt->nclients--;
+        held = true;
+    }
+    unlock(b);
+    return held;
+}
+
+/* The old holder of a client id, on this loop: it closes without its will. */
+static void take_over(broker_t *b, mqtt_conn_t *old, const char *id, uint64_t by)
+{
+    old->taken_over = true;
+    free(old->will);
+    old->will = NULL;
+    log_info("mqtt conn %" PRIu64 ": client id '%s' taken over by conn %" PRIu64 ": closing",
+             old->s->conn.id, id, by);
+    session_begin_close(b, old->s, SESSION_CLOSE_NORMAL, false);
+}
+
+void mqtt_taken_over(broker_t *b, uint64_t conn, uint64_t by)
+{
+    for (uint32_t i = 0; i < b->nsessions; i++) {
+        session_t *s = b->sessions[i];
+        if (s->conn.id == conn && s->ad && s->ad->proto == &mqtt_proto) {
+            mqtt_conn_t *m = mqtt_of(s);
+            if (m->connected && !m->taken_over && !s->close_code && !s->killed)
+                take_over(b, m, m->client_id, by);
+            return;
+        }
     }
 }
 
 /* Registers m under its client id, taking it over from a connection that holds it. */
 static bool client_add(broker_t *b, mqtt_conn_t *m)
 {
-    mqtt_state_t *st = state(b);
-    if (!st)
-        return false;
     m->hash = hash_bytes(m->client_id, strlen(m->client_id));
-    mqtt_conn_t **p = client_slot(st, m->client_id, m->hash);
+    m->loop = b->loop_idx;
+    mqtt_conn_t *old = NULL;
+    uint32_t old_loop = 0;
+    uint64_t old_conn = 0;
+    bool ok = false;
+    lock(b);
+    mqtt_state_t *st = state(b);
+    mqtt_conn_t **p = st ? client_slot(st, m->client_id, m->hash) : NULL;
     if (p && *p) { /* takeover (3.1.4-2): the old connection goes, without its will */
-        mqtt_conn_t *old = *p;
+        old = *p;
         *p = old->hnext;
         st->nclients--;
-        old->taken_over = true;
-        free(old->will);
-        old->will = NULL;
-        log_info("mqtt conn %" PRIu64 ": client id '%s' taken over by conn %" PRIu64 ": closing",
-                 old->s->conn.id, m->client_id, m->s->conn.id);
-        session_begin_close(b, old->s, SESSION_CLOSE_NORMAL, false);
+        old_loop = old->loop;
+        old_conn = old->s->conn.id;
     }
-    if (st->nclients + 1 > st->clients_cap / 2 &&
-        !table_grow((void ***)&st->clients, &st->clients_cap, offsetof(mqtt_conn_t, hnext),
-                    offsetof(mqtt_conn_t, hash)))
-        return false;
-    mqtt_conn_t **head = &st->clients[m->hash & (st->clients_cap - 1)];
-    m->hnext = *head;
-    *head = m;
-    st->nclients++;
-    return true;
+    if (st && (st->nclients + 1 <= st->clients_cap / 2 ||
+               table_grow((void ***)&st->clients, &st->clients_cap, offsetof(mqtt_conn_t, hnext),
+                          offsetof(mqtt_conn_t, hash)))) {
+        mqtt_conn_t **head = &st->clients[m->hash & (st->clients_cap - 1)];
+        m->hnext = *head;
+        *head = m;
+        st->nclients++;
+        ok = true;
+    }
+    unlock(b);
+    if (old && old_loop == b->loop_idx)
+        take_over(b, old, m->client_id, m->s->conn.id);
+    else if (old && !loops_takeover(b, old_loop, old_conn, m->s->conn.id))
+        log_error("mqtt: out of memory closing conn %" PRIu64 ", whose client id '%s' conn "
+                  "%" PRIu64 " took over",
+                  old_conn, m->client_id, m->s->conn.id);
+    return ok;
 }
 
 /* --- retained messages --------------------------------------------------- */
@@ -227,6 +284,9 @@ static void retained_drop(mqtt_state_t *st, retained_t **p)
     free(r);
 }
 
+static void keep(broker_t *b, const char *topic, size_t len, uint8_t qos, const uint8_t *payload,
+                 size_t plen);
+
 /*
  * Keeps payload as topic's retained message (an empty payload clears it, 3.3.1-10/11). Past
  * --mqtt-retained-max topics a new one is not kept (logged); the message is delivered all the
@@ -239,6 +299,14 @@ static void retain(broker_t *b, const char *topic, size_t len, uint8_t qos, cons
         b->bus.ops->retain(b->bus.ctx, topic, len, qos, payload, plen);
         return;
     }
+    lock(b);
+    keep(b, topic, len, qos, payload, plen);
+    unlock(b);
+}
+
+static void keep(broker_t *b, const char *topic, size_t len, uint8_t qos, const uint8_t *payload,
+                 size_t plen)
+{
     mqtt_state_t *st = state(b);
     if (!st)
         return;
@@ -252,7 +320,7 @@ static void retain(broker_t *b, const char *topic, size_t len, uint8_t qos, cons
     if (count ||
         st->retained_bytes + sizeof(retained_t) + len + plen > b->cfg.mqtt_retained_memory) {
         /* Logged at most once a minute, with the count of those refused meanwhile. */
-        uint64_t now = broker_uptime_ms(b);
+        uint64_t now = b->loops ? loops_now_ms() : broker_uptime_ms(b); /* the state's clock */
         st->refused++;
         if (!st->refused_log_ms || now - st->refused_log_ms >= 60000) {
             log_warn("mqtt: %" PRIu64 " retained messages (%" PRIu64 " bytes) held, at %s: "
@@ -294,14 +362,15 @@ static void retain(broker_t *b, const char *topic, size_t len, uint8_t qos, cons
 
 void mqtt_retained_stats(const broker_t *b, uint64_t *count, uint64_t *bytes)
 {
+    lock(b);
     const mqtt_state_t *st = b->mqtt;
     *count = st ? st->nretained : 0;
     *bytes = st ? st->retained_bytes : 0;
+    unlock(b);
 }
 
-void mqtt_free(broker_t *b)
+void mqtt_state_free(struct mqtt_state *st)
 {
-    mqtt_state_t *st = b->mqtt;
     if (!st)
         return;
     for (uint32_t i = 0; i < st->retained_cap; i++)
@@ -310,6 +379,12 @@ void mqtt_free(broker_t *b)
     free(st->retained);
     free(st->clients);
     free(st);
+}
+
+void mqtt_free(broker_t *b)
+{
+    if (!b->loops) /* else the loops' (loops.c) */
+        mqtt_state_free(b->mqtt);
     b->mqtt = NULL;
 }
 
@@ -469,10 +544,9 @@ static void send_retained(broker_t *b, session_t *s, const msub_t *x)
             b->bus.ops->retained(b->bus.ctx, &s->conn, p, x->len[k], x->qos);
         return;
     }
+    lock(b);
     mqtt_state_t *st = b->mqtt;
-    if (!st || !st->nretained)
-        return;
-    for (uint32_t i = 0; i < st->retained_cap; i++)
+    for (uint32_t i = 0; st && st->nretained && i < st->retained_cap; i++)
         for (retained_t *r = st->retained[i]; r; r = r->hnext) {
             const char *p = x->pat;
             bool match = false;
@@ -483,6 +557,7 @@ static void send_retained(broker_t *b, session_t *s, const msub_t *x)
                 send_one_retained(b, s, r->topic, r->topic_len, x->qos < r->qos ? x->qos : r->qos,
                                   r->payload, r->payload_len);
         }
+    unlock(b);
 }
 
 /* --- core requests -------------------------------------------------------- */
@@ -1021,7 +1096,9 @@ static int proto_receive(broker_t *b, session_t *s, const uint8_t *in, size_t le
 static void proto_closing(broker_t *b, session_t *s)
 {
     mqtt_conn_t *m = mqtt_of(s);
-    if (m->connected && m->will) { /* 3.1.2-8: ended without DISCONNECT */
+    /* A connection whose client id was taken over (on any loop) leaves no will. */
+    bool held = client_remove(b, m);
+    if (m->connected && m->will && held) { /* 3.1.2-8: ended without DISCONNECT */
         will_t *w = m->will;
         m->will = NULL;
         log_debug("mqtt conn %" PRIu64 ": publishing the will of client '%s'", s->conn.id,
@@ -1030,7 +1107,6 @@ static void proto_closing(broker_t *b, session_t *s)
                 (adapter_wait_t){.kind = W_WILL});
         free(w);
     }
-    client_remove(b, m);
 }
 
 static void proto_free(broker_t *b, session_t *s)

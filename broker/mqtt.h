@@ -20,4 +20,14 @@ void mqtt_free(broker_t *b);
 /** The retained messages held (gauge) and their bytes. */
 void mqtt_retained_stats(const broker_t *b, uint64_t *count, uint64_t *bytes);
 
+/** --loops N > 1: the one MQTT state of every loop (client ids, retained messages). */
+struct mqtt_state *mqtt_state_new(void);
+void mqtt_state_free(struct mqtt_state *st);
+
+/**
+ * Connection conn of this loop had its client id taken over by connection `by` on another
+ * loop: it closes, without its will. Nothing when it is gone or closing already.
+ */
+void mqtt_taken_over(broker_t *b, uint64_t conn, uint64_t by);
+
 #endif

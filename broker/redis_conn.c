@@ -38,6 +38,7 @@ typedef struct {
 } ctx_t;
 
 struct redis_conn {
+    bool quiet; /* state changes logged at debug level (another loop logs them) */
     uv_loop_t *loop;
     redis_conn_callbacks_t cb;
     void *owner;
@@ -202,6 +203,14 @@ static void on_push(redisAsyncContext *ac, void *reply, void *privdata)
     rc->cb.push(rc->owner, &p);
 }
 
+/* A state change of rc at its level, or at debug level when rc is quiet. */
+#define rlog(rc, level, ...) log_msg((rc)->quiet ? LOG_DEBUG : (level), __VA_ARGS__)
+
+void redis_conn_quiet(redis_conn_t *rc)
+{
+    rc->quiet = true;
+}
+
 /* --- getting ready -------------------------------------------------------------------- */
 
 static void become_ready(redis_conn_t *rc)
@@ -211,11 +220,11 @@ static void become_ready(redis_conn_t *rc)
     rc->state = REDIS_CONN_READY;
     uv_timer_stop(&rc->timer);
     if (a->user_len)
-        log_info("redis %s: connected%s, authenticated as user %s", a->label, again ? " again" : "",
-                 a->user);
+        rlog(rc, LOG_INFO, "redis %s: connected%s, authenticated as user %s", a->label,
+             again ? " again" : "", a->user);
     else
-        log_info("redis %s: connected%s%s", a->label, again ? " again" : "",
-                 a->pass_len ? ", authenticated" : "");
+        rlog(rc, LOG_INFO, "redis %s: connected%s%s", a->label, again ? " again" : "",
+             a->pass_len ? ", authenticated" : "");
     rc->was_ready = true;
     rc->failures = 0;
     rc->logged = REDIS_CONN_ERR_NONE;
@@ -279,10 +288,11 @@ static void on_auth(redisAsyncContext *ac, void *reply, void *privdata)
     if (r->type == REDIS_REPLY_ERROR) {
         char buf[512];
         if (!rc->nopass_warned)
-            log_warn("redis %s: a password is configured but this Redis has none (%s): "
-                     "connecting without authentication",
-                     rc->addr.label,
-                     redis_conn_redact(r->str, rc->addr.pass, rc->addr.pass_len, buf, sizeof(buf)));
+            rlog(rc, LOG_WARN,
+                 "redis %s: a password is configured but this Redis has none (%s): "
+                 "connecting without authentication",
+                 rc->addr.label,
+                 redis_conn_redact(r->str, rc->addr.pass, rc->addr.pass_len, buf, sizeof(buf)));
         rc->nopass_warned = true;
     } else {
         rc->nopass_warned = false;
@@ -482,27 +492,30 @@ static void log_fail(redis_conn_t *rc, redis_conn_err_t kind, const char *why, b
 {
     const cluster_addr_t *a = &rc->addr;
     if (rc->closing)
-        log_info("redis %s: disconnecting (the broker is stopping)", a->label);
+        rlog(rc, LOG_INFO, "redis %s: disconnecting (the broker is stopping)", a->label);
     else if (kind == REDIS_CONN_ERR_AUTH && rc->logged != REDIS_CONN_ERR_AUTH)
-        log_error("redis %s: authentication failed (%s): %s; the shard stays down (publishing "
-                  "to its topics answers unavailable), retrying",
-                  a->label, why,
-                  a->pass_len ? "check the user and password of --redis (or "
-                                "--redis-password, GALE_REDIS_PASSWORD)"
-                              : "this Redis requires a password: give one in --redis "
-                                "(redis://:PASSWORD@HOST:PORT) or GALE_REDIS_PASSWORD");
+        rlog(rc, LOG_ERROR,
+             "redis %s: authentication failed (%s): %s; the shard stays down (publishing "
+             "to its topics answers unavailable), retrying",
+             a->label, why,
+             a->pass_len ? "check the user and password of --redis (or "
+                           "--redis-password, GALE_REDIS_PASSWORD)"
+                         : "this Redis requires a password: give one in --redis "
+                           "(redis://:PASSWORD@HOST:PORT) or GALE_REDIS_PASSWORD");
     else if (kind == REDIS_CONN_ERR_DNS && rc->logged != REDIS_CONN_ERR_DNS)
-        log_warn("redis %s: cannot resolve %s: %s; the shard stays down (publishing to its "
-                 "topics answers unavailable), retrying",
-                 a->label, a->host, why);
+        rlog(rc, LOG_WARN,
+             "redis %s: cannot resolve %s: %s; the shard stays down (publishing to its "
+             "topics answers unavailable), retrying",
+             a->label, a->host, why);
     else if (kind == REDIS_CONN_ERR_DNS)
         log_debug("redis %s: cannot resolve %s: %s", a->label, a->host, why);
     else if (was_ready)
-        log_warn("redis %s: connection lost (%s): publishing to its topics answers "
-                 "unavailable until it is back",
-                 a->label, why);
+        rlog(rc, LOG_WARN,
+             "redis %s: connection lost (%s): publishing to its topics answers "
+             "unavailable until it is back",
+             a->label, why);
     else if (rc->logged != kind)
-        log_warn("redis %s: cannot connect (%s): retrying", a->label, why);
+        rlog(rc, LOG_WARN, "redis %s: cannot connect (%s): retrying", a->label, why);
     else
         log_debug("redis %s: cannot connect (%s)", a->label, why);
     if (!rc->closing)
@@ -630,9 +643,10 @@ void redis_conn_close(redis_conn_t *rc)
     if (rc->started)
         uv_close((uv_handle_t *)&rc->timer, NULL);
     if (resolve_stop(rc, true))
-        log_info("redis %s: waiting for the resolver to finish with %s (it cannot be "
-                 "interrupted)",
-                 rc->addr.label, rc->addr.host);
+        rlog(rc, LOG_INFO,
+             "redis %s: waiting for the resolver to finish with %s (it cannot be "
+             "interrupted)",
+             rc->addr.label, rc->addr.host);
     fail_as(rc, REDIS_CONN_ERR_NET, "stopping");
     rc->state = REDIS_CONN_CLOSED;
     reap(rc);

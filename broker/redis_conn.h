@@ -144,6 +144,9 @@ typedef struct {
 redis_conn_t *redis_conn_new(uv_loop_t *loop, const cluster_addr_t *addr, uint64_t timeout_ms,
                              uint64_t seed, const redis_conn_callbacks_t *cb, void *owner);
 
+/** Logs rc's state changes at debug level (--loops: the first loop's say the same). */
+void redis_conn_quiet(redis_conn_t *rc);
+
 /** Starts connecting an IDLE connection (it reconnects by itself from then on). */
 void redis_conn_start(redis_conn_t *rc);
 

@@ -222,7 +222,8 @@ static int refuse_per_ip(broker_t *b, struct lws *wsi, const netaddr_t *client)
     ips_lock(b);
     iplimit_entry_t *e = iplimit_find(b->srv->ips, client);
     uint32_t suppressed = 0, count = e ? e->count : 0;
-    bool say = e && iplimit_refused(e, broker_uptime_ms(b), PER_IP_LOG_INTERVAL_MS, &suppressed);
+    uint64_t now = b->loops ? loops_now_ms() : broker_uptime_ms(b); /* one clock for the table */
+    bool say = e && iplimit_refused(e, now, PER_IP_LOG_INTERVAL_MS, &suppressed);
     ips_unlock(b);
     b->m.connections_refused_per_ip++;
     if (say) {
@@ -316,10 +317,6 @@ static int confirm_upgrade(broker_t *b, struct lws *wsi, const char *upgrade)
     }
     if (b->stopping)
         return http_refuse(b, wsi, HTTP_STATUS_SERVICE_UNAVAILABLE, "the broker is stopping");
-    if (b->loops && path == PATH_MQTT)
-        return http_refuse(b, wsi, HTTP_STATUS_SERVICE_UNAVAILABLE,
-                           "MQTT needs --loops 1 for now: retained messages and client ids are "
-                           "not shared across loops yet");
     http_conn_t *hc = http_conn_of(wsi);
     bool limited = b->loops ? !hc || !loops_conn_reserve(b->loops, b->cfg.max_connections)
                             : b->cfg.max_connections && b->nsessions >= b->cfg.max_connections;

@@ -22,7 +22,6 @@
  * turns. In bytes, so that batches do not shrink with --rx-buffer (one turn reads at most
  * one receive buffer per connection).
  */
-#define FLUSH_DEFER_BYTES 16384
 #define FLUSH_MAX_DEFERRED_TURNS 64
 /* Bytes one session may write per flush before yielding to the others. */
 #define FLUSH_BUDGET (256 * 1024)
@@ -529,7 +528,7 @@ void session_flush_turn(broker_t *b)
      * small ones. The pending input makes the next poll return at once.
      */
     bool defer = b->ndirty && b->deferred_turns < FLUSH_MAX_DEFERRED_TURNS &&
-                 b->deferred_bytes < FLUSH_DEFER_BYTES && publishers_have_input(b);
+                 b->deferred_bytes < SESSION_FLUSH_DEFER_BYTES && publishers_have_input(b);
     b->npublishers = 0;
     if (defer) {
         b->deferred_turns++;

@@ -158,6 +158,9 @@ void session_kill(broker_t *b, session_t *s);
 /** Writes every dirty session's queue now. */
 void session_flush_all(broker_t *b);
 
+/** Bytes of publishes routed at most before the queued frames go to the sockets. */
+#define SESSION_FLUSH_DEFER_BYTES 16384
+
 /** Lets every connection paused for another loop's full inbox (loops.h) read again. */
 void session_resume_all(broker_t *b);
 
