@@ -215,12 +215,12 @@ start_server() { # NAME
   echo "--- $(date -Is) port $PORT" >>"$log"
   case "$1" in
     gale)
-      SERVER_CMD="gale-broker --listen 127.0.0.1:$PORT --log-level warn --keepalive 0"
+      SERVER_CMD="gale-broker --listen 127.0.0.1:$PORT --log-level warn --keepalive 0 --loops 1"
       local f
       for f in ${GALE_FLAGS[@]+"${GALE_FLAGS[@]}"}; do # quoted as a shell would need
         if [[ $f =~ ^[A-Za-z0-9_.,:/=@+-]+$ ]]; then SERVER_CMD+=" $f"; else SERVER_CMD+=" '$f'"; fi
       done
-      "$BUILD/gale-broker" --listen "127.0.0.1:$PORT" --log-level warn --keepalive 0 \
+      "$BUILD/gale-broker" --listen "127.0.0.1:$PORT" --log-level warn --keepalive 0 --loops 1 \
         ${GALE_FLAGS[@]+"${GALE_FLAGS[@]}"} >>"$log" 2>&1 &
       ;;
     node)

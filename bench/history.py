@@ -152,7 +152,7 @@ def listening(port):
 
 def broker(flags, name="broker"):
     """gale-broker with @flags (a list); the command line shown in the docs uses PORT."""
-    base = ["--log-level", "warn", "--keepalive", "0"]
+    base = ["--log-level", "warn", "--keepalive", "0", "--loops", "1"]
     b = Proc(name, lambda p: [BROKER, "--listen", "%s:%d" % (HOST, p)] + base + flags, healthz)
     b.shown = "gale-broker --listen 127.0.0.1:%d %s" % (b.port, " ".join(
         shlex.quote(a) for a in base + flags))
