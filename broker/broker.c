@@ -70,6 +70,7 @@ static void on_sweep(uv_timer_t *t)
         loops_unlock(b->loops);
     }
     presence_tick(b); /* its count-only messages go out with the next flush */
+    b->queued_bytes = session_queued_bytes(b);
 }
 
 static void on_handle_closed(uv_handle_t *h)
@@ -400,40 +401,6 @@ broker_t *broker_start(const gale_config_t *cfg, uv_loop_t *loop, loops_t *loops
                  cfg->history_memory, cfg->recovery_max, cfg->hist_max_limit);
     warn_file_limit(b);
     return b;
-}
-
-void broker_gauges(const broker_t *b, metrics_gauges_t *g)
-{
-    memset(g, 0, sizeof(*g));
-    g->connections = b->nsessions;
-    g->subscriptions = topics_subscriptions(b->topics);
-    g->topics = topics_count(b->topics);
-    for (uint32_t i = 0; i < b->nsessions; i++)
-        g->queued_bytes += b->sessions[i]->q.bytes;
-    g->handshakes = b->nhandshakes;
-    g->per_ip = server_client_addresses(b, &g->client_addresses);
-    g->uptime_s = (double)broker_uptime_ms(b) / 1000.0;
-    cluster_state(b->cluster, &g->redis_shards, &g->redis_up);
-    if (b->history) {
-        history_stats_t st;
-        history_stats(b->history, &st);
-        g->history = true;
-        g->history_bytes = st.bytes;
-        g->history_topics = st.topics;
-        g->history_messages = st.messages;
-        g->history_evicted = st.evicted;
-        g->history_expired = st.expired;
-        g->history_states_lost = st.states_lost;
-    }
-    uint64_t unused;
-    if (b->loops)
-        loops_lock(b->loops);
-    dedup_stats(b->dedup, &g->dedup_entries, &unused);
-    if (b->loops)
-        loops_unlock(b->loops);
-    g->presence = b->presence != NULL;
-    presence_stats(b->presence, &g->presence_topics, &g->presence_members, &g->presence_bytes);
-    mqtt_retained_stats(b, &g->mqtt_retained, &g->mqtt_retained_bytes);
 }
 
 int broker_free(broker_t *b)

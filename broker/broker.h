@@ -78,7 +78,8 @@ typedef struct broker {
     size_t deferred_bytes;   /* bytes of publishes routed since the last flush */
     uint8_t *scratch;        /* flush buffer: queued frames are coalesced here */
     size_t scratch_cap;
-    uint32_t nhandshakes; /* connections awaiting their first request head (http.c) */
+    uint32_t nhandshakes;  /* connections awaiting their first request head (http.c) */
+    uint64_t queued_bytes; /* bytes in the outbound queues at the last sweep (1 s) */
 
     uv_check_t flush_check;
     uv_timer_t sweep_timer;
@@ -108,9 +109,6 @@ broker_t *broker_start(const gale_config_t *cfg, uv_loop_t *loop, loops_t *loops
 
 /** SIGHUP: reads the token keys again (--jwt-secret-file, --jwt-keys); logged. */
 void broker_reload(broker_t *b);
-
-/** The gauges of /metrics and /healthz, of this loop. */
-void broker_gauges(const broker_t *b, metrics_gauges_t *g);
 
 /**
  * Begins a graceful stop: refuse new upgrades, close every connection with

@@ -123,6 +123,39 @@ int http_filter(broker_t *b, struct lws *wsi)
 }
 
 /* Samples the gauges for /metrics and /healthz. */
+static void gauges(const broker_t *b, metrics_gauges_t *g)
+{
+    memset(g, 0, sizeof(*g));
+    g->connections = b->nsessions;
+    g->subscriptions = topics_subscriptions(b->topics);
+    g->topics = topics_count(b->topics);
+    g->queued_bytes = session_queued_bytes(b);
+    g->handshakes = b->nhandshakes;
+    g->per_ip = server_client_addresses(b, &g->client_addresses);
+    g->uptime_s = (double)broker_uptime_ms(b) / 1000.0;
+    cluster_state(b->cluster, &g->redis_shards, &g->redis_up);
+    if (b->history) {
+        history_stats_t st;
+        history_stats(b->history, &st);
+        g->history = true;
+        g->history_bytes = st.bytes;
+        g->history_topics = st.topics;
+        g->history_messages = st.messages;
+        g->history_evicted = st.evicted;
+        g->history_expired = st.expired;
+        g->history_states_lost = st.states_lost;
+    }
+    uint64_t unused;
+    if (b->loops)
+        loops_lock(b->loops);
+    dedup_stats(b->dedup, &g->dedup_entries, &unused);
+    if (b->loops)
+        loops_unlock(b->loops);
+    g->presence = b->presence != NULL;
+    presence_stats(b->presence, &g->presence_topics, &g->presence_members, &g->presence_bytes);
+    mqtt_retained_stats(b, &g->mqtt_retained, &g->mqtt_retained_bytes);
+}
+
 /* One complete answer, then the connection closes. */
 static int respond(struct lws *wsi, unsigned status, const char *ctype, gale_buf_t *body)
 {
@@ -146,6 +179,7 @@ int http_serve(broker_t *b, struct lws *wsi)
     gale_buf_init(&body, LWS_PRE);
     metrics_t m;
     metrics_gauges_t g;
+    gauges(b, &g);
     loops_sync(b);
     loops_sum(b, &m, &g); /* this loop's figures, with the other loops' */
     if (lws_hdr_copy(wsi, uri, sizeof(uri), WSI_TOKEN_GET_URI) <= 0) {

@@ -1,7 +1,8 @@
 /*
- * loops: several event loops in one process (--loops N). Each loop is a broker_t of its
- * own, on its own thread, libuv loop and lws context, with its own SO_REUSEPORT listener
- * (server.c), sessions, topic index, flush and sweep; what they share lives here:
+ * loops: what several event loops of one process (--loops N) share, as the core and the
+ * transport see it. Each loop is a broker_t of its own, on its own thread, libuv loop and
+ * lws context, with its own SO_REUSEPORT listener (server.c), sessions, topic index, flush
+ * and sweep (process.c runs them); what they share lives here:
  *
  * - interest: which loops hold subscribers of which patterns (a topics_t whose owners are
  *   the loops, changed when a loop gains its first or loses its last subscriber of a
@@ -9,14 +10,14 @@
  * - inboxes: a loop hands a published message (one copy, reference counted atomically) to
  *   each other loop with subscribers through that loop's inbox; every inbox touched in a
  *   turn is woken once, at the end of the turn (uv_async_send). The loop delivers what its
- *   inbox holds to its own connections (router_deliver), in the order it was handed over,
- *   so the order of one publisher's messages holds for every subscriber.
+ *   inbox holds to its own connections (process.c, router_deliver), in the order it was
+ *   handed over, so the order of one publisher's messages holds for every subscriber.
  * - a bound on each inbox: a loop that falls behind pauses the reading of the connections
  *   that publish to it, on their own loops, until it has caught up.
  * - the connection limit (--max-connections), the per-address table, the mids of the
  *   dedup window, MQTT's client ids (a takeover of another loop's connection goes to that
- *   loop's inbox) and retained messages, the listening port, stop and reload requests, and each
- * loop's last metrics for /metrics.
+ *   loop's inbox) and retained messages, the listening port, stop and reload requests, and
+ *   each loop's last metrics for /metrics.
  *
  * Nothing of libwebsockets crosses threads: a loop only ever touches its own context.
  * With --loops 1 there is no loops_t at all (broker_t.loops is NULL): today's broker.
@@ -36,9 +37,6 @@ typedef struct loops loops_t;
 typedef struct dedup dedup_t;
 typedef struct iplimit iplimit_t;
 struct router_msg;
-
-/** Runs the broker of cfg on cfg->loops loops until it stops; returns the exit code. */
-int loops_run(const gale_config_t *cfg);
 
 /** b's loop gained its first subscriber of pattern p: other loops' publishes reach it. */
 bool loops_interest_add(broker_t *b, const char *p, size_t len);
@@ -60,6 +58,9 @@ bool loops_publish(broker_t *b, const struct router_msg *m);
  * loop closes it (mqtt_taken_over). False when out of memory.
  */
 bool loops_takeover(broker_t *b, uint32_t loop, uint64_t conn, uint64_t by);
+
+/** Whether other loops have handed b's loop messages it has not delivered yet. */
+bool loops_pending(broker_t *b);
 
 /** End of b's loop turn: wakes the loops it handed messages to, publishes its metrics. */
 void loops_turn(broker_t *b);
@@ -107,8 +108,8 @@ uint32_t loops_count(const loops_t *l);
 void loops_sync(broker_t *b);
 
 /**
- * /metrics and /healthz: m and g of b's loop (current) summed with every other loop's
- * last published figures (loops_sync); per-loop connections in g.
+ * /metrics and /healthz: m, b's loop's counters, and g, its gauges as given, summed with every
+ * other loop's last published figures (loops_sync); per-loop connections in g.
  */
 void loops_sum(broker_t *b, metrics_t *m, metrics_gauges_t *g);
 

@@ -4,7 +4,7 @@
  */
 #include "config.h"
 #include "log.h"
-#include "loops.h"
+#include "process.h"
 #include "server.h"
 
 #include <stdio.h>
@@ -28,7 +28,7 @@ int main(int argc, char **argv)
     log_set_level((log_level_t)cfg.log_level);
     server_attach_log();
 
-    int code = loops_run(&cfg); /* one loop, or --loops N */
+    int code = process_run(&cfg); /* one loop, or --loops N */
     if (code == 0)
         log_info("stopped");
     return code;

@@ -3,6 +3,7 @@
 #include "auth.h"
 #include "core.h"
 #include "log.h"
+#include "loops.h"
 
 #include <inttypes.h>
 #ifdef __GLIBC__
@@ -482,6 +483,14 @@ void session_flush(broker_t *b, session_t *s)
     }
 }
 
+uint64_t session_queued_bytes(const broker_t *b)
+{
+    uint64_t n = 0;
+    for (uint32_t i = 0; i < b->nsessions; i++)
+        n += b->sessions[i]->q.bytes;
+    return n;
+}
+
 void session_resume_all(broker_t *b)
 {
     for (uint32_t i = 0; i < b->nsessions; i++) {
@@ -522,13 +531,15 @@ static bool publishers_have_input(broker_t *b)
 void session_flush_turn(broker_t *b)
 {
     /*
-     * While a publisher still has unread input, the next turn will route
-     * more messages to the same subscribers: wait for them (a bounded number
-     * of turns) so each subscriber gets one larger write instead of several
+     * While a publisher still has unread input, or other loops have handed
+     * this one more messages (loops.h), the next turn will route more
+     * messages to the same subscribers: wait for them (a bounded number of
+     * turns) so each subscriber gets one larger write instead of several
      * small ones. The pending input makes the next poll return at once.
      */
     bool defer = b->ndirty && b->deferred_turns < FLUSH_MAX_DEFERRED_TURNS &&
-                 b->deferred_bytes < SESSION_FLUSH_DEFER_BYTES && publishers_have_input(b);
+                 b->deferred_bytes < SESSION_FLUSH_DEFER_BYTES &&
+                 (publishers_have_input(b) || (b->loops && loops_pending(b)));
     b->npublishers = 0;
     if (defer) {
         b->deferred_turns++;

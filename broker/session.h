@@ -161,6 +161,9 @@ void session_flush_all(broker_t *b);
 /** Bytes of publishes routed at most before the queued frames go to the sockets. */
 #define SESSION_FLUSH_DEFER_BYTES 16384
 
+/** Bytes in every session's outbound queue, a walk over them. */
+uint64_t session_queued_bytes(const broker_t *b);
+
 /** Lets every connection paused for another loop's full inbox (loops.h) read again. */
 void session_resume_all(broker_t *b);
 
