@@ -43,9 +43,9 @@ static void schedule_finish(broker_t *b);
 static void on_flush(uv_check_t *h)
 {
     broker_t *b = h->data;
-    session_flush_turn(b);
-    if (b->loops)
+    if (b->loops) /* the other loops are woken before this turn's acks go out */
         loops_turn(b);
+    session_flush_turn(b);
     if (b->stopping && b->nlive == 0 && !b->finishing) {
         b->finishing = true; /* every close frame is out: tear down */
         schedule_finish(b);

@@ -35,6 +35,8 @@ typedef struct loops loops_t;
 
 /** Coalescing buffer: frames queued for one connection are sent in writes of up to this size. */
 #define BROKER_SCRATCH_SIZE (64 * 1024)
+/** Bytes of publishes routed at most before the queued frames go to the sockets. */
+#define BROKER_FLUSH_DEFER_BYTES 16384
 /** Publishers per loop turn whose pending input can defer the flush. */
 #define BROKER_TRACKED_PUBLISHERS 16
 

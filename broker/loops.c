@@ -171,6 +171,7 @@ static bool push(slot_t *s, loops_msg_t *x)
         s->inbox_cap = cap;
     }
     s->inbox[s->ninbox++] = x;
+    atomic_store(&s->pending, s->ninbox);
     return true;
 }
 
@@ -235,24 +236,79 @@ bool loops_takeover(broker_t *b, uint32_t loop, uint64_t conn, uint64_t by)
 
 bool loops_pending(broker_t *b)
 {
+    return atomic_load(&slot_of(b)->pending) != 0;
+}
+
+/* Delivers what other loops handed to b's loop, in order. */
+static void drain(broker_t *b, bool may_flush)
+{
     slot_t *s = slot_of(b);
     uv_mutex_lock(&s->mu);
-    bool n = s->ninbox != 0;
+    loops_msg_t **items = s->inbox;
+    uint32_t n = s->ninbox;
+    uint64_t waiters = s->waiters;
+    s->inbox = NULL;
+    s->ninbox = s->inbox_cap = 0;
+    s->bytes = 0;
+    s->waiters = 0;
+    atomic_store(&s->pending, 0);
     uv_mutex_unlock(&s->mu);
-    return n;
+    loops_t *l = b->loops;
+    if (waiters && atomic_load(&l->finished) < l->n) {
+        loops_fence(l);
+        for (uint32_t k = 0; k < l->n; k++)
+            if (waiters & (UINT64_C(1) << k)) {
+                atomic_store(&l->slots[k].resume, true);
+                uv_async_send(&l->slots[k].wake);
+            }
+    }
+    size_t since_flush = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        if (b->destroyed) {
+            ;
+        } else if (items[i]->takeover) {
+            l->handlers.takeover(b, items[i]->takeover, items[i]->by);
+        } else {
+            router_deliver(b, &items[i]->m, NULL);
+            b->deferred_bytes += items[i]->m.data_len; /* the flush's deferral bound */
+            /* A burst handed over at once must not pile up in the queues (--queue-limit) of
+             * readers that keep up: it goes to the sockets in pieces, at the bound a local
+             * publisher's burst is flushed at. */
+            if ((since_flush += items[i]->size) >= BROKER_FLUSH_DEFER_BYTES && may_flush) {
+                l->handlers.flush(b);
+                since_flush = 0;
+            }
+        }
+        loops_msg_unref(items[i]);
+    }
+    free(items);
+}
+
+void loops_drain(broker_t *b)
+{
+    drain(b, true);
+}
+
+void loops_catch_up(broker_t *b)
+{
+    /* Inside an lws callback: the queues go to the sockets at the end of the turn. */
+    if (atomic_load(&slot_of(b)->pending))
+        drain(b, false);
 }
 
 /* Every turn: this loop's counters and gauges for the others' /metrics. */
 static void publish_metrics(broker_t *b, bool frozen)
 {
     slot_t *s = slot_of(b);
-    uint64_t queued = b->queued_bytes; /* summed by the 1 s sweep (broker.c) */
+    loops_t *l = b->loops;
+    /* Summed by the 1 s sweep (broker.c); now, when /metrics asked for current figures. */
+    uint64_t queued =
+        atomic_load(&l->metrics_req) != s->snap_seq ? l->handlers.queued(b) : b->queued_bytes;
     metrics_gauges_t g = {.connections = b->nsessions,
                           .subscriptions = topics_subscriptions(b->topics),
                           .handshakes = b->nhandshakes,
                           .queued_bytes = queued};
     cluster_state(b->cluster, &g.redis_shards, &g.redis_up);
-    loops_t *l = b->loops;
     uv_mutex_lock(&s->mu);
     s->m = b->m;
     s->g.connections = g.connections;
@@ -375,7 +431,8 @@ void loops_finished(broker_t *b)
 
 /* --- creation ------------------------------------------------------------------------ */
 
-loops_t *loops_new(const gale_config_t *cfg, struct mqtt_state *mqtt)
+loops_t *loops_new(const gale_config_t *cfg, struct mqtt_state *mqtt,
+                   const loops_handlers_t *handlers)
 {
     loops_t *l = calloc(1, sizeof(*l));
     if (!l)
@@ -387,6 +444,7 @@ loops_t *loops_new(const gale_config_t *cfg, struct mqtt_state *mqtt)
     if (cfg->max_connections_per_ip)
         l->ips = iplimit_new((uint32_t)cfg->max_connections_per_ip);
     l->mqtt = mqtt;
+    l->handlers = *handlers;
     if (!l->slots || !l->interest || (!cfg->redis_urls[0] && !l->dedup) || !l->mqtt ||
         (cfg->max_connections_per_ip && !l->ips)) {
         free(l->slots);

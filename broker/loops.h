@@ -33,6 +33,13 @@
 #include <stdint.h>
 
 typedef struct broker broker_t;
+
+/** What draining an inbox asks of the transport (process.c gives session.c's and mqtt.c's). */
+typedef struct loops_handlers {
+    void (*flush)(broker_t *b); /* every queued frame to the sockets */
+    void (*takeover)(broker_t *b, uint64_t conn, uint64_t by); /* mqtt_taken_over */
+    uint64_t (*queued)(const broker_t *b);                     /* bytes in the outbound queues */
+} loops_handlers_t;
 typedef struct loops loops_t;
 typedef struct dedup dedup_t;
 typedef struct iplimit iplimit_t;
@@ -61,6 +68,21 @@ bool loops_takeover(broker_t *b, uint32_t loop, uint64_t conn, uint64_t by);
 
 /** Whether other loops have handed b's loop messages it has not delivered yet. */
 bool loops_pending(broker_t *b);
+
+/**
+ * Delivers what other loops handed to b's loop, in order (its wake-up, and loops_catch_up).
+ * Every 16 KiB of messages the queues go to the sockets (handlers.flush), as a local burst's
+ * would; an MQTT takeover item closes the connection it names (handlers.takeover). The loops
+ * that were paused for this inbox are told to read again.
+ */
+void loops_drain(broker_t *b);
+
+/**
+ * Before b's loop handles a request: delivers what other loops have handed it, so that a
+ * client which saw a publish acknowledged, then asks this loop anything, gets the message
+ * first (as on one loop).
+ */
+void loops_catch_up(broker_t *b);
 
 /** End of b's loop turn: wakes the loops it handed messages to, publishes its metrics. */
 void loops_turn(broker_t *b);

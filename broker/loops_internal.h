@@ -42,9 +42,10 @@ typedef struct slot {
     uv_mutex_t mu; /* the inbox and the published metrics */
     loops_msg_t **inbox;
     uint32_t ninbox, inbox_cap;
-    size_t bytes;       /* what the inbox holds */
-    uint64_t waiters;   /* loops that found it over LOOPS_INBOX_MAX: told when it is drained */
-    atomic_bool resume; /* an inbox this loop filled was drained: its publishers read again */
+    size_t bytes;        /* what the inbox holds */
+    uint64_t waiters;    /* loops that found it over LOOPS_INBOX_MAX: told when it is drained */
+    atomic_bool resume;  /* an inbox this loop filled was drained: its publishers read again */
+    atomic_uint pending; /* messages in the inbox (read without the lock) */
     metrics_t m;
     metrics_gauges_t g; /* the gauges loops_sum adds up */
     uint64_t snap_seq;  /* the metrics request (loops_t.metrics_req) seen when last published */
@@ -70,6 +71,7 @@ struct loops {
     atomic_uint sync_waiting;
     uv_mutex_t sync_mu;
     uv_cond_t sync_cond;
+    loops_handlers_t handlers;
     slot_t *slots;
 };
 
@@ -88,8 +90,12 @@ void loops_wake_all(loops_t *l);
 /** A full barrier before uv_async_send (libuv < 1.53). */
 void loops_fence(loops_t *l);
 
-/** The loops' shared state for cfg (MQTT's, mqtt, is given); NULL when out of memory. */
-loops_t *loops_new(const gale_config_t *cfg, struct mqtt_state *mqtt);
+/**
+ * The loops' shared state for cfg (MQTT's, mqtt, is given; handlers, what draining an inbox
+ * asks of the transport); NULL when out of memory.
+ */
+loops_t *loops_new(const gale_config_t *cfg, struct mqtt_state *mqtt,
+                   const loops_handlers_t *handlers);
 
 /** Frees l and what its inboxes still hold; gives back the MQTT state it was given. */
 struct mqtt_state *loops_free(loops_t *l);

@@ -19,49 +19,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Delivers what other loops handed to b's loop, in order. */
-static void drain(broker_t *b)
-{
-    slot_t *s = slot_of(b);
-    uv_mutex_lock(&s->mu);
-    loops_msg_t **items = s->inbox;
-    uint32_t n = s->ninbox;
-    uint64_t waiters = s->waiters;
-    s->inbox = NULL;
-    s->ninbox = s->inbox_cap = 0;
-    s->bytes = 0;
-    s->waiters = 0;
-    uv_mutex_unlock(&s->mu);
-    loops_t *l = b->loops;
-    if (waiters && atomic_load(&l->finished) < l->n) {
-        loops_fence(l);
-        for (uint32_t k = 0; k < l->n; k++)
-            if (waiters & (UINT64_C(1) << k)) {
-                atomic_store(&l->slots[k].resume, true);
-                uv_async_send(&l->slots[k].wake);
-            }
-    }
-    size_t since_flush = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        if (b->destroyed) {
-            ;
-        } else if (items[i]->takeover) {
-            mqtt_taken_over(b, items[i]->takeover, items[i]->by);
-        } else {
-            router_deliver(b, &items[i]->m, NULL);
-            b->deferred_bytes += items[i]->m.data_len; /* the flush's deferral bound */
-            /* A burst handed over at once must not pile up in the queues (--queue-limit) of
-             * readers that keep up: it goes to the sockets in pieces, at the bound a local
-             * publisher's burst is flushed at (session.c). */
-            if ((since_flush += items[i]->size) >= SESSION_FLUSH_DEFER_BYTES) {
-                session_flush_all(b);
-                since_flush = 0;
-            }
-        }
-        loops_msg_unref(items[i]);
-    }
-    free(items);
-}
+/* What loops.c asks of the transport while it delivers an inbox. */
+static const loops_handlers_t handlers = {
+    .flush = session_flush_all,
+    .takeover = mqtt_taken_over,
+    .queued = session_queued_bytes,
+};
 
 static void on_wake_closed(uv_handle_t *h)
 {
@@ -74,11 +37,11 @@ static void on_wake(uv_async_t *h)
     loops_t *l = b->loops;
     slot_t *s = slot_of(b);
     if (atomic_load(&l->finished) == l->n) { /* nobody hands anything over any more */
-        drain(b);
+        loops_drain(b);
         uv_close((uv_handle_t *)h, on_wake_closed);
         return;
     }
-    drain(b);
+    loops_drain(b);
     if (atomic_exchange(&s->resume, false) && b->loops_backlog) {
         b->loops_backlog = false;
         session_resume_all(b); /* the connections paused for the inbox that was drained */
@@ -151,7 +114,7 @@ int process_run(const gale_config_t *given)
         return code;
     }
     struct mqtt_state *mqtt = mqtt_state_new();
-    loops_t *l = mqtt ? loops_new(cfg, mqtt) : NULL;
+    loops_t *l = mqtt ? loops_new(cfg, mqtt, &handlers) : NULL;
     if (!l) {
         mqtt_state_free(mqtt);
         log_error("out of memory");

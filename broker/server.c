@@ -616,7 +616,7 @@ bool server_start(broker_t *b)
                  b->cfg.max_handshakes);
     memset(&info, 0, sizeof(info));
     info.options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_EXPLICIT_VHOSTS;
-    if (b->tls)
+    if (b->tls && b->loop_idx == 0) /* OpenSSL's process-wide set-up: once (several loops) */
         info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
     info.foreign_loops = loops;
     info.user = b;

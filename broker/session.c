@@ -284,7 +284,9 @@ int session_receive(broker_t *b, session_t *s, const uint8_t *in, size_t len)
     session_touch(b, s);
     if (s->close_code || s->killed)
         return 0; /* closing: input no longer matters */
-    if (s->ad) {  /* a byte stream: the adapter frames and bounds it */
+    if (b->loops) /* what other loops handed over before this request was sent comes first */
+        loops_catch_up(b);
+    if (s->ad) { /* a byte stream: the adapter frames and bounds it */
         uint64_t published = b->m.messages_published;
         int r = s->ad->proto->receive(b, s, in, len, lws_frame_is_binary(wsi));
         if (b->m.messages_published != published) /* coalesce as for gale's publishers */
@@ -538,7 +540,7 @@ void session_flush_turn(broker_t *b)
      * small ones. The pending input makes the next poll return at once.
      */
     bool defer = b->ndirty && b->deferred_turns < FLUSH_MAX_DEFERRED_TURNS &&
-                 b->deferred_bytes < SESSION_FLUSH_DEFER_BYTES &&
+                 b->deferred_bytes < BROKER_FLUSH_DEFER_BYTES &&
                  (publishers_have_input(b) || (b->loops && loops_pending(b)));
     b->npublishers = 0;
     if (defer) {

@@ -158,9 +158,6 @@ void session_kill(broker_t *b, session_t *s);
 /** Writes every dirty session's queue now. */
 void session_flush_all(broker_t *b);
 
-/** Bytes of publishes routed at most before the queued frames go to the sockets. */
-#define SESSION_FLUSH_DEFER_BYTES 16384
-
 /** Bytes in every session's outbound queue, a walk over them. */
 uint64_t session_queued_bytes(const broker_t *b);
 

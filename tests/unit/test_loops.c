@@ -26,12 +26,36 @@ typedef struct {
     broker_t b[3];
 } fixture_t;
 
+static int nflush, ntakeover;
+
+static void flush(broker_t *b)
+{
+    (void)b;
+    nflush++;
+}
+
+static void takeover(broker_t *b, uint64_t conn, uint64_t by)
+{
+    (void)b;
+    assert_int_equal(conn, 41);
+    assert_int_equal(by, 40);
+    ntakeover++;
+}
+
+static uint64_t queued(const broker_t *b)
+{
+    (void)b;
+    return 0;
+}
+
+static const loops_handlers_t handlers = {.flush = flush, .takeover = takeover, .queued = queued};
+
 static int setup(void **state)
 {
     fixture_t *f = calloc(1, sizeof(*f));
     config_defaults(&f->cfg);
     f->cfg.loops = 3;
-    f->l = loops_new(&f->cfg, mqtt_state_new());
+    f->l = loops_new(&f->cfg, mqtt_state_new(), &handlers);
     assert_non_null(f->l);
     for (uint32_t k = 0; k < 3; k++) {
         f->b[k].loops = f->l;
@@ -136,6 +160,14 @@ static void test_takeover_goes_to_the_old_connections_loop(void **state)
     assert_int_equal(f->l->slots[2].inbox[0]->takeover, 41);
     assert_int_equal(f->l->slots[2].inbox[0]->by, 40);
     assert_int_equal(f->b[0].loops_wake, 1u << 2);
+    assert_true(loops_pending(&f->b[2]));
+    ntakeover = 0;
+    loops_catch_up(&f->b[1]); /* nothing there */
+    assert_int_equal(ntakeover, 0);
+    loops_catch_up(&f->b[2]); /* the loop acts on it before its next request */
+    assert_int_equal(ntakeover, 1);
+    assert_false(loops_pending(&f->b[2]));
+    assert_int_equal(inbox(f, 2), 0);
 }
 
 static void test_connection_slots_are_global(void **state)
