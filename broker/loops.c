@@ -4,6 +4,7 @@
 #include "cluster.h"
 #include "dedup.h"
 #include "iplimit.h"
+#include "log.h"
 #include "router.h"
 #include "topics.h"
 
@@ -95,20 +96,93 @@ void loops_wake_all(loops_t *l)
 
 /* --- interest -------------------------------------------------------------------------- */
 
+/*
+ * Each loop matches publishes against its own copy of the interest index, lock-free; a loop
+ * gaining its first or losing its last subscriber of a pattern appends the change to one
+ * log (under interest_mu, with the shared index that counts the patterns), and every loop
+ * applies what it has not applied yet before it matches a publish and at the end of each
+ * turn. A sub is acknowledged after its change is in the log, so a publish that follows the
+ * acknowledgement, on any loop, sees it.
+ */
+
+/* Appends one change (interest_mu held); false when out of memory. */
+static bool log_append(loops_t *l, uint32_t loop, bool add, const char *p, size_t len)
+{
+    /* Entries every loop has applied are dropped first. */
+    uint64_t done = atomic_load(&l->log_seq);
+    for (uint32_t k = 0; k < l->n; k++) {
+        uint64_t a = atomic_load(&l->slots[k].applied);
+        if (a < done)
+            done = a;
+    }
+    if (done > l->log_base) {
+        size_t drop = (size_t)(done - l->log_base);
+        memmove(l->log, l->log + drop, (l->nlog - drop) * sizeof(*l->log));
+        l->nlog -= drop;
+        l->log_base = done;
+    }
+    if (l->nlog == l->log_cap) {
+        size_t cap = l->log_cap ? l->log_cap * 2 : 64;
+        loops_change_t *n = realloc(l->log, cap * sizeof(*n));
+        if (!n)
+            return false;
+        l->log = n;
+        l->log_cap = cap;
+    }
+    loops_change_t *c = &l->log[l->nlog++];
+    c->loop = loop;
+    c->add = add;
+    c->len = (uint16_t)len;
+    memcpy(c->p, p, len);
+    atomic_store(&l->log_seq, l->log_base + l->nlog);
+    return true;
+}
+
+void loops_interest_apply(broker_t *b)
+{
+    loops_t *l = b->loops;
+    slot_t *s = slot_of(b);
+    uint64_t applied = atomic_load(&s->applied);
+    if (applied == atomic_load(&l->log_seq))
+        return;
+    uv_mutex_lock(&l->interest_mu);
+    uint64_t end = l->log_base + l->nlog;
+    for (; applied < end; applied++) {
+        const loops_change_t *c = &l->log[applied - l->log_base];
+        if (c->add) {
+            topics_result_t r =
+                topics_subscribe(s->interest, &s->owners[c->loop], c->p, c->len, NULL);
+            if (r == TOPICS_NOMEM)
+                break; /* again at the next publish or turn */
+        } else {
+            topics_unsubscribe(s->interest, &s->owners[c->loop], c->p, c->len, NULL);
+        }
+    }
+    atomic_store(&s->applied, applied);
+    uv_mutex_unlock(&l->interest_mu);
+}
+
 bool loops_interest_add(broker_t *b, const char *p, size_t len)
 {
     loops_t *l = b->loops;
     uv_mutex_lock(&l->interest_mu);
     topics_result_t r = topics_subscribe(l->interest, &slot_of(b)->owner, p, len, NULL);
+    bool ok = (r == TOPICS_ADDED && log_append(l, b->loop_idx, true, p, len)) || r == TOPICS_EXISTS;
+    if (r == TOPICS_ADDED && !ok)
+        topics_unsubscribe(l->interest, &slot_of(b)->owner, p, len, NULL);
     uv_mutex_unlock(&l->interest_mu);
-    return r == TOPICS_ADDED || r == TOPICS_EXISTS;
+    return ok;
 }
 
 void loops_interest_drop(broker_t *b, const char *p, size_t len)
 {
     loops_t *l = b->loops;
     uv_mutex_lock(&l->interest_mu);
-    topics_unsubscribe(l->interest, &slot_of(b)->owner, p, len, NULL);
+    if (topics_unsubscribe(l->interest, &slot_of(b)->owner, p, len, NULL) &&
+        !log_append(l, b->loop_idx, false, p, len))
+        /* The other loops keep handing this one what it no longer wants: it delivers it to
+         * nobody. Without memory for one log entry, the broker has bigger trouble. */
+        log_error("out of memory: other loops keep handing over messages of %.*s", (int)len, p);
     uv_mutex_unlock(&l->interest_mu);
 }
 
@@ -119,10 +193,9 @@ void loops_interest_drop_cb(const char *p, size_t len, void *arg)
 
 static void mark_loop(topics_owner_t *owner, void *arg)
 {
-    loops_t *l = ((void **)arg)[0];
+    slot_t *s = ((void **)arg)[0];
     uint64_t *mask = ((void **)arg)[1];
-    slot_t *s = (slot_t *)((char *)owner - offsetof(slot_t, owner));
-    *mask |= UINT64_C(1) << (uint32_t)(s - l->slots);
+    *mask |= UINT64_C(1) << (uint32_t)(owner - s->owners);
 }
 
 /* --- inboxes --------------------------------------------------------------------------- */
@@ -179,10 +252,10 @@ bool loops_publish(broker_t *b, const router_msg_t *m)
 {
     loops_t *l = b->loops;
     uint64_t mask = 0;
-    void *arg[2] = {l, &mask};
-    uv_mutex_lock(&l->interest_mu);
-    topics_match(l->interest, m->topic, m->topic_len, mark_loop, arg);
-    uv_mutex_unlock(&l->interest_mu);
+    slot_t *self = slot_of(b);
+    void *arg[2] = {self, &mask};
+    loops_interest_apply(b);
+    topics_match(self->interest, m->topic, m->topic_len, mark_loop, arg); /* this loop's copy */
     mask &= ~(UINT64_C(1) << b->loop_idx);
     if (!mask)
         return true;
@@ -363,6 +436,7 @@ void loops_sync(broker_t *b)
 
 void loops_turn(broker_t *b)
 {
+    loops_interest_apply(b); /* the log stays short even on a loop that never publishes */
     loops_t *l = b->loops;
     uint64_t wake = b->loops_wake;
     b->loops_wake = 0;
@@ -460,6 +534,15 @@ loops_t *loops_new(const gale_config_t *cfg, struct mqtt_state *mqtt,
     uv_cond_init(&l->sync_cond);
     for (uint32_t k = 0; k < l->n; k++)
         uv_mutex_init(&l->slots[k].mu);
+    for (uint32_t k = 0; k < l->n; k++) {
+        slot_t *s = &l->slots[k];
+        s->interest = topics_new();
+        s->owners = calloc(l->n, sizeof(*s->owners));
+        if (!s->interest || !s->owners) {
+            loops_free(l);
+            return NULL;
+        }
+    }
     return l;
 }
 
@@ -471,9 +554,12 @@ struct mqtt_state *loops_free(loops_t *l)
         for (uint32_t i = 0; i < s->ninbox; i++)
             loops_msg_unref(s->inbox[i]);
         free(s->inbox);
+        topics_free(s->interest);
+        free(s->owners);
         uv_mutex_destroy(&s->mu);
     }
     topics_free(l->interest);
+    free(l->log);
     dedup_free(l->dedup);
     iplimit_free(l->ips);
     uv_mutex_destroy(&l->interest_mu);

@@ -51,6 +51,9 @@ bool loops_interest_add(broker_t *b, const char *p, size_t len);
 /** b's loop holds no subscriber of pattern p any more. */
 void loops_interest_drop(broker_t *b, const char *p, size_t len);
 
+/** Applies to b's loop's copy of the interest index the changes other loops made. */
+void loops_interest_apply(broker_t *b);
+
 /** A topics_unsubscribe_all on_last for b's loop (arg: b). */
 void loops_interest_drop_cb(const char *p, size_t len, void *arg);
 

@@ -29,6 +29,14 @@ typedef struct loops_msg {
     uint8_t bytes[];
 } loops_msg_t;
 
+/* One change of the interest index: loop gained (add) or lost pattern p. */
+typedef struct loops_change {
+    uint32_t loop;
+    bool add;
+    uint16_t len;
+    char p[GALE_TOPIC_MAX];
+} loops_change_t;
+
 typedef struct slot {
     uv_loop_t loop;
     uv_thread_t thread;
@@ -36,8 +44,11 @@ typedef struct slot {
     broker_t *b;
     uv_async_t wake; /* open from start to the end of every loop's teardown */
     bool wake_open;
-    topics_owner_t owner; /* this loop's patterns in the interest index */
-    uint32_t reload_seen; /* the reload requests this loop has acted on */
+    topics_owner_t owner;         /* this loop's patterns in the shared interest index */
+    topics_t *interest;           /* this loop's copy of the index, matched without a lock ... */
+    topics_owner_t *owners;       /* ... whose owners are the loops (owners[k]: loop k) */
+    atomic_uint_fast64_t applied; /* changes of the log applied to the copy */
+    uint32_t reload_seen;         /* the reload requests this loop has acted on */
 
     uv_mutex_t mu; /* the inbox and the published metrics */
     loops_msg_t **inbox;
@@ -54,9 +65,13 @@ typedef struct slot {
 
 struct loops {
     uint32_t n;
-    uv_mutex_t interest_mu;
-    topics_t *interest;
-    uv_mutex_t shared_mu; /* dedup, ips */
+    uv_mutex_t interest_mu; /* the shared index and the log of its changes */
+    topics_t *interest;     /* every loop's patterns: what gale_topics counts */
+    loops_change_t *log;    /* changes not yet applied by every loop, from log_base on */
+    size_t nlog, log_cap;
+    uint64_t log_base;
+    atomic_uint_fast64_t log_seq; /* changes ever appended */
+    uv_mutex_t shared_mu;         /* dedup, ips */
     dedup_t *dedup;
     iplimit_t *ips;
     struct mqtt_state *mqtt;    /* client ids and retained messages */

@@ -16,6 +16,7 @@
 #include "loops_internal.h"
 #include "mqtt.h"
 #include "router.h"
+#include "topics.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -129,6 +130,31 @@ static void test_interest_follows_first_and_last_subscriber(void **state)
     assert_int_equal(f->b[0].loops_wake, 0);
 }
 
+static void test_each_loop_applies_the_log_of_changes(void **state)
+{
+    fixture_t *f = *state;
+    loops_t *l = f->l;
+    assert_true(loops_interest_add(&f->b[1], "a.*", 3));
+    assert_true(loops_interest_add(&f->b[1], "a.*", 3)); /* held already: no second change */
+    assert_true(loops_interest_add(&f->b[2], "b.>", 3));
+    assert_int_equal(atomic_load(&l->log_seq), 2);
+    assert_int_equal(atomic_load(&l->slots[0].applied), 0); /* nothing applied yet ... */
+    assert_int_equal(topics_count(l->slots[0].interest), 0);
+    router_msg_t m = msg("b.x", "1");
+    assert_true(loops_publish(&f->b[0], &m)); /* ... a publish applies it first */
+    assert_int_equal(atomic_load(&l->slots[0].applied), 2);
+    assert_int_equal(topics_count(l->slots[0].interest), 2);
+    assert_int_equal(inbox(f, 2), 1);
+    loops_interest_apply(&f->b[1]);
+    loops_interest_apply(&f->b[2]);
+    loops_interest_drop(&f->b[2], "b.>", 3); /* every loop had applied both: they go */
+    assert_int_equal(l->log_base, 2);
+    assert_int_equal(l->nlog, 1);
+    assert_true(loops_publish(&f->b[0], &m)); /* b.> dropped: no second hand-off */
+    assert_int_equal(inbox(f, 2), 1);
+    assert_int_equal(topics_count(l->interest), 1); /* a.* of loop 1 */
+}
+
 static void test_a_full_inbox_pauses_its_publishers_loop_once(void **state)
 {
     fixture_t *f = *state;
@@ -199,6 +225,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         T(test_a_publish_reaches_the_loops_with_interest_once),
         T(test_interest_follows_first_and_last_subscriber),
+        T(test_each_loop_applies_the_log_of_changes),
         T(test_a_full_inbox_pauses_its_publishers_loop_once),
         T(test_takeover_goes_to_the_old_connections_loop),
         T(test_connection_slots_are_global),
