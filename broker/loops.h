@@ -6,7 +6,8 @@
  *
  * - interest: which loops hold subscribers of which patterns (a topics_t whose owners are
  *   the loops, changed when a loop gains its first or loses its last subscriber of a
- *   pattern); a publish matches it once to find the loops it must reach.
+ *   pattern; each loop matches its own copy, kept up to date from a log of the changes); a
+ *   publish matches it once to find the loops it must reach.
  * - inboxes: a loop hands a published message (one copy, reference counted atomically) to
  *   each other loop with subscribers through that loop's inbox; every inbox touched in a
  *   turn is woken once, at the end of the turn (uv_async_send). The loop delivers what its
