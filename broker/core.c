@@ -128,14 +128,46 @@ static void member_leave(broker_t *b, pres_member_t *m)
     b->bus.ops->leave(b->bus.ctx, m);
 }
 
-/* No connection here holds pattern p any more: the cluster, or the other loops, forget it. */
+/* No connection here holds pattern p any more: the cluster forgets it. */
 static void released(const char *p, size_t len, void *arg)
 {
     broker_t *b = arg;
-    if (b->bus.ops)
-        b->bus.ops->release(p, len, b->bus.ctx);
-    else if (b->loops)
-        loops_interest_drop(b, p, len);
+    b->bus.ops->release(p, len, b->bus.ctx);
+}
+
+/* Several loops, single node: the other loops' publishes reach c's loop by pattern and
+ * delivery format (loops.h). */
+static bool loops_gained(broker_t *b, const conn_t *c, const char *p, size_t len)
+{
+    return !b->loops || b->bus.ops || loops_interest_add(b, p, len, c->enc);
+}
+
+static void loops_lost(broker_t *b, const conn_t *c, const char *p, size_t len)
+{
+    if (b->loops && !b->bus.ops)
+        loops_interest_drop(b, p, len, c->enc);
+}
+
+typedef struct {
+    broker_t *b;
+    const conn_t *c;
+} lost_each_t;
+
+static void loops_lost_each(const char *p, size_t len, void *arg)
+{
+    lost_each_t *x = arg;
+    loops_lost(x->b, x->c, p, len);
+}
+
+/* c stops holding pattern p (it held it): the cluster and the other loops are told. */
+static void unsubscribe(broker_t *b, conn_t *c, const char *p, size_t len)
+{
+    bool last = false;
+    if (!topics_unsubscribe(b->topics, &c->owner, p, len, &last))
+        return;
+    loops_lost(b, c, p, len);
+    if (last && b->bus.ops)
+        released(p, len, b);
 }
 
 /* Takes back a sub the cluster could not make live, when this request added it. */
@@ -144,9 +176,7 @@ static void undo_sub(broker_t *b, conn_t *c, const char *p, size_t len)
     pres_member_t *m = presence_of(c, p, len);
     if (m)
         member_leave(b, m);
-    bool last = false;
-    if (topics_unsubscribe(b->topics, &c->owner, p, len, &last) && last)
-        released(p, len, b);
+    unsubscribe(b, c, p, len);
 }
 
 /* pending_t.done of an answer that waited for the cluster. */
@@ -343,13 +373,11 @@ static gale_err_t do_sub(broker_t *b, conn_t *c, const gale_request_t *req, conn
     gale_buf_t json;
     gale_buf_init(&json, 0);
     gale_err_t e = pres && !m ? member_json(b, c, req, &json, name, &name_len, why) : GALE_OK;
-    bool first = false;
     topics_result_t r =
-        e == GALE_OK ? topics_subscribe(b->topics, &c->owner, req->topic, req->topic_len, &first)
+        e == GALE_OK ? topics_subscribe(b->topics, &c->owner, req->topic, req->topic_len, NULL)
                      : TOPICS_INVALID;
-    if (r == TOPICS_ADDED && first && b->loops && !b->bus.ops &&
-        !loops_interest_add(b, req->topic, req->topic_len)) { /* other loops' publishes */
-        undo_sub(b, c, req->topic, req->topic_len);
+    if (r == TOPICS_ADDED && !loops_gained(b, c, req->topic, req->topic_len)) {
+        topics_unsubscribe(b->topics, &c->owner, req->topic, req->topic_len, NULL);
         r = TOPICS_NOMEM;
     }
     if (r == TOPICS_ADDED || r == TOPICS_EXISTS) {
@@ -408,9 +436,7 @@ static void do_unsub(broker_t *b, conn_t *c, const gale_request_t *req)
     pres_member_t *m = req->is_pattern ? NULL : presence_of(c, req->topic, req->topic_len);
     if (m)
         member_leave(b, m);
-    bool last = false;
-    if (topics_unsubscribe(b->topics, &c->owner, req->topic, req->topic_len, &last) && last)
-        released(req->topic, req->topic_len, b);
+    unsubscribe(b, c, req->topic, req->topic_len);
 }
 
 /*
@@ -891,7 +917,11 @@ void core_close(broker_t *b, conn_t *c)
     if (b->bus.ops && b->bus.ops->forget) /* recoveries and retained reads deliver nothing more */
         b->bus.ops->forget(b->bus.ctx, c);
     core_absent(b, c); /* leaves, before the topics are released */
-    topics_unsubscribe_all(b->topics, &c->owner, b->bus.ops || b->loops ? released : NULL, b);
+    if (b->loops && !b->bus.ops) {
+        lost_each_t x = {.b = b, .c = c};
+        topics_owner_each(b->topics, &c->owner, loops_lost_each, &x);
+    }
+    topics_unsubscribe_all(b->topics, &c->owner, b->bus.ops ? released : NULL, b);
     auth_grant_unref(c->grant);
     c->grant = NULL;
     c->closing = 1;

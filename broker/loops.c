@@ -2,6 +2,7 @@
 
 #include "broker.h"
 #include "cluster.h"
+#include "conn.h"
 #include "dedup.h"
 #include "iplimit.h"
 #include "log.h"
@@ -106,7 +107,7 @@ void loops_wake_all(loops_t *l)
  */
 
 /* Appends one change (interest_mu held); false when out of memory. */
-static bool log_append(loops_t *l, uint32_t loop, bool add, const char *p, size_t len)
+static bool log_append(loops_t *l, uint32_t loop, int fmt, bool add, const char *p, size_t len)
 {
     /* Entries every loop has applied are dropped first. */
     uint64_t done = atomic_load(&l->log_seq);
@@ -131,6 +132,7 @@ static bool log_append(loops_t *l, uint32_t loop, bool add, const char *p, size_
     }
     loops_change_t *c = &l->log[l->nlog++];
     c->loop = loop;
+    c->fmt = (uint8_t)fmt;
     c->add = add;
     c->len = (uint16_t)len;
     memcpy(c->p, p, len);
@@ -150,52 +152,138 @@ void loops_interest_apply(broker_t *b)
     for (; applied < end; applied++) {
         const loops_change_t *c = &l->log[applied - l->log_base];
         if (c->add) {
-            topics_result_t r =
-                topics_subscribe(s->interest, &s->owners[c->loop], c->p, c->len, NULL);
+            topics_result_t r = topics_subscribe(
+                s->interest, &s->owners[c->loop * CONN_FMT_COUNT + c->fmt], c->p, c->len, NULL);
             if (r == TOPICS_NOMEM)
                 break; /* again at the next publish or turn */
         } else {
-            topics_unsubscribe(s->interest, &s->owners[c->loop], c->p, c->len, NULL);
+            topics_unsubscribe(s->interest, &s->owners[c->loop * CONN_FMT_COUNT + c->fmt], c->p,
+                               c->len, NULL);
         }
     }
     atomic_store(&s->applied, applied);
     uv_mutex_unlock(&l->interest_mu);
 }
 
-bool loops_interest_add(broker_t *b, const char *p, size_t len)
+/* This loop's connections holding pattern p, by delivery format (the loop's own thread only). */
+struct loops_held {
+    loops_held_t *hnext;
+    uint64_t hash;
+    uint32_t count[CONN_FMT_COUNT];
+    uint16_t len;
+    char p[];
+};
+
+static uint64_t hash_pattern(const char *p, size_t len)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (uint8_t)p[i]) * 1099511628211ULL;
+    return h;
+}
+
+/* Where pattern p is or would go in s's table; NULL while the table is empty. */
+static loops_held_t **held_slot(slot_t *s, const char *p, size_t len, uint64_t h)
+{
+    if (!s->held_cap)
+        return NULL;
+    loops_held_t **e = &s->held[h & (s->held_cap - 1)];
+    while (*e && ((*e)->hash != h || (*e)->len != len || memcmp((*e)->p, p, len) != 0))
+        e = &(*e)->hnext;
+    return e;
+}
+
+static bool held_grow(slot_t *s)
+{
+    uint32_t cap = s->held_cap ? s->held_cap * 2 : 64;
+    loops_held_t **t = calloc(cap, sizeof(*t));
+    if (!t)
+        return false;
+    for (uint32_t i = 0; i < s->held_cap; i++)
+        for (loops_held_t *e = s->held[i], *next; e; e = next) {
+            next = e->hnext;
+            e->hnext = t[e->hash & (cap - 1)];
+            t[e->hash & (cap - 1)] = e;
+        }
+    free(s->held);
+    s->held = t;
+    s->held_cap = cap;
+    return true;
+}
+
+/* Logs that b's loop gained (add) or lost pattern p in format fmt. */
+static bool change(broker_t *b, bool add, const char *p, size_t len, int fmt)
 {
     loops_t *l = b->loops;
+    topics_owner_t *o = &slot_of(b)->shared[fmt];
+    bool ok = true;
     uv_mutex_lock(&l->interest_mu);
-    topics_result_t r = topics_subscribe(l->interest, &slot_of(b)->owner, p, len, NULL);
-    bool ok = (r == TOPICS_ADDED && log_append(l, b->loop_idx, true, p, len)) || r == TOPICS_EXISTS;
-    if (r == TOPICS_ADDED && !ok)
-        topics_unsubscribe(l->interest, &slot_of(b)->owner, p, len, NULL);
+    if (add) {
+        topics_result_t r = topics_subscribe(l->interest, o, p, len, NULL);
+        ok = r == TOPICS_EXISTS ||
+             (r == TOPICS_ADDED && log_append(l, b->loop_idx, fmt, add, p, len));
+        if (r == TOPICS_ADDED && !ok)
+            topics_unsubscribe(l->interest, o, p, len, NULL);
+    } else if (topics_unsubscribe(l->interest, o, p, len, NULL) &&
+               !log_append(l, b->loop_idx, fmt, add, p, len)) {
+        /* The other loops keep handing this one what it no longer wants: it delivers it to
+         * nobody. Without memory for one log entry, the broker has bigger trouble. */
+        log_error("out of memory: other loops keep handing over messages of %.*s", (int)len, p);
+    }
     uv_mutex_unlock(&l->interest_mu);
     return ok;
 }
 
-void loops_interest_drop(broker_t *b, const char *p, size_t len)
+bool loops_interest_add(broker_t *b, const char *p, size_t len, int fmt)
 {
-    loops_t *l = b->loops;
-    uv_mutex_lock(&l->interest_mu);
-    if (topics_unsubscribe(l->interest, &slot_of(b)->owner, p, len, NULL) &&
-        !log_append(l, b->loop_idx, false, p, len))
-        /* The other loops keep handing this one what it no longer wants: it delivers it to
-         * nobody. Without memory for one log entry, the broker has bigger trouble. */
-        log_error("out of memory: other loops keep handing over messages of %.*s", (int)len, p);
-    uv_mutex_unlock(&l->interest_mu);
+    slot_t *s = slot_of(b);
+    uint64_t h = hash_pattern(p, len);
+    loops_held_t **e = held_slot(s, p, len, h);
+    if (!e || !*e) {
+        if (s->nheld + 1 > s->held_cap / 2 && !held_grow(s))
+            return false;
+        loops_held_t *n = calloc(1, sizeof(*n) + len);
+        if (!n)
+            return false;
+        n->hash = h;
+        n->len = (uint16_t)len;
+        memcpy(n->p, p, len);
+        e = held_slot(s, p, len, h);
+        n->hnext = *e;
+        *e = n;
+        s->nheld++;
+    }
+    loops_held_t *x = *e;
+    if (x->count[fmt]++ == 0 && !change(b, true, p, len, fmt)) {
+        x->count[fmt]--;
+        return false;
+    }
+    return true;
 }
 
-void loops_interest_drop_cb(const char *p, size_t len, void *arg)
+void loops_interest_drop(broker_t *b, const char *p, size_t len, int fmt)
 {
-    loops_interest_drop(arg, p, len);
+    slot_t *s = slot_of(b);
+    loops_held_t **e = held_slot(s, p, len, hash_pattern(p, len));
+    loops_held_t *x = e ? *e : NULL;
+    if (!x || !x->count[fmt])
+        return;
+    if (--x->count[fmt] == 0)
+        change(b, false, p, len, fmt);
+    for (int f = 0; f < CONN_FMT_COUNT; f++)
+        if (x->count[f])
+            return;
+    *e = x->hnext;
+    s->nheld--;
+    free(x);
 }
 
 static void mark_loop(topics_owner_t *owner, void *arg)
 {
-    slot_t *s = ((void **)arg)[0];
-    uint64_t *mask = ((void **)arg)[1];
-    *mask |= UINT64_C(1) << (uint32_t)(owner - s->owners);
+    loops_match_t *x = arg;
+    uint32_t i = (uint32_t)(owner - x->s->owners);
+    x->loops |= UINT64_C(1) << (i / CONN_FMT_COUNT);
+    x->fmts |= 1u << (i % CONN_FMT_COUNT);
 }
 
 /* --- inboxes --------------------------------------------------------------------------- */
@@ -248,15 +336,15 @@ static bool push(slot_t *s, loops_msg_t *x)
     return true;
 }
 
-bool loops_publish(broker_t *b, const router_msg_t *m)
+bool loops_publish(broker_t *b, const router_msg_t *m, uint32_t *fmts)
 {
     loops_t *l = b->loops;
-    uint64_t mask = 0;
-    slot_t *self = slot_of(b);
-    void *arg[2] = {self, &mask};
+    loops_match_t match = {.s = slot_of(b)};
     loops_interest_apply(b);
-    topics_match(self->interest, m->topic, m->topic_len, mark_loop, arg); /* this loop's copy */
-    mask &= ~(UINT64_C(1) << b->loop_idx);
+    /* This loop's copy; its own connections were the router's. */
+    topics_match(match.s->interest, m->topic, m->topic_len, mark_loop, &match);
+    uint64_t mask = match.loops & ~(UINT64_C(1) << b->loop_idx);
+    *fmts = mask ? match.fmts : 0;
     if (!mask)
         return true;
     loops_msg_t *x = msg_copy(m, (unsigned)__builtin_popcountll(mask));
@@ -537,7 +625,7 @@ loops_t *loops_new(const gale_config_t *cfg, struct mqtt_state *mqtt,
     for (uint32_t k = 0; k < l->n; k++) {
         slot_t *s = &l->slots[k];
         s->interest = topics_new();
-        s->owners = calloc(l->n, sizeof(*s->owners));
+        s->owners = calloc((size_t)l->n * CONN_FMT_COUNT, sizeof(*s->owners));
         if (!s->interest || !s->owners) {
             loops_free(l);
             return NULL;
@@ -556,6 +644,12 @@ struct mqtt_state *loops_free(loops_t *l)
         free(s->inbox);
         topics_free(s->interest);
         free(s->owners);
+        for (uint32_t i = 0; i < s->held_cap; i++)
+            for (loops_held_t *e = s->held[i], *next; e; e = next) {
+                next = e->hnext;
+                free(e);
+            }
+        free(s->held);
         uv_mutex_destroy(&s->mu);
     }
     topics_free(l->interest);

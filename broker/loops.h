@@ -46,23 +46,25 @@ typedef struct dedup dedup_t;
 typedef struct iplimit iplimit_t;
 struct router_msg;
 
-/** b's loop gained its first subscriber of pattern p: other loops' publishes reach it. */
-bool loops_interest_add(broker_t *b, const char *p, size_t len);
+/**
+ * A connection of b's loop, of delivery format fmt (conn.h), now holds pattern p: other
+ * loops' publishes reach this loop in that format from the first one on. False when out of
+ * memory (nothing changed).
+ */
+bool loops_interest_add(broker_t *b, const char *p, size_t len, int fmt);
 
-/** b's loop holds no subscriber of pattern p any more. */
-void loops_interest_drop(broker_t *b, const char *p, size_t len);
+/** A connection of b's loop, of format fmt, no longer holds pattern p. */
+void loops_interest_drop(broker_t *b, const char *p, size_t len, int fmt);
 
 /** Applies to b's loop's copy of the interest index the changes other loops made. */
 void loops_interest_apply(broker_t *b);
 
-/** A topics_unsubscribe_all on_last for b's loop (arg: b). */
-void loops_interest_drop_cb(const char *p, size_t len, void *arg);
-
 /**
- * Hands m, just routed on b's loop, to every other loop holding subscribers of its topic.
- * Returns false when out of memory (no loop got it).
+ * Hands m, just routed on b's loop, to every other loop holding subscribers of its topic;
+ * *fmts gets the delivery formats they hold it in (a bit per conn.h format; 0: no other
+ * loop). Returns false when out of memory (no loop got it).
  */
-bool loops_publish(broker_t *b, const struct router_msg *m);
+bool loops_publish(broker_t *b, const struct router_msg *m, uint32_t *fmts);
 
 /**
  * MQTT: connection conn of loop `loop` lost its client id to connection `by` of b's loop: that

@@ -5,6 +5,7 @@
 #ifndef GALE_LOOPS_INTERNAL_H
 #define GALE_LOOPS_INTERNAL_H
 
+#include "conn.h"
 #include "loops.h"
 #include "router.h"
 #include "topics.h"
@@ -29,13 +30,16 @@ typedef struct loops_msg {
     uint8_t bytes[];
 } loops_msg_t;
 
-/* One change of the interest index: loop gained (add) or lost pattern p. */
+/* One change of the interest index: loop gained (add) or lost pattern p in format fmt. */
 typedef struct loops_change {
     uint32_t loop;
+    uint8_t fmt;
     bool add;
     uint16_t len;
     char p[GALE_TOPIC_MAX];
 } loops_change_t;
+
+typedef struct loops_held loops_held_t;
 
 typedef struct slot {
     uv_loop_t loop;
@@ -44,9 +48,13 @@ typedef struct slot {
     broker_t *b;
     uv_async_t wake; /* open from start to the end of every loop's teardown */
     bool wake_open;
-    topics_owner_t owner;         /* this loop's patterns in the shared interest index */
-    topics_t *interest;           /* this loop's copy of the index, matched without a lock ... */
-    topics_owner_t *owners;       /* ... whose owners are the loops (owners[k]: loop k) */
+    topics_owner_t shared[CONN_FMT_COUNT]; /* this loop's patterns in the shared index, by
+                                              delivery format */
+    topics_t *interest;     /* this loop's copy of the index, matched without a lock ... */
+    topics_owner_t *owners; /* ... whose owners are the loops and formats (owners[k *
+                               CONN_FMT_COUNT + f]: loop k's connections of format f) */
+    loops_held_t **held;    /* this loop's patterns: connections per format (its thread's) */
+    uint32_t nheld, held_cap;
     atomic_uint_fast64_t applied; /* changes of the log applied to the copy */
     uint32_t reload_seen;         /* the reload requests this loop has acted on */
 
@@ -89,6 +97,13 @@ struct loops {
     loops_handlers_t handlers;
     slot_t *slots;
 };
+
+/* What a publish's match found: the loops and the formats (conn.h) they hold it in. */
+typedef struct loops_match {
+    struct slot *s;
+    uint64_t loops;
+    uint32_t fmts;
+} loops_match_t;
 
 /** b's slot. */
 static inline slot_t *slot_of(broker_t *b)

@@ -116,12 +116,31 @@ static void visit(topics_owner_t *owner, void *arg)
     }
 }
 
+/*
+ * m goes to other loops too (loops.h) that hold it in formats fmts: a format this loop did
+ * not build is built here once, to learn whether the data converts to it, so that the
+ * publisher hears of it as it would with every subscriber on this loop. Only MessagePack
+ * data can fail to convert (docs/PROTOCOL-NOTES.md), so only it is tried.
+ */
+static void check_elsewhere(route_t *r, uint32_t fmts)
+{
+    for (int f = 0; f < CONN_FMT_COUNT && r->m->enc == GALE_ENC_MSGPACK; f++)
+        if ((fmts & (1u << f)) && f != GALE_ENC_MSGPACK && !r->frames[f] && r->failed[f] == GALE_OK)
+            r->failed[f] = build(r, f);
+}
+
 static gale_err_t route(broker_t *b, const router_msg_t *m, frame_t *built[GALE_ENC_COUNT],
-                        const void *skip)
+                        const void *skip, bool publish)
 {
     route_t r = {.b = b, .m = m, .skip = skip};
     gale_err_t err = GALE_OK;
     topics_match(b->topics, m->topic, m->topic_len, visit, &r);
+    if (publish && b->loops && !b->bus.ops) { /* in a cluster Redis reaches every loop */
+        uint32_t fmts;
+        if (!loops_publish(b, m, &fmts))
+            err = GALE_ERR_INTERNAL;
+        check_elsewhere(&r, fmts);
+    }
     for (int f = 0; f < CONN_FMT_COUNT; f++) {
         if (built && f < GALE_ENC_COUNT)
             built[f] = r.frames[f];
@@ -137,22 +156,18 @@ static gale_err_t route(broker_t *b, const router_msg_t *m, frame_t *built[GALE_
 gale_err_t router_publish(broker_t *b, const router_msg_t *m)
 {
     b->m.messages_published++;
-    gale_err_t e = route(b, m, NULL, NULL);
-    /* The other loops with subscribers; in a cluster Redis reaches every loop itself. */
-    if (b->loops && !b->bus.ops && !loops_publish(b, m))
-        return GALE_ERR_INTERNAL;
-    return e;
+    return route(b, m, NULL, NULL, true);
 }
 
 gale_err_t router_publish_at(broker_t *b, const router_msg_t *m, frame_t *built[GALE_ENC_COUNT])
 {
     b->m.messages_published++;
-    return route(b, m, built, NULL);
+    return route(b, m, built, NULL, false); /* history: one loop (loops.h) */
 }
 
 gale_err_t router_deliver(broker_t *b, const router_msg_t *m, const void *skip)
 {
-    return route(b, m, NULL, skip);
+    return route(b, m, NULL, skip, false);
 }
 
 const char *router_convert_why(gale_enc_t publisher_enc)

@@ -1506,3 +1506,37 @@ def test_cluster_every_loop_a_node(make_broker, redis, topic):
             await c.close()
 
     run(main(), timeout=60)
+
+
+def test_unconvertible_data_reported_for_another_loops_subscribers(make_broker, topic):
+    """MessagePack data that cannot become JSON (docs/PROTOCOL-NOTES.md), published on one
+    loop while the JSON subscriber is on the other: the publisher gets err bad_request as on
+    one loop, the MessagePack subscriber the exact bytes, the JSON one nothing."""
+    b, lm = loops_broker(make_broker)
+    key = msgpack.packb("leaf")
+    for _ in range(24):
+        key = b"\x81" + key + b"\x01"  # {key: 1}, nested: the JSON text doubles per level
+    data = b"\x81" + key + b"\xc0"
+    frame = (b"\x84\xa2op\xa3pub\xa5topic" + msgpack.packb(topic) + b"\xa4data" + data
+             + b"\xa2id\x07")
+
+    async def main():
+        st = ASteer(lm, lambda enc: connect(b.url, enc))
+        js = await st.get(1, JSON)
+        mp = await st.get(0, MSGPACK)
+        pub = await st.get(0, MSGPACK)
+        await st.close_spares()
+        await js.sub(topic)
+        await mp.sub(topic)
+        await pub.send_raw(frame)
+        reply = await pub.recv()
+        assert reply["op"] == "err" and reply["code"] == "bad_request" and reply["id"] == 7, \
+            reply
+        assert (await mp.recv_raw()).endswith(b"\xa4data" + data)
+        await js.expect_silence()
+        ok = await pub.ask({"op": "pub", "topic": topic, "data": 1})   # convertible: an ack
+        assert ok["op"] == "ack", ok
+        assert (await js.recv())["data"] == 1
+        for c in (js, mp, pub):
+            await c.close()
+    run(main())

@@ -28,6 +28,7 @@ typedef struct {
 } fixture_t;
 
 static int nflush, ntakeover;
+static uint32_t fmts; /* what the last loops_publish reported */
 
 static void flush(broker_t *b)
 {
@@ -92,12 +93,15 @@ static uint32_t inbox(fixture_t *f, uint32_t k)
 static void test_a_publish_reaches_the_loops_with_interest_once(void **state)
 {
     fixture_t *f = *state;
-    assert_true(loops_interest_add(&f->b[1], "a.*", 3));
-    assert_true(loops_interest_add(&f->b[1], "a.>", 3)); /* two patterns, one loop */
-    assert_true(loops_interest_add(&f->b[2], "a.x", 3));
-    assert_true(loops_interest_add(&f->b[0], "a.x", 3)); /* the publisher's own: no hand-off */
+    assert_true(loops_interest_add(&f->b[1], "a.*", 3, GALE_ENC_JSON));
+    assert_true(loops_interest_add(&f->b[1], "a.>", 3, GALE_ENC_JSON)); /* two patterns, one loop */
+    assert_true(loops_interest_add(&f->b[2], "a.x", 3, GALE_ENC_JSON));
+    assert_true(loops_interest_add(&f->b[0], "a.x", 3,
+                                   GALE_ENC_JSON)); /* the publisher's own: no hand-off */
     router_msg_t m = msg("a.x", "1");
-    assert_true(loops_publish(&f->b[0], &m));
+    assert_true(loops_interest_add(&f->b[2], "a.>", 3, GALE_ENC_MSGPACK));
+    assert_true(loops_publish(&f->b[0], &m, &fmts));
+    assert_int_equal(fmts, (1u << GALE_ENC_JSON) | (1u << GALE_ENC_MSGPACK)); /* to check */
     assert_int_equal(inbox(f, 0), 0);
     assert_int_equal(inbox(f, 1), 1);
     assert_int_equal(inbox(f, 2), 1);
@@ -113,44 +117,53 @@ static void test_a_publish_reaches_the_loops_with_interest_once(void **state)
     assert_false(loops_pending(&f->b[0]));
 
     router_msg_t other = msg("b.x", "2");
-    assert_true(loops_publish(&f->b[0], &other)); /* nobody: nothing */
+    assert_true(loops_publish(&f->b[0], &other, &fmts)); /* nobody: nothing */
+    assert_int_equal(fmts, 0);
     assert_int_equal(inbox(f, 1) + inbox(f, 2), 2);
 }
 
 static void test_interest_follows_first_and_last_subscriber(void **state)
 {
     fixture_t *f = *state;
-    assert_true(loops_interest_add(&f->b[1], "a.*", 3));
-    loops_interest_drop(&f->b[1], "a.*", 3);
-    loops_interest_drop(&f->b[1], "a.*", 3); /* again: nothing */
-    loops_interest_drop_cb("z.z", 3, &f->b[2]);
     router_msg_t m = msg("a.x", "1");
-    assert_true(loops_publish(&f->b[0], &m));
-    assert_int_equal(inbox(f, 1), 0);
+    assert_true(loops_interest_add(&f->b[1], "a.*", 3, GALE_ENC_JSON)); /* two connections */
+    assert_true(loops_interest_add(&f->b[1], "a.*", 3, GALE_ENC_JSON));
+    loops_interest_drop(&f->b[1], "a.*", 3, GALE_ENC_JSON);    /* one left: still there */
+    loops_interest_drop(&f->b[1], "a.*", 3, GALE_ENC_MSGPACK); /* none of that format */
+    assert_true(loops_publish(&f->b[0], &m, &fmts));
+    assert_int_equal(inbox(f, 1), 1);
+    loops_interest_drop(&f->b[1], "a.*", 3, GALE_ENC_JSON); /* the last */
+    loops_interest_drop(&f->b[1], "a.*", 3, GALE_ENC_JSON); /* again: nothing */
+    loops_interest_drop(&f->b[2], "z.z", 3, GALE_ENC_JSON); /* never held: nothing */
+    f->b[0].loops_wake = 0;
+    assert_true(loops_publish(&f->b[0], &m, &fmts));
+    assert_int_equal(inbox(f, 1), 1);
     assert_int_equal(f->b[0].loops_wake, 0);
+    assert_int_equal(f->l->slots[1].nheld, 0); /* the table forgets it */
 }
 
 static void test_each_loop_applies_the_log_of_changes(void **state)
 {
     fixture_t *f = *state;
     loops_t *l = f->l;
-    assert_true(loops_interest_add(&f->b[1], "a.*", 3));
-    assert_true(loops_interest_add(&f->b[1], "a.*", 3)); /* held already: no second change */
-    assert_true(loops_interest_add(&f->b[2], "b.>", 3));
+    assert_true(loops_interest_add(&f->b[1], "a.*", 3, GALE_ENC_JSON));
+    assert_true(loops_interest_add(&f->b[1], "a.*", 3, GALE_ENC_JSON)); /* a 2nd connection */
+    assert_true(loops_interest_add(&f->b[2], "b.>", 3, GALE_ENC_JSON));
     assert_int_equal(atomic_load(&l->log_seq), 2);
     assert_int_equal(atomic_load(&l->slots[0].applied), 0); /* nothing applied yet ... */
     assert_int_equal(topics_count(l->slots[0].interest), 0);
     router_msg_t m = msg("b.x", "1");
-    assert_true(loops_publish(&f->b[0], &m)); /* ... a publish applies it first */
+    assert_true(loops_publish(&f->b[0], &m, &fmts)); /* ... a publish applies it first */
     assert_int_equal(atomic_load(&l->slots[0].applied), 2);
     assert_int_equal(topics_count(l->slots[0].interest), 2);
     assert_int_equal(inbox(f, 2), 1);
     loops_interest_apply(&f->b[1]);
     loops_interest_apply(&f->b[2]);
-    loops_interest_drop(&f->b[2], "b.>", 3); /* every loop had applied both: they go */
+    loops_interest_drop(&f->b[2], "b.>", 3,
+                        GALE_ENC_JSON); /* every loop had applied both: they go */
     assert_int_equal(l->log_base, 2);
     assert_int_equal(l->nlog, 1);
-    assert_true(loops_publish(&f->b[0], &m)); /* b.> dropped: no second hand-off */
+    assert_true(loops_publish(&f->b[0], &m, &fmts)); /* b.> dropped: no second hand-off */
     assert_int_equal(inbox(f, 2), 1);
     assert_int_equal(topics_count(l->interest), 1); /* a.* of loop 1 */
 }
@@ -158,20 +171,20 @@ static void test_each_loop_applies_the_log_of_changes(void **state)
 static void test_a_full_inbox_pauses_its_publishers_loop_once(void **state)
 {
     fixture_t *f = *state;
-    assert_true(loops_interest_add(&f->b[1], "big", 3));
+    assert_true(loops_interest_add(&f->b[1], "big", 3, GALE_ENC_JSON));
     char *data = malloc(64 * 1024 + 1);
     memset(data, 'x', 64 * 1024);
     data[64 * 1024] = '\0';
     router_msg_t m = msg("big", data);
     uint32_t n = 0;
     while (!f->b[0].loops_backlog && n < 100) {
-        assert_true(loops_publish(&f->b[0], &m));
+        assert_true(loops_publish(&f->b[0], &m, &fmts));
         n++;
     }
     assert_true(f->b[0].loops_backlog);
     assert_in_range(n, 16, 17); /* over 1 MiB of 64 KiB messages */
     assert_int_equal(f->b[0].m.loops_backlogs, 1);
-    assert_true(loops_publish(&f->b[0], &m)); /* still handed over: nothing is dropped */
+    assert_true(loops_publish(&f->b[0], &m, &fmts)); /* still handed over: nothing is dropped */
     assert_int_equal(f->b[0].m.loops_backlogs, 1);
     assert_int_equal(f->l->slots[1].waiters, 1u << 0);
     assert_int_equal(inbox(f, 1), n + 1);
