@@ -98,72 +98,12 @@ void loops_wake_all(loops_t *l)
 /* --- interest -------------------------------------------------------------------------- */
 
 /*
- * Each loop matches publishes against its own copy of the interest index, lock-free; a loop
- * gaining its first or losing its last subscriber of a pattern appends the change to one
- * log (under interest_mu, with the shared index that counts the patterns), and every loop
- * applies what it has not applied yet before it matches a publish and at the end of each
- * turn. A sub is acknowledged after its change is in the log, so a publish that follows the
+ * One index of which loops hold which patterns in which delivery formats (owners: (loop,
+ * format) pairs), read by every publish under the read side of one rwlock and changed under
+ * its write side, rarely: when a loop's first connection of a format takes a pattern, or its
+ * last leaves it. A sub is acknowledged after its change, so a publish that follows the
  * acknowledgement, on any loop, sees it.
  */
-
-/* Appends one change (interest_mu held); false when out of memory. */
-static bool log_append(loops_t *l, uint32_t loop, int fmt, bool add, const char *p, size_t len)
-{
-    /* Entries every loop has applied are dropped first. */
-    uint64_t done = atomic_load(&l->log_seq);
-    for (uint32_t k = 0; k < l->n; k++) {
-        uint64_t a = atomic_load(&l->slots[k].applied);
-        if (a < done)
-            done = a;
-    }
-    if (done > l->log_base) {
-        size_t drop = (size_t)(done - l->log_base);
-        memmove(l->log, l->log + drop, (l->nlog - drop) * sizeof(*l->log));
-        l->nlog -= drop;
-        l->log_base = done;
-    }
-    if (l->nlog == l->log_cap) {
-        size_t cap = l->log_cap ? l->log_cap * 2 : 64;
-        loops_change_t *n = realloc(l->log, cap * sizeof(*n));
-        if (!n)
-            return false;
-        l->log = n;
-        l->log_cap = cap;
-    }
-    loops_change_t *c = &l->log[l->nlog++];
-    c->loop = loop;
-    c->fmt = (uint8_t)fmt;
-    c->add = add;
-    c->len = (uint16_t)len;
-    memcpy(c->p, p, len);
-    atomic_store(&l->log_seq, l->log_base + l->nlog);
-    return true;
-}
-
-void loops_interest_apply(broker_t *b)
-{
-    loops_t *l = b->loops;
-    slot_t *s = slot_of(b);
-    uint64_t applied = atomic_load(&s->applied);
-    if (applied == atomic_load(&l->log_seq))
-        return;
-    uv_mutex_lock(&l->interest_mu);
-    uint64_t end = l->log_base + l->nlog;
-    for (; applied < end; applied++) {
-        const loops_change_t *c = &l->log[applied - l->log_base];
-        if (c->add) {
-            topics_result_t r = topics_subscribe(
-                s->interest, &s->owners[c->loop * CONN_FMT_COUNT + c->fmt], c->p, c->len, NULL);
-            if (r == TOPICS_NOMEM)
-                break; /* again at the next publish or turn */
-        } else {
-            topics_unsubscribe(s->interest, &s->owners[c->loop * CONN_FMT_COUNT + c->fmt], c->p,
-                               c->len, NULL);
-        }
-    }
-    atomic_store(&s->applied, applied);
-    uv_mutex_unlock(&l->interest_mu);
-}
 
 /* This loop's connections holding pattern p, by delivery format (the loop's own thread only). */
 struct loops_held {
@@ -211,26 +151,18 @@ static bool held_grow(slot_t *s)
     return true;
 }
 
-/* Logs that b's loop gained (add) or lost pattern p in format fmt. */
+/* b's loop gained (add) or lost pattern p in format fmt. */
 static bool change(broker_t *b, bool add, const char *p, size_t len, int fmt)
 {
     loops_t *l = b->loops;
-    topics_owner_t *o = &slot_of(b)->shared[fmt];
+    topics_owner_t *o = &l->owners[b->loop_idx * CONN_FMT_COUNT + fmt];
     bool ok = true;
-    uv_mutex_lock(&l->interest_mu);
-    if (add) {
-        topics_result_t r = topics_subscribe(l->interest, o, p, len, NULL);
-        ok = r == TOPICS_EXISTS ||
-             (r == TOPICS_ADDED && log_append(l, b->loop_idx, fmt, add, p, len));
-        if (r == TOPICS_ADDED && !ok)
-            topics_unsubscribe(l->interest, o, p, len, NULL);
-    } else if (topics_unsubscribe(l->interest, o, p, len, NULL) &&
-               !log_append(l, b->loop_idx, fmt, add, p, len)) {
-        /* The other loops keep handing this one what it no longer wants: it delivers it to
-         * nobody. Without memory for one log entry, the broker has bigger trouble. */
-        log_error("out of memory: other loops keep handing over messages of %.*s", (int)len, p);
-    }
-    uv_mutex_unlock(&l->interest_mu);
+    uv_rwlock_wrlock(&l->interest_lock);
+    if (add)
+        ok = topics_subscribe(l->interest, o, p, len, NULL) != TOPICS_NOMEM;
+    else
+        topics_unsubscribe(l->interest, o, p, len, NULL);
+    uv_rwlock_wrunlock(&l->interest_lock);
     return ok;
 }
 
@@ -281,7 +213,7 @@ void loops_interest_drop(broker_t *b, const char *p, size_t len, int fmt)
 static void mark_loop(topics_owner_t *owner, void *arg)
 {
     loops_match_t *x = arg;
-    uint32_t i = (uint32_t)(owner - x->s->owners);
+    uint32_t i = (uint32_t)(owner - x->l->owners);
     x->loops |= UINT64_C(1) << (i / CONN_FMT_COUNT);
     x->fmts |= 1u << (i % CONN_FMT_COUNT);
 }
@@ -339,10 +271,10 @@ static bool push(slot_t *s, loops_msg_t *x)
 bool loops_publish(broker_t *b, const router_msg_t *m, uint32_t *fmts)
 {
     loops_t *l = b->loops;
-    loops_match_t match = {.s = slot_of(b)};
-    loops_interest_apply(b);
-    /* This loop's copy; its own connections were the router's. */
-    topics_match(match.s->interest, m->topic, m->topic_len, mark_loop, &match);
+    loops_match_t match = {.l = l};
+    uv_rwlock_rdlock(&l->interest_lock);
+    topics_match_shared(l->interest, m->topic, m->topic_len, mark_loop, &match);
+    uv_rwlock_rdunlock(&l->interest_lock);
     uint64_t mask = match.loops & ~(UINT64_C(1) << b->loop_idx);
     *fmts = mask ? match.fmts : 0;
     if (!mask)
@@ -524,7 +456,6 @@ void loops_sync(broker_t *b)
 
 void loops_turn(broker_t *b)
 {
-    loops_interest_apply(b); /* the log stays short even on a loop that never publishes */
     loops_t *l = b->loops;
     uint64_t wake = b->loops_wake;
     b->loops_wake = 0;
@@ -545,9 +476,9 @@ void loops_sum(broker_t *b, metrics_t *m, metrics_gauges_t *g)
     g->loop_connections[b->loop_idx] = g->connections;
     if (!l)
         return;
-    uv_mutex_lock(&l->interest_mu);
+    uv_rwlock_rdlock(&l->interest_lock);
     g->topics = topics_count(l->interest); /* patterns held on any loop, once */
-    uv_mutex_unlock(&l->interest_mu);
+    uv_rwlock_rdunlock(&l->interest_lock);
     for (uint32_t k = 0; k < l->n; k++) {
         if (k == b->loop_idx)
             continue;
@@ -602,35 +533,28 @@ loops_t *loops_new(const gale_config_t *cfg, struct mqtt_state *mqtt,
     l->n = (uint32_t)cfg->loops;
     l->slots = calloc(l->n, sizeof(*l->slots));
     l->interest = topics_new();
+    l->owners = calloc((size_t)l->n * CONN_FMT_COUNT, sizeof(*l->owners));
     l->dedup = cfg->redis_urls[0] ? NULL : dedup_new(cfg->dedup_window_s * 1000, cfg->dedup_max);
     if (cfg->max_connections_per_ip)
         l->ips = iplimit_new((uint32_t)cfg->max_connections_per_ip);
     l->mqtt = mqtt;
     l->handlers = *handlers;
-    if (!l->slots || !l->interest || (!cfg->redis_urls[0] && !l->dedup) || !l->mqtt ||
+    if (!l->slots || !l->interest || !l->owners || (!cfg->redis_urls[0] && !l->dedup) || !l->mqtt ||
         (cfg->max_connections_per_ip && !l->ips)) {
         free(l->slots);
         topics_free(l->interest);
+        free(l->owners);
         dedup_free(l->dedup);
         iplimit_free(l->ips);
         free(l);
         return NULL;
     }
-    uv_mutex_init(&l->interest_mu);
+    uv_rwlock_init(&l->interest_lock);
     uv_mutex_init(&l->shared_mu);
     uv_mutex_init(&l->sync_mu);
     uv_cond_init(&l->sync_cond);
     for (uint32_t k = 0; k < l->n; k++)
         uv_mutex_init(&l->slots[k].mu);
-    for (uint32_t k = 0; k < l->n; k++) {
-        slot_t *s = &l->slots[k];
-        s->interest = topics_new();
-        s->owners = calloc((size_t)l->n * CONN_FMT_COUNT, sizeof(*s->owners));
-        if (!s->interest || !s->owners) {
-            loops_free(l);
-            return NULL;
-        }
-    }
     return l;
 }
 
@@ -642,8 +566,6 @@ struct mqtt_state *loops_free(loops_t *l)
         for (uint32_t i = 0; i < s->ninbox; i++)
             loops_msg_unref(s->inbox[i]);
         free(s->inbox);
-        topics_free(s->interest);
-        free(s->owners);
         for (uint32_t i = 0; i < s->held_cap; i++)
             for (loops_held_t *e = s->held[i], *next; e; e = next) {
                 next = e->hnext;
@@ -653,10 +575,10 @@ struct mqtt_state *loops_free(loops_t *l)
         uv_mutex_destroy(&s->mu);
     }
     topics_free(l->interest);
-    free(l->log);
+    free(l->owners);
     dedup_free(l->dedup);
     iplimit_free(l->ips);
-    uv_mutex_destroy(&l->interest_mu);
+    uv_rwlock_destroy(&l->interest_lock);
     uv_mutex_destroy(&l->shared_mu);
     uv_mutex_destroy(&l->sync_mu);
     uv_cond_destroy(&l->sync_cond);

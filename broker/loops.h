@@ -6,8 +6,8 @@
  *
  * - interest: which loops hold subscribers of which patterns (a topics_t whose owners are
  *   the loops, changed when a loop gains its first or loses its last subscriber of a
- *   pattern; each loop matches its own copy, kept up to date from a log of the changes); a
- *   publish matches it once to find the loops it must reach.
+ *   pattern, per delivery format; read by publishes under a rwlock's read side); a publish
+ *   matches it once to find the loops it must reach and the formats they need.
  * - inboxes: a loop hands a published message (one copy, reference counted atomically) to
  *   each other loop with subscribers through that loop's inbox; every inbox touched in a
  *   turn is woken once, at the end of the turn (uv_async_send). The loop delivers what its
@@ -55,9 +55,6 @@ bool loops_interest_add(broker_t *b, const char *p, size_t len, int fmt);
 
 /** A connection of b's loop, of format fmt, no longer holds pattern p. */
 void loops_interest_drop(broker_t *b, const char *p, size_t len, int fmt);
-
-/** Applies to b's loop's copy of the interest index the changes other loops made. */
-void loops_interest_apply(broker_t *b);
 
 /**
  * Hands m, just routed on b's loop, to every other loop holding subscribers of its topic;

@@ -30,15 +30,6 @@ typedef struct loops_msg {
     uint8_t bytes[];
 } loops_msg_t;
 
-/* One change of the interest index: loop gained (add) or lost pattern p in format fmt. */
-typedef struct loops_change {
-    uint32_t loop;
-    uint8_t fmt;
-    bool add;
-    uint16_t len;
-    char p[GALE_TOPIC_MAX];
-} loops_change_t;
-
 typedef struct loops_held loops_held_t;
 
 typedef struct slot {
@@ -48,15 +39,9 @@ typedef struct slot {
     broker_t *b;
     uv_async_t wake; /* open from start to the end of every loop's teardown */
     bool wake_open;
-    topics_owner_t shared[CONN_FMT_COUNT]; /* this loop's patterns in the shared index, by
-                                              delivery format */
-    topics_t *interest;     /* this loop's copy of the index, matched without a lock ... */
-    topics_owner_t *owners; /* ... whose owners are the loops and formats (owners[k *
-                               CONN_FMT_COUNT + f]: loop k's connections of format f) */
-    loops_held_t **held;    /* this loop's patterns: connections per format (its thread's) */
+    loops_held_t **held; /* this loop's patterns: connections per format (its thread's) */
     uint32_t nheld, held_cap;
-    atomic_uint_fast64_t applied; /* changes of the log applied to the copy */
-    uint32_t reload_seen;         /* the reload requests this loop has acted on */
+    uint32_t reload_seen; /* the reload requests this loop has acted on */
 
     uv_mutex_t mu; /* the inbox and the published metrics */
     loops_msg_t **inbox;
@@ -73,13 +58,11 @@ typedef struct slot {
 
 struct loops {
     uint32_t n;
-    uv_mutex_t interest_mu; /* the shared index and the log of its changes */
-    topics_t *interest;     /* every loop's patterns: what gale_topics counts */
-    loops_change_t *log;    /* changes not yet applied by every loop, from log_base on */
-    size_t nlog, log_cap;
-    uint64_t log_base;
-    atomic_uint_fast64_t log_seq; /* changes ever appended */
-    uv_mutex_t shared_mu;         /* dedup, ips */
+    uv_rwlock_t interest_lock; /* interest: read by publishes, written by changes */
+    topics_t *interest;        /* which loops hold which patterns, in which formats ... */
+    topics_owner_t *owners;    /* ... its owners: owners[k * CONN_FMT_COUNT + f] is loop k's
+                                  connections of format f */
+    uv_mutex_t shared_mu;      /* dedup, ips */
     dedup_t *dedup;
     iplimit_t *ips;
     struct mqtt_state *mqtt;    /* client ids and retained messages */
@@ -100,7 +83,7 @@ struct loops {
 
 /* What a publish's match found: the loops and the formats (conn.h) they hold it in. */
 typedef struct loops_match {
-    struct slot *s;
+    struct loops *l;
     uint64_t loops;
     uint32_t fmts;
 } loops_match_t;

@@ -574,9 +574,10 @@ static size_t collect(const node_t *n, uint32_t epoch, topics_visit_fn visit, vo
         return 0;
     for (end = o + n->nsubs; o < end; o++) {
         topics_owner_t *owner = *o;
-        if (owner->_mark == epoch)
+        if (epoch && owner->_mark == epoch)
             continue;
-        owner->_mark = epoch;
+        if (epoch)
+            owner->_mark = epoch;
         visit(owner, arg);
         visited++;
     }
@@ -598,7 +599,26 @@ static uint32_t next_epoch(topics_t *t)
     return t->epoch = 1;
 }
 
+/*
+ * Every subscription matching topic. With marks (t itself), each owner once (an epoch mark);
+ * without (NULL), read-only: an owner is visited once per matching pattern it holds.
+ */
+static size_t walk(const topics_t *t, topics_t *marks, const char *topic, size_t len,
+                   topics_visit_fn visit, void *arg);
+
 size_t topics_match(topics_t *t, const char *topic, size_t len, topics_visit_fn visit, void *arg)
+{
+    return walk(t, t, topic, len, visit, arg);
+}
+
+size_t topics_match_shared(const topics_t *t, const char *topic, size_t len, topics_visit_fn visit,
+                           void *arg)
+{
+    return walk(t, NULL, topic, len, visit, arg);
+}
+
+static size_t walk(const topics_t *t, topics_t *marks, const char *topic, size_t len,
+                   topics_visit_fn visit, void *arg)
 {
     seg_t segs[MAX_SEGS];
     struct {
@@ -606,11 +626,10 @@ size_t topics_match(topics_t *t, const char *topic, size_t len, topics_visit_fn 
         size_t depth; /* segments consumed */
     } stack[MAX_SEGS + 2];
     size_t nseg = split(topic, len, segs), sp = 0, visited = 0;
-    uint32_t epoch;
 
     if (nseg == 0)
         return 0;
-    epoch = next_epoch(t);
+    uint32_t epoch = marks ? next_epoch(marks) : 0;
     stack[sp].node = t->root;
     stack[sp++].depth = 0;
     while (sp > 0) {

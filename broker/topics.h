@@ -15,7 +15,8 @@
  * O(its subscriptions); and a mark used to visit each owner exactly once per
  * match, however many of its patterns match.
  *
- * Not thread-safe; all calls come from the broker's one event loop.
+ * Not thread-safe: a loop's index is its own; topics_match_shared alone only reads (the
+ * loops' shared index, loops.c, under a read lock).
  */
 #ifndef GALE_TOPICS_H
 #define GALE_TOPICS_H
@@ -93,6 +94,14 @@ void topics_unsubscribe_all(topics_t *t, topics_owner_t *owner,
  * visited. visit must not subscribe or unsubscribe.
  */
 size_t topics_match(topics_t *t, const char *topic, size_t len, topics_visit_fn visit, void *arg);
+
+/**
+ * Like topics_match, but read-only, so that several threads may match at once (under a
+ * read lock of their own): visit is called once per matching subscription, so an owner
+ * holding several matching patterns is visited several times. Returns the visits.
+ */
+size_t topics_match_shared(const topics_t *t, const char *topic, size_t len, topics_visit_fn visit,
+                           void *arg);
 
 /** Number of distinct patterns held by at least one owner. */
 size_t topics_count(const topics_t *t);

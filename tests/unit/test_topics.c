@@ -333,6 +333,29 @@ static void test_once_per_owner(void **state)
     fix_done(&f);
 }
 
+/* The read-only match: once per matching subscription, no mark written. */
+static void test_match_shared(void **state)
+{
+    const char *pats[] = {"a.b", "a.*", "*.b", "a.>", ">", "*.*", "*.>"};
+    fix_t f;
+
+    fix_init(&f, 2);
+    for (size_t i = 0; i < sizeof(pats) / sizeof(pats[0]); i++)
+        assert_int_equal(sub(f.t, &f.o[0], pats[i], NULL), TOPICS_ADDED);
+    sub(f.t, &f.o[1], "a.b", NULL);
+    uint32_t marks[2] = {f.o[0].to._mark, f.o[1].to._mark};
+    memset(f.r.hits, 0, f.r.n * sizeof(*f.r.hits));
+    f.r.calls = 0;
+    assert_int_equal(topics_match_shared(f.t, "a.b", 3, rec_visit, &f.r), 8);
+    assert_int_equal(f.r.hits[0], 7); /* each of its 7 patterns */
+    assert_int_equal(f.r.hits[1], 1);
+    assert_int_equal(f.o[0].to._mark, marks[0]); /* nothing written */
+    assert_int_equal(f.o[1].to._mark, marks[1]);
+    assert_int_equal(topics_match_shared(f.t, "", 0, rec_visit, &f.r), 0);
+    expect(f.t, &f.r, "a.b", 0, 1, -1); /* topics_match: once each, as before */
+    fix_done(&f);
+}
+
 static void test_idempotent(void **state)
 {
     fix_t f;
@@ -906,6 +929,7 @@ int main(void)
         cmocka_unit_test(test_gt_alone),
         cmocka_unit_test(test_mixed),
         cmocka_unit_test(test_once_per_owner),
+        cmocka_unit_test(test_match_shared),
         cmocka_unit_test(test_idempotent),
         cmocka_unit_test(test_first_last),
         cmocka_unit_test(test_unsubscribe_not_held),
