@@ -26,8 +26,8 @@
 # Raw JSON lines (server, measurement, parameters, exact command, result) go to
 # $BUILD/benchmarks.jsonl, server logs to $BUILD/benchmarks-SERVER.log; bench/plot.py then
 # writes the PNGs and docs/BENCHMARKS.md (it includes docs/bench/optimisations.md,
-# docs/bench/history.md, docs/bench/presence.md, docs/bench/mqtt.md and docs/bench/nats.md
-# verbatim).
+# docs/bench/history.md, docs/bench/presence.md, docs/bench/mqtt.md, docs/bench/nats.md and
+# docs/bench/loops.md verbatim).
 # Every server listens on 127.0.0.1 only; every run is bounded by `timeout`; servers this
 # script started are stopped on exit.
 #
@@ -564,7 +564,7 @@ fi
 cp "$JSONL" "$DOCS/bench/benchmarks.jsonl" # the raw data, kept beside the report
 plot_args=("$JSONL" --markdown "$DOCS/BENCHMARKS.md" --optimisations "$DOCS/bench/optimisations.md"
   --history "$DOCS/bench/history.md" --presence "$DOCS/bench/presence.md"
-  --mqtt "$DOCS/bench/mqtt.md" --nats "$DOCS/bench/nats.md")
+  --mqtt "$DOCS/bench/mqtt.md" --nats "$DOCS/bench/nats.md" --loops "$DOCS/bench/loops.md")
 if [ "$HAVE_PLOT" = 1 ]; then plot_args+=(--png-dir "$DOCS/bench"); fi
 $PY "$ROOT/bench/plot.py" "${plot_args[@]}"
 log "== wrote $DOCS/BENCHMARKS.md$([ "$HAVE_PLOT" = 1 ] && echo " and $DOCS/bench/*.png") in $(($(date +%s) - T_START)) s; raw JSON: $JSONL"

@@ -4,7 +4,7 @@
     bench/plot.py build-bench/benchmarks.jsonl --png-dir docs/bench \\
         --markdown docs/BENCHMARKS.md --optimisations docs/bench/optimisations.md \\
         --history docs/bench/history.md --presence docs/bench/presence.md \\
-        --mqtt docs/bench/mqtt.md --nats docs/bench/nats.md
+        --mqtt docs/bench/mqtt.md --nats docs/bench/nats.md --loops docs/bench/loops.md
 
 Reads the records benchmarks.sh appends (type meta, run, skip, end; a run holds the server,
 the measurement, its parameters, the exact `gale bench` command and gale bench's --json
@@ -12,8 +12,8 @@ report), draws PNGs with matplotlib (Agg backend, no display, no network) and wr
 markdown: machine and versions, one table per measurement with the command of every row,
 the plots, the targets with met / not met computed from the data, the history and recovery
 section written by bench/history.py, the presence section written by bench/presence.py, the
-MQTT section written by bench/mqtt.py, the NATS section written by bench/nats.py and the
-optimisation log, all five included verbatim.
+MQTT section written by bench/mqtt.py, the NATS section written by bench/nats.py, the event
+loops section written by bench/loops.py and the optimisation log, all six included verbatim.
 Without --png-dir it writes the tables alone; without matplotlib it keeps the PNGs already
 in --png-dir.
 """
@@ -489,7 +489,7 @@ def targets(runs):
 
 # ---- markdown ------------------------------------------------------------------------------
 def markdown(meta, end, runs, skips, made, png_rel, optimisations, history="", presence="",
-             mqtt="", nats=""):
+             mqtt="", nats="", loops=""):
     md = []
     add = md.append
     quick = bool(meta.get("quick"))
@@ -501,12 +501,13 @@ def markdown(meta, end, runs, skips, made, png_rel, optimisations, history="", p
         "`bench/benchmarks.sh` again (about as long again), or "
         "`bench/plot.py docs/bench/benchmarks.jsonl --png-dir docs/bench --markdown docs/BENCHMARKS.md "
         "--optimisations docs/bench/optimisations.md --history docs/bench/history.md "
-        "--presence docs/bench/presence.md --mqtt docs/bench/mqtt.md --nats docs/bench/nats.md` "
-        "to redraw from the raw JSON. The optimisation log is hand-written in "
-        "`docs/bench/optimisations.md`; the history section is written by `bench/history.py` "
-        "(`docs/bench/history.md`), the presence section by `bench/presence.py` "
-        "(`docs/bench/presence.md`), the MQTT section by `bench/mqtt.py` "
-        "(`docs/bench/mqtt.md`), the NATS section by `bench/nats.py` (`docs/bench/nats.md`).\n")
+        "--presence docs/bench/presence.md --mqtt docs/bench/mqtt.md --nats docs/bench/nats.md "
+        "--loops docs/bench/loops.md` to redraw from the raw JSON. The optimisation log is "
+        "hand-written in `docs/bench/optimisations.md`; the history section is written by "
+        "`bench/history.py` (`docs/bench/history.md`), the presence section by "
+        "`bench/presence.py` (`docs/bench/presence.md`), the MQTT section by `bench/mqtt.py` "
+        "(`docs/bench/mqtt.md`), the NATS section by `bench/nats.py` (`docs/bench/nats.md`), "
+        "the event loops section by `bench/loops.py` (`docs/bench/loops.md`).\n")
     if quick:
         add("> **QUICK run** (`QUICK=1`): small counts and 2-second measurements to check the "
             "script and the format. None of these figures is representative.\n")
@@ -739,6 +740,8 @@ def markdown(meta, end, runs, skips, made, png_rel, optimisations, history="", p
         add(mqtt.rstrip() + "\n")
     if nats:
         add(nats.rstrip() + "\n")
+    if loops:
+        add(loops.rstrip() + "\n")
     if optimisations:
         add(optimisations.rstrip() + "\n")
     add("## Raw data\n")
@@ -748,12 +751,13 @@ def markdown(meta, end, runs, skips, made, png_rel, optimisations, history="", p
         "and gale bench's `--json` report. `bench/plot.py docs/bench/benchmarks.jsonl "
         "--png-dir docs/bench --markdown docs/BENCHMARKS.md --optimisations "
         "docs/bench/optimisations.md --history docs/bench/history.md --presence "
-        "docs/bench/presence.md --mqtt docs/bench/mqtt.md --nats docs/bench/nats.md` redraws "
-        "everything from it; the history section's runs are in "
+        "docs/bench/presence.md --mqtt docs/bench/mqtt.md --nats docs/bench/nats.md --loops "
+        "docs/bench/loops.md` redraws everything from it; the history section's runs are in "
         "[`bench/history.jsonl`](bench/history.jsonl), the presence section's in "
         "[`bench/presence.jsonl`](bench/presence.jsonl), the MQTT section's in "
         "[`bench/mqtt.jsonl`](bench/mqtt.jsonl), the NATS section's in "
-        "[`bench/nats.jsonl`](bench/nats.jsonl).")
+        "[`bench/nats.jsonl`](bench/nats.jsonl), the event loops section's in "
+        "[`bench/loops.jsonl`](bench/loops.jsonl).")
     return "\n".join(md) + "\n"
 
 
@@ -786,6 +790,8 @@ def main():
                     "section (bench/mqtt.py)")
     ap.add_argument("--nats", help="markdown file included verbatim after the MQTT "
                     "section (bench/nats.py)")
+    ap.add_argument("--loops", help="markdown file included verbatim after the NATS "
+                    "section (bench/loops.py)")
     a = ap.parse_args()
     meta, end, runs, skips = load(a.jsonl)
     made = drawn = {}
@@ -799,7 +805,7 @@ def main():
                 made = {f: os.path.join(a.png_dir, f) for f in os.listdir(a.png_dir)
                         if f.endswith(".png")}
     if a.markdown:
-        opt = hist = pres = mq = na = ""
+        opt = hist = pres = mq = na = lo = ""
         if a.optimisations and os.path.exists(a.optimisations):
             with open(a.optimisations) as f:
                 opt = f.read()
@@ -815,10 +821,13 @@ def main():
         if a.nats and os.path.exists(a.nats):
             with open(a.nats) as f:
                 na = f.read()
+        if a.loops and os.path.exists(a.loops):
+            with open(a.loops) as f:
+                lo = f.read()
         rel = os.path.relpath(a.png_dir, os.path.dirname(os.path.abspath(a.markdown))) \
             if a.png_dir else "bench"
         with open(a.markdown, "w") as f:
-            f.write(markdown(meta, end, runs, skips, made, rel, opt, hist, pres, mq, na))
+            f.write(markdown(meta, end, runs, skips, made, rel, opt, hist, pres, mq, na, lo))
     for name in sorted(drawn):
         print(drawn[name])
 
