@@ -18,6 +18,8 @@ import tempfile
 import time
 import urllib.request
 
+from _report import fmt, ms, table  # noqa: E402 (bench/, the scripts' directory)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.realpath(os.environ.get("BUILD", os.path.join(ROOT, "build-bench")))
 DOCS = os.path.realpath(os.environ.get("DOCS", os.path.join(ROOT, "docs")))
@@ -204,25 +206,6 @@ def bench(server, kind, args, timeout):
                                 fmt(r.get("lost")), fmt(r.get("rss_kib_per_conn")),
                                 "" if r.get("ok") else (r.get("error") or rec["stderr"])))
     return rec
-
-
-def fmt(v, digits=3):
-    if v is None:
-        return "-"
-    if isinstance(v, int) or (isinstance(v, float) and abs(v) >= 10 ** digits):
-        return "{:,}".format(int(round(v)))
-    return "%.*g" % (digits, v)
-
-
-def ms(r, p):
-    v = ((r or {}).get("latency_us") or {}).get(p)
-    return fmt(v / 1000.0) if v is not None else "-"
-
-
-def table(head, rows):
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(out)
 
 
 def machine():

@@ -52,6 +52,8 @@ import threading
 import time
 import urllib.request
 
+from _report import fmt, median, ms, table  # noqa: E402 (bench/, the scripts' directory)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.realpath(os.environ.get("BUILD", os.path.join(ROOT, "build-bench")))
 DOCS = os.path.realpath(os.environ.get("DOCS", os.path.join(ROOT, "docs")))
@@ -356,30 +358,6 @@ def run(measure, loops, rnd, args, limit, flags=(), **params):
 
 
 # --- figures ------------------------------------------------------------------------------------
-def fmt(v, digits=3):
-    if v is None:
-        return "-"
-    if isinstance(v, int) or (isinstance(v, float) and abs(v) >= 10 ** digits):
-        return "{:,}".format(int(round(v)))
-    return "%.*g" % (digits, v)
-
-
-def ms(r, p):
-    v = ((r or {}).get("latency_us") or {}).get(p)
-    return fmt(v / 1000.0) if v is not None else "-"
-
-
-def table(head, rows):
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(out)
-
-
-def median(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
-
-
 def ratio(a, b):
     return a / b if a is not None and b else None
 
