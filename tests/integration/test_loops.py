@@ -687,6 +687,19 @@ def test_mid_deduplicated_across_loops(make_broker, topic):
 # NATS and MQTT clients across loops
 # ---------------------------------------------------------------------------------------
 
+def assert_every_publisher_in_order(kind, j, seqs, names, count):
+    """Subscriber j (of kind) got every publisher's count messages, in order."""
+    assert sorted(seqs) == names and all(s == list(range(count)) for s in seqs.values()), \
+        "%s subscriber %d: %r" % (kind, j, {k: len(v) for k, v in seqs.items()})
+
+
+def gale_subscribers_got_all(gsubs, names, count):
+    for j, g in enumerate(gsubs):
+        seqs = by_publisher(m["data"] for m in raw_msgs(g, 4 * count))
+        assert_every_publisher_in_order("gale", j, seqs, names, count)
+        assert g.ping_sync(99) == []
+
+
 def test_nats_across_loops(make_broker, topic):
     """NATS and gale subscribers on both loops get every message of NATS and gale publishers
     on both loops, once, in order per publisher."""
@@ -722,14 +735,9 @@ def test_nats_across_loops(make_broker, topic):
         assert all(m[1] == "%s.%s" % (topic, json.loads(m[4])["p"]) and m[2] == "1"
                    for m in got), got[:3]
         seqs = by_publisher(json.loads(m[4]) for m in got)
-        assert sorted(seqs) == names and all(s == list(range(count)) for s in seqs.values()), \
-            "NATS subscriber %d: %r" % (j, {k: len(v) for k, v in seqs.items()})
+        assert_every_publisher_in_order("NATS", j, seqs, names, count)
         n.expect_silence()
-    for j, g in enumerate(gsubs):
-        seqs = by_publisher(m["data"] for m in raw_msgs(g, 4 * count))
-        assert sorted(seqs) == names and all(s == list(range(count)) for s in seqs.values()), \
-            "gale subscriber %d: %r" % (j, {k: len(v) for k, v in seqs.items()})
-        assert g.ping_sync(99) == []
+    gale_subscribers_got_all(gsubs, names, count)
     for c in nsubs + npubs + gsubs + gpubs:
         c.close()
 
@@ -792,14 +800,9 @@ def test_mqtt_across_loops(make_broker, topic):
         assert all(tp == "%s/%s" % (topic, json.loads(pl)["p"]) and not rt
                    for tp, pl, rt in got), got[:3]
         seqs = by_publisher(json.loads(pl) for _, pl, _ in got)
-        assert sorted(seqs) == names and all(s == list(range(count)) for s in seqs.values()), \
-            "MQTT subscriber %d: %r" % (j, {k: len(v) for k, v in seqs.items()})
+        assert_every_publisher_in_order("MQTT", j, seqs, names, count)
         mqtt_quiet(r)
-    for j, g in enumerate(gsubs):
-        seqs = by_publisher(m["data"] for m in raw_msgs(g, 4 * count))
-        assert sorted(seqs) == names and all(s == list(range(count)) for s in seqs.values()), \
-            "gale subscriber %d: %r" % (j, {k: len(v) for k, v in seqs.items()})
-        assert g.ping_sync(99) == []
+    gale_subscribers_got_all(gsubs, names, count)
     for c in msubs + mpubs + gsubs + gpubs:
         c.close()
 
