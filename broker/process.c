@@ -59,9 +59,12 @@ static void on_wake(uv_async_t *h)
 static void run_loop(void *arg)
 {
     slot_t *s = arg;
-    char name[16];
-    snprintf(name, sizeof(name), "gale-loop-%u", s->b->loop_idx);
-    pthread_setname_np(pthread_self(), name); /* top, perf, gdb: which loop */
+    if (s->b->loop_idx) { /* top -H, perf, gdb: which loop (the main thread keeps the process's
+                             name, which pidof and pkill go by) */
+        char name[16];
+        snprintf(name, sizeof(name), "gale-loop-%u", (unsigned)(uint8_t)s->b->loop_idx); /* < 64 */
+        pthread_setname_np(pthread_self(), name);
+    }
     uv_run(&s->loop, UV_RUN_DEFAULT);
 }
 
