@@ -1,6 +1,7 @@
 /*
- * broker: the one context struct of a running gale-broker, and its
- * lifecycle. Everything runs on one libuv loop owned by the caller:
+ * broker: the context struct of one event loop of a running gale-broker
+ * (process.c runs one per loop, loops.h is what they share), and its
+ * lifecycle. Everything of a broker_t runs on its libuv loop:
  *
  *   socket -> lws RECEIVE -> session_receive (reassemble)
  *          -> core_message (decode, authorize, rate limit: core.c)
