@@ -53,6 +53,8 @@ struct server {
     uv_poll_t listen_poll;     /* ... watched for connections to accept */
     uv_timer_t listen_retry;   /* ... polling again after the file limit was hit */
     bool listen_open;          /* the two handles are initialised and not closed */
+    uint64_t rest_logged_ms;   /* ... when the file limit's rests were last logged */
+    uint32_t rests;            /* ... and how many since */
     netaddr_prefix_t *trusted; /* --trusted-proxies */
     size_t ntrusted;
 };
@@ -500,7 +502,17 @@ static void on_listen_readable(uv_poll_t *h, int status, int events)
         int fd = accept4(sv->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EMFILE || errno == ENFILE) {
-                log_warn("accept: %s: not accepting for %d ms", strerror(errno), ACCEPT_RETRY_MS);
+                /* Said at most once a minute per loop, with the rests since. */
+                uint64_t now = broker_uptime_ms(b);
+                if (!sv->rest_logged_ms || now - sv->rest_logged_ms >= PER_IP_LOG_INTERVAL_MS) {
+                    log_warn("accept: %s: not accepting for %d ms at a time (%" PRIu32
+                             " more rests since the last report)",
+                             strerror(errno), ACCEPT_RETRY_MS, sv->rests);
+                    sv->rest_logged_ms = now ? now : 1;
+                    sv->rests = 0;
+                } else {
+                    sv->rests++;
+                }
                 uv_poll_stop(&sv->listen_poll);
                 uv_timer_start(&sv->listen_retry, on_listen_retry, ACCEPT_RETRY_MS, 0);
             }

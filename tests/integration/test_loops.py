@@ -26,6 +26,7 @@ import jwt
 import msgpack
 import pytest
 
+import galetest
 from test_cluster import redis, redis_factory  # noqa: F401 (a fixture: a real redis-server)
 from galetest import (HOST, JSON, MSGPACK, RawWS, connect, connect_status, free_port,
                       http_get, run)
@@ -1543,3 +1544,49 @@ def test_unconvertible_data_reported_for_another_loops_subscribers(make_broker, 
         for c in (js, mp, pub):
             await c.close()
     run(main())
+
+
+class _LimitedBroker(galetest.Broker):
+    """A broker whose open-file limit is `nofile` (prlimit, util-linux)."""
+    nofile = 96
+
+    def command(self, port):
+        cmd, cwd = super().command(port)
+        return ["prlimit", "--nofile=%d:%d" % (self.nofile, self.nofile)] + cmd, cwd
+
+
+def test_accept_past_the_file_limit_waits_and_recovers(logdir):
+    """More connections than the loops' open-file limit allows: each loop's listener logs
+    that it rests, keeps the rest in the kernel's backlog instead of spinning on accept, and
+    serves again once connections close."""
+    b = _LimitedBroker(logdir, args=["--loops", "2", "--keepalive", "0"], name="nofile")
+    b.start()
+    held = []
+    try:
+        for _ in range(2 * _LimitedBroker.nofile):
+            held.append(socket.create_connection((HOST, b.port), timeout=5))
+        deadline = time.monotonic() + 10
+        while "not accepting for" not in b.log_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "not accepting for" in b.log_text(), b.log_tail()
+        time.sleep(0.5)   # several rests: said once per loop, not once per rest
+        assert b.log_text().count("not accepting for") <= 2, b.log_tail()
+        assert b.proc.poll() is None
+        for s in held:
+            s.close()
+        held = []
+        deadline = time.monotonic() + 10
+        while True:   # the backlog's dead connections are accepted and closed, then ours
+            try:
+                status = run(connect_status(b.url), timeout=5)
+            except (AssertionError, OSError, asyncio.TimeoutError):
+                status = None
+            if status == 101 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert status == 101, b.log_tail()
+        assert b.healthz()["status"] == "ok"
+    finally:
+        for s in held:
+            s.close()
+        assert b.stop() == 0, b.log_tail()
